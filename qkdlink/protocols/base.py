@@ -200,7 +200,11 @@ class Protocol(ABC):
                 f"(known: {', '.join(sorted(self.presets))})")
         values = {p.name: p.default for p in self.parameters}
         for key, value in {**self.presets[name], **(overrides or {})}.items():
-            values[key] = self.parameter(key).check(value, where)
+            try:
+                spec = self.parameter(key)
+            except ParameterError as exc:
+                raise ParameterError(f"{where}: {exc}" if where else str(exc)) from None
+            values[key] = spec.check(value, where)
         self.check_consistency(values)
         return values
 

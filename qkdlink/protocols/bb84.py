@@ -61,7 +61,7 @@ class DecoyBB84(Protocol):
             "fiber_loss_db_per_km": 0.2, "detector_efficiency": 0.1, "dark_count_probability": 6e-7,
             "afterpulse_probability": 0.04, "misalignment_error": 5e-3, "ec_efficiency": 1.16,
             "epsilon_cor": 1e-15, "epsilon_sec": 1e-10, "mu": 0.5, "nu": 0.1, "omega": 2e-4,
-            "p_mu": 0.7, "p_nu": 0.2, "key_basis_probability": 0.9,
+            "p_mu": 0.7, "p_nu": 0.2, "key_basis_probability": 0.9, "sifting_factor": 1.0,
         },
     }
     default_preset = "gys"

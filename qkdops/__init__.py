@@ -1,0 +1,1 @@
+"""qkdops — command line and runtime of the QKD observability stack."""

@@ -1,0 +1,38 @@
+"""The ``qkdops`` command: one entry point, one module per subcommand.
+
+Exit codes: 0 success, 2 bad input (unknown parameter, malformed value) with a one-line error that
+names the offending option or parameter, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from qkdops import keyrate_cmd
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message names the option or parameter."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qkdops", description="Operations stack for emulated QKD links.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    keyrate_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, UsageError) as exc:  # ParameterError is a ValueError
+        print(f"qkdops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
