@@ -23,6 +23,7 @@ from qkdlink.physics.detector import dead_time_live_fraction
 from qkdlink.physics.entropy import binary_entropy
 from qkdlink.physics.source import poisson_probability, tau
 from qkdlink.protocols import common as c
+from qkdlink.protocols.statistics import hoeffding_delta, sampling_gamma
 from qkdlink.protocols.base import (
     ABORT_ESTIMATION, ABORT_LOW_COUNTS, ABORT_QBER, ASYMPTOTIC, ASYMPTOTIC_IDEAL, FINITE, BlockCounts,
     ChannelGeometry, KeyEstimate, Param, ParameterError, Params, Protocol, PulseClass, SinglePhotonTruth,
@@ -138,7 +139,8 @@ class DecoyBB84(Protocol):
             y1, e1 = truth.yield_, truth.phase_error_rate
         else:
             y1, e1 = self._asymptotic_bounds(counts, p)
-        return _gllp(analysis, p, q_mu, e_mu, y1, e1)
+        # GLLP with Q1 = Y1 μ e^(−μ) (Ma et al. 2005, eq. (1)).
+        return c.asymptotic_estimate(analysis, p, q_mu, e_mu, y1 * poisson_probability(p["mu"], 1), y1, e1)
 
     def _asymptotic_bounds(self, counts: BlockCounts, p: Params) -> tuple[float, float]:
         """Y1 ≥ …, e1 ≤ … from gains (Ma et al. 2005 eqs. (34), (37); general ω: Lim et al. eqs. (2)–(4))."""
@@ -165,7 +167,7 @@ class DecoyBB84(Protocol):
 
         def bounds(basis: str, attr: str) -> tuple[dict[str, float], dict[str, float]]:
             values = {k: getattr(counts.get(k, basis), attr) for k in INTENSITIES}
-            delta = c.hoeffding_delta(sum(values.values()), eps_sec)
+            delta = hoeffding_delta(sum(values.values()), eps_sec)
             lo = {k: math.exp(mu[k]) / pk[k] * max(values[k] - delta, 0.0) for k in INTENSITIES}
             hi = {k: math.exp(mu[k]) / pk[k] * (values[k] + delta) for k in INTENSITIES}
             return lo, hi
@@ -201,7 +203,7 @@ class DecoyBB84(Protocol):
             return KeyEstimate(**base, y1_lower=0.0, e1_upper=0.5, key_rate_bits_per_pulse=0.0,
                                secret_key_bits=0.0, s1_lower=0.0, abort_reason=reason)
         ratio = min(max(v_x1 / s_x1, 0.0), 0.5)
-        phi = min(0.5, ratio + _gamma(eps_sec, ratio, s_x1, s_z1))
+        phi = min(0.5, ratio + sampling_gamma(eps_sec / 21.0, ratio, s_x1, s_z1))
         leak = p["ec_efficiency"] * n_z * binary_entropy(qber)
         ell = (s_z0 + s_z1 * (1.0 - binary_entropy(phi)) - leak
                - 6.0 * math.log2(21.0 / eps_sec) - math.log2(2.0 / eps_cor))
@@ -211,27 +213,6 @@ class DecoyBB84(Protocol):
                            key_rate_bits_per_pulse=ell / counts.pulses if counts.pulses > 0 else 0.0,
                            secret_key_bits=float(ell), s1_lower=s_z1,
                            abort_reason=None if ell > 0 else ABORT_ESTIMATION, details=details)
-
-
-def _gamma(a: float, b: float, cz: float, d: float) -> float:
-    """γ(a, b, c, d) of Lim et al. 2014, eq. (5): random-sampling deviation of the phase-error rate."""
-    if b <= 0.0 or b >= 1.0:
-        b = min(max(b, 1e-12), 1.0 - 1e-12)
-    inner = (cz + d) / (cz * d * (1.0 - b) * b) * 21.0 ** 2 / a ** 2
-    return math.sqrt((cz + d) * (1.0 - b) * b / (cz * d * math.log(2.0)) * math.log2(inner))
-
-
-def _gllp(analysis: str, p: Params, q_mu: float, e_mu: float, y1: float, e1: float) -> KeyEstimate:
-    """R = q [Q1 (1 − H2(e1)) − f Q_μ H2(E_μ)], Q1 = Y1 μ e^(−μ) (GLLP; Ma et al. 2005, eq. (1))."""
-    q1 = y1 * poisson_probability(p["mu"], 1)
-    rate = p["sifting_factor"] * (q1 * (1.0 - binary_entropy(e1)) - p["ec_efficiency"] * q_mu * binary_entropy(e_mu))
-    reason = None
-    if e_mu > p["qber_abort_threshold"]:
-        reason, rate = ABORT_QBER, 0.0
-    elif rate <= 0.0:
-        reason, rate = ABORT_ESTIMATION, 0.0
-    return KeyEstimate(analysis=analysis, gain=q_mu, qber=e_mu, y1_lower=y1, e1_upper=e1,
-                       key_rate_bits_per_pulse=rate, abort_reason=reason)
 
 
 PROTOCOL = DecoyBB84()

@@ -6,9 +6,10 @@ protocol (the CLI's ``--set`` and ``links.yaml`` rely on that).
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 
-from qkdlink.protocols.base import Param
+from qkdlink.physics.entropy import binary_entropy
+from qkdlink.protocols.base import ABORT_ESTIMATION, ABORT_QBER, KeyEstimate, Param, Params
 
 # Channel
 DISTANCE_KM = Param("distance_km", 25.0, "km", "fibre length between Alice and Bob (MDI/TF: total, through the relay)", 0.0, 2000.0)
@@ -29,12 +30,23 @@ EPS_SEC = Param("epsilon_sec", 1e-10, "ratio", "secrecy parameter ε_sec of the 
 EPS_COR = Param("epsilon_cor", 1e-15, "ratio", "correctness parameter ε_cor of the finite-key analysis", 1e-30, 0.1)
 
 
-def hoeffding_delta(total: float, epsilon: float, terms: float = 21.0) -> float:
-    """δ = √(n/2 · ln(terms/ε)): Hoeffding deviation for counts drawn from a pool of ``total`` events.
 
-    Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), text after eq. (2): the observed count
-    of intensity k deviates from its expectation by at most δ except with probability ε/terms.
+def asymptotic_estimate(analysis: str, p: Params, gain: float, qber: float, single_gain: float,
+                        y1: float, e1: float, details: Mapping[str, float] | None = None) -> KeyEstimate:
+    """R = q [Q1 (1 − H2(e1)) − f Q H2(E)], or an abort with its reason.
+
+    The GLLP form every protocol here shares (Gottesman, Lo, Lütkenhaus, Preskill, QIC 4, 325
+    (2004); Ma et al. PRA 72, 012326 (2005) eq. (1); MDI: Lo, Curty, Qi PRL 108, 130503 (2012);
+    SNS-TF: Wang, Yu, Hu PRA 98, 062323 (2018)): privacy amplification removes what the phase error
+    of the single-photon (pair, untagged) events Q1 can leak, error correction pays f H2(E) per
+    detection. q = ``sifting_factor``; ``y1``/``e1`` are reported as the bounds used.
     """
-    if total <= 0:
-        return 0.0
-    return math.sqrt(total / 2.0 * math.log(terms / epsilon))
+    rate = p["sifting_factor"] * (single_gain * (1.0 - binary_entropy(e1))
+                                  - p["ec_efficiency"] * gain * binary_entropy(qber))
+    reason = None
+    if qber > p["qber_abort_threshold"]:
+        reason, rate = ABORT_QBER, 0.0
+    elif rate <= 0.0:
+        reason, rate = ABORT_ESTIMATION, 0.0
+    return KeyEstimate(analysis=analysis, gain=gain, qber=qber, y1_lower=y1, e1_upper=e1,
+                       key_rate_bits_per_pulse=rate, abort_reason=reason, details=dict(details or {}))

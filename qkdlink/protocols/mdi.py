@@ -54,6 +54,7 @@ from qkdlink.physics.detector import dead_time_live_fraction
 from qkdlink.physics.entropy import binary_entropy
 from qkdlink.physics.source import poisson_probability
 from qkdlink.protocols import common as c
+from qkdlink.protocols.statistics import chernoff_count_lower, chernoff_mean_lower, chernoff_mean_upper, sampling_gamma
 from qkdlink.protocols.base import (
     ABORT_ESTIMATION, ABORT_LOW_COUNTS, ABORT_QBER, ASYMPTOTIC, ASYMPTOTIC_IDEAL, FINITE, BlockCounts,
     ChannelGeometry, KeyEstimate, Param, ParameterError, Params, Protocol, PulseClass, SinglePhotonTruth,
@@ -214,7 +215,9 @@ class MDIQKD(Protocol):
             y11_x = max(0.0, y11_lower_bound(gains[TEST_BASIS], gains[TEST_BASIS], mu, nu, om))
             e11 = e11_upper_bound(x_errors, x_errors, y11_x, nu, om)
             details = {"y11_x_lower": y11_x}
-        return _asymptotic_rate(analysis, p, key.gain, key.error_rate, y11, e11, details)
+        # Q11 = μ² e^(−2μ) Y11 (Xu et al. 2013, eq. (1)).
+        q11 = poisson_probability(p["mu"], 1) ** 2 * y11
+        return c.asymptotic_estimate(analysis, p, key.gain, key.error_rate, q11, y11, e11, details)
 
     @staticmethod
     def _rescale(p: Params, probabilities: bool = False) -> dict[str, float]:
@@ -272,7 +275,7 @@ class MDIQKD(Protocol):
         Counts: given the photon numbers of the detected pulse pairs, each one's intensity pair is
         an independent draw (the senders choose intensities independently of everything Charlie
         sees), so the count n_ab of a cell is a sum of independent Bernoulli variables and its
-        conditional mean lies in ``chernoff_mean_interval(n_ab)`` — per cell, as Curty et al. 2014
+        conditional mean lies in [chernoff_mean_lower, chernoff_mean_upper](n_ab) — per cell, as Curty et al. 2014
         bound their grid with Chernoff's inequality. With rescaled counts Ñ_ab = e^(a+b) n_ab / (p_a p_b),
         E[Ñ_ab] = Σ a^n b^m/(n! m!) · s_nm/τ_nm, so the asymptotic bound of ``y11_lower_bound`` holds
         for s11/τ11 with each Ñ replaced by its worst case, and likewise ``e11_upper_bound`` for the
@@ -290,7 +293,7 @@ class MDIQKD(Protocol):
             lo, hi = {}, {}
             for k, w in weight.items():
                 value = getattr(counts.get(k, basis), attr)
-                low, high = chernoff_mean_interval(value, eps) if eps is not None else (value, value)
+                low, high = (chernoff_mean_lower(value, eps), chernoff_mean_upper(value, eps)) if eps is not None else (value, value)
                 lo[k], hi[k] = w * low, w * high
             return lo, hi
 
@@ -305,36 +308,11 @@ class MDIQKD(Protocol):
         e11_x = min(0.5, v11_x / s11_x) if s11_x > 0 else 0.5
         phase = e11_x
         if eps is not None and s11_key > 0 and s11_x > 0:
-            phase = min(0.5, e11_x + _sampling_gamma(eps, e11_x, s11_key, s11_x))
+            phase = min(0.5, e11_x + sampling_gamma(eps, e11_x, s11_key, s11_x))
         pulses_z = sum(counts.get(k, KEY_BASIS).sent for k in weight)
         y11_z = s11_z / (tau11 * pulses_z) if pulses_z > 0 else 0.0
         return {"s11_z_lower": s11_z, "s11_x_lower": s11_x, "v11_x_upper": v11_x, "s11_key_lower": s11_key,
                 "e11_x_upper": e11_x, "phase_error_upper": phase, "y11_z_lower": y11_z}
-
-
-# ---- statistics ------------------------------------------------------------------------------
-def chernoff_mean_interval(observed: float, eps: float) -> tuple[float, float]:
-    """Interval for the mean E of a sum X of independent Bernoulli variables, from X observed.
-
-    Multiplicative Chernoff tails (Chernoff, Ann. Math. Stat. 23, 493 (1952); e.g. Mitzenmacher &
-    Upfal, Probability and Computing, Thms. 4.4–4.5), each failing with probability ≤ ε:
-    P(X ≤ E − t) ≤ exp(−t²/(2E)) and P(X ≥ E + t) ≤ exp(−t²/(2E + t)). Solved for E with
-    L = ln(1/ε):  E ≤ X + L + √(L² + 2XL),  E ≥ X − (√(L² + 8XL) − L)/2.
-    Curty et al. 2014 also bound each cell of the intensity grid with Chernoff's inequality (stated
-    there in the observed count, with case distinctions); this inversion is exact and case-free.
-    The deviation grows as √(2 X L) with the cell's own count, not with the whole basis's as
-    Hoeffding's would — which matters here, where the grid's cells differ by orders of magnitude.
-    """
-    big_l = math.log(1.0 / eps)
-    x = max(observed, 0.0)
-    upper = x + big_l + math.sqrt(big_l * big_l + 2.0 * x * big_l)
-    lower = max(0.0, x - (math.sqrt(big_l * big_l + 8.0 * x * big_l) - big_l) / 2.0)
-    return lower, upper
-
-
-def chernoff_count_lower(mean: float, eps: float) -> float:
-    """X ≥ E − √(2 E ln(1/ε)) except with probability ε (lower Chernoff tail, as above)."""
-    return max(0.0, mean - math.sqrt(2.0 * mean * math.log(1.0 / eps)))
 
 
 # ---- closed-form detection statistics ----------------------------------------------------------
@@ -446,32 +424,6 @@ def e11_upper_bound(lo: Mapping[str, float], hi: Mapping[str, float], y11: float
     top = (hi[lab("decoy", "decoy")] - lo[lab("decoy", "vacuum")] - lo[lab("vacuum", "decoy")]
            + hi[lab("vacuum", "vacuum")])
     return min(0.5, max(0.0, top / ((nu - om) ** 2 * y11)))
-
-
-def _sampling_gamma(eps: float, e: float, n_key: float, n_test: float) -> float:
-    """γ(ε, e, n, k): deviation of the key pairs' phase-error rate from the test pairs' rate e.
-
-    Lim et al. 2014, eq. (5) (random sampling without replacement; Fung, Ma, Chau 2010), with the
-    failure probability ε of one bound.
-    """
-    e = min(max(e, 1e-12), 1.0 - 1e-12)
-    total = n_key + n_test
-    inner = total / (n_key * n_test * (1.0 - e) * e * eps * eps)
-    return math.sqrt(total * (1.0 - e) * e / (n_key * n_test * math.log(2.0)) * math.log2(inner))
-
-
-def _asymptotic_rate(analysis: str, p: Params, q_mu: float, e_mu: float, y11: float, e11: float,
-                     details: Mapping[str, float]) -> KeyEstimate:
-    """R = q [μ² e^(−2μ) Y11 (1 − H2(e11)) − f Q_μμ H2(E_μμ)] (Xu et al. 2013 eq. (1))."""
-    q11 = poisson_probability(p["mu"], 1) ** 2 * y11
-    rate = p["sifting_factor"] * (q11 * (1.0 - binary_entropy(e11)) - p["ec_efficiency"] * q_mu * binary_entropy(e_mu))
-    reason = None
-    if e_mu > p["qber_abort_threshold"]:
-        reason, rate = ABORT_QBER, 0.0
-    elif rate <= 0.0:
-        reason, rate = ABORT_ESTIMATION, 0.0
-    return KeyEstimate(analysis=analysis, gain=q_mu, qber=e_mu, y1_lower=y11, e1_upper=e11,
-                       key_rate_bits_per_pulse=rate, abort_reason=reason, details=dict(details))
 
 
 PROTOCOL = MDIQKD()

@@ -55,6 +55,9 @@ from qkdlink.physics.channel import transmittance_from_db
 from qkdlink.physics.detector import dead_time_live_fraction
 from qkdlink.physics.entropy import binary_entropy
 from qkdlink.protocols import common as c
+from qkdlink.protocols.statistics import (
+    chernoff_count_lower, chernoff_count_upper, chernoff_mean_lower, chernoff_mean_upper,
+)
 from qkdlink.protocols.base import (
     ABORT_ESTIMATION, ABORT_LOW_COUNTS, ABORT_QBER, ASYMPTOTIC, ASYMPTOTIC_IDEAL, FINITE, BlockCounts,
     ChannelGeometry, KeyEstimate, Param, ParameterError, Params, Protocol, PulseClass, SinglePhotonTruth,
@@ -211,15 +214,7 @@ class SendingOrNotSendingTF(Protocol):
             e1 = _e1_upper(p["nu"], gains["t"], gains["s00"], s1 * 2.0 * p["nu"] * math.exp(-2.0 * p["nu"]))
         eps, mu = p["epsilon_send"], p["mu"]
         untagged = 2.0 * eps * (1.0 - eps) * mu * math.exp(-mu) * s1
-        rate = p["sifting_factor"] * (untagged * (1.0 - binary_entropy(e1))
-                                      - p["ec_efficiency"] * s_z * binary_entropy(e_z))
-        reason = None
-        if e_z > p["qber_abort_threshold"]:
-            reason, rate = ABORT_QBER, 0.0
-        elif rate <= 0.0:
-            reason, rate = ABORT_ESTIMATION, 0.0
-        return KeyEstimate(analysis=analysis, gain=s_z, qber=e_z, y1_lower=s1, e1_upper=e1,
-                           key_rate_bits_per_pulse=rate, abort_reason=reason)
+        return c.asymptotic_estimate(analysis, p, s_z, e_z, untagged, s1, e1)
 
     def _finite(self, counts: BlockCounts, p: Params) -> KeyEstimate:
         """Finite-size key length of SNS with Chernoff-bounded decoy estimation.
@@ -229,12 +224,11 @@ class SendingOrNotSendingTF(Protocol):
         formulas, and the expected numbers of untagged bits and of their phase errors are turned
         back into bounds on the actual numbers (Chernoff again); then
         ℓ = n1 [1 − H2(φ)] − f n_t H2(E_Z) − log2(2/ε_cor) − 2 log2(1/(√2 ε_PA ε̂)).
-        The Chernoff bounds are the multiplicative ones in closed form (see ``_expected_*``); they
+        The Chernoff bounds are the multiplicative ones in closed form (``qkdlink.protocols.statistics``); they
         take the windows as independent, which is how the emulator samples them.
         """
         eps_sec, eps_cor = p["epsilon_sec"], p["epsilon_cor"]
         xi = eps_sec / _EPS_TERMS
-        beta = math.log(1.0 / xi)
         mu, mu1, mu2, eps = p["mu"], p["nu"], p["nu2"], p["epsilon_send"]
         s_z, e_z, n_t, windows_z = _z_statistics(counts)
         base = dict(analysis=FINITE, gain=s_z, qber=e_z)
@@ -247,17 +241,17 @@ class SendingOrNotSendingTF(Protocol):
         if e_z > p["qber_abort_threshold"]:
             return KeyEstimate(**base, y1_lower=None, e1_upper=None, key_rate_bits_per_pulse=0.0,
                                secret_key_bits=0.0, abort_reason=ABORT_QBER)
-        s00_hi = _expected_upper(vac.detected, beta) / vac.sent
-        s00_lo = _expected_lower(vac.detected, beta) / vac.sent
-        s1_lo = _expected_lower(d1[1], beta) / d1[0]
-        s2_hi = _expected_upper(d2[1], beta) / d2[0]
-        t_hi = _expected_upper(matched.errors, beta) / matched.sent
+        s00_hi = chernoff_mean_upper(vac.detected, xi) / vac.sent
+        s00_lo = chernoff_mean_lower(vac.detected, xi) / vac.sent
+        s1_lo = chernoff_mean_lower(d1[1], xi) / d1[0]
+        s2_hi = chernoff_mean_upper(d2[1], xi) / d2[0]
+        t_hi = chernoff_mean_upper(matched.errors, xi) / matched.sent
         y1 = max(_s1_lower(mu1, mu2, s00_hi, s1_lo, s2_hi), 0.0)
         one_photon = 2.0 * mu1 * math.exp(-2.0 * mu1)
         s1e1_hi = max(t_hi - math.exp(-2.0 * mu1) * s00_lo / 2.0, 0.0) / one_photon
         untagged_windows = windows_z * 2.0 * eps * (1.0 - eps) * mu * math.exp(-mu)
-        n1 = _observed_lower(untagged_windows * y1, beta)
-        m1 = _observed_upper(untagged_windows * s1e1_hi, beta)
+        n1 = chernoff_count_lower(untagged_windows * y1, xi)
+        m1 = chernoff_count_upper(untagged_windows * s1e1_hi, xi)
         details = {"s00_upper": s00_hi, "s_nu_lower": s1_lo, "s_nu2_upper": s2_hi, "t_delta_upper": t_hi,
                    "n1_expected_lower": untagged_windows * y1, "m1_upper": m1}
         if y1 <= 0.0 or n1 <= 0.0:
@@ -407,30 +401,6 @@ def _e1_upper(mu1: float, t_delta: float, s00: float, single_photon_gain: float)
     if single_photon_gain <= 0.0:
         return 0.5
     return min(0.5, max(t_delta - math.exp(-2.0 * mu1) * s00 / 2.0, 0.0) / single_photon_gain)
-
-
-def _expected_lower(observed: float, beta: float) -> float:
-    """Lower bound on E[X] from X = x: x + β/2 − √(2βx + β²/4), except with prob. e^(−β).
-
-    Inverts the multiplicative Chernoff bound P[X ≥ (1+δ)E] ≤ e^(−δ²E/(2+δ)) (Chernoff, Ann. Math.
-    Stat. 23, 493 (1952); Mitzenmacher & Upfal, "Probability and Computing", Thm 4.4).
-    """
-    return max(0.0, observed + beta / 2.0 - math.sqrt(2.0 * beta * observed + beta ** 2 / 4.0))
-
-
-def _expected_upper(observed: float, beta: float) -> float:
-    """Upper bound on E[X] from X = x: x + β + √(2βx + β²), from P[X ≤ (1−δ)E] ≤ e^(−δ²E/2)."""
-    return observed + beta + math.sqrt(2.0 * beta * observed + beta ** 2)
-
-
-def _observed_lower(expected: float, beta: float) -> float:
-    """Lower bound on X given E[X] = m: m − √(2βm) (lower Chernoff tail)."""
-    return expected - math.sqrt(2.0 * beta * max(expected, 0.0))
-
-
-def _observed_upper(expected: float, beta: float) -> float:
-    """Upper bound on X given E[X] = m: m + β/2 + √(2βm + β²/4) (upper Chernoff tail)."""
-    return expected + beta / 2.0 + math.sqrt(2.0 * beta * max(expected, 0.0) + beta ** 2 / 4.0)
 
 
 PROTOCOL = SendingOrNotSendingTF()
