@@ -19,6 +19,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+from scipy.special import bdtrc
 
 from qkdlink.physics.detector import dark_count_temperature_factor
 from qkdlink.protocols.base import Protocol
@@ -33,7 +34,7 @@ MULTIWAY_CHOICE_PREFIX = "p_"
 BINARY_CHOICES = ("key_basis_probability", "z_window_probability", "epsilon_send")
 # NIST SP 800-90B §4.4.2 adaptive-proportion test for a binary source: window and false-alarm rate.
 APT_WINDOW = 1024
-APT_ALPHA = 2.0 ** -40
+APT_ALPHA_LOG2 = 40  # α = 2^−40
 
 
 def compose_errors(a: float, b: float) -> float:
@@ -182,7 +183,7 @@ class DeviceSettings:
     classical: ClassicalSettings = field(default_factory=ClassicalSettings)
 
     @classmethod
-    def static(cls) -> "DeviceSettings":
+    def static(cls) -> DeviceSettings:
         """No drift and no noise: effective parameters equal the nominal ones until a fault acts."""
         return cls(
             source=SourceSettings(0.0, 0.0, 0.0),
@@ -212,7 +213,7 @@ class Disturbance:
     clock_drift_s_per_s: float = 0.0
     classical_channel_down: bool = False
 
-    def __add__(self, other: "Disturbance") -> "Disturbance":
+    def __add__(self, other: Disturbance) -> Disturbance:
         values = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
                   if f.name != "classical_channel_down"}
         return Disturbance(**values, classical_channel_down=self.classical_channel_down or other.classical_channel_down)
@@ -258,9 +259,9 @@ class Source:
         self.bias_rad = 0.0
 
     def evolve(self, dt: float, rng: np.random.Generator, d: Disturbance) -> None:
-        s = self.settings
-        self.log_power += d.laser_power_drift_per_s * dt + s.power_walk_per_sqrt_s * math.sqrt(dt) * rng.standard_normal()
-        self.bias_rad += d.modulator_bias_drift_rad_per_s * dt + s.bias_walk_rad_per_sqrt_s * math.sqrt(dt) * rng.standard_normal()
+        s, root_dt = self.settings, math.sqrt(dt)
+        self.log_power += d.laser_power_drift_per_s * dt + s.power_walk_per_sqrt_s * root_dt * rng.standard_normal()
+        self.bias_rad += d.modulator_bias_drift_rad_per_s * dt + s.bias_walk_rad_per_sqrt_s * root_dt * rng.standard_normal()
 
     def actual(self) -> dict[str, float]:
         scale = self.peak * math.exp(self.log_power)
@@ -271,7 +272,7 @@ class Source:
 
     def measure(self, rng: np.random.Generator) -> dict[str, float]:
         noise = rng.standard_normal(len(self._phase)) * self.settings.monitor_noise
-        return {k: v * (1.0 + n) for (k, v), n in zip(self.actual().items(), noise)}
+        return {k: v * (1.0 + float(n)) for (k, v), n in zip(self.actual().items(), noise)}
 
     def retune(self, rng: np.random.Generator) -> tuple[dict[str, float], dict[str, float]]:
         """Re-find the MZM null by dithering (δ → 0) and set the power from one monitor reading.
@@ -534,19 +535,23 @@ class RandomNumberGenerator:
         return ones / bits - 0.5, z, failures, healthy
 
     def _apt_failure_probability(self, b: float) -> float:
-        """P(one APT window fails): the first bit's value recurs ≥ C times in the window."""
+        """P(one APT window fails): the first bit's value recurs >= C times among the W bits."""
         if b not in self._fail_cache:
-            from scipy.stats import binom  # imported on first use: scipy.stats is slow to import
             p1 = 0.5 + b
-            self._fail_cache[b] = float(p1 * binom.sf(APT_CUTOFF - 2, APT_WINDOW - 1, p1)
-                                        + (1.0 - p1) * binom.sf(APT_CUTOFF - 2, APT_WINDOW - 1, 1.0 - p1))
+            self._fail_cache[b] = float(p1 * bdtrc(APT_CUTOFF - 2, APT_WINDOW - 1, p1)
+                                        + (1.0 - p1) * bdtrc(APT_CUTOFF - 2, APT_WINDOW - 1, 1.0 - p1))
         return self._fail_cache[b]
 
 
 def _apt_cutoff() -> int:
-    """C = 1 + CRITBINOM(W, 2^−H, 1 − α) for H = 1 bit per sample (NIST SP 800-90B §4.4.2)."""
-    from scipy.stats import binom
-    return 1 + int(binom.ppf(1.0 - APT_ALPHA, APT_WINDOW, 0.5))
+    """C = 1 + CRITBINOM(W, 2^−H, 1 − α) for H = 1 bit per sample (NIST SP 800-90B §4.4.2), exactly."""
+    total, cdf = 2 ** APT_WINDOW, 0
+    threshold = total - (total >> APT_ALPHA_LOG2)  # (1 − α) 2^W, exact in integers
+    for k in range(APT_WINDOW + 1):
+        cdf += math.comb(APT_WINDOW, k)
+        if cdf >= threshold:
+            return 1 + k
+    return 1 + APT_WINDOW
 
 
 APT_CUTOFF = _apt_cutoff()
