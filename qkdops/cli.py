@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkdops import keyrate_cmd
+from qkdops import emulate_cmd, keyrate_cmd
 
 
 class UsageError(Exception):
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkdops", description="Operations stack for emulated QKD links.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     keyrate_cmd.register(sub)
+    emulate_cmd.register(sub)
     return parser
 
 

@@ -125,7 +125,7 @@ class BlockCounts:
         return sum(c.detected for c in self.classes.values())
 
     @classmethod
-    def expected(cls, classes: Iterable[PulseClass], pulses: float) -> "BlockCounts":
+    def expected(cls, classes: Iterable[PulseClass], pulses: float) -> BlockCounts:
         """Expected (mean) counts of a block of ``pulses`` pulses: the noiseless input for predictions."""
         table = {}
         for c in classes:
