@@ -8,7 +8,7 @@ beside the result so a rate above it (possible only for twin-field) is visible a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -104,8 +104,22 @@ def optimise(protocol: Protocol, params: Params, names: Sequence[str], analysis:
         except (ParameterError, ValueError, ZeroDivisionError, OverflowError):
             return 1.0
 
+    if rate(start) >= 0.0:  # no key at the start: Nelder–Mead sees a flat landscape
+        start = _start_with_key(start, rate)
     scale = max(abs(rate(start)), 1e-300)
     result = minimize(lambda x: rate(x) / scale, start, method="Nelder-Mead",
                       options={"xatol": 1e-5, "fatol": 1e-7, "maxiter": 400 * len(names)})
     best = result.x if result.fun <= rate(start) / scale else start
     return {**params, **{n: float(v) for n, v in zip(names, best)}}
+
+
+def _start_with_key(start: np.ndarray, rate: Callable[[np.ndarray], float], tries: int = 256) -> np.ndarray:
+    """Best of seeded log-uniform perturbations (×1/4…×4) of ``start``; ``start`` if none gives key."""
+    rng = np.random.default_rng(0)
+    best, best_rate = start, rate(start)
+    for _ in range(tries):
+        trial = start * np.exp(rng.uniform(-math.log(4.0), math.log(4.0), size=start.shape))
+        value = rate(trial)
+        if value < best_rate:
+            best, best_rate = trial, value
+    return best
