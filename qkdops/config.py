@@ -1,0 +1,317 @@
+"""``links.yaml``: the fleet of emulated links and the runtime's ports, state and tracing settings.
+
+Validated on load; every error names the file, the field (``links[1].detector.efficiency``) and what
+was expected, and nothing starts from a config that does not validate. See the shipped
+``links.yaml`` for the format; ``qkdops up --config FILE`` loads another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qkdlink.emulator import DeviceSettings, LinkConfig
+from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
+from qkdlink.protocols.base import ParameterError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "links.yaml"
+LINK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TRACING = ("none", "console", "otlp")
+
+# Detector families (physics.md, "Device ranges"): defaults a link's `detector:` section starts from.
+DETECTOR_TYPES: Mapping[str, Mapping[str, float]] = {
+    "ingaas-spad": {"detector_efficiency": 0.15, "dark_count_probability": 5e-6,
+                    "afterpulse_probability": 0.03, "dead_time_s": 1e-6},
+    "snspd": {"detector_efficiency": 0.85, "dark_count_probability": 1e-8,
+              "afterpulse_probability": 0.0, "dead_time_s": 5e-8},
+}
+# `detector:` keys → protocol parameters
+DETECTOR_FIELDS = {"efficiency": "detector_efficiency", "dark_count_probability": "dark_count_probability",
+                   "afterpulse_probability": "afterpulse_probability", "dead_time_s": "dead_time_s"}
+THRESHOLD_FIELDS = {"qber_abort": "qber_abort_threshold"}
+SECURITY_FIELDS = {"epsilon_sec": "epsilon_sec", "epsilon_cor": "epsilon_cor"}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is ``FILE: FIELD: what was expected, got what``."""
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Where the link's ends are; ``charlie`` is the relay of MDI and TF links."""
+
+    alice: str
+    bob: str
+    charlie: str | None = None
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One link of the fleet, resolved: protocol parameters complete and range-checked."""
+
+    id: str
+    protocol: str
+    preset: str | None
+    sites: Sites
+    parameters: Mapping[str, float]
+    repetition_rate_hz: float
+    block_pulses: int
+    key_rate_target_bps: float
+    seed: int
+    devices: DeviceSettings
+
+    def emulator_config(self, frame_pulses: int) -> LinkConfig:
+        """The emulator steps in frames; post-processing blocks are ``block_pulses`` long."""
+        overrides = {k: v for k, v in self.parameters.items() if k != "repetition_rate_hz"}
+        return LinkConfig(link_id=self.id, protocol=self.protocol, preset=self.preset, overrides=overrides,
+                          block_pulses=frame_pulses, repetition_rate_hz=self.repetition_rate_hz,
+                          seed=self.seed, devices=self.devices)
+
+    @property
+    def block_seconds(self) -> float:
+        return self.block_pulses / self.repetition_rate_hz
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Where the runtime listens, keeps its state and sends traces."""
+
+    bind: str = "127.0.0.1"
+    control_port: int = 9800
+    device_exporter_port: int = 9810
+    postprocessing_exporter_port: int = 9811
+    state_dir: Path = Path("var/qkdops")
+    frame_seconds: float = 1.0
+    tracing: str = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    key_store_capacity_bits: int = 10 ** 10
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    links: tuple[LinkSpec, ...]
+    runtime: RuntimeSettings
+    source: Path = field(default=DEFAULT_CONFIG)
+
+    def link(self, link_id: str) -> LinkSpec:
+        for spec in self.links:
+            if spec.id == link_id:
+                return spec
+        raise KeyError(link_id)
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG) -> FleetConfig:
+    """Read and validate ``path``; relative ``state_dir`` is relative to the config file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: Any, path: Path) -> FleetConfig:
+    reader = _Reader(path)
+    top = reader.mapping(raw, "", {"runtime", "links"})
+    runtime = _runtime(reader, top.get("runtime", {}), path)
+    links_raw = top.get("links")
+    if not isinstance(links_raw, list) or not links_raw:
+        reader.fail("links", "a non-empty list of links", links_raw)
+    links = tuple(_link(reader, item, f"links[{i}]") for i, item in enumerate(links_raw))
+    seen: set[str] = set()
+    for i, spec in enumerate(links):
+        if spec.id in seen:
+            reader.fail(f"links[{i}].id", "a unique link id", spec.id)
+        seen.add(spec.id)
+    ports = [runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port]
+    if len(set(ports)) != len(ports):
+        reader.fail("runtime", "distinct control, device and post-processing ports", ports)
+    return FleetConfig(links, runtime, path)
+
+
+def _runtime(reader: _Reader, raw: Any, path: Path) -> RuntimeSettings:
+    defaults = RuntimeSettings()
+    data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
+    values: dict[str, Any] = {}
+    for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port"):
+        if name in data:
+            values[name] = reader.integer(data[name], f"runtime.{name}", 1, 65535)
+    if "bind" in data:
+        values["bind"] = reader.string(data["bind"], "runtime.bind")
+    if "state_dir" in data:
+        state = Path(reader.string(data["state_dir"], "runtime.state_dir"))
+        values["state_dir"] = state if state.is_absolute() else path.parent / state
+    else:
+        values["state_dir"] = path.parent / defaults.state_dir
+    if "frame_seconds" in data:
+        values["frame_seconds"] = reader.number(data["frame_seconds"], "runtime.frame_seconds", 0.01, 60.0)
+    if "tracing" in data:
+        values["tracing"] = reader.choice(data["tracing"], "runtime.tracing", TRACING)
+    if "otlp_endpoint" in data:
+        values["otlp_endpoint"] = reader.string(data["otlp_endpoint"], "runtime.otlp_endpoint")
+    if "key_store_capacity_bits" in data:
+        values["key_store_capacity_bits"] = reader.integer(data["key_store_capacity_bits"],
+                                                           "runtime.key_store_capacity_bits", 1, 2 ** 62)
+    return dataclasses.replace(defaults, **values)
+
+
+LINK_FIELDS = {"id", "protocol", "preset", "sites", "distance_km", "distances_km", "fiber_loss_db_per_km",
+               "detector", "source", "thresholds", "security", "parameters", "repetition_rate_hz",
+               "block_pulses", "key_rate_target_bps", "seed", "devices"}
+
+
+def _link(reader: _Reader, raw: Any, where: str) -> LinkSpec:
+    data = reader.mapping(raw, where, LINK_FIELDS)
+    link_id = reader.string(data.get("id"), f"{where}.id")
+    if not LINK_ID.match(link_id):
+        reader.fail(f"{where}.id", "lower-case letters, digits, '-' or '_' (at most 63)", link_id)
+    protocol = reader.choice(data.get("protocol"), f"{where}.protocol", PROTOCOL_NAMES)
+    model = get_protocol(protocol)
+    preset = data.get("preset")
+    if preset is not None and preset not in model.presets:
+        reader.fail(f"{where}.preset", f"one of {', '.join(sorted(model.presets))} for {protocol}", preset)
+    sites = _sites(reader, data.get("sites"), f"{where}.sites", relay=protocol != "bb84-decoy")
+
+    overrides: dict[str, tuple[float, str]] = {}  # protocol parameter → (value, field it came from)
+
+    def put(param: str, value: Any, field_name: str) -> None:
+        overrides[param] = (reader.number(value, field_name), field_name)
+
+    if "distances_km" in data:
+        if protocol == "bb84-decoy":
+            reader.fail(f"{where}.distances_km", "distance_km for a point-to-point bb84-decoy link", data["distances_km"])
+        legs = reader.mapping(data["distances_km"], f"{where}.distances_km", {"alice_charlie", "charlie_bob"})
+        a = reader.number(legs.get("alice_charlie"), f"{where}.distances_km.alice_charlie", 0.0)
+        b = reader.number(legs.get("charlie_bob"), f"{where}.distances_km.charlie_bob", 0.0)
+        if a + b <= 0:
+            reader.fail(f"{where}.distances_km", "a positive total distance", a + b)
+        overrides["distance_km"] = (a + b, f"{where}.distances_km")
+        overrides["relay_position"] = (a / (a + b), f"{where}.distances_km")
+    if "distance_km" in data:
+        if "distances_km" in data:
+            reader.fail(f"{where}.distance_km", "either distance_km or distances_km, not both", data["distance_km"])
+        put("distance_km", data["distance_km"], f"{where}.distance_km")
+    if "fiber_loss_db_per_km" in data:
+        put("fiber_loss_db_per_km", data["fiber_loss_db_per_km"], f"{where}.fiber_loss_db_per_km")
+    if "detector" in data:
+        detector = reader.mapping(data["detector"], f"{where}.detector", {"type", *DETECTOR_FIELDS})
+        if "type" in detector:
+            kind = reader.choice(detector["type"], f"{where}.detector.type", tuple(DETECTOR_TYPES))
+            for param, value in DETECTOR_TYPES[kind].items():
+                overrides[param] = (value, f"{where}.detector.type")
+        for key, param in DETECTOR_FIELDS.items():
+            if key in detector:
+                put(param, detector[key], f"{where}.detector.{key}")
+    for section, table in (("thresholds", THRESHOLD_FIELDS), ("security", SECURITY_FIELDS)):
+        if section in data:
+            values = reader.mapping(data[section], f"{where}.{section}", set(table))
+            for key, param in table.items():
+                if key in values:
+                    put(param, values[key], f"{where}.{section}.{key}")
+    for section in ("source", "parameters"):
+        if section in data:
+            for key, value in reader.mapping(data[section], f"{where}.{section}", None).items():
+                put(str(key), value, f"{where}.{section}.{key}")
+
+    repetition = reader.number(data.get("repetition_rate_hz", 1e9), f"{where}.repetition_rate_hz", 1.0, 1e11)
+    overrides["repetition_rate_hz"] = (repetition, f"{where}.repetition_rate_hz")
+    for param, (_, field_name) in overrides.items():
+        try:
+            model.parameter(param)
+        except ParameterError:
+            reader.fail(field_name, f"a parameter of protocol {protocol} (see qkdops keyrate --protocol "
+                        f"{protocol} --show-params)", param)
+    try:
+        parameters = model.resolve({k: v for k, (v, _) in overrides.items()}, preset)
+    except ParameterError as exc:
+        raise ConfigError(f"{reader.path}: {where}: {exc}") from None
+    block_pulses = reader.integer(data.get("block_pulses", 10 ** 10), f"{where}.block_pulses", 1, 2 ** 62)
+    target = reader.number(data.get("key_rate_target_bps", 0.0), f"{where}.key_rate_target_bps", 0.0)
+    seed = reader.integer(data.get("seed", 0), f"{where}.seed", 0, 2 ** 63)
+    devices = _devices(reader, data.get("devices", {}), f"{where}.devices")
+    return LinkSpec(link_id, protocol, preset, sites, parameters, repetition, block_pulses, target, seed, devices)
+
+
+def _sites(reader: _Reader, raw: Any, where: str, relay: bool) -> Sites:
+    data = reader.mapping(raw, where, {"alice", "bob", "charlie"})
+    alice = reader.string(data.get("alice"), f"{where}.alice")
+    bob = reader.string(data.get("bob"), f"{where}.bob")
+    charlie = data.get("charlie")
+    if relay:
+        charlie = reader.string(charlie, f"{where}.charlie")
+    elif charlie is not None:
+        reader.fail(f"{where}.charlie", "no relay site for a point-to-point bb84-decoy link", charlie)
+    return Sites(alice, bob, charlie)
+
+
+def _devices(reader: _Reader, raw: Any, where: str) -> DeviceSettings:
+    """``devices: {phase: {drift_rad_per_s: 0.2}, ...}`` over the healthy defaults."""
+    defaults = DeviceSettings()
+    sections = {f.name for f in dataclasses.fields(DeviceSettings)}
+    data = reader.mapping(raw, where, sections)
+    replaced: dict[str, Any] = {}
+    for name, value in data.items():
+        current = getattr(defaults, name)
+        allowed = {f.name for f in dataclasses.fields(current)}
+        values = reader.mapping(value, f"{where}.{name}", allowed)
+        numbers = {k: reader.number(v, f"{where}.{name}.{k}") for k, v in values.items()}
+        try:
+            replaced[name] = dataclasses.replace(current, **numbers)
+        except ValueError as exc:
+            raise ConfigError(f"{reader.path}: {where}.{name}: {exc}") from None
+    return dataclasses.replace(defaults, **replaced)
+
+
+class _Reader:
+    """Typed access to parsed YAML that fails with FILE: FIELD: expected …, got …."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, expected: str, got: Any) -> None:
+        raise ConfigError(f"{self.path}: {where or 'top level'}: expected {expected}, got {got!r}")
+
+    def mapping(self, raw: Any, where: str, allowed: set[str] | None) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            self.fail(where, "a mapping", raw)
+        if allowed is not None:
+            for key in raw:
+                if key not in allowed:
+                    self.fail(f"{where}.{key}" if where else str(key), f"one of the keys {', '.join(sorted(allowed))}", key)
+        return raw
+
+    def string(self, raw: Any, where: str) -> str:
+        if not isinstance(raw, str) or not raw.strip():
+            self.fail(where, "a non-empty string", raw)
+        return raw
+
+    def choice(self, raw: Any, where: str, options: tuple[str, ...]) -> str:
+        if raw not in options:
+            self.fail(where, f"one of {', '.join(options)}", raw)
+        return raw
+
+    def number(self, raw: Any, where: str, minimum: float | None = None, maximum: float | None = None) -> float:
+        if isinstance(raw, str):  # YAML 1.1 reads 1e9 (no dot) as a string
+            try:
+                raw = float(raw)
+            except ValueError:
+                pass
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw:
+            self.fail(where, "a number", raw)
+        if (minimum is not None and raw < minimum) or (maximum is not None and raw > maximum):
+            self.fail(where, f"a number in [{minimum}, {maximum}]", raw)
+        return float(raw)
+
+    def integer(self, raw: Any, where: str, minimum: int, maximum: int) -> int:
+        value = self.number(raw, where, minimum, maximum)
+        if value != int(value):
+            self.fail(where, "a whole number", raw)
+        return int(value)

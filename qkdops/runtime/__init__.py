@@ -1,0 +1,7 @@
+"""The running system: links stepping in real time, block archive, post-processing, key store.
+
+Data flows one way: ``fleet`` steps each emulated link frame by frame and closes post-processing
+blocks → ``archive`` makes each block durable → ``pipeline`` turns it into a result and key →
+``keystore`` holds the key → ``state`` accumulates what the exporters publish. Jobs, game days and
+the control API act on links only through ``Fleet``'s methods.
+"""

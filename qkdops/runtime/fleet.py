@@ -1,0 +1,261 @@
+"""The fleet: every configured link stepping in real time, its blocks archived and post-processed.
+
+One thread steps all links: each link advances one emulator frame (``runtime.frame_seconds``) per
+frame of wall-clock time, sums frames into post-processing blocks, archives each block durably, then
+post-processes it and hands its key to the key store. At 1,000 links a frame costs well under a
+second of CPU (docs/benchmarks.md), so one thread keeps up.
+
+Everything outside (control API, calibration jobs, game days) acts through ``Fleet``'s methods;
+they take the link's lock, so they interleave safely with stepping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from qkdlink.emulator import FAULTS, CalibrationResult, Link
+from qkdops.config import FleetConfig, LinkSpec
+from qkdops.runtime.archive import BlockArchive
+from qkdops.runtime.blocks import Block, BlockBuilder
+from qkdops.runtime.keystore import KeyStore
+from qkdops.runtime.pipeline import BlockResult, PostProcessor
+from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkSnapshot, LinkState
+from qkdops.runtime.tracing import make_tracer
+
+log = logging.getLogger("qkdops.fleet")
+JITTER_SAMPLES_PER_FRAME = 64
+MAX_CATCH_UP_FRAMES = 10  # after a stall, step at most this many frames per link per tick
+
+
+class UnknownLink(KeyError):
+    """No link with that id; ``str()`` names it and the known ids."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownAction(ValueError):
+    """No calibration action with that name."""
+
+
+class LinkRuntime:
+    """One link: emulator, frame → block builder, post-processor and published state."""
+
+    def __init__(self, spec: LinkSpec, frame_seconds: float, archive: BlockArchive, keystore: KeyStore,
+                 processor_factory: Callable[[Link], PostProcessor], started_at: float) -> None:
+        self.spec = spec
+        self.frame_pulses = max(1, round(frame_seconds * spec.repetition_rate_hz))
+        self.frame_seconds = self.frame_pulses / spec.repetition_rate_hz
+        self.archive, self.keystore = archive, keystore
+        next_index = archive.next_index(spec.id)
+        # A restart continues the block numbering; a new seed per restart keeps it from replaying
+        # the counts of the blocks already archived.
+        config = dataclasses.replace(spec.emulator_config(self.frame_pulses), seed=spec.seed * 1_000_003 + next_index)
+        self.link = Link(config)
+        self.builder = BlockBuilder(spec.id, spec.protocol, max(1, round(spec.block_pulses / self.frame_pulses)), next_index)
+        self.processor = processor_factory(self.link)
+        self.lock = threading.RLock()
+        self.started_at = started_at
+        self.frames = 0
+        self._jitter_rng = np.random.default_rng(config.seed + 1)
+        intensities = sorted({k[0] for k in (c.key for c in self.link.protocol.pulse_classes(self.link.nominal))})
+        bases = sorted({c.basis for c in self.link.protocol.pulse_classes(self.link.nominal)})
+        sites = {"alice": spec.sites.alice, "bob": spec.sites.bob, "charlie": spec.sites.charlie or ""}
+        self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, keystore.capacity_bits)
+        self.state.set_key_store_bits(keystore.level_bits(spec.id))
+        self.last_result: BlockResult | None = None
+        self.previous_qber = self._last_recorded_qber(next_index)
+
+    def _last_recorded_qber(self, next_index: int) -> float | None:
+        for index in range(next_index - 1, max(-1, next_index - 50), -1):
+            body = self.archive.result(self.spec.id, index)
+            if body is not None and (qber := BlockResult.from_json(body).qber) is not None:
+                return qber
+        return None
+
+    def frames_due(self, now: float) -> int:
+        return int((now - self.started_at) / self.frame_seconds) - self.frames
+
+    def step_frame(self) -> Block | None:
+        """Advance the emulator one frame; return a block when the frame completes one."""
+        with self.lock:
+            record = self.link.step_block()
+            self.frames += 1
+            start = self.started_at + (self.frames - 1) * self.frame_seconds
+            end = start + self.frame_seconds
+            t = record.telemetry
+            decoy_pulses: dict[str, float] = {}
+            decoy_detections: dict[str, float] = {}
+            for (intensity, _), c in record.counts.classes.items():
+                decoy_pulses[intensity] = decoy_pulses.get(intensity, 0.0) + c.sent
+                decoy_detections[intensity] = decoy_detections.get(intensity, 0.0) + c.detected
+            jitter = self._jitter_rng.normal(t.clock_offset_s, max(t.timing_jitter_s, 0.0), JITTER_SAMPLES_PER_FRAME)
+            self.state.record_frame(t, record.active_faults, float(self.frame_pulses), float(record.detected_total),
+                                    decoy_pulses, decoy_detections, jitter.tolist(), t.rng_apt_failures)
+            return self.builder.add(record, start, end, self.frame_pulses)
+
+    def process(self, block: Block) -> BlockResult:
+        """Archive ``block`` (durably), post-process it, hand off its key, record the result."""
+        self.archive.append(block)
+        return self._post_process(block)
+
+    def _post_process(self, block: Block) -> BlockResult:
+        processed, outcome = self.processor.process(
+            block, self.previous_qber, lambda index, key: self.keystore.deposit(self.spec.id, index, key))
+        result = processed.result
+        self.archive.record_result(self.spec.id, block.index, result.to_json())
+        self.state.record_block(block.index, block.end_timestamp, result.reason, result.sifted_bits,
+                                result.sifted_errors, result.secret_key_bits, result.leak_ec_bits,
+                                result.y1_lower, result.e1_upper, result.qber, processed.stage_seconds)
+        if outcome is not None:
+            self.state.record_handoff(outcome, processed.stage_seconds.get("key_handoff", 0.0),
+                                      self.keystore.level_bits(self.spec.id))
+        if result.qber is not None:
+            self.previous_qber = result.qber
+        self.last_result = result
+        return result
+
+    def recover(self) -> int:
+        """Post-process archived blocks a crash left without a result; returns how many."""
+        pending = self.archive.unprocessed(self.spec.id)
+        for block in pending:
+            self._post_process(block)
+        return len(pending)
+
+
+class Fleet:
+    """All links of a ``FleetConfig``; real-time stepping in a background thread (``start``)."""
+
+    def __init__(self, config: FleetConfig, clock: Callable[[], float] = time.time, span_exporter: Any = None) -> None:
+        self.config = config
+        self.clock = clock
+        rt = config.runtime
+        self.archive = BlockArchive(rt.state_dir / "blocks.sqlite")
+        self.keystore = KeyStore(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits)
+        self.tracer, self._shutdown_tracer = make_tracer(rt.tracing, rt.otlp_endpoint, span_exporter)
+        now = clock()
+        self.links: dict[str, LinkRuntime] = {
+            spec.id: LinkRuntime(spec, rt.frame_seconds, self.archive, self.keystore,
+                                 lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer), now)
+            for spec in config.links}
+        for runtime in self.links.values():
+            if (n := runtime.recover()):
+                log.info("link %s: post-processed %d archived block(s) left by a previous run", runtime.spec.id, n)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- stepping -------------------------------------------------------------------------------
+    def run_frames(self, frames: int = 1) -> list[BlockResult]:
+        """Step every link ``frames`` frames now, regardless of the clock (tests, benchmarks)."""
+        results = []
+        for _ in range(frames):
+            for runtime in self.links.values():
+                if (block := runtime.step_frame()) is not None:
+                    results.append(runtime.process(block))
+        return results
+
+    def tick(self) -> None:
+        """Step every link by the frames wall-clock time has made due."""
+        now = self.clock()
+        for runtime in self.links.values():
+            for _ in range(min(runtime.frames_due(now), MAX_CATCH_UP_FRAMES)):
+                if (block := runtime.step_frame()) is not None:
+                    runtime.process(block)
+
+    def start(self, interval_s: float = 0.05) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.tick()
+                except Exception:  # a bug must not silently stop every link: log and keep going
+                    log.exception("fleet tick failed")
+
+        self._thread = threading.Thread(target=loop, name="qkdops-fleet", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._shutdown_tracer()
+        self.archive.close()
+        self.keystore.close()
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def runtime(self, link_id: str) -> LinkRuntime:
+        if link_id not in self.links:
+            raise UnknownLink(f"unknown link '{link_id}' (links: {', '.join(self.links)})")
+        return self.links[link_id]
+
+    def snapshots(self) -> list[LinkSnapshot]:
+        return [r.state.snapshot() for r in self.links.values()]
+
+    def status(self, link_id: str) -> dict[str, Any]:
+        """JSON-ready status of one link: configuration, devices, faults, last block, key store."""
+        r = self.runtime(link_id)
+        with r.lock:
+            telemetry = r.link.telemetry()
+            faults = [{"name": f.name, "parameters": dict(f.parameters), "injected_at_s": f.injected_at_s}
+                      for f in r.link.active_faults()]
+            emulated = r.link.time_s
+        last = r.last_result
+        return {
+            "link": r.spec.id, "protocol": r.spec.protocol, "sites": dataclasses.asdict(r.spec.sites),
+            "emulated_seconds": emulated, "frames": r.frames, "next_block": r.builder.next_index,
+            "block_seconds": r.builder.frames_per_block * r.frame_seconds,
+            "telemetry": _jsonable({f.name: getattr(telemetry, f.name) for f in dataclasses.fields(telemetry)}), "active_faults": faults,
+            "last_block": None if last is None else {
+                "index": last.index, "reason": last.reason, "secret_key_bits": last.secret_key_bits,
+                "qber": last.qber, "y1_lower": last.y1_lower, "e1_upper": last.e1_upper},
+            "key_store_bits": self.keystore.level_bits(r.spec.id),
+        }
+
+    # ---- acting -----------------------------------------------------------------------------------
+    def inject(self, link_id: str, fault: str, parameters: Mapping[str, float]) -> dict[str, Any]:
+        """Put ``fault`` in force on the link (FaultError for a bad name/parameter, link unchanged)."""
+        r = self.runtime(link_id)
+        with r.lock:
+            active = r.link.inject(fault, **parameters)
+        log.info("link %s: fault %s injected %s", link_id, fault, dict(active.parameters))
+        return {"link": link_id, "fault": active.name, "parameters": dict(active.parameters)}
+
+    def clear(self, link_id: str, fault: str | None = None) -> list[str]:
+        r = self.runtime(link_id)
+        with r.lock:
+            cleared = list(r.link.clear(fault))
+        log.info("link %s: cleared %s", link_id, cleared or "nothing")
+        return cleared
+
+    def act(self, link_id: str, action: str) -> CalibrationResult:
+        """Run a calibration action (relock_phase, retune_intensities, …) and count its outcome."""
+        if action not in CALIBRATION_ACTIONS:
+            raise UnknownAction(f"unknown action '{action}' (actions: {', '.join(CALIBRATION_ACTIONS)})")
+        r = self.runtime(link_id)
+        with r.lock:
+            result: CalibrationResult = getattr(r.link, action)()
+        r.state.record_calibration(action, result.ok)
+        log.info("link %s: %s -> %s (%s)", link_id, action, "ok" if result.ok else "failed", result.message)
+        return result
+
+
+def fault_catalogue() -> list[dict[str, Any]]:
+    """The emulator's fault catalogue, JSON-ready (for `qkdops fault list` and the control API)."""
+    return [{"name": f.name, "description": f.description, "effect": f.effect, "fixed_by": f.fixed_by,
+             "parameters": [{"name": p.name, "default": p.default, "unit": p.unit, "minimum": p.minimum,
+                             "maximum": p.maximum, "description": p.description} for p in f.parameters]}
+            for f in FAULTS.values()]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):  # includes the read-only mappings of the telemetry
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value

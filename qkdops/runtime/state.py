@@ -1,0 +1,204 @@
+"""What the exporters publish: per-link counters, gauges and histograms, updated by the runtime.
+
+The runtime writes (``LinkState.record_*``) under the state's lock; exporters read consistent,
+immutable ``LinkSnapshot``s. Counters only grow (they restart from zero with the process, which
+Prometheus ``rate()`` handles). Nothing here holds key material: counts, rates, bounds, device
+readings and latencies only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from qkdlink.emulator import DeviceTelemetry
+
+# Abort reasons (closed set; `none` for a successful block) and key hand-off outcomes.
+BLOCK_REASONS = ("none", "qber", "low_counts", "estimation", "verification", "classical_channel")
+HANDOFF_OUTCOMES = ("success", "store_full")
+STAGES = ("sifting", "estimation", "error_correction", "verification", "privacy_amplification", "key_handoff")
+CALIBRATION_ACTIONS = ("relock_phase", "retune_intensities", "realign_polarization", "regate_detectors")
+
+# Bucket bounds (seconds). Stage latencies: 10 µs … 1 s; hand-off: 100 µs … 1 s; detector timing
+# jitter (arrival time minus gate centre): ±… handled as |Δt| from 1 ps to 1 ns.
+STAGE_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+HANDOFF_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+JITTER_BUCKETS = (5e-12, 1e-11, 2e-11, 5e-11, 1e-10, 2e-10, 5e-10, 1e-9)
+
+
+class Histogram:
+    """Cumulative-bucket histogram in Prometheus's shape (le buckets, +Inf, sum, count)."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self._counts = [0] * (len(self.bounds) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        self._counts[bisect.bisect_left(self.bounds, value)] += count
+        self._sum += value * count
+
+    def snapshot(self) -> HistogramSnapshot:
+        cumulative, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self._counts):
+            running += n
+            cumulative.append((bound, running))
+        return HistogramSnapshot(tuple(cumulative), self._sum)
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    buckets: tuple[tuple[float, int], ...]  # (upper bound, cumulative count), last is +Inf
+    sum: float
+
+    @property
+    def count(self) -> int:
+        return self.buckets[-1][1]
+
+
+@dataclass(frozen=True)
+class LinkSnapshot:
+    """One link's published state at one instant."""
+
+    link: str
+    protocol: str
+    sites: Mapping[str, str]
+    telemetry: DeviceTelemetry | None
+    active_faults: tuple[str, ...]
+    # counters (since process start)
+    pulses_total: float
+    detections_total: float
+    decoy_pulses_total: Mapping[str, float]       # intensity → pulses sent (sifted classes)
+    decoy_detections_total: Mapping[str, float]   # intensity → detections (sifted classes)
+    sifted_bits_total: Mapping[str, float]        # basis → sifted bits
+    sifted_bit_errors_total: Mapping[str, float]  # basis → errors among them
+    secret_key_bits_total: float
+    ec_leak_bits_total: float
+    blocks_total: Mapping[str, float]             # reason (BLOCK_REASONS) → blocks
+    handoffs_total: Mapping[str, float]           # outcome → hand-offs
+    calibrations_total: Mapping[tuple[str, str], float]  # (action, outcome ok|failed) → actions
+    rng_health_failures_total: float
+    # last post-processed block
+    last_block_index: int | None
+    last_block_end_timestamp_seconds: float | None
+    last_success_timestamp_seconds: float | None
+    y1_lower: float | None
+    e1_upper: float | None
+    block_qber: float | None
+    # key store
+    key_store_bits: float
+    key_store_capacity_bits: float
+    # histograms
+    stage_seconds: Mapping[str, HistogramSnapshot]
+    handoff_seconds: HistogramSnapshot
+    timing_jitter_seconds: HistogramSnapshot
+
+
+@dataclass
+class LinkState:
+    """Mutable state of one link; every method takes the lock, so any thread may call it."""
+
+    link: str
+    protocol: str
+    sites: Mapping[str, str]
+    intensities: Sequence[str]
+    bases: Sequence[str]
+    key_store_capacity_bits: float
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self._telemetry: DeviceTelemetry | None = None
+        self._faults: tuple[str, ...] = ()
+        self._pulses = self._detections = self._key_bits = self._leak = self._rng_failures = 0.0
+        self._decoy_pulses = dict.fromkeys(self.intensities, 0.0)
+        self._decoy_detections = dict.fromkeys(self.intensities, 0.0)
+        self._sifted = dict.fromkeys(self.bases, 0.0)
+        self._sifted_errors = dict.fromkeys(self.bases, 0.0)
+        self._blocks = dict.fromkeys(BLOCK_REASONS, 0.0)
+        self._handoffs = dict.fromkeys(HANDOFF_OUTCOMES, 0.0)
+        self._calibrations = {(a, o): 0.0 for a in CALIBRATION_ACTIONS for o in ("ok", "failed")}
+        self._last_index: int | None = None
+        self._last_end: float | None = None
+        self._last_success: float | None = None
+        self._y1: float | None = None
+        self._e1: float | None = None
+        self._qber: float | None = None
+        self._store_bits = 0.0
+        self._stages = {s: Histogram(STAGE_BUCKETS) for s in STAGES}
+        self._handoff = Histogram(HANDOFF_BUCKETS)
+        self._jitter = Histogram(JITTER_BUCKETS)
+
+    def record_frame(self, telemetry: DeviceTelemetry, faults: Sequence[str], pulses: float, detections: float,
+                     decoy_pulses: Mapping[str, float], decoy_detections: Mapping[str, float],
+                     jitter_samples: Sequence[float], rng_failures: int) -> None:
+        """A frame of the emulated link: device readings and its raw counts."""
+        with self._lock:
+            self._telemetry = telemetry
+            self._faults = tuple(faults)
+            self._pulses += pulses
+            self._detections += detections
+            for k, v in decoy_pulses.items():
+                self._decoy_pulses[k] = self._decoy_pulses.get(k, 0.0) + v
+            for k, v in decoy_detections.items():
+                self._decoy_detections[k] = self._decoy_detections.get(k, 0.0) + v
+            for sample in jitter_samples:
+                self._jitter.observe(abs(sample))
+            self._rng_failures += rng_failures
+
+    def record_block(self, index: int, end_timestamp: float, reason: str, sifted: Mapping[str, float],
+                     sifted_errors: Mapping[str, float], key_bits: float, leak_bits: float,
+                     y1_lower: float | None, e1_upper: float | None, qber: float | None,
+                     stage_seconds: Mapping[str, float]) -> None:
+        """A post-processed block: outcome, sifted counts, key, bounds and stage latencies."""
+        if reason not in BLOCK_REASONS:
+            raise ValueError(f"unknown block reason {reason!r}")
+        with self._lock:
+            self._blocks[reason] += 1
+            for b, v in sifted.items():
+                self._sifted[b] = self._sifted.get(b, 0.0) + v
+            for b, v in sifted_errors.items():
+                self._sifted_errors[b] = self._sifted_errors.get(b, 0.0) + v
+            self._key_bits += key_bits
+            self._leak += leak_bits
+            self._last_index, self._last_end = index, end_timestamp
+            if reason == "none":
+                self._last_success = end_timestamp
+            self._y1, self._e1, self._qber = y1_lower, e1_upper, qber
+            for stage, seconds in stage_seconds.items():
+                self._stages[stage].observe(seconds)
+
+    def record_handoff(self, outcome: str, seconds: float, store_bits: float) -> None:
+        if outcome not in HANDOFF_OUTCOMES:
+            raise ValueError(f"unknown hand-off outcome {outcome!r}")
+        with self._lock:
+            self._handoffs[outcome] += 1
+            self._handoff.observe(seconds)
+            self._store_bits = store_bits
+
+    def record_calibration(self, action: str, ok: bool) -> None:
+        with self._lock:
+            self._calibrations[(action, "ok" if ok else "failed")] += 1
+
+    def set_key_store_bits(self, bits: float) -> None:
+        with self._lock:
+            self._store_bits = bits
+
+    def snapshot(self) -> LinkSnapshot:
+        with self._lock:
+            return LinkSnapshot(
+                link=self.link, protocol=self.protocol, sites=dict(self.sites), telemetry=self._telemetry,
+                active_faults=self._faults, pulses_total=self._pulses, detections_total=self._detections,
+                decoy_pulses_total=dict(self._decoy_pulses), decoy_detections_total=dict(self._decoy_detections),
+                sifted_bits_total=dict(self._sifted), sifted_bit_errors_total=dict(self._sifted_errors),
+                secret_key_bits_total=self._key_bits, ec_leak_bits_total=self._leak,
+                blocks_total=dict(self._blocks), handoffs_total=dict(self._handoffs),
+                calibrations_total=dict(self._calibrations), rng_health_failures_total=self._rng_failures,
+                last_block_index=self._last_index, last_block_end_timestamp_seconds=self._last_end,
+                last_success_timestamp_seconds=self._last_success, y1_lower=self._y1, e1_upper=self._e1,
+                block_qber=self._qber, key_store_bits=self._store_bits,
+                key_store_capacity_bits=self.key_store_capacity_bits,
+                stage_seconds={s: h.snapshot() for s, h in self._stages.items()},
+                handoff_seconds=self._handoff.snapshot(), timing_jitter_seconds=self._jitter.snapshot(),
+            )
