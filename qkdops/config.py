@@ -223,12 +223,16 @@ def _link(reader: _Reader, raw: Any, where: str) -> LinkSpec:
 
     repetition = reader.number(data.get("repetition_rate_hz", 1e9), f"{where}.repetition_rate_hz", 1.0, 1e11)
     overrides["repetition_rate_hz"] = (repetition, f"{where}.repetition_rate_hz")
-    for param, (_, field_name) in overrides.items():
+    for param, (value, field_name) in overrides.items():
         try:
-            model.parameter(param)
+            spec = model.parameter(param)
         except ParameterError:
             reader.fail(field_name, f"a parameter of protocol {protocol} (see qkdops keyrate --protocol "
                         f"{protocol} --show-params)", param)
+        try:
+            spec.check(value)
+        except ParameterError as exc:
+            raise ConfigError(f"{reader.path}: {field_name}: {exc}") from None
     try:
         parameters = model.resolve({k: v for k, (v, _) in overrides.items()}, preset)
     except ParameterError as exc:

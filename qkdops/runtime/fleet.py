@@ -71,14 +71,7 @@ class LinkRuntime:
         self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, keystore.capacity_bits)
         self.state.set_key_store_bits(keystore.level_bits(spec.id))
         self.last_result: BlockResult | None = None
-        self.previous_qber = self._last_recorded_qber(next_index)
-
-    def _last_recorded_qber(self, next_index: int) -> float | None:
-        for index in range(next_index - 1, max(-1, next_index - 50), -1):
-            body = self.archive.result(self.spec.id, index)
-            if body is not None and (qber := BlockResult.from_json(body).qber) is not None:
-                return qber
-        return None
+        self.previous_qber = previous_qber(archive, spec.id, next_index)
 
     def frames_due(self, now: float) -> int:
         return int((now - self.started_at) / self.frame_seconds) - self.frames
@@ -243,6 +236,16 @@ class Fleet:
         r.state.record_calibration(action, result.ok)
         log.info("link %s: %s -> %s (%s)", link_id, action, "ok" if result.ok else "failed", result.message)
         return result
+
+
+def previous_qber(archive: BlockArchive, link: str, index: int, lookback: int = 50) -> float | None:
+    """QBER of the latest block before ``index`` that has one: what the error-correction code of
+    block ``index`` is sized for (the pipeline's verification model). Replay uses the same rule."""
+    for earlier in range(index - 1, max(-1, index - 1 - lookback), -1):
+        body = archive.result(link, earlier)
+        if body is not None and (qber := BlockResult.from_json(body).qber) is not None:
+            return qber
+    return None
 
 
 def fault_catalogue() -> list[dict[str, Any]]:

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small three-protocol fleet config whose blocks close every few frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SMALL_FLEET = """
+runtime:
+  state_dir: {state}
+  control_port: {control}
+  device_exporter_port: {device}
+  postprocessing_exporter_port: {pp}
+  frame_seconds: 1.0
+links:
+  - id: bb84-a
+    protocol: bb84-decoy
+    preset: lim2014
+    sites: {{alice: a, bob: b}}
+    distance_km: 25
+    detector: {{dead_time_s: 1.0e-7}}
+    source: {{key_basis_probability: 0.7}}
+    block_pulses: 2.0e+9
+    seed: 1
+  - id: mdi-a
+    protocol: mdi
+    preset: snspd
+    sites: {{alice: a, bob: b, charlie: c}}
+    distances_km: {{alice_charlie: 20, charlie_bob: 20}}
+    source: {{mu: 0.3, nu: 0.1, p_mu: 0.4, p_nu: 0.4, key_basis_probability: 0.5}}
+    block_pulses: 3.0e+10
+    seed: 2
+  - id: tf-a
+    protocol: tf
+    preset: snspd
+    sites: {{alice: a, bob: b, charlie: c}}
+    distances_km: {{alice_charlie: 100, charlie_bob: 100}}
+    source: {{mu: 0.45, epsilon_send: 0.023, nu: 0.09, nu2: 0.42, z_window_probability: 0.7}}
+    block_pulses: 2.0e+10
+    seed: 3
+"""
+
+
+def write_fleet_config(directory: Path, control: int = 9800, device: int = 9810, pp: int = 9811) -> Path:
+    path = directory / "links.yaml"
+    path.write_text(SMALL_FLEET.format(state=directory / "state", control=control, device=device, pp=pp))
+    return path
+
+
+@pytest.fixture
+def fleet_config_path(tmp_path: Path) -> Path:
+    """A links.yaml in tmp_path: BB84 closes a block every 2 frames, TF every 20, MDI every 30."""
+    return write_fleet_config(tmp_path)

@@ -1,0 +1,72 @@
+"""links.yaml: the shipped fleet loads; every invalid config fails naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qkdops.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config
+
+
+def test_shipped_fleet_has_one_link_per_protocol_at_realistic_distances():
+    config = load_config(DEFAULT_CONFIG)
+    by_protocol = {spec.protocol: spec for spec in config.links}
+    assert set(by_protocol) == {"bb84-decoy", "mdi", "tf"}
+    assert by_protocol["bb84-decoy"].parameters["distance_km"] == 25
+    mdi = by_protocol["mdi"]
+    assert mdi.parameters["distance_km"] == 80 and mdi.parameters["relay_position"] == 0.5
+    assert mdi.sites.charlie and by_protocol["tf"].parameters["distance_km"] == 300
+    assert config.runtime.bind == "127.0.0.1"
+    assert (config.runtime.control_port, config.runtime.device_exporter_port,
+            config.runtime.postprocessing_exporter_port) == (9800, 9810, 9811)
+    assert config.runtime.state_dir == DEFAULT_CONFIG.parent / "var/qkdops"
+
+
+def _base() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+@pytest.mark.parametrize(("mutate", "field", "expected"), [
+    (lambda c: c["links"][0]["detector"].update(efficiency=1.5), "links[0].detector.efficiency", "<= 1.0"),
+    (lambda c: c["links"][0].update(colour="red"), "links[0].colour", "one of the keys"),
+    (lambda c: c["links"][1].update(id=c["links"][0]["id"]), "links[1].id", "unique"),
+    (lambda c: c["links"][0].update(protocol="e91"), "links[0].protocol", "bb84-decoy, mdi, tf"),
+    (lambda c: c["links"][0]["sites"].update(charlie="relay"), "links[0].sites.charlie", "point-to-point"),
+    (lambda c: c["links"][1]["sites"].pop("charlie"), "links[1].sites.charlie", "non-empty string"),
+    (lambda c: c["links"][1]["source"].update(warp=2), "links[1].source.warp", "parameter of protocol mdi"),
+    (lambda c: c["links"][1]["source"].update(nu=0.5), "links[1]", "mu > nu"),
+    (lambda c: c["links"][2].update(block_pulses=-5), "links[2].block_pulses", "number in"),
+    (lambda c: c["links"][2].update(preset="nope"), "links[2].preset", "one of"),
+    (lambda c: c["runtime"].update(device_exporter_port=9800), "runtime", "distinct"),
+    (lambda c: c["runtime"].update(tracing="jaeger"), "runtime.tracing", "none, console, otlp"),
+    (lambda c: c.update(links=[]), "links", "non-empty list"),
+    (lambda c: c["links"][0].update(devices={"phase": {"loop_gain_rad_per_s": "fast"}}),
+     "links[0].devices.phase.loop_gain_rad_per_s", "a number"),
+])
+def test_invalid_configs_name_the_file_and_field(tmp_path: Path, mutate, field, expected):
+    raw = _base()
+    mutate(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {field}") and expected in message, message
+
+
+def test_unreadable_and_malformed_files_are_reported(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("links: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path: Path):
+    raw = _base()
+    raw["links"][0]["block_pulses"] = "1e10"  # YAML 1.1 reads 1e10 as a string
+    config = parse_config(raw, tmp_path / "x.yaml")
+    assert config.links[0].block_pulses == 10 ** 10
