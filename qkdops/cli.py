@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkdops import emulate_cmd, keyrate_cmd, replay_cmd
+from qkdops import emulate_cmd, fault_cmd, keyrate_cmd, replay_cmd, status_cmd, up_cmd
 
 
 class UsageError(Exception):
@@ -22,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     keyrate_cmd.register(sub)
     emulate_cmd.register(sub)
+    fault_cmd.register(sub)
     replay_cmd.register(sub)
+    up_cmd.register(sub)
+    status_cmd.register(sub)
     return parser
 
 

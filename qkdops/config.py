@@ -91,6 +91,9 @@ class RuntimeSettings:
     tracing: str = "none"
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
     key_store_capacity_bits: int = 10 ** 10
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9093
+    scrape_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,10 @@ def parse_config(raw: Any, path: Path) -> FleetConfig:
         if spec.id in seen:
             reader.fail(f"links[{i}].id", "a unique link id", spec.id)
         seen.add(spec.id)
-    ports = [runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port]
+    ports = [runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port,
+             runtime.prometheus_port, runtime.alertmanager_port]
     if len(set(ports)) != len(ports):
-        reader.fail("runtime", "distinct control, device and post-processing ports", ports)
+        reader.fail("runtime", "distinct control, exporter, Prometheus and Alertmanager ports", ports)
     return FleetConfig(links, runtime, path)
 
 
@@ -141,7 +145,8 @@ def _runtime(reader: _Reader, raw: Any, path: Path) -> RuntimeSettings:
     defaults = RuntimeSettings()
     data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
     values: dict[str, Any] = {}
-    for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port"):
+    for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port", "prometheus_port",
+                 "alertmanager_port"):
         if name in data:
             values[name] = reader.integer(data[name], f"runtime.{name}", 1, 65535)
     if "bind" in data:
@@ -153,6 +158,8 @@ def _runtime(reader: _Reader, raw: Any, path: Path) -> RuntimeSettings:
         values["state_dir"] = path.parent / defaults.state_dir
     if "frame_seconds" in data:
         values["frame_seconds"] = reader.number(data["frame_seconds"], "runtime.frame_seconds", 0.01, 60.0)
+    if "scrape_interval_s" in data:
+        values["scrape_interval_s"] = reader.number(data["scrape_interval_s"], "runtime.scrape_interval_s", 0.5, 300.0)
     if "tracing" in data:
         values["tracing"] = reader.choice(data["tracing"], "runtime.tracing", TRACING)
     if "otlp_endpoint" in data:

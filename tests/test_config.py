@@ -39,7 +39,7 @@ def _base() -> dict:
     (lambda c: c["links"][1]["source"].update(nu=0.5), "links[1]", "mu > nu"),
     (lambda c: c["links"][2].update(block_pulses=-5), "links[2].block_pulses", "number in"),
     (lambda c: c["links"][2].update(preset="nope"), "links[2].preset", "one of"),
-    (lambda c: c["runtime"].update(device_exporter_port=9800), "runtime", "distinct"),
+    (lambda c: c["runtime"].update(device_exporter_port=9800), "runtime", "distinct control"),
     (lambda c: c["runtime"].update(tracing="jaeger"), "runtime.tracing", "none, console, otlp"),
     (lambda c: c.update(links=[]), "links", "non-empty list"),
     (lambda c: c["links"][0].update(devices={"phase": {"loop_gain_rad_per_s": "fast"}}),

@@ -1,0 +1,97 @@
+"""``qkdops status``: is the local stack up, and what are the links doing?
+
+Reads ``<state_dir>/up.json`` written by ``qkdops up``, probes every endpoint (control API
+``/healthz``, exporters ``/metrics``, Prometheus and Alertmanager ``/-/ready``) and, when the control
+API answers, prints each link's last block. Exit 0 when everything answers, 1 when something does
+not, 3 when the stack is not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+from qkdops.config import DEFAULT_CONFIG, load_config
+from qkdops.up_cmd import UP_FILE
+
+PROBES = {"control_api": "/healthz", "device_exporter": "", "postprocessing_exporter": "",
+          "prometheus": "/-/ready", "alertmanager": "/-/ready"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="what of the local stack is up", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    up_file = config.runtime.state_dir / UP_FILE
+    if not up_file.exists():
+        print(json.dumps({"running": False}) if args.json else f"qkdops is not running ({up_file} not found)")
+        return 3
+    recorded = json.loads(up_file.read_text())
+    if not _alive(recorded["pids"].get("qkdops", 0)):
+        print(json.dumps({"running": False, "stale": str(up_file)}) if args.json
+              else f"qkdops is not running ({up_file} is left from a process that died)")
+        return 3
+    rows = {name: _probe(url + PROBES.get(name, "")) for name, url in recorded["endpoints"].items()}
+    links = _links(recorded["endpoints"].get("control_api"), config.runtime.state_dir) if rows.get("control_api") else []
+    if args.json:
+        print(json.dumps({"running": True, "endpoints": {n: {"url": recorded["endpoints"][n], "up": ok}
+                                                         for n, ok in rows.items()}, "links": links}, indent=2))
+    else:
+        for name, ok in rows.items():
+            print(f"{name:<24} {'up' if ok else 'DOWN':<5} {recorded['endpoints'][name]}")
+        for link in links:
+            last = link.get("last_block") or {}
+            print(f"link {link['link']:<18} {link['protocol']:<11} next block {link['next_block']:<6} "
+                  f"last: {last.get('reason', '-')}, {last.get('secret_key_bits', 0)} key bits, "
+                  f"faults: {', '.join(f['name'] for f in link['active_faults']) or 'none'}")
+    return 0 if all(rows.values()) else 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def _probe(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _links(api_url: str | None, state_dir: Path) -> list[dict]:
+    """Each link's status through the control API (token as the CLI finds it)."""
+    from qkdops.control_api import TokenError, load_token
+
+    try:
+        token = load_token(state_dir, create=False).value
+    except TokenError:
+        return []
+    out = []
+    try:
+        for item in _get(f"{api_url}/api/v1/links", token)["links"]:
+            out.append(_get(f"{api_url}/api/v1/links/{item['link']}", token))
+    except (OSError, ValueError, KeyError):
+        return out
+    return out
+
+
+def _get(url: str, token: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=2) as response:
+        return json.loads(response.read())

@@ -1,0 +1,126 @@
+"""``qkdops up``: the whole local stack in the foreground, no Docker.
+
+Starts, in this process, the emulated links (real time), the device exporter, the post-processing
+exporter and the control API; as children, a real Prometheus scraping the exporters and a real
+Alertmanager. Prints where each listens, writes ``<state_dir>/up.json`` for ``qkdops status``, and
+on Ctrl-C/SIGTERM stops everything (children first, then the servers, then the fleet, whose
+archive and key store are durable at every block). If a child dies, the stack stops with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from exporters import DeviceCollector, PostProcessingCollector, serve
+from qkdops import control_api
+from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
+from qkdops.runtime.fleet import Fleet
+from qkdops.stack import Stack, StackError, write_up_file
+
+log = logging.getLogger("qkdops.up")
+UP_FILE = "up.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="run the local stack: links, exporters, control API, Prometheus, Alertmanager",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="links.yaml (default: the shipped fleet)")
+    p.add_argument("--bind", help="address for the exporters and control API (default: runtime.bind)")
+    p.add_argument("--no-prometheus", action="store_true",
+                   help="do not start Prometheus and Alertmanager (docker-compose runs its own)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until stopped)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(args.config)
+    if args.bind:
+        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, bind=args.bind))
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return _run(config, not args.no_prometheus, stopping, args.duration)
+
+
+def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float) -> int:
+    rt = config.runtime
+    rt.state_dir.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(config)
+    servers: list[tuple[str, object, threading.Thread]] = []
+    stack = Stack(rt)
+    status = 0
+    try:
+        for name, collector, port in (("device exporter", DeviceCollector(fleet.snapshots), rt.device_exporter_port),
+                                      ("post-processing exporter", PostProcessingCollector(fleet.snapshots),
+                                       rt.postprocessing_exporter_port)):
+            servers.append((name, *_listen(name, rt.bind, port, lambda c=collector, p=port: serve(c, rt.bind, p))))
+        token = control_api.load_token(rt.state_dir, create=True)
+        servers.append(("control API", *_listen("control API", rt.bind, rt.control_port,
+                                                lambda: control_api.serve(fleet, rt, token.value))))
+        if with_servers:
+            stack.start()
+            stack.wait_ready()
+        fleet.start()
+        endpoints = {
+            "control_api": f"http://{rt.bind}:{rt.control_port}",
+            "device_exporter": f"http://{rt.bind}:{rt.device_exporter_port}/metrics",
+            "postprocessing_exporter": f"http://{rt.bind}:{rt.postprocessing_exporter_port}/metrics",
+            **{child.name: child.url for child in stack.children},
+        }
+        write_up_file(rt.state_dir / UP_FILE, endpoints,
+                      {"qkdops": os.getpid(), **{c.name: c.process.pid for c in stack.children}})
+        print(f"qkdops up: {len(config.links)} links from {config.source}", flush=True)
+        for name, url in endpoints.items():
+            print(f"  {name:<24} {url}", flush=True)
+        print(f"  {'state':<24} {rt.state_dir}  (control API token: {token.source})", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        started = time.monotonic()
+        while not stopping.wait(0.5):
+            if (dead := stack.dead()) is not None:
+                log.error("%s exited with status %s; stopping the stack (log: %s)", dead.name,
+                          dead.process.returncode, dead.log_path)
+                status = 1
+                break
+            if duration_s and time.monotonic() - started >= duration_s:
+                break
+    except StackError as exc:
+        print(f"qkdops up: error: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        stack.stop()
+        for _name, server, thread in reversed(servers):
+            _close(server, thread)
+        fleet.stop()
+        (rt.state_dir / UP_FILE).unlink(missing_ok=True)
+        print("qkdops up: stopped", flush=True)
+    return status
+
+
+def _listen(name: str, host: str, port: int, start: Callable[[], tuple[Any, threading.Thread]]) -> tuple[Any, threading.Thread]:
+    """Start a server; a port already taken becomes a StackError that says so."""
+    try:
+        return start()
+    except OSError as exc:
+        raise StackError(f"{name} cannot listen on {host}:{port}: {exc.strerror} (another `qkdops up`?)") from None
+
+
+def _close(server: object, thread: threading.Thread) -> None:
+    server.shutdown()  # type: ignore[attr-defined]
+    server.server_close()  # type: ignore[attr-defined]
+    thread.join(timeout=5)

@@ -1,0 +1,128 @@
+"""Running `qkdops up` as a real process for end-to-end tests: free ports, a test profile, queries.
+
+Every wait is bounded; `RunningStack.stop` always runs (SIGINT, then SIGKILL of the whole process
+group) so no server outlives its test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qkdops.config import DEFAULT_CONFIG
+
+# A 10 km link whose post-processing block is one 1-s frame, so a fault shows within a scrape or two.
+FAST_LINK = {
+    "id": "e2e-fast", "protocol": "bb84-decoy", "preset": "lim2014", "sites": {"alice": "a", "bob": "b"},
+    "distance_km": 10, "detector": {"dead_time_s": 1.0e-8},
+    "source": {"key_basis_probability": 0.7, "p_mu": 0.6, "p_nu": 0.3}, "block_pulses": 1.0e9, "seed": 9,
+}
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_interval_s: float = 1.0) -> Path:
+    """The shipped fleet (plus ``extra_links``) on free ports, state in ``directory``, fast scrapes."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    control, device, pp, prom, am = free_ports(5)
+    raw["runtime"].update(state_dir=str(directory / "state"), control_port=control, device_exporter_port=device,
+                          postprocessing_exporter_port=pp, prometheus_port=prom, alertmanager_port=am,
+                          scrape_interval_s=scrape_interval_s)
+    raw["links"].extend(extra_links or [])
+    path = directory / "links.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+class RunningStack:
+    def __init__(self, config_path: Path, *extra_args: str) -> None:
+        self.config_path = config_path
+        raw = yaml.safe_load(config_path.read_text())["runtime"]
+        self.state_dir = Path(raw["state_dir"])
+        self.ports = {k: raw[k] for k in ("control_port", "device_exporter_port", "postprocessing_exporter_port",
+                                          "prometheus_port", "alertmanager_port")}
+        self.log = open(config_path.parent / "qkdops-up.log", "wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "qkdops.cli", "up", "--config", str(config_path), *extra_args],
+                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_up(self, timeout_s: float = 60.0) -> None:
+        """Until this process (not a killed predecessor) has written up.json."""
+        def written() -> bool:
+            path = self.state_dir / "up.json"
+            return path.exists() and json.loads(path.read_text())["pids"]["qkdops"] == self.process.pid
+        wait_for(written, timeout_s, "qkdops up to write up.json", self)
+
+    def url(self, port_key: str) -> str:
+        return f"http://127.0.0.1:{self.ports[port_key]}"
+
+    def prometheus(self, query: str) -> list[dict[str, Any]]:
+        data = urllib.parse.urlencode({"query": query}).encode()
+        with urllib.request.urlopen(f"{self.url('prometheus_port')}/api/v1/query", data, timeout=5) as response:
+            return json.loads(response.read())["data"]["result"]
+
+    def by_link(self, query: str) -> dict[str, float]:
+        return {r["metric"].get("link", ""): float(r["value"][1]) for r in self.prometheus(query)}
+
+    def api(self, method: str, path: str, body: dict | None = None) -> Any:
+        token = (self.state_dir / "api-token").read_text().strip()
+        request = urllib.request.Request(f"{self.url('control_port')}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def kill9(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return (self.config_path.parent / "qkdops-up.log").read_text(errors="replace")
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, stack: RunningStack | None = None,
+             interval_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if stack is not None and stack.process.poll() is not None:
+            raise AssertionError(f"qkdops up exited ({stack.process.returncode}) waiting for {what}:\n{stack.output()[-3000:]}")
+        try:
+            if value := predicate():
+                return value
+        except (OSError, ValueError, KeyError) as exc:
+            last_error = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last error: {last_error})")
