@@ -1,8 +1,25 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: Python venv with qkdops and its test dependencies.
+# Idempotent set-up for a fresh machine: Debian's Prometheus and Alertmanager (the real servers of the
+# local stack and of the end-to-end tests) and a Python venv with qkdops and its test dependencies.
 # Used by scripts/run.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+    echo "setup: installing $* with apt" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_install $(printf '%s\n' "${missing[@]}" | sort -u)
+fi
 
 PYTHON=${PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -11,9 +28,8 @@ if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -c 'import sys; sys.exi
 fi
 if [ ! -x .venv/bin/python ]; then
     if ! "$PYTHON" -m venv .venv 2>/dev/null; then
-        echo "setup: installing python3-venv with apt" >&2
         rm -rf .venv
-        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+        apt_install python3-venv
         "$PYTHON" -m venv .venv
     fi
 fi
