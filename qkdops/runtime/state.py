@@ -21,9 +21,10 @@ HANDOFF_OUTCOMES = ("success", "store_full")
 STAGES = ("sifting", "estimation", "error_correction", "verification", "privacy_amplification", "key_handoff")
 CALIBRATION_ACTIONS = ("relock_phase", "retune_intensities", "realign_polarization", "regate_detectors")
 
-# Bucket bounds (seconds). Stage latencies: 10 µs … 1 s; hand-off: 100 µs … 1 s; detector timing
-# jitter (arrival time minus gate centre): ±… handled as |Δt| from 1 ps to 1 ns.
-STAGE_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+# Bucket bounds (seconds). Stage latencies: decades from 10 µs to 1 s (six stages × buckets is most of
+# a link's samples, so decades keep a 1,000-link scrape cheap); hand-off: 100 µs … 1 s; detector
+# timing jitter: |arrival − gate centre| from 5 ps to 1 ns.
+STAGE_BUCKETS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
 HANDOFF_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 JITTER_BUCKETS = (5e-12, 1e-11, 2e-11, 5e-11, 1e-10, 2e-10, 5e-10, 1e-9)
 

@@ -1,0 +1,149 @@
+"""The metric catalogue (``catalogue.yaml``), loaded and checked once, and the families built from it.
+
+The collectors create their metric families from the catalogue — type, label names and HELP text —
+so documentation and exposition cannot drift apart; the tests then check the exposed names, types,
+labels and label values against the same file in both directions. ``Families`` is the only way the
+collectors add samples: it drops missing values (None, NaN) instead of publishing them, and keeps
+label values that come from data (intensity, basis) inside the catalogue's closed sets.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from types import MappingProxyType
+
+import yaml
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from qkdops.runtime.state import HistogramSnapshot
+
+DEVICE = "device"
+POSTPROCESSING = "postprocessing"
+EXPORTERS = (DEVICE, POSTPROCESSING)
+TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily}
+CATALOGUE_FILE = "catalogue.yaml"
+_NAME = re.compile(r"qkd_[a-z][a-z0-9_]*[a-z0-9]")
+
+log = logging.getLogger(__name__)
+
+
+class CatalogueError(ValueError):
+    """The catalogue file is malformed; the message names the file, the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One catalogue entry. ``label_values``: allowed values per label, None for an open (config) set."""
+
+    name: str
+    type: str
+    unit: str
+    exporter: str
+    labels: tuple[str, ...]
+    help: str
+    label_values: Mapping[str, frozenset[str] | None]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    metrics: Mapping[str, MetricSpec]           # name → spec, in file order
+    labels: Mapping[str, frozenset[str] | None]  # label → closed set of values, None when open
+
+    def for_exporter(self, exporter: str) -> tuple[MetricSpec, ...]:
+        return tuple(m for m in self.metrics.values() if m.exporter == exporter)
+
+
+def load(text: str, where: str = CATALOGUE_FILE) -> Catalogue:
+    """Parse and check catalogue YAML; any error is a CatalogueError naming ``where`` and the field."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict) or not isinstance(data.get("labels"), dict) or not isinstance(data.get("metrics"), dict):
+        raise CatalogueError(f"{where}: expected a mapping with 'labels' and 'metrics' mappings")
+    labels: dict[str, frozenset[str] | None] = {}
+    for label, values in data["labels"].items():
+        if values is not None and not (isinstance(values, list) and values and all(isinstance(v, str) for v in values)):
+            raise CatalogueError(f"{where}: labels.{label}: expected null or a non-empty list of strings, got {values!r}")
+        labels[label] = None if values is None else frozenset(values)
+    metrics = {name: _metric(name, entry, labels, f"{where}: metrics.{name}") for name, entry in data["metrics"].items()}
+    return Catalogue(MappingProxyType(metrics), MappingProxyType(labels))
+
+
+def _metric(name: str, entry: object, labels: Mapping[str, frozenset[str] | None], where: str) -> MetricSpec:
+    if not isinstance(entry, dict):
+        raise CatalogueError(f"{where}: expected a mapping, got {entry!r}")
+    if not _NAME.fullmatch(name):
+        raise CatalogueError(f"{where}: name must match {_NAME.pattern}")
+    missing = {"type", "unit", "exporter", "labels", "help"} - set(entry)
+    unknown = set(entry) - {"type", "unit", "exporter", "labels", "help", "label_values"}
+    if missing or unknown:
+        raise CatalogueError(f"{where}: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}")
+    kind, exporter, names = entry["type"], entry["exporter"], entry["labels"]
+    if kind not in TYPES:
+        raise CatalogueError(f"{where}.type: expected one of {', '.join(TYPES)}, got {kind!r}")
+    if (kind == "counter") != name.endswith("_total"):
+        raise CatalogueError(f"{where}: counters, and only counters, end in _total")
+    if exporter not in EXPORTERS:
+        raise CatalogueError(f"{where}.exporter: expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if not isinstance(names, list) or names[:2] != ["link", "protocol"] or len(set(names)) != len(names) \
+            or any(n not in labels for n in names):
+        raise CatalogueError(f"{where}.labels: expected distinct labels from 'labels', starting with link, protocol; got {names!r}")
+    if not isinstance(entry["help"], str) or not entry["help"].strip():
+        raise CatalogueError(f"{where}.help: expected a non-empty string")
+    values = {n: labels[n] for n in names}
+    for label, narrowed in (entry.get("label_values") or {}).items():
+        if label not in values or values[label] is None or not isinstance(narrowed, list) or not set(narrowed) <= values[label]:
+            raise CatalogueError(f"{where}.label_values.{label}: expected a subset of labels.{label} for one of this metric's labels")
+        values[label] = frozenset(narrowed)
+    return MetricSpec(name, kind, str(entry["unit"]), exporter, tuple(names), entry["help"].strip(), MappingProxyType(values))
+
+
+CATALOGUE = load(resources.files(__package__).joinpath(CATALOGUE_FILE).read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=256)
+def _le(bound: float) -> str:
+    """Bucket bound as Prometheus writes it (``+Inf``, ``1e-05``); bounds are a handful of constants."""
+    return floatToGoString(bound)
+
+
+class Families:
+    """Fresh, empty families of one exporter (catalogue order) for one scrape, and how to fill them."""
+
+    _warned: set[tuple[str, str]] = set()  # (link, label) already reported, so a bad key logs once
+
+    def __init__(self, exporter: str) -> None:
+        self._families: dict[str, Metric] = {
+            m.name: TYPES[m.type](m.name, m.help, labels=m.labels) for m in CATALOGUE.for_exporter(exporter)}
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._families.values())
+
+    def add(self, name: str, labels: Sequence[str], value: float | None) -> None:
+        """One sample; a missing value (None or NaN) is omitted rather than published."""
+        if value is None or math.isnan(value):
+            return
+        self._families[name].add_metric(labels, value)
+
+    def add_histogram(self, name: str, labels: Sequence[str], histogram: HistogramSnapshot) -> None:
+        self._families[name].add_metric(labels, [(_le(b), n) for b, n in histogram.buckets], histogram.sum)
+
+    @classmethod
+    def known(cls, label: str, value: str, link: str) -> bool:
+        """Whether a data-derived label value is in its closed set; anything else is dropped.
+
+        A value outside the set would be an unbounded or unexpected series (or, at worst, leaked
+        data), so it is never published. The log names the link and the label, never the value.
+        """
+        allowed = CATALOGUE.labels[label]
+        if allowed is None or value in allowed:
+            return True
+        if (link, label) not in cls._warned:
+            cls._warned.add((link, label))
+            log.warning("link %s: dropped a %s label value outside the catalogue's closed set", link, label)
+        return False

@@ -1,0 +1,510 @@
+"""The control API: an authenticated HTTP JSON interface through which tools act on a running fleet.
+
+Game days, calibration jobs, runbooks and ``qkdops fault`` never reach into the runtime: they inject
+and clear faults, run calibration actions and read link status here, and the API in turn only calls
+``Fleet``'s public methods, which take the link's lock, so requests interleave safely with stepping.
+
+Endpoints (``/api/v1``; JSON in and out)::
+
+    GET    /healthz                                    200 {"status": "ok"}           (no token)
+    GET    /api/v1/links                               {"links": [{"link", "protocol"}, ...]}
+    GET    /api/v1/links/{link}                        Fleet.status(link)
+    GET    /api/v1/faults                              {"faults": fault catalogue}
+    GET    /api/v1/links/{link}/faults                 {"link", "active_faults": [...]}
+    POST   /api/v1/links/{link}/faults                 {"fault": NAME, "parameters": {NAME: number}} → 201
+    DELETE /api/v1/links/{link}/faults                 clear all → {"link", "cleared": [...]}
+    DELETE /api/v1/links/{link}/faults/{fault}         clear one → {"link", "cleared": [...]}
+    POST   /api/v1/links/{link}/actions/{action}       calibration action → CalibrationResult
+
+Every other request needs ``Authorization: Bearer TOKEN``. Errors are
+``{"error": {"code", "message", "field"?}}``: 401 (token; with ``WWW-Authenticate: Bearer``),
+404 (unknown link, fault, action or path), 400 (bad JSON, wrong type, bad parameter), 405 (method;
+with ``Allow``), 408 (body not sent in time), 411 (chunked body), 413 (body over 64 KiB), 500
+(logged here, never detailed to the client). A bad request never reaches the link, so the link keeps
+stepping and producing blocks.
+
+Token (``load_token``), first found: env ``QKDOPS_API_TOKEN``; the file named by env
+``QKDOPS_API_TOKEN_FILE``; ``<state_dir>/api-token``, which the server creates (mode 0600, 256 random
+bits) on first start so a fresh machine is never left open. The token is compared in constant time
+and never logged or echoed; ``ApiToken``'s repr hides it.
+
+There is no TLS: the API binds 127.0.0.1 by default; binding elsewhere logs a warning because the
+token would cross the network in clear text.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlsplit
+
+from qkdlink.emulator import FAULTS, FaultError
+from qkdops.config import RuntimeSettings
+from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink, fault_catalogue
+
+log = logging.getLogger("qkdops.control_api")
+
+API_PREFIX = "/api/v1"
+MAX_BODY_BYTES = 64 * 1024
+# An over-long or unauthenticated body is read and dropped (up to this much) before the error
+# response, so the client, still sending, reads the response instead of a connection reset.
+MAX_DRAIN_BYTES = 1024 * 1024
+REQUEST_TIMEOUT_S = 10.0  # a stalled client frees its handler thread after this
+TOKEN_ENV = "QKDOPS_API_TOKEN"
+TOKEN_FILE_ENV = "QKDOPS_API_TOKEN_FILE"
+TOKEN_FILE_NAME = "api-token"
+# RFC 6750 b64token: what can travel in an Authorization header unchanged.
+TOKEN_SYNTAX = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+INJECT_FIELDS = ("fault", "parameters")
+REDACTED = "[redacted]"
+CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes '²'
+
+
+class TokenError(ValueError):
+    """No usable API token; the message names where it looked, never a token value."""
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """The bearer token and where it came from (for messages); ``repr`` leaves the value out."""
+
+    value: str = field(repr=False)
+    source: str
+
+
+def token_from_environment() -> ApiToken | None:
+    """The token env ``QKDOPS_API_TOKEN`` holds or env ``QKDOPS_API_TOKEN_FILE`` names; None if neither is set."""
+    if (value := os.environ.get(TOKEN_ENV)) is not None:
+        return ApiToken(_checked(value, f"environment variable {TOKEN_ENV}"), f"environment variable {TOKEN_ENV}")
+    if (named := os.environ.get(TOKEN_FILE_ENV)) is not None:
+        if not named.strip():
+            raise TokenError(f"environment variable {TOKEN_FILE_ENV} is set but empty")
+        return _read_token_file(Path(named), f"file {named} (from {TOKEN_FILE_ENV})")
+    return None
+
+
+def load_token(state_dir: Path, create: bool) -> ApiToken:
+    """Token from the environment, else ``state_dir/api-token`` (created there when ``create``)."""
+    if (token := token_from_environment()) is not None:
+        return token
+    path = Path(state_dir) / TOKEN_FILE_NAME
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL: two starting processes cannot both write; 0600 before any byte is written.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+            log.info("created control API token file %s (mode 0600)", path)
+    elif not path.exists():
+        raise TokenError(f"no control API token: set {TOKEN_ENV} or {TOKEN_FILE_ENV}, or start `qkdops up`, "
+                         f"which creates {path}")
+    return _read_token_file(path, f"file {path}")
+
+
+def _read_token_file(path: Path, where: str) -> ApiToken:
+    try:
+        text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise TokenError(f"cannot read the control API token from {where}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise TokenError(f"control API token {where} is not text") from None
+    if mode & 0o077:
+        log.warning("control API token %s is readable by group or others (mode %o): chmod 600 it", where, mode & 0o777)
+    return ApiToken(_checked(text.strip(), where), where)
+
+
+def _checked(value: str, where: str) -> str:
+    if not value:
+        raise TokenError(f"control API token from {where} is empty")
+    if not TOKEN_SYNTAX.match(value):
+        raise TokenError(f"control API token from {where} has characters a bearer token cannot carry "
+                         "(allowed: letters, digits and -._~+/ with trailing =)")
+    return value
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+class ApiError(Exception):
+    """An error response: HTTP status, machine-readable code, message naming the field."""
+
+    def __init__(self, status: HTTPStatus, code: str, message: str, field_name: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field_name
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+
+def _bad(message: str, field_name: str, code: str = "invalid_request") -> ApiError:
+    return ApiError(HTTPStatus.BAD_REQUEST, code, message, field_name)
+
+
+def _unauthorized(message: str, invalid: bool) -> ApiError:
+    challenge = 'Bearer realm="qkdops", error="invalid_token"' if invalid else 'Bearer realm="qkdops"'
+    return ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", message, "Authorization", {"WWW-Authenticate": challenge})
+
+
+def _unknown_fault(name: str, field_name: str) -> ApiError:
+    return ApiError(HTTPStatus.NOT_FOUND, "unknown_fault", f"{field_name}: unknown fault '{name}' (faults: {', '.join(FAULTS)})",
+                    field_name)
+
+
+# ---- request handling -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Request:
+    """What an endpoint sees: path parameters, and the JSON body read on demand (None when empty).
+
+    Reading on demand lets an endpoint reject an unknown link (404) before judging the body.
+    """
+
+    params: Mapping[str, str]
+    read_json: Callable[[], Any]
+
+
+Endpoint = Callable[[Fleet, Request], tuple[HTTPStatus, Any]]
+
+
+def _links(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    return HTTPStatus.OK, {"links": [{"link": s.id, "protocol": s.protocol} for s in fleet.config.links]}
+
+
+def _link_status(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    return HTTPStatus.OK, fleet.status(req.params["link"])
+
+
+def _faults(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    return HTTPStatus.OK, {"faults": fault_catalogue()}
+
+
+def _active_faults(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    link = req.params["link"]
+    return HTTPStatus.OK, {"link": link, "active_faults": fleet.status(link)["active_faults"]}
+
+
+def _inject(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    link = req.params["link"]
+    fleet.runtime(link)  # an unknown link is a 404 before the body is judged
+    name, parameters = _inject_body(req.read_json())
+    injected = fleet.inject(link, name, parameters)
+    return HTTPStatus.CREATED, {**injected, "active_faults": fleet.status(link)["active_faults"]}
+
+
+def _inject_body(body: Any) -> tuple[str, dict[str, float]]:
+    """``{"fault": NAME, "parameters": {NAME: number}}`` checked field by field, so errors name one."""
+    if not isinstance(body, dict):
+        raise _bad('request body must be a JSON object {"fault": NAME, "parameters": {NAME: number}}', "body")
+    for key in body:
+        if key not in INJECT_FIELDS:
+            raise _bad(f"unexpected field '{key}' (fields: {', '.join(INJECT_FIELDS)})", str(key))
+    name = body.get("fault")
+    if not isinstance(name, str) or not name:
+        raise _bad(f"fault: expected a fault name (string), got {_describe(name)}", "fault")
+    if name not in FAULTS:
+        raise _unknown_fault(name, "fault")
+    raw = body.get("parameters", {})
+    if not isinstance(raw, dict):
+        raise _bad(f"parameters: expected an object {{NAME: number}}, got {_describe(raw)}", "parameters")
+    parameters: dict[str, float] = {}
+    for key, value in raw.items():
+        where = f"parameters.{key}"
+        if not _is_finite_number(value):
+            raise _bad(f"{where}: expected a finite number, got {_describe(value)}", where, "invalid_parameter")
+        try:
+            FAULTS[name].validate({key: value})  # one at a time, so the error names this field
+        except FaultError as exc:
+            raise _bad(f"{where}: {exc}", where, "invalid_parameter") from None
+        parameters[key] = float(value)
+    return name, parameters
+
+
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _describe(value: Any) -> str:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    if type(value) in kinds:
+        return kinds[type(value)]
+    return "a number" if _is_finite_number(value) else "a number out of range"
+
+
+def _clear(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    link, fault = req.params["link"], req.params.get("fault")
+    fleet.runtime(link)
+    if fault is not None and fault not in FAULTS:
+        raise _unknown_fault(fault, "fault")
+    return HTTPStatus.OK, {"link": link, "cleared": fleet.clear(link, fault)}
+
+
+def _act(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    link = req.params["link"]
+    result = fleet.act(link, req.params["action"])
+    return HTTPStatus.OK, {"link": link, "action": result.action, "ok": result.ok, "message": result.message,
+                           "before": dict(result.before), "after": dict(result.after)}
+
+
+_SEGMENT = r"([^/]+)"
+ROUTES: tuple[tuple[re.Pattern[str], tuple[str, ...], Mapping[str, Endpoint]], ...] = tuple(
+    (re.compile(f"^{pattern}$"), names, handlers) for pattern, names, handlers in (
+        (f"{API_PREFIX}/links", (), {"GET": _links}),
+        (f"{API_PREFIX}/links/{_SEGMENT}", ("link",), {"GET": _link_status}),
+        (f"{API_PREFIX}/faults", (), {"GET": _faults}),
+        (f"{API_PREFIX}/links/{_SEGMENT}/faults", ("link",), {"GET": _active_faults, "POST": _inject, "DELETE": _clear}),
+        (f"{API_PREFIX}/links/{_SEGMENT}/faults/{_SEGMENT}", ("link", "fault"), {"DELETE": _clear}),
+        (f"{API_PREFIX}/links/{_SEGMENT}/actions/{_SEGMENT}", ("link", "action"), {"POST": _act}),
+    ))
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class ControlServer(ThreadingHTTPServer):
+    """The HTTP server, holding the fleet it controls and the token it accepts."""
+
+    daemon_threads = True  # a hung client must not keep the process from exiting
+
+    def __init__(self, address: tuple[str, int], fleet: Fleet, token: str) -> None:
+        self.fleet = fleet
+        self.token = token.encode("ascii")  # TOKEN_SYNTAX: ASCII only
+        super().__init__(address, ControlHandler)
+
+
+class ControlServer6(ControlServer):
+    address_family = socket.AF_INET6
+
+
+class ControlHandler(BaseHTTPRequestHandler):
+    """One request: authenticate, route, parse, call the fleet, answer JSON (errors too)."""
+
+    server: ControlServer
+    server_version = "qkdops-control/1"
+    sys_version = ""  # don't advertise the Python version
+    timeout = REQUEST_TIMEOUT_S
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._handle()
+
+    do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = do_OPTIONS = do_GET  # noqa: N815
+
+    def _handle(self) -> None:
+        self._body_read = False
+        headers: Mapping[str, str] = {}
+        try:
+            status, payload = self._dispatch()
+        except ApiError as exc:
+            status, payload, headers = exc.status, exc.body(), exc.headers
+        except Exception:  # the client learns only that it failed; the log has the traceback (no body)
+            log.exception("control API: %s %s failed", self.command, self._redact(urlsplit(self.path).path))
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            payload = {"error": {"code": "internal", "message": "internal error in the control API; see the runtime's log"}}
+        self._discard_body()
+        self._send(status, payload, headers)
+
+    def _dispatch(self) -> tuple[HTTPStatus, Any]:
+        path = urlsplit(self.path).path
+        route = path.rstrip("/") or "/"
+        if route == "/healthz":
+            self._require_method(path, ("GET",))
+            return HTTPStatus.OK, {"status": "ok"}
+        self._authenticate()
+        length = self._content_length()
+        for pattern, names, handlers in ROUTES:
+            if (match := pattern.match(route)) is None:
+                continue
+            self._require_method(path, tuple(handlers))
+            params = dict(zip(names, (unquote(g) for g in match.groups())))
+            try:
+                return handlers[self.command](self.server.fleet, Request(params, lambda: self._json_body(length)))
+            except UnknownLink as exc:
+                raise ApiError(HTTPStatus.NOT_FOUND, "unknown_link", f"link: {exc}", "link") from None
+            except UnknownAction as exc:
+                raise ApiError(HTTPStatus.NOT_FOUND, "unknown_action", f"action: {exc}", "action") from None
+            except FaultError as exc:  # the endpoints check first; this covers a catalogue/fleet mismatch
+                raise _bad(str(exc), "parameters", "invalid_parameter") from None
+        raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no endpoint {path} (API root: {API_PREFIX})", "path")
+
+    def _require_method(self, path: str, methods: tuple[str, ...]) -> None:
+        if self.command not in methods:
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
+                           f"method {self.command} not allowed on {path} (allowed: {', '.join(methods)})",
+                           "method", {"Allow": ", ".join(methods)})
+
+    def _authenticate(self) -> None:
+        header = self.headers.get("Authorization")
+        if header is None:
+            raise _unauthorized("missing Authorization header: expected 'Authorization: Bearer TOKEN'", invalid=False)
+        scheme, _, presented = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise _unauthorized("malformed Authorization header: expected 'Bearer TOKEN'", invalid=True)
+        # Headers arrive as latin-1 text; compare bytes so any input is comparable in constant time.
+        if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), self.server.token):
+            raise _unauthorized("invalid bearer token", invalid=True)
+
+    def _content_length(self) -> int:
+        """The declared body size, refused (413) over the limit before a byte of it is read."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "length_required", "send the body with Content-Length, not chunked",
+                           "Content-Length")
+        if (length := self._declared_length()) is None:
+            raise _bad("Content-Length must be a whole number of bytes", "Content-Length")
+        if length > MAX_BODY_BYTES:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
+                           f"request body of {length} bytes is over the limit of {MAX_BODY_BYTES} bytes", "body")
+        return length
+
+    def _declared_length(self) -> int | None:
+        """Content-Length (0 when absent), or None when it is not plain ASCII digits."""
+        text = self.headers.get("Content-Length", "0").strip()
+        return int(text) if CONTENT_LENGTH.fullmatch(text) else None
+
+    def _json_body(self, length: int) -> Any:
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, "request_timeout",
+                           f"request body not received within {self.timeout:g} s", "body") from None
+        finally:
+            self._body_read = True
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError:
+            raise _bad("request body is not UTF-8 text", "body", "invalid_json") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and NaN/Infinity are ValueErrors
+            raise _bad(f"request body is not valid JSON: {exc}", "body", "invalid_json") from None
+
+    def _discard_body(self) -> None:
+        """Read an unread request body (bounded) before answering.
+
+        Closing a socket with unread input makes the kernel reset the connection, and a client still
+        sending would see the reset instead of our response.
+        """
+        if self._body_read:
+            return
+        self._body_read = True
+        length = self._declared_length()
+        if length is not None and 0 < length <= MAX_DRAIN_BYTES:
+            try:
+                self.rfile.read(length)
+            except OSError:
+                pass  # the client went away or stalled; the response write will tell
+
+    def _send(self, status: HTTPStatus, payload: Any, headers: Mapping[str, str]) -> None:
+        data = json.dumps(_json_safe(payload), allow_nan=False).encode("utf-8") + b"\n"
+        # Messages echo names the client sent (an unknown link or fault); a token pasted there by
+        # mistake is not sent back, so no response ever carries it.
+        data = data.replace(self.server.token, REDACTED.encode("ascii"))
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        except OSError as exc:  # client hung up: nothing to answer, nothing broken on our side
+            log.debug("control API: client went away before the response: %s", exc)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol-level errors (malformed request line, unsupported method, huge headers) as JSON too."""
+        status = HTTPStatus(code)
+        self.close_connection = True
+        self.log_error("code %d, message %s", code, message)
+        self._body_read = True  # nothing trustworthy to drain from a request we could not parse
+        self._send(status, {"error": {"code": status.phrase.lower().replace(" ", "_").replace("-", "_"),
+                                      "message": message or status.phrase}}, {"Connection": "close"})
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Access log, request line and status only (no headers, no body).
+
+        Every change and every refusal at INFO, an audit trail of who did what to which link;
+        successful reads (status polling) at DEBUG, so they don't drown it.
+        """
+        quiet = self.command == "GET" and isinstance(code, int) and code < 400
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s \"%s\" %s", self.address_string(),
+                self._redact(self.requestline), code)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        """Protocol-level events (timeouts, unparseable requests) go to logging, not stderr."""
+        log.info("%s %s", self.address_string(), self._redact(format % args))
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.server.token.decode("ascii"), REDACTED)
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: mappings and tuples of the fleet's records as objects and arrays, NaN/inf as null."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def serve(fleet: Fleet, settings: RuntimeSettings, token: str) -> tuple[ControlServer, threading.Thread]:
+    """Start the control API on ``settings.bind:settings.control_port`` in a daemon thread.
+
+    Port 0 picks a free port (tests); ``server.server_address`` tells which. Stop with ``shutdown``.
+    """
+    _checked(token, "the token passed to serve()")
+    host = settings.bind
+    server_class = ControlServer6 if ":" in host else ControlServer
+    server = server_class((host, settings.control_port), fleet, token)
+    if not _is_loopback(host):
+        log.warning("control API listens on %s, not loopback: the bearer token crosses the network in clear text "
+                    "(no TLS); put it behind a TLS proxy or bind 127.0.0.1", host)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="qkdops-control-api", daemon=True)
+    thread.start()
+    log.info("control API listening on http://%s:%d%s", *server.server_address[:2], API_PREFIX)
+    return server, thread
+
+
+def shutdown(server: ControlServer, thread: threading.Thread, timeout_s: float = 5.0) -> None:
+    """Stop accepting requests, close the socket and wait for the serving thread."""
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout_s)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,160 @@
+"""A small client of the control API, for the CLI, runbooks and game days (stdlib only).
+
+Where it connects, first found: the ``--api URL`` option, env ``QKDOPS_API_URL``, else the
+``runtime.bind``/``runtime.control_port`` of the fleet config (``links.yaml`` by default), so the CLI
+follows a changed port without being told. The token comes from the same places the server takes it
+from (``control_api.load_token``): env ``QKDOPS_API_TOKEN``, the file named by
+``QKDOPS_API_TOKEN_FILE``, else ``<state_dir>/api-token`` that ``qkdops up`` created.
+
+The client neither follows redirects nor uses HTTP proxies from the environment: either would hand the
+bearer token to another host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from qkdops.config import DEFAULT_CONFIG, RuntimeSettings, load_config
+from qkdops.control_api import API_PREFIX, ApiToken, load_token, token_from_environment
+
+API_URL_ENV = "QKDOPS_API_URL"
+DEFAULT_TIMEOUT_S = 10.0
+# A wildcard bind accepts connections on loopback; connect there.
+WILDCARD_BINDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+class ApiUnreachable(Exception):
+    """Nothing answered at the API's address (refused, timed out, name unknown, connection reset)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"control API at {url} is not reachable: is `qkdops up` running? ({reason})")
+        self.url = url
+
+
+class ApiResponseError(Exception):
+    """The API answered with an error; ``message`` is its own (it names the field)."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{message} (HTTP {status} {code})")
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    @property
+    def exit_code(self) -> int:
+        """2 for a request the caller got wrong (4xx), 1 for the server's failure (5xx, nonsense)."""
+        return 2 if 400 <= self.status < 500 else 1
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the API never redirects; following would send the token elsewhere
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+
+
+def resolve_url(option: str | None, config: str | Path | None) -> str:
+    """``--api``, else ``$QKDOPS_API_URL``, else the config's bind and control port."""
+    if option:
+        return _checked_url(option, "--api")
+    if env := os.environ.get(API_URL_ENV):
+        return _checked_url(env, API_URL_ENV)
+    runtime = _runtime_settings(config)
+    host = WILDCARD_BINDS.get(runtime.bind, runtime.bind)
+    return f"http://{f'[{host}]' if ':' in host else host}:{runtime.control_port}"
+
+
+def resolve_token(config: str | Path | None) -> ApiToken:
+    """The token from env, env-named file, or the config's ``<state_dir>/api-token`` (TokenError if none)."""
+    return token_from_environment() or load_token(_runtime_settings(config).state_dir, create=False)
+
+
+def _runtime_settings(config: str | Path | None) -> RuntimeSettings:
+    """The given config's runtime section; with none given, the shipped ``links.yaml`` if present."""
+    if config is not None:
+        return load_config(config).runtime
+    if DEFAULT_CONFIG.exists():
+        return load_config(DEFAULT_CONFIG).runtime
+    return RuntimeSettings()
+
+
+def _checked_url(url: str, where: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{where}: expected a URL like http://127.0.0.1:9800, got '{url}'")
+    try:
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError:
+        raise ValueError(f"{where}: bad port in '{url}'") from None
+    return url.rstrip("/")
+
+
+class ControlClient:
+    """Typed calls to the control API; raises ApiUnreachable or ApiResponseError."""
+
+    def __init__(self, url: str, token: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"ControlClient({self.url!r})"  # never the token
+
+    def links(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/links")["links"]
+
+    def status(self, link: str) -> dict[str, Any]:
+        return self._call("GET", f"/links/{quote(link, safe='')}")
+
+    def faults(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/faults")["faults"]
+
+    def inject(self, link: str, fault: str, parameters: dict[str, float]) -> dict[str, Any]:
+        return self._call("POST", f"/links/{quote(link, safe='')}/faults", {"fault": fault, "parameters": parameters})
+
+    def clear(self, link: str, fault: str | None = None) -> dict[str, Any]:
+        path = f"/links/{quote(link, safe='')}/faults" + (f"/{quote(fault, safe='')}" if fault else "")
+        return self._call("DELETE", path)
+
+    def act(self, link: str, action: str) -> dict[str, Any]:
+        return self._call("POST", f"/links/{quote(link, safe='')}/actions/{quote(action, safe='')}")
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(self.url + API_PREFIX + path, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self._token is not None:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with _OPENER.open(request, timeout=self.timeout_s) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise _error_from(exc.code, exc.read(), self.url) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            raise ApiUnreachable(self.url, getattr(reason, "strerror", None) or str(reason)) from None
+        except OSError as exc:  # timeouts and resets while reading
+            raise ApiUnreachable(self.url, str(exc) or type(exc).__name__) from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ApiResponseError(status, "bad_response", f"the answer from {self.url} is not JSON: "
+                                   "is it a qkdops control API?") from None
+
+
+def _error_from(status: int, raw: bytes, url: str) -> ApiResponseError:
+    """The API's ``{"error": {...}}``, or a message saying the answer did not come from the API."""
+    try:
+        error = json.loads(raw)["error"]
+        return ApiResponseError(status, str(error["code"]), str(error["message"]), error.get("field"))
+    except (ValueError, KeyError, TypeError):
+        return ApiResponseError(status, "bad_response", f"HTTP {status} from {url} without a control API error body: "
+                                "is it a qkdops control API?")
