@@ -188,7 +188,7 @@ Endpoint = Callable[[Fleet, Request], tuple[HTTPStatus, Any]]
 
 
 def _links(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
-    return HTTPStatus.OK, {"links": [{"link": s.id, "protocol": s.protocol} for s in fleet.config.links]}
+    return HTTPStatus.OK, {"links": [{"link": link, "protocol": protocol} for link, protocol in fleet.link_ids()]}
 
 
 def _link_status(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
@@ -209,7 +209,7 @@ def _inject(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
     fleet.runtime(link)  # an unknown link is a 404 before the body is judged
     name, parameters = _inject_body(req.read_json())
     injected = fleet.inject(link, name, parameters)
-    return HTTPStatus.CREATED, {**injected, "active_faults": fleet.status(link)["active_faults"]}
+    return HTTPStatus.CREATED, injected
 
 
 def _inject_body(body: Any) -> tuple[str, dict[str, float]]:

@@ -187,6 +187,10 @@ class Fleet:
             raise UnknownLink(f"unknown link '{link_id}' (links: {', '.join(self.links)})")
         return self.links[link_id]
 
+    def link_ids(self) -> list[tuple[str, str]]:
+        """(link id, protocol) of every link, in configuration order."""
+        return [(r.spec.id, r.spec.protocol) for r in self.links.values()]
+
     def snapshots(self) -> list[LinkSnapshot]:
         return [r.state.snapshot() for r in self.links.values()]
 
@@ -195,8 +199,7 @@ class Fleet:
         r = self.runtime(link_id)
         with r.lock:
             telemetry = r.link.telemetry()
-            faults = [{"name": f.name, "parameters": dict(f.parameters), "injected_at_s": f.injected_at_s}
-                      for f in r.link.active_faults()]
+            faults = _fault_list(r.link)
             emulated = r.link.time_s
         last = r.last_result
         return {
@@ -216,8 +219,9 @@ class Fleet:
         r = self.runtime(link_id)
         with r.lock:
             active = r.link.inject(fault, **parameters)
+            in_force = _fault_list(r.link)
         log.info("link %s: fault %s injected %s", link_id, fault, dict(active.parameters))
-        return {"link": link_id, "fault": active.name, "parameters": dict(active.parameters)}
+        return {"link": link_id, "fault": active.name, "parameters": dict(active.parameters), "active_faults": in_force}
 
     def clear(self, link_id: str, fault: str | None = None) -> list[str]:
         r = self.runtime(link_id)
@@ -254,6 +258,11 @@ def fault_catalogue() -> list[dict[str, Any]]:
              "parameters": [{"name": p.name, "default": p.default, "unit": p.unit, "minimum": p.minimum,
                              "maximum": p.maximum, "description": p.description} for p in f.parameters]}
             for f in FAULTS.values()]
+
+
+def _fault_list(link: Link) -> list[dict[str, Any]]:
+    return [{"name": f.name, "parameters": dict(f.parameters), "injected_at_s": f.injected_at_s}
+            for f in link.active_faults()]
 
 
 def _jsonable(value: Any) -> Any:
