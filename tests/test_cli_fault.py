@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from qkdops.config import load_config
 from qkdops.control_client import API_URL_ENV
 from qkdops.runtime.fleet import Fleet, fault_catalogue
 from qkdops.runtime.state import CALIBRATION_ACTIONS
+from stack_helpers import free_ports
 
 TOKEN = "cli-test-token-0123456789abcdefghijklmnop"
 CONFIG = """
@@ -40,13 +40,6 @@ links:
 """
 
 
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclasses.dataclass
 class Stack:
     fleet: Fleet
@@ -60,7 +53,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     for name in (control_api.TOKEN_ENV, control_api.TOKEN_FILE_ENV, API_URL_ENV):
         monkeypatch.delenv(name, raising=False)
     config = tmp_path / "links.yaml"
-    config.write_text(CONFIG.format(port=free_port()), encoding="utf-8")
+    config.write_text(CONFIG.format(port=free_ports(1)[0]), encoding="utf-8")
     fleet = Fleet(load_config(config))
     server, thread = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN)
     monkeypatch.setenv(control_api.TOKEN_ENV, TOKEN)
@@ -139,7 +132,7 @@ def test_fault_list_from_the_api(stack: Stack, capsys: pytest.CaptureFixture[str
 def test_fault_list_falls_back_to_the_local_catalogue_and_says_so(capsys: pytest.CaptureFixture[str],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(control_api.TOKEN_ENV, TOKEN)
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
     listing = run_json(capsys, "fault", "list", "--api", url)
     assert listing["source"] == "local" and "not reachable" in listing["note"]
     assert [f["name"] for f in listing["faults"]] == [f["name"] for f in fault_catalogue()]
@@ -180,7 +173,7 @@ def test_wrong_token_exits_2_and_is_not_printed(stack: Stack, capsys: pytest.Cap
 
 def test_unreachable_api_exits_1(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(control_api.TOKEN_ENV, TOKEN)
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
     for argv in (("fault", "inject", "metro-a", "fiber_cut"), ("fault", "clear", "metro-a"), ("action", "metro-a", "relock_phase")):
         code, _, err = run(capsys, *argv, "--api", url)
         assert code == 1
@@ -214,7 +207,7 @@ def test_url_and_generated_token_from_the_config(tmp_path: Path, capsys: pytest.
     for name in (control_api.TOKEN_ENV, control_api.TOKEN_FILE_ENV, API_URL_ENV):
         monkeypatch.delenv(name, raising=False)
     config = tmp_path / "links.yaml"
-    config.write_text(CONFIG.format(port=free_port()), encoding="utf-8")
+    config.write_text(CONFIG.format(port=free_ports(1)[0]), encoding="utf-8")
     fleet = Fleet(load_config(config))
     token = control_api.load_token(fleet.config.runtime.state_dir, create=True)
     server, thread = control_api.serve(fleet, fleet.config.runtime, token.value)
@@ -233,7 +226,7 @@ def test_missing_token_exits_2_naming_where_it_looked(tmp_path: Path, capsys: py
     for name in (control_api.TOKEN_ENV, control_api.TOKEN_FILE_ENV):
         monkeypatch.delenv(name, raising=False)
     config = tmp_path / "links.yaml"
-    config.write_text(CONFIG.format(port=free_port()), encoding="utf-8")
+    config.write_text(CONFIG.format(port=free_ports(1)[0]), encoding="utf-8")
     code, _, err = run(capsys, "fault", "clear", "metro-a", "--config", str(config))
     assert code == 2 and control_api.TOKEN_ENV in err and str(tmp_path / "state" / "api-token") in err
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qkdops.runtime.blocks import Block
+from qkdops.runtime.durable import open_durable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (link TEXT NOT NULL, idx INTEGER NOT NULL, body TEXT NOT NULL,
@@ -31,13 +32,9 @@ class BlockArchive:
     """Thread-safe; one connection, serialised by a lock (writes are a few per second)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_durable(path, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

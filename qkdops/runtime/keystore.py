@@ -9,9 +9,10 @@ key bytes never leave this module except through ``take`` (the delivery API of a
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from pathlib import Path
+
+from qkdops.runtime.durable import open_durable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (link TEXT NOT NULL, idx INTEGER NOT NULL, bits INTEGER NOT NULL,
@@ -27,10 +28,7 @@ class KeyStore:
         os.chmod(path, 0o600)
         self.capacity_bits = capacity_bits
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_durable(path, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,21 @@
+"""SQLite opened for durability: what the archive and the key store both need.
+
+WAL journal with ``synchronous=FULL``: a committed transaction survives a crash or power loss, and
+readers (``qkdops replay``, ``qkdops status``) never block the writer. Autocommit mode
+(``isolation_level=None``): each statement is its own transaction unless a caller opens one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+def open_durable(path: Path, schema: str) -> sqlite3.Connection:
+    """Connection usable from any thread (callers serialise access with their own lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
