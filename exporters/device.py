@@ -59,6 +59,8 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
     for action in CALIBRATION_ACTIONS:
         for outcome in CALIBRATION_OUTCOMES:
             f.add("qkd_calibration_actions_total", (*base, action, outcome), s.calibrations_total.get((action, outcome), 0.0))
+    if s.objectives is not None:
+        f.add("qkd_dark_count_rate_nominal_hertz", base, s.objectives.nominal_dark_count_rate_hz)
     if s.telemetry is not None:
         _add_telemetry(f, base, s.telemetry)
 

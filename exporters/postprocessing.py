@@ -63,3 +63,7 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
     for outcome in HANDOFF_OUTCOMES:
         f.add("qkd_key_handoffs_total", (*base, outcome), s.handoffs_total.get(outcome, 0.0))
     f.add_histogram("qkd_key_handoff_duration_seconds", base, s.handoff_seconds)
+    if s.objectives is not None:
+        f.add("qkd_block_duration_seconds", base, s.objectives.block_seconds)
+        f.add("qkd_key_rate_target_bytes_per_second", base, s.objectives.key_rate_target_bps / 8.0)
+        f.add("qkd_qber_threshold_ratio", base, s.objectives.qber_threshold)

@@ -27,7 +27,7 @@ from qkdlink.emulator import FAULTS, BlockRecord, Link, LinkConfig
 from qkdlink.emulator.devices import intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import FINITE
-from qkdops.runtime.state import BLOCK_REASONS, CALIBRATION_ACTIONS, HANDOFF_OUTCOMES, STAGES, LinkSnapshot, LinkState
+from qkdops.runtime.state import BLOCK_REASONS, CALIBRATION_ACTIONS, HANDOFF_OUTCOMES, STAGES, LinkObjectives, LinkSnapshot, LinkState
 
 SITES = {"bb84-decoy": {"alice": "metro-a", "bob": "metro-b"},
          "mdi": {"alice": "site-a", "bob": "site-b", "charlie": "relay-c"},
@@ -52,7 +52,9 @@ class FedLink:
         classes = self.link.protocol.pulse_classes(self.link.nominal)
         self.state = LinkState(self.link.config.link_id, protocol, SITES[protocol],
                                intensities=sorted({c.intensity for c in classes}), bases=("Z", "X"),
-                               key_store_capacity_bits=1e8)
+                               key_store_capacity_bits=1e8,
+                               objectives=LinkObjectives(10.0, 1e4, self.link.nominal["qber_abort_threshold"],
+                                                         self.link.nominal["dark_count_probability"] * 1e9))
         self.rng = np.random.default_rng(seed)
         self.store_bits = 0.0
 

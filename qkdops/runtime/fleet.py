@@ -26,7 +26,7 @@ from qkdops.runtime.archive import BlockArchive
 from qkdops.runtime.blocks import Block, BlockBuilder
 from qkdops.runtime.keystore import KeyStore
 from qkdops.runtime.pipeline import BlockResult, PostProcessor
-from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkSnapshot, LinkState
+from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkObjectives, LinkSnapshot, LinkState
 from qkdops.runtime.tracing import make_tracer
 
 log = logging.getLogger("qkdops.fleet")
@@ -68,7 +68,11 @@ class LinkRuntime:
         intensities = sorted({k[0] for k in (c.key for c in self.link.protocol.pulse_classes(self.link.nominal))})
         bases = sorted({c.basis for c in self.link.protocol.pulse_classes(self.link.nominal)})
         sites = {"alice": spec.sites.alice, "bob": spec.sites.bob, "charlie": spec.sites.charlie or ""}
-        self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, keystore.capacity_bits)
+        objectives = LinkObjectives(
+            block_seconds=self.builder.frames_per_block * self.frame_seconds, key_rate_target_bps=spec.key_rate_target_bps,
+            qber_threshold=self.link.nominal["qber_abort_threshold"],
+            nominal_dark_count_rate_hz=self.link.nominal["dark_count_probability"] * spec.repetition_rate_hz)
+        self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, keystore.capacity_bits, objectives)
         self.state.set_key_store_bits(keystore.level_bits(spec.id))
         self.last_result: BlockResult | None = None
         self.previous_qber = previous_qber(archive, spec.id, next_index)

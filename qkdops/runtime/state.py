@@ -60,6 +60,17 @@ class HistogramSnapshot:
 
 
 @dataclass(frozen=True)
+class LinkObjectives:
+    """A link's configured targets and nominal values, published so rules can compare against them
+    per link (kube-state-metrics style) instead of hard-coding one threshold for every link."""
+
+    block_seconds: float                  # post-processing block length
+    key_rate_target_bps: float            # secret-key rate the availability SLO asks for
+    qber_threshold: float                 # key-basis QBER above which a block aborts
+    nominal_dark_count_rate_hz: float     # dark-count rate of a healthy detector (p_dc × gate rate)
+
+
+@dataclass(frozen=True)
 class LinkSnapshot:
     """One link's published state at one instant."""
 
@@ -68,6 +79,7 @@ class LinkSnapshot:
     sites: Mapping[str, str]
     telemetry: DeviceTelemetry | None
     active_faults: tuple[str, ...]
+    objectives: LinkObjectives | None
     # counters (since process start)
     pulses_total: float
     detections_total: float
@@ -107,6 +119,7 @@ class LinkState:
     intensities: Sequence[str]
     bases: Sequence[str]
     key_store_capacity_bits: float
+    objectives: LinkObjectives | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -190,7 +203,7 @@ class LinkState:
         with self._lock:
             return LinkSnapshot(
                 link=self.link, protocol=self.protocol, sites=dict(self.sites), telemetry=self._telemetry,
-                active_faults=self._faults, pulses_total=self._pulses, detections_total=self._detections,
+                active_faults=self._faults, objectives=self.objectives, pulses_total=self._pulses, detections_total=self._detections,
                 decoy_pulses_total=dict(self._decoy_pulses), decoy_detections_total=dict(self._decoy_detections),
                 sifted_bits_total=dict(self._sifted), sifted_bit_errors_total=dict(self._sifted_errors),
                 secret_key_bits_total=self._key_bits, ec_leak_bits_total=self._leak,
