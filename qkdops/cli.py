@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from qkdops import emulate_cmd, fault_cmd, keyrate_cmd, replay_cmd, status_cmd, up_cmd
+from qkdops import slo_cmd
 
 
 class UsageError(Exception):
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.register(sub)
     up_cmd.register(sub)
     status_cmd.register(sub)
+    slo_cmd.register(sub)
     return parser
 
 

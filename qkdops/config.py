@@ -94,6 +94,7 @@ class RuntimeSettings:
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
     scrape_interval_s: float = 5.0
+    pager_sink_port: int = 9820
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,9 @@ def parse_config(raw: Any, path: Path) -> FleetConfig:
             reader.fail(f"links[{i}].id", "a unique link id", spec.id)
         seen.add(spec.id)
     ports = [runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port,
-             runtime.prometheus_port, runtime.alertmanager_port]
+             runtime.prometheus_port, runtime.alertmanager_port, runtime.pager_sink_port]
     if len(set(ports)) != len(ports):
-        reader.fail("runtime", "distinct control, exporter, Prometheus and Alertmanager ports", ports)
+        reader.fail("runtime", "distinct control, exporter, Prometheus, Alertmanager and pager sink ports", ports)
     return FleetConfig(links, runtime, path)
 
 
@@ -146,7 +147,7 @@ def _runtime(reader: _Reader, raw: Any, path: Path) -> RuntimeSettings:
     data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
     values: dict[str, Any] = {}
     for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port", "prometheus_port",
-                 "alertmanager_port"):
+                 "alertmanager_port", "pager_sink_port"):
         if name in data:
             values[name] = reader.integer(data[name], f"runtime.{name}", 1, 65535)
     if "bind" in data:

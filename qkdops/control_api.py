@@ -7,6 +7,7 @@ and clear faults, run calibration actions and read link status here, and the API
 Endpoints (``/api/v1``; JSON in and out)::
 
     GET    /healthz                                    200 {"status": "ok"}           (no token)
+    GET    /runbooks/{AlertName}                       runbooks/<AlertName>.md, text/markdown (no token)
     GET    /api/v1/links                               {"links": [{"link", "protocol"}, ...]}
     GET    /api/v1/links/{link}                        Fleet.status(link)
     GET    /api/v1/faults                              {"faults": fault catalogue}
@@ -16,9 +17,13 @@ Endpoints (``/api/v1``; JSON in and out)::
     DELETE /api/v1/links/{link}/faults/{fault}         clear one → {"link", "cleared": [...]}
     POST   /api/v1/links/{link}/actions/{action}       calibration action → CalibrationResult
 
+Runbooks are read-only documentation that alerts link to (``runbook_url``): an on-call engineer
+opens them from a pager without the API token. The name is letters and digits only, so no request
+can reach a file outside the runbooks directory; anything else is a 404.
+
 Every other request needs ``Authorization: Bearer TOKEN``. Errors are
 ``{"error": {"code", "message", "field"?}}``: 401 (token; with ``WWW-Authenticate: Bearer``),
-404 (unknown link, fault, action or path), 400 (bad JSON, wrong type, bad parameter), 405 (method;
+404 (unknown link, fault, action, runbook or path), 400 (bad JSON, wrong type, bad parameter), 405 (method;
 with ``Allow``), 408 (body not sent in time), 411 (chunked body), 413 (body over 64 KiB), 500
 (logged here, never detailed to the client). A bad request never reaches the link, so the link keeps
 stepping and producing blocks.
@@ -64,6 +69,12 @@ MAX_BODY_BYTES = 64 * 1024
 # response, so the client, still sending, reads the response instead of a connection reset.
 MAX_DRAIN_BYTES = 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0  # a stalled client frees its handler thread after this
+RUNBOOKS_PREFIX = "/runbooks"
+RUNBOOKS_DIR = Path(__file__).resolve().parent.parent / "runbooks"
+# An alert name: the runbook's file name without .md; nothing that could leave the directory, and
+# short enough that the file system never sees an over-long name.
+RUNBOOK_NAME = re.compile(r"[A-Za-z0-9]{1,100}")
+MARKDOWN = "text/markdown; charset=utf-8"
 TOKEN_ENV = "QKDOPS_API_TOKEN"
 TOKEN_FILE_ENV = "QKDOPS_API_TOKEN_FILE"
 TOKEN_FILE_NAME = "api-token"
@@ -156,6 +167,14 @@ class ApiError(Exception):
         if self.field is not None:
             error["field"] = self.field
         return {"error": error}
+
+
+@dataclass(frozen=True)
+class Document:
+    """A non-JSON response body (a runbook), sent as is with its content type."""
+
+    text: str
+    content_type: str
 
 
 def _bad(message: str, field_name: str, code: str = "invalid_request") -> ApiError:
@@ -292,9 +311,10 @@ class ControlServer(ThreadingHTTPServer):
 
     daemon_threads = True  # a hung client must not keep the process from exiting
 
-    def __init__(self, address: tuple[str, int], fleet: Fleet, token: str) -> None:
+    def __init__(self, address: tuple[str, int], fleet: Fleet, token: str, runbooks_dir: Path = RUNBOOKS_DIR) -> None:
         self.fleet = fleet
         self.token = token.encode("ascii")  # TOKEN_SYNTAX: ASCII only
+        self.runbooks_dir = runbooks_dir
         super().__init__(address, ControlHandler)
 
 
@@ -335,6 +355,9 @@ class ControlHandler(BaseHTTPRequestHandler):
         if route == "/healthz":
             self._require_method(path, ("GET",))
             return HTTPStatus.OK, {"status": "ok"}
+        if route == RUNBOOKS_PREFIX or route.startswith(RUNBOOKS_PREFIX + "/"):
+            self._require_method(path, ("GET", "HEAD"))
+            return HTTPStatus.OK, self._runbook(route[len(RUNBOOKS_PREFIX) + 1:])
         self._authenticate()
         length = self._content_length()
         for pattern, names, handlers in ROUTES:
@@ -351,6 +374,20 @@ class ControlHandler(BaseHTTPRequestHandler):
             except FaultError as exc:  # the endpoints check first; this covers a catalogue/fleet mismatch
                 raise _bad(str(exc), "parameters", "invalid_parameter") from None
         raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no endpoint {path} (API root: {API_PREFIX})", "path")
+
+    def _runbook(self, segment: str) -> Document:
+        """``runbooks/<name>.md`` for a letters-and-digits ``name`` (percent-decoded), else 404.
+
+        The name is checked after decoding, so ``..%2F`` and friends never reach the file system;
+        the file is read per request, so an edited runbook is served at once.
+        """
+        name = unquote(segment)
+        if RUNBOOK_NAME.fullmatch(name) is not None and (path := self.server.runbooks_dir / f"{name}.md").is_file():
+            return Document(path.read_text(encoding="utf-8"), MARKDOWN)
+        shown = name if len(name) <= 80 else name[:80] + "…"
+        raise ApiError(HTTPStatus.NOT_FOUND, "unknown_runbook",
+                       f"no runbook named '{shown}' (GET {RUNBOOKS_PREFIX}/<AlertName>: an alert name, "
+                       "letters and digits only)", "name")
 
     def _require_method(self, path: str, methods: tuple[str, ...]) -> None:
         if self.command not in methods:
@@ -420,15 +457,20 @@ class ControlHandler(BaseHTTPRequestHandler):
                 pass  # the client went away or stalled; the response write will tell
 
     def _send(self, status: HTTPStatus, payload: Any, headers: Mapping[str, str]) -> None:
-        data = json.dumps(_json_safe(payload), allow_nan=False).encode("utf-8") + b"\n"
+        if isinstance(payload, Document):
+            data, content_type = payload.text.encode("utf-8"), payload.content_type
+        else:
+            data = json.dumps(_json_safe(payload), allow_nan=False).encode("utf-8") + b"\n"
+            content_type = "application/json; charset=utf-8"
         # Messages echo names the client sent (an unknown link or fault); a token pasted there by
         # mistake is not sent back, so no response ever carries it.
         data = data.replace(self.server.token, REDACTED.encode("ascii"))
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()
@@ -475,15 +517,17 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def serve(fleet: Fleet, settings: RuntimeSettings, token: str) -> tuple[ControlServer, threading.Thread]:
+def serve(fleet: Fleet, settings: RuntimeSettings, token: str,
+          runbooks_dir: Path = RUNBOOKS_DIR) -> tuple[ControlServer, threading.Thread]:
     """Start the control API on ``settings.bind:settings.control_port`` in a daemon thread.
 
     Port 0 picks a free port (tests); ``server.server_address`` tells which. Stop with ``shutdown``.
+    Runbooks are served from ``runbooks_dir`` (the repository's ``runbooks/``).
     """
     _checked(token, "the token passed to serve()")
     host = settings.bind
     server_class = ControlServer6 if ":" in host else ControlServer
-    server = server_class((host, settings.control_port), fleet, token)
+    server = server_class((host, settings.control_port), fleet, token, runbooks_dir)
     if not _is_loopback(host):
         log.warning("control API listens on %s, not loopback: the bearer token crosses the network in clear text "
                     "(no TLS); put it behind a TLS proxy or bind 127.0.0.1", host)

@@ -1,7 +1,7 @@
 """``qkdops status``: is the local stack up, and what are the links doing?
 
-Reads ``<state_dir>/up.json`` written by ``qkdops up``, probes every endpoint (control API
-``/healthz``, exporters ``/metrics``, Prometheus and Alertmanager ``/-/ready``) and, when the control
+Reads ``<state_dir>/up.json`` written by ``qkdops up``, probes every endpoint (control API and pager
+sink ``/healthz``, exporters ``/metrics``, Prometheus and Alertmanager ``/-/ready``) and, when the control
 API answers, prints each link's last block. Exit 0 when everything answers, 1 when something does
 not, 3 when the stack is not running.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.up_cmd import UP_FILE
 
-PROBES = {"control_api": "/healthz", "device_exporter": "", "postprocessing_exporter": "",
+PROBES = {"control_api": "/healthz", "device_exporter": "", "postprocessing_exporter": "", "pager_sink": "/healthz",
           "prometheus": "/-/ready", "alertmanager": "/-/ready"}
 
 

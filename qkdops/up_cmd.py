@@ -1,10 +1,12 @@
 """``qkdops up``: the whole local stack in the foreground, no Docker.
 
 Starts, in this process, the emulated links (real time), the device exporter, the post-processing
-exporter and the control API; as children, a real Prometheus scraping the exporters and a real
-Alertmanager. Prints where each listens, writes ``<state_dir>/up.json`` for ``qkdops status``, and
-on Ctrl-C/SIGTERM stops everything (children first, then the servers, then the fleet, whose
-archive and key store are durable at every block). If a child dies, the stack stops with status 1.
+exporter, the control API and the pager sink (where Alertmanager also sends every notification); as
+children, a real Prometheus scraping the exporters and a real Alertmanager (configured with
+``qkdops.stack.alertmanager_config``; pager keys: see ``alertmanager/secrets/README.md``). Prints where
+each listens, writes ``<state_dir>/up.json`` for ``qkdops status``, and on Ctrl-C/SIGTERM stops
+everything (children first, then the servers, then the fleet, whose archive, key store and pager sink
+are durable at every write). If a child dies, the stack stops with status 1.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from types import FrameType
 from typing import Any
 
 from exporters import DeviceCollector, PostProcessingCollector, serve
-from qkdops import control_api
+from qkdops import control_api, pager_sink
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
 from qkdops.runtime.fleet import Fleet
 from qkdops.stack import Stack, StackError, write_up_file
@@ -73,6 +75,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         token = control_api.load_token(rt.state_dir, create=True)
         servers.append(("control API", *_listen("control API", rt.bind, rt.control_port,
                                                 lambda: control_api.serve(fleet, rt, token.value))))
+        servers.append(("pager sink", *_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt))))
         if with_servers:
             stack.start()
             stack.wait_ready()
@@ -81,6 +84,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             "control_api": f"http://{rt.bind}:{rt.control_port}",
             "device_exporter": f"http://{rt.bind}:{rt.device_exporter_port}/metrics",
             "postprocessing_exporter": f"http://{rt.bind}:{rt.postprocessing_exporter_port}/metrics",
+            "pager_sink": f"http://{rt.bind}:{rt.pager_sink_port}",
             **{child.name: child.url for child in stack.children},
         }
         write_up_file(rt.state_dir / UP_FILE, endpoints,

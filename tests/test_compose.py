@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from qkdops.config import load_config
-from qkdops.stack import COMPOSE_PROMETHEUS_CONFIG, render_compose_prometheus_config
+from qkdops.stack import COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_PROMETHEUS_CONFIG, COMPOSE_SECRETS, render_compose_prometheus_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -45,4 +45,18 @@ def test_every_scrape_target_is_a_service_port_and_published_ports_are_unique():
 def test_the_runtime_image_runs_the_same_fleet_without_its_own_prometheus():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert '"--no-prometheus"' in dockerfile and '"/app/links.yaml"' in dockerfile
-    assert "COPY links.yaml" in dockerfile
+    assert "COPY links.yaml" in dockerfile and "COPY runbooks" in dockerfile  # served at /runbooks/<AlertName>
+
+
+def test_alertmanager_reaches_the_pager_sink_and_finds_its_key_files_in_the_mounted_directory():
+    am = yaml.safe_load(COMPOSE_ALERTMANAGER_CONFIG.read_text())
+    config = load_config(ROOT / "links.yaml")
+    urls = {c["url"] for r in am["receivers"] for c in r.get("webhook_configs", [])}
+    assert {u.split("/")[2] for u in urls} == {f"qkdops:{config.runtime.pager_sink_port}"}
+    assert f"127.0.0.1:{config.runtime.pager_sink_port}:{config.runtime.pager_sink_port}" in COMPOSE["services"]["qkdops"]["ports"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in COMPOSE["services"]["alertmanager"]["volumes"] if v.endswith(":ro"))
+    secrets_dir = mounts["./alertmanager/secrets"]
+    assert all(str(Path(path).parent) == secrets_dir for path in vars(COMPOSE_SECRETS).values())
+    tracked = {p.name for p in (ROOT / "alertmanager" / "secrets").iterdir()} & {".gitignore", "README.md"}
+    assert tracked == {".gitignore", "README.md"}  # the mount source exists in a fresh clone, keys stay ignored
+    assert "*" in (ROOT / "alertmanager" / "secrets" / ".gitignore").read_text().split()

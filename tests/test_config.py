@@ -20,7 +20,7 @@ def test_shipped_fleet_has_one_link_per_protocol_at_realistic_distances():
     assert mdi.sites.charlie and by_protocol["tf"].parameters["distance_km"] == 300
     assert config.runtime.bind == "127.0.0.1"
     assert (config.runtime.control_port, config.runtime.device_exporter_port,
-            config.runtime.postprocessing_exporter_port) == (9800, 9810, 9811)
+            config.runtime.postprocessing_exporter_port, config.runtime.pager_sink_port) == (9800, 9810, 9811, 9820)
     assert config.runtime.state_dir == DEFAULT_CONFIG.parent / "var/qkdops"
 
 
@@ -40,6 +40,8 @@ def _base() -> dict:
     (lambda c: c["links"][2].update(block_pulses=-5), "links[2].block_pulses", "number in"),
     (lambda c: c["links"][2].update(preset="nope"), "links[2].preset", "one of"),
     (lambda c: c["runtime"].update(device_exporter_port=9800), "runtime", "distinct control"),
+    (lambda c: c["runtime"].update(pager_sink_port=9093), "runtime", "pager sink ports"),
+    (lambda c: c["runtime"].update(pager_sink_port=70000), "runtime.pager_sink_port", "65535"),
     (lambda c: c["runtime"].update(tracing="jaeger"), "runtime.tracing", "none, console, otlp"),
     (lambda c: c.update(links=[]), "links", "non-empty list"),
     (lambda c: c["links"][0].update(devices={"phase": {"loop_gain_rad_per_s": "fast"}}),

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from stack_helpers import RunningStack, e2e_profile
-
+import pytest
 import yaml
+
+from stack_helpers import RunningStack, e2e_profile
 
 
 def _up(config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,6 +49,17 @@ def test_status_reports_not_running_then_every_endpoint_and_link(tmp_path: Path)
         result = subprocess.run(status, capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stdout
         assert "control_api" in result.stdout and "link metro-bb84" in result.stdout
+        assert any(line.split()[:2] == ["pager_sink", "up"] for line in result.stdout.splitlines()), result.stdout
     finally:
         assert stack.stop() == 0
     assert subprocess.run(status, capture_output=True, text=True, timeout=30).returncode == 3
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus not installed: `bash scripts/setup.sh`")
+def test_a_missing_pager_key_file_is_named_and_nothing_starts(tmp_path: Path):
+    config = e2e_profile(tmp_path)
+    missing = tmp_path / "no-such-routing-key"
+    result = _up(config, env={**os.environ, "QKDOPS_PAGERDUTY_ROUTING_KEY_FILE": str(missing)})
+    assert result.returncode == 1
+    assert f"QKDOPS_PAGERDUTY_ROUTING_KEY_FILE names {missing}, which cannot be read" in result.stderr
+    assert not (tmp_path / "state" / "up.json").exists()

@@ -1,0 +1,405 @@
+"""The pager sink: a local Alertmanager webhook receiver that keeps every notification it is sent.
+
+Alertmanager routes every page and ticket here as well as to PagerDuty, Opsgenie and the chat
+receiver, so demos and tests can see what on-call would have been sent, and when, without any
+external account. ``qkdops up`` runs it in-process on ``runtime.bind:runtime.pager_sink_port``.
+
+Endpoints (JSON in and out)::
+
+    POST /webhook/{kind}           kind: page | ticket | unrouted; body: Alertmanager webhook payload
+                                   version 4 → 200 {"id", "duplicate"}; malformed → 400 naming the field
+    GET  /api/v1/notifications     ?receiver= &kind= &alertname= &link= &status= &severity= &since= &limit=
+                                   → {"notifications": [{"id", "received_at", "kind", <payload>}], "truncated"}
+    GET  /healthz                  200 {"status": "ok", "notifications": N}
+
+A notification matches ``alertname``, ``link``, ``status`` and ``severity`` when one of its alerts
+carries all of them (an alert's ``status`` is firing or resolved); ``since`` is Unix seconds or RFC 3339
+and compares with the time the sink received the notification; results are oldest first.
+
+Durability: each notification is committed to ``<state_dir>/pager-sink.sqlite`` (SQLite, WAL,
+``synchronous=FULL``) before the 200 goes back, so one acknowledged is never lost, and one refused
+is retried by Alertmanager. Alertmanager retries after a timeout even when the first attempt was
+committed; the same body on the same endpoint within ``RETRY_WINDOW_S`` is that retry and is
+acknowledged without a second record. Bodies are never logged, only what the notification is about.
+
+No authentication: bind it to loopback (the default); in docker-compose only Alertmanager reaches it
+on the compose network and the published port is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import parse_qs, urlsplit
+
+from qkdops.config import RuntimeSettings
+from qkdops.control_api import ApiError
+from qkdops.runtime.durable import open_durable
+
+log = logging.getLogger("qkdops.pager_sink")
+
+KINDS = ("page", "ticket", "unrouted")  # one webhook endpoint per kind of Alertmanager receiver
+DB_NAME = "pager-sink.sqlite"
+STATUSES = ("firing", "resolved")
+MAX_BODY_BYTES = 4 * 1024 * 1024  # Alertmanager sends whole groups (max_alerts: 0)
+MAX_DRAIN_BYTES = 4 * MAX_BODY_BYTES  # a refused body up to this size is read and dropped before the 413
+RETRY_WINDOW_S = 60.0  # Alertmanager's retries of one notification fall within this (backoff ≤ 1 min)
+REQUEST_TIMEOUT_S = 10.0
+DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
+FILTERS = ("receiver", "kind", "alertname", "link", "status", "severity", "since", "limit")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS notifications_digest ON notifications (digest, received_at);
+"""
+
+
+def _bad(message: str, field_name: str) -> ApiError:
+    return ApiError(HTTPStatus.BAD_REQUEST, "invalid_request", message, field_name)
+
+
+# ---- the payload ------------------------------------------------------------------------------------
+def parse_notification(raw: bytes) -> dict[str, Any]:
+    """An Alertmanager webhook payload (version 4), checked field by field so an error names one."""
+    try:
+        payload = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise _bad("request body is not UTF-8 text", "body") from None
+    except (ValueError, RecursionError):
+        raise _bad("request body is not valid JSON", "body") from None
+    body = _object(payload, "body")
+    if body.get("version") != "4":
+        raise _bad(f"version: expected \"4\" (Alertmanager webhook payload version 4), got {_describe(body.get('version'))}",
+                   "version")
+    for key in ("receiver", "groupKey"):
+        _string(body.get(key), key)
+    _status(body.get("status"), "status")
+    for key in ("groupLabels", "commonLabels", "commonAnnotations"):
+        if key in body:
+            _labels(body[key], key)
+    if "externalURL" in body:
+        _string(body["externalURL"], "externalURL", empty_ok=True)
+    if "truncatedAlerts" in body and not (isinstance(body["truncatedAlerts"], int) and not isinstance(body["truncatedAlerts"], bool)
+                                          and body["truncatedAlerts"] >= 0):
+        raise _bad(f"truncatedAlerts: expected a whole number ≥ 0, got {_describe(body['truncatedAlerts'])}", "truncatedAlerts")
+    alerts = body.get("alerts")
+    if not isinstance(alerts, list) or not alerts:
+        raise _bad(f"alerts: expected a non-empty array of alerts, got {_describe(alerts)}", "alerts")
+    for i, item in enumerate(alerts):
+        where = f"alerts[{i}]"
+        alert = _object(item, where)
+        _status(alert.get("status"), f"{where}.status")
+        labels = _labels(alert.get("labels"), f"{where}.labels")
+        if not labels.get("alertname"):
+            raise _bad(f"{where}.labels.alertname: expected the alert's name", f"{where}.labels.alertname")
+        if "annotations" in alert:
+            _labels(alert["annotations"], f"{where}.annotations")
+        for key in ("startsAt", "endsAt"):
+            _string(alert.get(key), f"{where}.{key}")
+        for key in ("fingerprint", "generatorURL"):
+            if key in alert:
+                _string(alert[key], f"{where}.{key}", empty_ok=True)
+    return body
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(f"{where}: expected an object, got {_describe(value)}", where)
+    return value
+
+
+def _string(value: Any, where: str, empty_ok: bool = False) -> str:
+    if not isinstance(value, str) or not (value or empty_ok):
+        raise _bad(f"{where}: expected a{'' if empty_ok else ' non-empty'} string, got {_describe(value)}", where)
+    return value
+
+
+def _status(value: Any, where: str) -> None:
+    if value not in STATUSES:
+        raise _bad(f"{where}: expected firing or resolved, got {_describe(value)}", where)
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    labels = _object(value, where)
+    for key, item in labels.items():
+        if not isinstance(item, str):
+            raise _bad(f"{where}.{key}: expected a string, got {_describe(item)}", f"{where}.{key}")
+    return labels
+
+
+def _describe(value: Any) -> str:
+    """The JSON type of what was sent, never the value itself (it could be anything, and long)."""
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "nothing"}
+    if type(value) in kinds:
+        return kinds[type(value)]
+    return "a number"
+
+
+# ---- the store --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Query:
+    """Filters of ``GET /api/v1/notifications``; None: any."""
+
+    receiver: str | None = None
+    kind: str | None = None
+    alertname: str | None = None
+    link: str | None = None
+    status: str | None = None
+    severity: str | None = None
+    since: float = 0.0
+    limit: int = DEFAULT_LIMIT
+
+
+class NotificationStore:
+    """Append-only, thread-safe; one connection serialised by a lock (notifications are rare)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = open_durable(path, SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def record(self, kind: str, payload: Mapping[str, Any], raw: bytes, now: float | None = None) -> tuple[int, bool]:
+        """Commit one notification; (id, False), or (id of the first, True) for a retry of it."""
+        now = time.time() if now is None else now
+        digest = hashlib.sha256(kind.encode() + b"\0" + raw).hexdigest()
+        with self._lock:
+            row = self._db.execute("SELECT id FROM notifications WHERE digest = ? AND received_at >= ? ORDER BY id LIMIT 1",
+                                   (digest, now - RETRY_WINDOW_S)).fetchone()
+            if row is not None:
+                return row[0], True
+            cursor = self._db.execute("INSERT INTO notifications (received_at, kind, receiver, digest, body) VALUES (?, ?, ?, ?, ?)",
+                                      (now, kind, payload["receiver"], digest, json.dumps(payload, separators=(",", ":"))))
+            return int(cursor.lastrowid or 0), False
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM notifications").fetchone()[0])
+
+    def query(self, q: Query) -> tuple[list[dict[str, Any]], bool]:
+        """Matching notifications oldest first, and whether more than ``q.limit`` matched."""
+        alert_filters = [(f"json_extract(a.value, '$.{path}')", value) for path, value in
+                         (("labels.alertname", q.alertname), ("labels.link", q.link), ("status", q.status),
+                          ("labels.severity", q.severity)) if value is not None]
+        where = ["received_at >= ?"]
+        args: list[Any] = [q.since]
+        for column, value in (("receiver", q.receiver), ("kind", q.kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if alert_filters:
+            where.append("EXISTS (SELECT 1 FROM json_each(n.body, '$.alerts') a WHERE "
+                         + " AND ".join(f"{expr} = ?" for expr, _ in alert_filters) + ")")
+            args.extend(value for _, value in alert_filters)
+        sql = f"SELECT id, received_at, kind, body FROM notifications n WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, (*args, q.limit + 1)).fetchall()
+        out = [{"id": nid, "received_at": _rfc3339(received), "kind": kind, **json.loads(body)}
+               for nid, received, kind, body in rows[: q.limit]]
+        return out, len(rows) > q.limit
+
+
+def _rfc3339(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_query(raw_query: str) -> Query:
+    """The query string of ``GET /api/v1/notifications``; an unknown or repeated parameter is a 400."""
+    params = parse_qs(raw_query, keep_blank_values=True)
+    values: dict[str, Any] = {}
+    for name, given in params.items():
+        if name not in FILTERS:
+            raise _bad(f"unknown query parameter '{name}' (parameters: {', '.join(FILTERS)})", name)
+        if len(given) != 1:
+            raise _bad(f"{name}: give it once", name)
+        values[name] = given[0]
+    if "kind" in values and values["kind"] not in KINDS:
+        raise _bad(f"kind: expected one of {', '.join(KINDS)}", "kind")
+    if "status" in values and values["status"] not in STATUSES:
+        raise _bad("status: expected firing or resolved", "status")
+    if "since" in values:
+        values["since"] = _since(values["since"])
+    if "limit" in values:
+        text = values["limit"]
+        if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+            raise _bad(f"limit: expected a whole number from 1 to {MAX_LIMIT}", "limit")
+        values["limit"] = int(text)
+    return Query(**values)
+
+
+def _since(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise _bad("since: expected Unix seconds or an RFC 3339 time (2024-05-01T12:00:00Z)", "since") from None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(value):
+        raise _bad("since: expected a finite number of Unix seconds", "since")
+    return value
+
+
+# ---- the server -------------------------------------------------------------------------------------
+class SinkServer(ThreadingHTTPServer):
+    """The HTTP server and the store it writes to; ``server_close`` closes both."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], store: NotificationStore) -> None:
+        self.store = store
+        super().__init__(address, SinkHandler)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.store.close()
+
+
+class SinkServer6(SinkServer):
+    address_family = socket.AF_INET6
+
+
+class SinkHandler(BaseHTTPRequestHandler):
+    server: SinkServer
+    server_version = "qkdops-pager-sink/1"
+    sys_version = ""
+    timeout = REQUEST_TIMEOUT_S
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._handle()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_GET  # noqa: N815
+
+    def _handle(self) -> None:
+        headers: Mapping[str, str] = {}
+        try:
+            status, payload = self._dispatch()
+        except ApiError as exc:
+            status, payload, headers = exc.status, exc.body(), exc.headers
+            if exc.status == HTTPStatus.BAD_REQUEST and self.command == "POST":
+                log.warning("pager sink: refused a notification on %s: %s", urlsplit(self.path).path, exc.message)
+        except Exception:
+            log.exception("pager sink: %s %s failed", self.command, urlsplit(self.path).path)
+            status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": {"code": "internal", "message": "see the runtime's log"}}
+        self._send(status, payload, headers)
+
+    def _dispatch(self) -> tuple[HTTPStatus, Any]:
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        if path == "/healthz":
+            self._require("GET", path)
+            return HTTPStatus.OK, {"status": "ok", "notifications": self.server.store.count()}
+        if path == "/api/v1/notifications":
+            self._require("GET", path)
+            notifications, truncated = self.server.store.query(parse_query(url.query))
+            return HTTPStatus.OK, {"notifications": notifications, "truncated": truncated}
+        prefix, _, kind = path.rpartition("/")
+        if prefix == "/webhook" and kind in KINDS:
+            self._require("POST", path)
+            return self._receive(kind)
+        raise ApiError(HTTPStatus.NOT_FOUND, "not_found",
+                       f"no endpoint {url.path} (POST /webhook/{{{'|'.join(KINDS)}}}, GET /api/v1/notifications, GET /healthz)", "path")
+
+    def _require(self, method: str, path: str) -> None:
+        if self.command != method:
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", f"{path} takes {method} only", "method",
+                           {"Allow": method})
+
+    def _receive(self, kind: str) -> tuple[HTTPStatus, Any]:
+        text = self.headers.get("Content-Length", "").strip()
+        if self.headers.get("Transfer-Encoding") is not None or not (text.isascii() and text.isdigit()):
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "length_required", "send the body with Content-Length", "Content-Length")
+        length = int(text)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body must not be parsed as the next request
+            self._drain(length)
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
+                           f"body of {length} bytes is over the limit of {MAX_BODY_BYTES}", "body")
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, "request_timeout", "body not received in time", "body") from None
+        payload = parse_notification(raw)
+        nid, duplicate = self.server.store.record(kind, payload, raw)
+        alerts = payload["alerts"]
+        log.info("pager sink: %s %s notification #%d for %s, %d alert(s): %s", "retried" if duplicate else "recorded",
+                 kind, nid, payload["receiver"], len(alerts),
+                 ", ".join(f"{a['labels']['alertname']}{{link={a['labels'].get('link', '')}}} {a['status']}" for a in alerts[:5]))
+        return HTTPStatus.OK, {"id": nid, "duplicate": duplicate}
+
+    def _drain(self, length: int) -> None:
+        """Read a refused body (bounded) so the client, still sending, gets the response, not a reset."""
+        if length <= MAX_DRAIN_BYTES:
+            try:
+                while length > 0 and (chunk := self.rfile.read(min(65536, length))):
+                    length -= len(chunk)
+            except OSError:
+                pass
+
+    def _send(self, status: HTTPStatus, payload: Any, headers: Mapping[str, str]) -> None:
+        data = json.dumps(payload).encode("utf-8") + b"\n"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError as exc:
+            log.debug("pager sink: client went away before the response: %s", exc)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Request line and status at DEBUG: the notification itself is logged once, by ``_receive``."""
+        log.debug("%s \"%s\" %s", self.address_string(), self.requestline, code)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        log.info("pager sink: %s %s", self.address_string(), format % args)
+
+
+def serve(settings: RuntimeSettings) -> tuple[SinkServer, threading.Thread]:
+    """Start the sink on ``settings.bind:settings.pager_sink_port`` (0: any free port) in a daemon thread.
+
+    Stop with ``server.shutdown(); server.server_close()``, which also closes the store.
+    """
+    store = NotificationStore(settings.state_dir / DB_NAME)
+    host = settings.bind
+    try:
+        server = (SinkServer6 if ":" in host else SinkServer)((host, settings.pager_sink_port), store)
+    except OSError:
+        store.close()
+        raise
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("pager sink listens on %s, not loopback: whoever reaches it can read the alerts and add notifications", host)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="qkdops-pager-sink", daemon=True)
+    thread.start()
+    log.info("pager sink listening on http://%s:%d (store %s)", *server.server_address[:2], store.path)
+    return server, thread

@@ -1,0 +1,73 @@
+"""``qkdops slo generate [--check]``: turn the SLO specs in ``slo/`` into ``alert_rules/qkd-slos.yml``.
+
+The specs are Sloth ``prometheus/v1`` documents (``slo/README.md``); every ``*.yaml``/``*.yml`` file
+of the spec directory is read, in name order. ``--check`` writes nothing and exits 1 when the rule
+file is not what the specs generate, so CI (and a test) catch a spec edited without regenerating.
+
+Exit codes: 0 written (or current), 1 ``--check`` found the file stale or missing, 2 a spec is
+malformed: one line per problem, each naming the file and the field path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+
+from qkdops import slo
+from qkdops.stack import REPO, RULES_DIR
+
+SPEC_DIR = REPO / "slo"
+OUTPUT = RULES_DIR / "qkd-slos.yml"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("slo", help="SLO specs → multiwindow multi-burn-rate Prometheus rules",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="slo_command", required=True, metavar="{generate}")
+    gen = verbs.add_parser("generate", help="write the rule file from the specs (or --check it is current)")
+    gen.add_argument("--check", action="store_true", help="write nothing; exit 1 if the rule file is not current")
+    gen.add_argument("--specs", type=Path, default=SPEC_DIR, metavar="DIR", help="spec directory (default: slo/)")
+    gen.add_argument("--output", type=Path, default=OUTPUT, metavar="FILE",
+                     help="rule file (default: alert_rules/qkd-slos.yml)")
+    gen.set_defaults(handler=run)
+
+
+def generate_text(spec_dir: Path) -> tuple[str, list[slo.SLO]]:
+    """The rule file the specs in ``spec_dir`` generate, and the SLOs it was made from."""
+    paths = sorted(p for p in spec_dir.glob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not paths:
+        raise slo.SpecError([f"{_shown(spec_dir)}: no *.yaml spec files"])
+    # Files are named <dir>/<file> in messages and in the header, so the output does not depend on the cwd.
+    names = {p: f"{spec_dir.name}/{p.name}" for p in paths}
+    slos = slo.load_specs(paths, names)
+    return slo.render(slo.rule_groups(slos), [names[p] for p in paths]), slos
+
+
+def run(args: argparse.Namespace) -> int:
+    text, slos = generate_text(args.specs)
+    shown = _shown(args.output)
+    if args.check:
+        current = args.output.read_text() if args.output.exists() else None
+        if current == text:
+            print(f"{shown} is current ({len(slos)} SLOs)")
+            return 0
+        reason = "missing" if current is None else "stale"
+        print(f"qkdops slo generate: {shown} is {reason}: run `qkdops slo generate`", file=sys.stderr)
+        if current is not None:
+            diff = difflib.unified_diff(current.splitlines(), text.splitlines(), shown, "generated", lineterm="", n=1)
+            sys.stderr.writelines(line + "\n" for line in list(diff)[:40])
+        return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    alerts = sum(1 for line in text.splitlines() if line.startswith("  - alert: "))
+    print(f"wrote {shown}: {len(slos)} SLOs, {alerts} alert rules")
+    return 0
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,91 @@
+"""End to end with the local stack: a fibre cut pages through Alertmanager to the pager sink, the link's
+symptom alerts are inhibited, and clearing the cut sends the resolved notification.
+
+`qkdops up` as a process with the shipped rules (alert_rules/), 1-s scrapes and the e2e-fast link
+(1-s blocks); Alertmanager's timers scale with the scrape interval (page group_wait 2 s,
+group_interval 12 s). Every wait is bounded. The page arrives in seconds, but the first symptom of a
+fibre cut (the block-success SLO's 1h burn tier, `for: 2m`) takes over two minutes to fire (measured:
+~130 s), so the test takes about two and a half minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("prometheus-alertmanager") is None and shutil.which("alertmanager") is None,
+    reason="Prometheus/Alertmanager not installed: `bash scripts/setup.sh` installs them (CI always has them)")]
+
+LINK = FAST_LINK["id"]
+SYMPTOM_WAIT_S = 180.0  # from the cut: 2 min of `for` after the burn windows fill (~130 s measured), and slack
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_fibre_cut_pages_inhibits_symptoms_and_resolves(tmp_path: Path):
+    config_path = e2e_profile(tmp_path, [FAST_LINK])
+    stack = RunningStack(config_path)
+    sink, am = stack.url("pager_sink_port"), stack.url("alertmanager_port")
+
+    def notifications(**filters: str | float) -> list[dict]:
+        return _get(f"{sink}/api/v1/notifications?{urllib.parse.urlencode(filters)}")["notifications"]
+
+    def symptoms(**flags: str) -> list[dict]:
+        query = urllib.parse.urlencode([("filter", f'link="{LINK}"'), ("filter", 'class="symptom"'), *flags.items()])
+        return _get(f"{am}/api/v2/alerts?{query}")
+
+    try:
+        stack.wait_up(30)
+        wait_for(lambda: stack.by_link(f'increase(qkd_secret_key_bits_total{{link="{LINK}"}}[3s]) > 0'), 30, f"key on {LINK}", stack)
+        assert not notifications(alertname="QKDLinkDown", link=LINK), "paged before the fault"
+
+        # fibre cut → QKDLinkDown reaches the pager sink as a page
+        cut_at_unix = time.time()
+        stack.api("POST", f"/api/v1/links/{LINK}/faults", {"fault": "fiber_cut"})
+        cut_at = time.monotonic()
+        page = wait_for(lambda: notifications(alertname="QKDLinkDown", link=LINK, status="firing", since=cut_at_unix), 30,
+                        "the QKDLinkDown page at the pager sink", stack)[0]
+        paged_after = time.monotonic() - cut_at
+        assert page["kind"] == "page" and page["receiver"] == "pager-sink-page"
+        assert [a["labels"]["severity"] for a in page["alerts"]] == ["page"]
+
+        # The link's symptoms: in Alertmanager, inhibited by that page, and never at the sink. The first
+        # to fire is the block-success SLO's 1h burn tier (`for: 2m` once 14.4x the budget burns).
+        firing = wait_for(symptoms, cut_at + SYMPTOM_WAIT_S - time.monotonic(), f"a symptom alert on {LINK}", stack)
+        symptom_after = time.monotonic() - cut_at
+        # let each symptom's route pass its group_wait (2 s page, 12 s ticket at 1-s scrapes), when it would be sent
+        time.sleep((12.0 if any(s["labels"]["severity"] == "ticket" for s in firing) else 2.0) + 2.0)
+        firing = symptoms()
+        names = sorted({s["labels"]["alertname"] for s in firing})
+        assert firing and all(s["status"]["state"] == "suppressed" and s["status"]["inhibitedBy"] for s in firing), firing
+        assert not symptoms(inhibited="false")
+        at_sink = {(a["labels"]["alertname"], a["labels"].get("class")) for n in notifications(link=LINK, since=cut_at_unix)
+                   for a in n["alerts"]}
+        assert ("QKDLinkDown", "cause") in at_sink and not {name for name, cls in at_sink if cls == "symptom"}, at_sink
+
+        # clearing the cut sends the resolved notification
+        clear_at_unix = time.time()
+        stack.api("DELETE", f"/api/v1/links/{LINK}/faults/fiber_cut")
+        cleared_at = time.monotonic()
+        resolved = wait_for(lambda: notifications(alertname="QKDLinkDown", link=LINK, status="resolved", since=clear_at_unix), 30,
+                            "the resolved QKDLinkDown notification", stack)[0]
+        resolved_after = time.monotonic() - cleared_at
+        assert resolved["kind"] == "page" and resolved["status"] == "resolved"
+        print(f"\nfibre cut → QKDLinkDown page at the sink {paged_after:.1f} s; first symptom in Alertmanager "
+              f"{symptom_after:.1f} s, inhibited: {names}; clear → resolved at the sink {resolved_after:.1f} s")
+    finally:
+        status = stack.stop()
+    assert status == 0, stack.output()[-2000:]

@@ -1,0 +1,201 @@
+"""The pager sink: every good notification kept across restarts (kill -9 too), bad bodies refused, filters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qkdops import pager_sink
+from qkdops.config import RuntimeSettings
+from stack_helpers import free_ports, wait_for
+
+
+def notification(alertname: str = "QKDLinkDown", link: str = "metro-bb84", status: str = "firing", severity: str = "page",
+                 receiver: str = "pager-sink-page", **annotations: str) -> dict[str, Any]:
+    """A webhook payload as Alertmanager 0.25 sends it."""
+    labels = {"alertname": alertname, "link": link, "severity": severity, "class": "cause"}
+    return {
+        "receiver": receiver, "status": status, "version": "4", "truncatedAlerts": 0,
+        "groupKey": f'{{}}/{{severity="{severity}"}}:{{alertname="{alertname}", link="{link}"}}',
+        "groupLabels": {"alertname": alertname, "link": link}, "commonLabels": labels,
+        "commonAnnotations": annotations, "externalURL": "http://127.0.0.1:9093",
+        "alerts": [{"status": status, "labels": labels, "annotations": annotations,
+                    "startsAt": "2024-05-01T12:00:00Z", "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2024-05-01T12:05:00Z",
+                    "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": "0123456789abcdef"}],
+    }
+
+
+class Sink:
+    def __init__(self, state_dir: Path) -> None:
+        self.settings = RuntimeSettings(state_dir=state_dir, pager_sink_port=0)
+        self.server, self.thread = pager_sink.serve(self.settings)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def post(self, kind: str, body: bytes | dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return request(f"{self.url}/webhook/{kind}", "POST", data, headers)
+
+    def notifications(self, query: str = "") -> list[dict]:
+        status, body = request(f"{self.url}/api/v1/notifications{query}")
+        assert status == 200, body
+        return body["notifications"]
+
+
+def request(url: str, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[Sink]:
+    s = Sink(tmp_path / "state")
+    yield s
+    s.stop()
+
+
+def test_notifications_are_kept_and_filtered(sink: Sink):
+    assert sink.post("page", notification()) == (200, {"id": 1, "duplicate": False})
+    before_ticket = time.time()
+    assert sink.post("ticket", notification("QKDQBERHigh", "tf-longhaul", "resolved", "ticket", "pager-sink-ticket"))[0] == 200
+    all_ = sink.notifications()
+    assert [n["id"] for n in all_] == [1, 2] and [n["kind"] for n in all_] == ["page", "ticket"]
+    first = all_[0]
+    assert first["receiver"] == "pager-sink-page" and first["alerts"][0]["labels"]["alertname"] == "QKDLinkDown"
+    assert first["received_at"].endswith("Z") and first["groupKey"].startswith("{}/")
+    for query, ids in [("?receiver=pager-sink-ticket", [2]), ("?kind=page", [1]), ("?alertname=QKDLinkDown", [1]),
+                       ("?link=tf-longhaul", [2]), ("?status=resolved", [2]), ("?severity=page&link=metro-bb84", [1]),
+                       ("?alertname=QKDLinkDown&link=tf-longhaul", []), (f"?since={before_ticket - 0.001}", [2]),
+                       ("?since=2000-01-01T00:00:00Z", [1, 2]), ("?since=2999-01-01T00:00:00%2B02:00", [])]:
+        assert [n["id"] for n in sink.notifications(query)] == ids, query
+    status, body = request(f"{sink.url}/api/v1/notifications?limit=1")
+    assert [n["id"] for n in body["notifications"]] == [1] and body["truncated"] is True
+    assert request(f"{sink.url}/healthz") == (200, {"status": "ok", "notifications": 2})
+
+
+def test_a_retry_is_acknowledged_once_and_a_repeat_later_is_a_new_record(sink: Sink, monkeypatch):
+    body = json.dumps(notification()).encode()
+    assert sink.post("page", body) == (200, {"id": 1, "duplicate": False})
+    assert sink.post("page", body) == (200, {"id": 1, "duplicate": True})  # Alertmanager retrying after a timeout
+    assert sink.post("ticket", body)[1] == {"id": 2, "duplicate": False}  # another endpoint: another notification
+    later = time.time() + pager_sink.RETRY_WINDOW_S + 1
+    monkeypatch.setattr(pager_sink.time, "time", lambda: later)
+    assert sink.post("page", body)[1] == {"id": 3, "duplicate": False}  # a repeat_interval re-send
+    assert len(sink.notifications()) == 3
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b"{not json", "body"),
+    (b"\xff\xfe", "body"),
+    (b"[]", "body"),
+    (b'{"version": "4", "status": "firing", "receiver": "r", "groupKey": "k", "alerts": [{}], "x": NaN}', "body"),
+    ({**notification(), "version": 4}, "version"),
+    ({**notification(), "version": "3"}, "version"),
+    ({k: v for k, v in notification().items() if k != "receiver"}, "receiver"),
+    ({**notification(), "status": "pending"}, "status"),
+    ({**notification(), "alerts": []}, "alerts"),
+    ({**notification(), "commonLabels": {"link": 3}}, "commonLabels.link"),
+    ({**notification(), "truncatedAlerts": -1}, "truncatedAlerts"),
+    ({**notification(), "alerts": [{**notification()["alerts"][0], "labels": {"link": "a"}}]}, "alerts[0].labels.alertname"),
+    ({**notification(), "alerts": [{**notification()["alerts"][0], "status": None}]}, "alerts[0].status"),
+    ({**notification(), "alerts": [{**notification()["alerts"][0], "startsAt": 17}]}, "alerts[0].startsAt"),
+    ({**notification(), "alerts": [notification()["alerts"][0], "x"]}, "alerts[1]"),
+])
+def test_a_malformed_body_is_a_400_naming_the_field_and_nothing_is_recorded(sink: Sink, body, field):
+    status, answer = sink.post("page", body)
+    assert status == 400 and answer["error"]["field"] == field, answer
+    assert sink.post("page", notification())[0] == 200  # the next good one is kept
+    assert len(sink.notifications()) == 1
+
+
+def test_protocol_errors_are_json_too(sink: Sink):
+    assert request(f"{sink.url}/webhook/sms", "POST", b"{}")[0] == 404
+    status, body = request(f"{sink.url}/webhook/page")
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
+    assert request(f"{sink.url}/api/v1/notifications", "POST", b"{}")[0] == 405
+    for query, field in [("?alert=x", "alert"), ("?since=yesterday", "since"), ("?limit=0", "limit"), ("?status=ok", "status"),
+                         ("?kind=sms", "kind"), ("?link=a&link=b", "link")]:
+        status, body = request(f"{sink.url}/api/v1/notifications{query}")
+        assert status == 400 and body["error"]["field"] == field, query
+    big = b" " * (pager_sink.MAX_BODY_BYTES + 1)
+    assert sink.post("page", big)[0] == 413
+    assert sink.notifications() == []
+
+
+def test_bodies_are_never_logged(sink: Sink, caplog):
+    caplog.set_level(logging.DEBUG, logger="qkdops.pager_sink")
+    marker = "do-not-log-3f9a"
+    sink.post("page", notification(description=marker))
+    sink.post("page", {**notification(description=marker), "status": "bogus"})
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "QKDLinkDown" in text and "refused" in text and marker not in text
+
+
+def test_restart_keeps_every_notification(tmp_path: Path):
+    first = Sink(tmp_path / "state")
+    try:
+        for i in range(5):
+            assert first.post("page", notification(link=f"l{i}"))[0] == 200
+    finally:
+        first.stop()
+    second = Sink(tmp_path / "state")
+    try:
+        assert [n["alerts"][0]["labels"]["link"] for n in second.notifications()] == [f"l{i}" for i in range(5)]
+        assert second.post("page", notification(link="l5"))[1]["id"] == 6
+    finally:
+        second.stop()
+
+
+def test_kill_9_loses_no_acknowledged_notification(tmp_path: Path):
+    port = free_ports(1)[0]
+    state = tmp_path / "state"
+    code = ("import time; from pathlib import Path; from qkdops import pager_sink; from qkdops.config import RuntimeSettings; "
+            f"pager_sink.serve(RuntimeSettings(state_dir=Path({str(state)!r}), pager_sink_port={port})); time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: request(f"{url}/healthz")[0] == 200, 20, "the sink subprocess")
+        acknowledged = [request(f"{url}/webhook/page", "POST", json.dumps(notification(link=f"k{i}")).encode())[1]["id"] for i in range(20)]
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    after = Sink(state)
+    try:
+        assert [n["id"] for n in after.notifications()] == acknowledged
+    finally:
+        after.stop()
+
+
+def test_up_serves_it_on_the_runtime_port(tmp_path: Path):
+    port = free_ports(1)[0]
+    server, thread = pager_sink.serve(dataclasses.replace(RuntimeSettings(), state_dir=tmp_path, pager_sink_port=port))
+    try:
+        assert server.server_address[:2] == ("127.0.0.1", port)
+        assert (tmp_path / pager_sink.DB_NAME).exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
