@@ -58,6 +58,7 @@ from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from qkdlink.emulator import FAULTS, FaultError
+from qkdops.http_response import respond
 from qkdops.config import RuntimeSettings
 from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink, fault_catalogue
 
@@ -465,19 +466,7 @@ class ControlHandler(BaseHTTPRequestHandler):
         # Messages echo names the client sent (an unknown link or fault); a token pasted there by
         # mistake is not sent back, so no response ever carries it.
         data = data.replace(self.server.token, REDACTED.encode("ascii"))
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-        except OSError as exc:  # client hung up: nothing to answer, nothing broken on our side
-            log.debug("control API: client went away before the response: %s", exc)
+        respond(self, status, data, content_type, headers)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol-level errors (malformed request line, unsupported method, huge headers) as JSON too."""

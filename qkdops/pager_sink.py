@@ -44,9 +44,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
+from qkdops.http_response import respond
 from qkdops.config import RuntimeSettings
 from qkdops.control_api import ApiError
-from qkdops.runtime.durable import open_durable
+from qkdops.runtime.durable import DurableStore
 
 log = logging.getLogger("qkdops.pager_sink")
 
@@ -172,17 +173,11 @@ class Query:
     limit: int = DEFAULT_LIMIT
 
 
-class NotificationStore:
-    """Append-only, thread-safe; one connection serialised by a lock (notifications are rare)."""
+class NotificationStore(DurableStore):
+    """Append-only, thread-safe (notifications are rare)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = open_durable(path, SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, SCHEMA)
 
     def record(self, kind: str, payload: Mapping[str, Any], raw: bytes, now: float | None = None) -> tuple[int, bool]:
         """Commit one notification; (id, False), or (id of the first, True) for a retry of it."""
@@ -365,17 +360,7 @@ class SinkHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, payload: Any, headers: Mapping[str, str]) -> None:
         data = json.dumps(payload).encode("utf-8") + b"\n"
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError as exc:
-            log.debug("pager sink: client went away before the response: %s", exc)
+        respond(self, status, data, "application/json; charset=utf-8", headers)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Request line and status at DEBUG: the notification itself is logged once, by ``_receive``."""

@@ -9,12 +9,11 @@ a restart re-processes exactly the blocks whose results are missing.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from qkdops.runtime.blocks import Block
-from qkdops.runtime.durable import open_durable
+from qkdops.runtime.durable import DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (link TEXT NOT NULL, idx INTEGER NOT NULL, body TEXT NOT NULL,
@@ -28,17 +27,11 @@ class ArchiveError(RuntimeError):
     """The archive refused a write that would lose or duplicate data."""
 
 
-class BlockArchive:
+class BlockArchive(DurableStore):
     """Thread-safe; one connection, serialised by a lock (writes are a few per second)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = open_durable(path, SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, SCHEMA)
 
     def append(self, block: Block) -> None:
         """Commit ``block``; the same block again is a no-op, a different one with its index an error."""

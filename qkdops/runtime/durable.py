@@ -8,6 +8,7 @@ readers (``qkdops replay``, ``qkdops status``) never block the writer. Autocommi
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 
@@ -19,3 +20,17 @@ def open_durable(path: Path, schema: str) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=FULL")
     db.executescript(schema)
     return db
+
+
+class DurableStore:
+    """Base of the runtime's SQLite stores: one durable connection shared by threads under a lock
+    (writes are a few per second at most, so serialising them costs nothing)."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = open_durable(path, schema)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -9,10 +9,9 @@ key bytes never leave this module except through ``take`` (the delivery API of a
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
-from qkdops.runtime.durable import open_durable
+from qkdops.runtime.durable import DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (link TEXT NOT NULL, idx INTEGER NOT NULL, bits INTEGER NOT NULL,
@@ -20,19 +19,14 @@ CREATE TABLE IF NOT EXISTS keys (link TEXT NOT NULL, idx INTEGER NOT NULL, bits 
 """
 
 
-class KeyStore:
+class KeyStore(DurableStore):
     def __init__(self, path: Path, capacity_bits: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
         os.chmod(path, 0o600)
         self.capacity_bits = capacity_bits
-        self._lock = threading.Lock()
-        self._db = open_durable(path, SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, SCHEMA)
 
     def deposit(self, link: str, index: int, material: bytes) -> str:
         """Store a block's key: ``success`` (also when already stored) or ``store_full``."""
