@@ -1,0 +1,248 @@
+"""Generate the qkdops Grafana dashboards (executive, on-call, debug, SLO) with grafana-foundation-sdk.
+
+    python -m dashboards.generate            # rewrite dashboards/*.json
+    python -m dashboards.generate --check    # exit 1 if the committed JSON is not the generated one
+
+Every panel queries only metrics of exporters/catalogue.yaml, recording rules of alert_rules/*.yml, or
+ALERTS; tests/test_dashboards.py checks that, the JSON structure, and (slow) that every query returns
+data from a real `qkdops up` Prometheus. A panel whose query is legitimately empty on a healthy stack
+says so in its description with the marker ``INTENDED_EMPTY`` and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard, heatmap, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DashboardLinkType, DataSourceRef, GridPos, Threshold, ThresholdsMode, VariableRefresh
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+DIRECTORY = Path(__file__).resolve().parent
+INTENDED_EMPTY = "Intended empty state:"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+RUNBOOK_URL = "http://127.0.0.1:9800/runbooks/${__data.fields.alertname}"  # the control API serves runbooks/<AlertName>.md
+L = '{link="$link"}'
+
+# Threshold step lists: (value or None for the base step, colour).
+GOOD_HIGH_99 = [(None, "red"), (0.95, "orange"), (0.99, "green")]
+BUDGET = [(None, "red"), (0.0, "orange"), (0.25, "green")]
+BURN = [(None, "green"), (1.0, "orange"), (6.0, "red")]
+QBER = [(None, "green"), (0.05, "orange"), (0.11, "red")]
+NONE = [(None, "green")]
+
+
+@dataclass
+class P:
+    """One panel: kind is timeseries, stat, table or heatmap; queries are (expr, legend) pairs."""
+
+    kind: str
+    title: str
+    description: str
+    unit: str
+    queries: list[tuple[str, str]]
+    thresholds: list[tuple[float | None, str]] = field(default_factory=lambda: NONE)
+    w: int = 12
+    h: int = 8
+    min: float | None = None
+    max: float | None = None
+    instant: bool = False
+    runbook_links: bool = False
+
+
+def _thresholds(steps: list[tuple[float | None, str]]) -> dashboard.ThresholdsConfig:
+    return dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([Threshold(value=v, color=c) for v, c in steps])
+
+
+def _panel(spec: P, panel_id: int, x: int, y: int):
+    builder = {"timeseries": timeseries.Panel, "stat": stat.Panel, "table": table.Panel, "heatmap": heatmap.Panel}[spec.kind]()
+    b = (builder.id(panel_id).title(spec.title).description(spec.description).datasource(DATASOURCE)
+         .grid_pos(GridPos(h=spec.h, w=spec.w, x=x, y=y)).unit(spec.unit).thresholds(_thresholds(spec.thresholds)))
+    if spec.min is not None:
+        b = b.min(spec.min)
+    if spec.max is not None:
+        b = b.max(spec.max)
+    if spec.runbook_links:
+        b = b.data_links([dashboard.DashboardLink("Runbook for ${__data.fields.alertname}").type(DashboardLinkType.LINK)
+                          .url(RUNBOOK_URL).target_blank(True)])
+    for i, (expr, legend) in enumerate(spec.queries):
+        q = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(chr(ord("A") + i)).datasource(DATASOURCE)
+        if spec.kind == "heatmap":
+            q = q.format(PromQueryFormat.HEATMAP)
+        elif spec.kind == "table" or spec.instant:
+            q = q.instant().format(PromQueryFormat.TABLE if spec.kind == "table" else PromQueryFormat.TIME_SERIES)
+        b = b.with_target(q)
+    return b
+
+
+def build(uid: str, title: str, description: str, panels: list[P]) -> dict:
+    d = (dashboard.Dashboard(title).uid(uid).description(description).tags(["qkdops", "qkd"]).editable()
+         .refresh("30s").time("now-1h", "now").timezone("browser")
+         .with_variable(dashboard.DatasourceVariable("datasource").label("Datasource").type("prometheus"))
+         .with_variable(dashboard.QueryVariable("link").label("Link").datasource(DATASOURCE)
+                        .query("label_values(qkd_link_info, link)").refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)))
+    for other_uid, other_title in DASHBOARD_TITLES.items():
+        if other_uid != uid:
+            d = d.link(dashboard.DashboardLink(other_title).type(DashboardLinkType.LINK).url(f"/d/{other_uid}")
+                       .include_vars(True).keep_time(True))
+    x = y = row_h = 0
+    for panel_id, spec in enumerate(panels, start=1):
+        if x + spec.w > 24:
+            x, y, row_h = 0, y + row_h, 0
+        d = d.with_panel(_panel(spec, panel_id, x, y))
+        x, row_h = x + spec.w, max(row_h, spec.h)
+    model = json.loads(json.dumps(d.build(), cls=JSONEncoder))
+    for panel in model["panels"]:
+        if panel.get("options") is None:  # this SDK leaves unset panel options as null; Grafana wants an object or nothing
+            panel.pop("options", None)
+    return model
+
+
+DASHBOARD_TITLES = {"qkdops-executive": "QKD — Executive", "qkdops-oncall": "QKD — On-call",
+                    "qkdops-debug": "QKD — Debug", "qkdops-slo": "QKD — SLOs"}
+
+ALERTS_EMPTY = f"{INTENDED_EMPTY} no alert fires on a healthy stack."
+
+
+def executive() -> dict:
+    return build("qkdops-executive", DASHBOARD_TITLES["qkdops-executive"], "Fleet health at a glance: key delivered, SLOs, incidents.", [
+        P("stat", "Fleet secret-key throughput", "Secret key bits per second produced by all links (privacy-amplified and verified).",
+          "bps", [("sum(rate(qkd_secret_key_bits_total[$__rate_interval]))", "fleet")], [(None, "red"), (1.0, "green")], w=6, h=6),
+        P("stat", "Firing alerts", "Alerts firing now across the fleet (0 when none).", "short",
+          [('count(ALERTS{alertstate="firing"}) or vector(0)', "firing")], [(None, "green"), (1.0, "red")], w=6, h=6),
+        P("stat", "Block success rate (1 h)", "Share of post-processed blocks in the last hour that produced key, per link; "
+          "the block-success SLO asks for 99 %.", "percentunit",
+          [('sum by (link) (rate(qkd_blocks_total{outcome="success"}[1h])) / sum by (link) (rate(qkd_blocks_total[1h]))', "{{link}}")],
+          GOOD_HIGH_99, w=12, h=6, min=0, max=1),
+        P("timeseries", "Secret-key throughput per link", "Secret key rate per link.", "bps",
+          [("sum by (link) (rate(qkd_secret_key_bits_total[$__rate_interval]))", "{{link}}")], [(None, "green")], w=24),
+        P("stat", "Key availability vs SLO (30 d)", "Share of judged minutes in which each link met its key-rate target "
+          "(key-availability SLI over 30 d); red below the 99 % objective.", "percentunit",
+          [('1 - slo:sli_error:ratio_rate30d{slo="key-availability"}', "{{link}}"),
+           ('slo:objective:ratio{slo="key-availability"}', "objective")], GOOD_HIGH_99, w=12, min=0, max=1),
+        P("stat", "Error budget remaining (30 d)", "Share of each SLO's 30-day error budget left, per link and SLO; "
+          "negative means the SLO is already missed.", "percentunit",
+          [("slo:error_budget_remaining:ratio", "{{link}} {{slo}}")], BUDGET, w=12, max=1),
+        P("table", "Active incidents", f"Alerts firing now, with a link to each runbook. {ALERTS_EMPTY}", "short",
+          [('sum by (alertname, severity, link) (ALERTS{alertstate="firing"})', "")], [(None, "red")], w=24, runbook_links=True),
+    ])
+
+
+def oncall() -> dict:
+    return build("qkdops-oncall", DASHBOARD_TITLES["qkdops-oncall"],
+                 "One link ($link) for the engineer on call: what is wrong and where the runbook is.", [
+        P("table", "Firing alerts for $link", f"Alerts firing now on the selected link; the data link opens its runbook. {ALERTS_EMPTY}",
+          "short", [('sum by (alertname, severity) (ALERTS{alertstate="firing", link="$link"})', "")], [(None, "red")], w=24, h=5,
+          runbook_links=True),
+        P("timeseries", "QBER per basis", "Quantum bit error rate over 5 m of blocks per basis (Z key, X test) and the link's "
+          "abort threshold; MDI/TF X-basis QBER is high by construction, alert on Z.", "percentunit",
+          [(f"qkd_link:qber:ratio_rate5m{L}", "{{basis}}"), (f"qkd_link:qber_threshold_ratio:max10m{L}", "abort threshold")], QBER, min=0),
+        P("timeseries", "Secret key rate vs target", "Secret key rate of the link and the rate its availability SLO asks for.", "bps",
+          [(f"sum(rate(qkd_secret_key_bits_total{L}[$__rate_interval]))", "key rate"),
+           (f"max(qkd_key_rate_target_bytes_per_second{L}) * 8", "target")], [(None, "green")], min=0),
+        P("timeseries", "Detection rate", "Detection events per second as the detector reports it and from the counter.", "hertz",
+          [(f"qkd_detection_rate_hertz{L}", "detector"), (f"sum(rate(qkd_detections_total{L}[$__rate_interval]))", "counter rate")],
+          [(None, "red"), (1.0, "green")], w=8, min=0),
+        P("timeseries", "Phase lock and relocks", "1 while the phase reference is locked (MDI/TF only, absent on BB84) and "
+          "relocks per interval.", "short",
+          [(f"qkd_phase_locked{L}", "locked"), (f"increase(qkd_phase_relocks_total{L}[$__rate_interval])", "relocks")],
+          [(None, "red"), (1.0, "green")], w=8, min=0),
+        P("timeseries", "Interference visibility", "Interference visibility against the link's best value of the last day.",
+          "percentunit", [(f"qkd_interference_visibility_ratio{L}", "visibility"),
+                          (f"qkd_link:interference_visibility:max1d{L}", "1-day best")], [(None, "red"), (0.8, "orange"), (0.9, "green")],
+          w=8, max=1),
+        P("timeseries", "Dark counts vs nominal", "Detector dark-count rate against a healthy detector of this link.", "hertz",
+          [(f"qkd_dark_count_rate_hertz{L}", "dark counts"), (f"qkd_dark_count_rate_nominal_hertz{L}", "nominal")],
+          [(None, "green")], w=8, min=0),
+        P("timeseries", "Aborts by reason", "Blocks aborted per interval, by reason (every reason is published, zeros included).",
+          "short", [('sum by (reason) (increase(qkd_blocks_total{link="$link", outcome="aborted"}[$__rate_interval]))', "{{reason}}")],
+          [(None, "green"), (1.0, "red")], w=8, min=0),
+        P("timeseries", "Calibration actions (1 h)", "Calibration actions run on the link in the last hour, by action and outcome.",
+          "short", [(f"sum by (action, outcome) (increase(qkd_calibration_actions_total{L}[1h]))", "{{action}} {{outcome}}")],
+          [(None, "green")], w=8, min=0),
+    ])
+
+
+def debug() -> dict:
+    return build("qkdops-debug", DASHBOARD_TITLES["qkdops-debug"], "Device and post-processing internals of one link ($link) for engineers.", [
+        P("timeseries", "Decoy yield per intensity", "Detections per sifted pulse of each decoy intensity class (the gain Q).",
+          "short", [(f"sum by (intensity) (rate(qkd_decoy_detections_total{L}[$__rate_interval])) / "
+                     f"sum by (intensity) (rate(qkd_decoy_pulses_sent_total{L}[$__rate_interval]))", "{{intensity}}")], min=0),
+        P("timeseries", "Decoy pulses sent per intensity", "Sifted-class pulses sent per second per decoy intensity.", "short",
+          [(f"sum by (intensity) (rate(qkd_decoy_pulses_sent_total{L}[$__rate_interval]))", "{{intensity}}")], min=0),
+        P("timeseries", "Commanded vs measured mean photon number", "Mean photon number per pulse per intensity, commanded and measured.",
+          "short", [(f"qkd_mean_photon_number_commanded{L}", "{{intensity}} commanded"),
+                    (f"qkd_mean_photon_number_measured{L}", "{{intensity}} measured")], min=0),
+        P("timeseries", "Intensity deviation", "|measured / commanded - 1| per intensity (near-zero levels left out).", "percentunit",
+          [(f"qkd_link:mean_photon_number_deviation:ratio{L}", "{{intensity}}")], [(None, "green"), (0.05, "orange"), (0.1, "red")], min=0),
+        P("timeseries", "Single-photon bounds Y1 / e1", "Finite-key decoy-estimation lower bound on the single-photon yield and upper "
+          "bound on its phase-error rate, from the last block.", "percentunit",
+          [(f"qkd_single_photon_yield_lower_bound_ratio{L}", "Y1 lower"),
+           (f"qkd_single_photon_phase_error_upper_bound_ratio{L}", "e1 upper")], [(None, "green"), (0.11, "red")], min=0),
+        P("heatmap", "Timing jitter", "Arrival time of sampled detections relative to the gate centre.", "s",
+          [(f"sum by (le) (increase(qkd_timing_jitter_seconds_bucket{L}[$__rate_interval]))", "{{le}}")]),
+        P("timeseries", "Detector efficiency", "Probability that an arriving photon clicks.", "percentunit",
+          [(f"qkd_detector_efficiency_ratio{L}", "efficiency")], [(None, "red"), (0.05, "green")], w=6, min=0),
+        P("timeseries", "Detector temperature", "Diode temperature; thermal dark counts double about every 10 K.", "celsius",
+          [(f"qkd_detector_temperature_celsius{L}", "temperature")], [(None, "green"), (-30.0, "orange"), (-20.0, "red")], w=6),
+        P("timeseries", "Detector live fraction", "Share of gates armed (not in dead time); falls when the detector saturates.",
+          "percentunit", [(f"qkd_detector_live_time_ratio{L}", "live")], [(None, "red"), (0.5, "orange"), (0.9, "green")], w=6, max=1),
+        P("timeseries", "Afterpulsing", "Probability that a click triggers a spurious click in a later gate.", "percentunit",
+          [(f"qkd_detector_afterpulse_ratio{L}", "afterpulse")], [(None, "green"), (0.05, "orange"), (0.1, "red")], w=6, min=0),
+        P("timeseries", "Clock offset", "Offset of the receiver's gate clock from the sender's pulse clock.", "s",
+          [(f"qkd_clock_offset_seconds{L}", "offset")], [(None, "green")], w=8),
+        P("timeseries", "RNG health", "1 while the RNG passes its health tests; bias P(1) - 1/2 of its raw bits.", "short",
+          [(f"qkd_rng_health_pass{L}", "pass"), (f"qkd_rng_bias_ratio{L}", "bias")], [(None, "red"), (1.0, "green")], w=8),
+        P("timeseries", "RNG health failures (1 h)", "RNG health-test failures in the last hour.", "short",
+          [(f"increase(qkd_rng_health_failures_total{L}[1h])", "failures")], [(None, "green"), (1.0, "red")], w=8, min=0),
+        P("timeseries", "Post-processing stage latency p95", "95th percentile of the time each post-processing stage takes per block.",
+          "s", [("histogram_quantile(0.95, sum by (stage, le) "
+                 f"(rate(qkd_postprocessing_stage_duration_seconds_bucket{L}[$__rate_interval])))", "{{stage}}")], w=24, min=0),
+    ])
+
+
+def slo() -> dict:
+    windows = ["5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"]
+    return build("qkdops-slo", DASHBOARD_TITLES["qkdops-slo"], "The SLOs of slo/qkd.yaml for one link ($link): SLI, burn rates, budget.", [
+        P("timeseries", "SLI per SLO (1 h)", "Share of good events per SLO over the last hour, with each objective.", "percentunit",
+          [(f"1 - slo:sli_error:ratio_rate1h{L}", "{{slo}}"), ("slo:objective:ratio", "{{slo}} objective")], GOOD_HIGH_99, w=24, max=1),
+        P("timeseries", "Burn rate per window", "Error-budget burn rate per SLO and window (1 = spending the budget exactly over "
+          "30 d; the page alerts fire at 14.4 and 6).", "short",
+          [(f"slo:burn_rate:ratio_rate{w}{L}", "{{slo}} " + w) for w in windows], BURN, w=24, min=0),
+        P("stat", "Error budget remaining (30 d)", "Share of each SLO's 30-day error budget left on this link.", "percentunit",
+          [(f"slo:error_budget_remaining:ratio{L}", "{{slo}}")], BUDGET, w=24, max=1),
+    ])
+
+
+DASHBOARDS = {"executive": executive, "oncall": oncall, "debug": debug, "slo": slo}
+
+
+def render() -> dict[str, str]:
+    """File name → JSON text of every dashboard."""
+    return {f"{name}.json": json.dumps(make(), indent=2, sort_keys=True) + "\n" for name, make in DASHBOARDS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the committed JSON differs")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in render().items():
+        path = DIRECTORY / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"stale dashboards: {', '.join(stale)} (run python -m dashboards.generate)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The generated Grafana dashboards: current, structurally valid, only known metrics, and every query
+returns data from the real Prometheus of `qkdops up` (slow)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dashboards.generate import DIRECTORY, INTENDED_EMPTY, render
+from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARDS = {name: json.loads((DIRECTORY / name).read_text()) for name in ("executive.json", "oncall.json", "debug.json", "slo.json")}
+CATALOGUE = yaml.safe_load((ROOT / "exporters" / "catalogue.yaml").read_text())["metrics"]
+RECORDINGS = {rule["record"] for path in (ROOT / "alert_rules").glob("*.yml")
+              for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "record" in rule}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset",
+                "inf", "nan"}
+
+
+def panels():
+    return [(name, panel) for name, dashboard in DASHBOARDS.items() for panel in dashboard["panels"]]
+
+
+def known_metrics() -> set[str]:
+    names = {"ALERTS", "up"} | RECORDINGS
+    for name, spec in CATALOGUE.items():
+        names.add(name)
+        if spec["type"] == "histogram":
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    """Series names an expression selects: identifiers that are not functions, keywords, label names or strings."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                      # string literals
+    expr = re.sub(r"\{[^}]*\}", "", expr)                                  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)                                 # range / subquery windows
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    tokens = re.findall(r"(?<![\w.:])([A-Za-z_:][\w:]*)(?![\w:]|\s*\()", expr)
+    return {t for t in tokens if t.lower() not in PROMQL_WORDS}
+
+
+def test_committed_json_is_the_generators_output():
+    rendered = render()
+    assert set(rendered) == set(DASHBOARDS)
+    for name, text in rendered.items():
+        assert (DIRECTORY / name).read_text() == text, f"{name} is stale: run python -m dashboards.generate"
+
+
+def test_dashboards_are_structurally_valid():
+    uids = [d["uid"] for d in DASHBOARDS.values()]
+    assert len(set(uids)) == len(uids) and all(uids)
+    for name, dashboard in DASHBOARDS.items():
+        assert isinstance(dashboard.get("schemaVersion"), int) and dashboard["schemaVersion"] >= 36, name
+        assert dashboard["title"] and dashboard["uid"].startswith("qkdops-")
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+        assert variables["link"]["query"] == "label_values(qkd_link_info, link)"
+        assert variables["link"]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        ids = [p["id"] for p in dashboard["panels"]]
+        assert len(set(ids)) == len(ids), name
+        for panel in dashboard["panels"]:
+            where = f"{name}: {panel.get('title')}"
+            for key in ("id", "type", "title", "gridPos", "datasource", "targets", "description"):
+                assert panel.get(key), f"{where} lacks {key}"
+            assert panel["type"] in {"timeseries", "stat", "table", "heatmap"}, where
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            grid = panel["gridPos"]
+            assert set(grid) == {"h", "w", "x", "y"} and grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= 24, where
+            defaults = panel["fieldConfig"]["defaults"]
+            assert defaults.get("unit"), f"{where} has no unit"
+            assert defaults["thresholds"]["steps"] and defaults["thresholds"]["steps"][0]["value"] is None, where
+            ref_ids = [t["refId"] for t in panel["targets"]]
+            assert len(set(ref_ids)) == len(ref_ids) and all(ref_ids), where
+            assert all(t.get("expr") for t in panel["targets"]), where
+        # no two panels overlap
+        cells = [(x, y) for p in dashboard["panels"] for x in range(p["gridPos"]["x"], p["gridPos"]["x"] + p["gridPos"]["w"])
+                 for y in range(p["gridPos"]["y"], p["gridPos"]["y"] + p["gridPos"]["h"])]
+        assert len(cells) == len(set(cells)), name
+
+
+def test_metric_name_extraction():
+    assert metric_names('sum by (link, le) (rate(qkd_x_bucket{link="$link", a=~"b.c"}[5m])) / 8 > bool on (link) group_left () '
+                        "slo:y:ratio offset 1m or vector(1e9)") == {"qkd_x_bucket", "slo:y:ratio"}
+
+
+def test_every_query_uses_only_catalogue_metrics_recordings_alerts_or_up():
+    known = known_metrics()
+    used = set()
+    for name, panel in panels():
+        for target in panel["targets"]:
+            names = metric_names(target["expr"])
+            assert names, f"{name}: {panel['title']}: no metric in {target['expr']!r}"
+            assert names <= known, f"{name}: {panel['title']}: unknown {sorted(names - known)}"
+            used |= names
+    assert {"qkd_secret_key_bits_total", "ALERTS", "slo:error_budget_remaining:ratio"} <= used
+
+
+def substitute(expr: str, link: str) -> str:
+    return expr.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$link", link)
+
+
+@pytest.mark.slow
+def test_every_panel_query_returns_data_from_the_real_prometheus(tmp_path):
+    stack = RunningStack(e2e_profile(tmp_path, [FAST_LINK]))
+    try:
+        stack.wait_up()
+        links = sorted(wait_for(lambda: stack.by_link("qkd_link_info"), 30, "the first scrape", stack))
+        assert "e2e-fast" in links and len(links) >= 4
+        wait_for(lambda: set(stack.by_link("sum by (link) (qkd_secret_key_bits_total) > 0")) >= set(links), 70,
+                 "key on every link", stack, interval_s=2)
+        targets = [(f"{name}: {panel['title']} [{t['refId']}]", t["expr"], INTENDED_EMPTY in panel["description"])
+                   for name, panel in panels() for t in panel["targets"]]
+        # A query with $link passes if it returns data for some link (phase lock exists only on MDI/TF links).
+        missing: list[str] = []
+        deadline = time.monotonic() + 60  # the 1-minute baseline group and the SLO windows fill in over a minute
+        while True:
+            missing = [where for where, expr, may_be_empty in targets if not may_be_empty
+                       and not any(stack.prometheus(substitute(expr, link)) for link in (links if "$link" in expr else links[:1]))]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        assert not missing, f"panel queries without data: {missing}"
+        for _where, expr, may_be_empty in targets:  # intended-empty queries must still be valid PromQL
+            if may_be_empty:
+                stack.prometheus(substitute(expr, links[0]))
+    finally:
+        stack.stop()
