@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from qkdops import emulate_cmd, fault_cmd, keyrate_cmd, replay_cmd, status_cmd, up_cmd
 from qkdops import slo_cmd
+from qkdops import dashboards_cmd
 
 
 class UsageError(Exception):
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.register(sub)
     status_cmd.register(sub)
     slo_cmd.register(sub)
+    dashboards_cmd.register(sub)
     return parser
 
 
