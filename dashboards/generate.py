@@ -52,6 +52,7 @@ class P:
     max: float | None = None
     instant: bool = False
     runbook_links: bool = False
+    trace_links: bool = False
 
 
 def _thresholds(steps: list[tuple[float | None, str]]) -> dashboard.ThresholdsConfig:
@@ -69,6 +70,9 @@ def _panel(spec: P, panel_id: int, x: int, y: int):
     if spec.runbook_links:
         b = b.data_links([dashboard.DashboardLink("Runbook for ${__data.fields.alertname}").type(DashboardLinkType.LINK)
                           .url(RUNBOOK_URL).target_blank(True)])
+    if spec.trace_links:
+        b = b.links([dashboard.DashboardLink("Traces of this link's blocks (Jaeger)").type(DashboardLinkType.LINK)
+                     .url(TRACES_URL).target_blank(True)])
     for i, (expr, legend) in enumerate(spec.queries):
         q = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(chr(ord("A") + i)).datasource(DATASOURCE)
         if spec.kind == "heatmap":
@@ -84,7 +88,9 @@ def build(uid: str, title: str, description: str, panels: list[P]) -> dict:
          .refresh("30s").time("now-1h", "now").timezone("browser")
          .with_variable(dashboard.DatasourceVariable("datasource").label("Datasource").type("prometheus"))
          .with_variable(dashboard.QueryVariable("link").label("Link").datasource(DATASOURCE)
-                        .query("label_values(qkd_link_info, link)").refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)))
+                        .query("label_values(qkd_link_info, link)").refresh(VariableRefresh.ON_TIME_RANGE_CHANGED))
+         .with_variable(dashboard.TextBoxVariable("jaeger").label("Jaeger UI").default_value(JAEGER_DEFAULT)
+                        .description("Base URL of the Jaeger UI receiving the runtime's traces (runtime.tracing: otlp)")))
     for other_uid, other_title in DASHBOARD_TITLES.items():
         if other_uid != uid:
             d = d.link(dashboard.DashboardLink(other_title).type(DashboardLinkType.LINK).url(f"/d/{other_uid}")
@@ -101,6 +107,12 @@ def build(uid: str, title: str, description: str, panels: list[P]) -> dict:
             panel.pop("options", None)
     return model
 
+
+# One trace per post-processed block (qkdops/runtime/pipeline.py), tagged qkd.link: search them for the
+# panel's link and time range (Jaeger takes microseconds; Grafana's ${__from}/${__to} are milliseconds).
+JAEGER_DEFAULT = "http://127.0.0.1:16686"
+TRACES_URL = ("${jaeger}/search?service=qkdops-postprocessing&tags=%7B%22qkd.link%22%3A%22${link}%22%7D"
+              "&start=${__from}000&end=${__to}000&limit=200")
 
 DASHBOARD_TITLES = {"qkdops-executive": "QKD — Executive", "qkdops-oncall": "QKD — On-call",
                     "qkdops-debug": "QKD — Debug", "qkdops-slo": "QKD — SLOs"}
@@ -160,7 +172,7 @@ def oncall() -> dict:
           [(None, "green")], w=8, min=0),
         P("timeseries", "Aborts by reason", "Blocks aborted per interval, by reason (every reason is published, zeros included).",
           "short", [('sum by (reason) (increase(qkd_blocks_total{link="$link", outcome="aborted"}[$__rate_interval]))', "{{reason}}")],
-          [(None, "green"), (1.0, "red")], w=8, min=0),
+          [(None, "green"), (1.0, "red")], w=8, min=0, trace_links=True),
         P("timeseries", "Calibration actions (1 h)", "Calibration actions run on the link in the last hour, by action and outcome.",
           "short", [(f"sum by (action, outcome) (increase(qkd_calibration_actions_total{L}[1h]))", "{{action}} {{outcome}}")],
           [(None, "green")], w=8, min=0),
@@ -201,7 +213,8 @@ def debug() -> dict:
           [(f"increase(qkd_rng_health_failures_total{L}[1h])", "failures")], [(None, "green"), (1.0, "red")], w=8, min=0),
         P("timeseries", "Post-processing stage latency p95", "95th percentile of the time each post-processing stage takes per block.",
           "s", [("histogram_quantile(0.95, sum by (stage, le) "
-                 f"(rate(qkd_postprocessing_stage_duration_seconds_bucket{L}[$__rate_interval])))", "{{stage}}")], w=24, min=0),
+                 f"(rate(qkd_postprocessing_stage_duration_seconds_bucket{L}[$__rate_interval])))", "{{stage}}")], w=24, min=0,
+          trace_links=True),
     ])
 
 

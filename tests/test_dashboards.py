@@ -132,3 +132,11 @@ def test_every_panel_query_returns_data_from_the_real_prometheus(tmp_path):
                 stack.prometheus(substitute(expr, links[0]))
     finally:
         stack.stop()
+
+
+def test_block_traces_are_one_click_from_latency_and_abort_panels():
+    """Debug stage latencies and on-call aborts link to the Jaeger search for the link's block traces."""
+    for name, title in (("debug", "Post-processing stage latency p95"), ("oncall", "Aborts by reason")):
+        panel = next(p for p in DASHBOARDS[f"{name}.json"]["panels"] if p["title"] == title)
+        urls = [link["url"] for link in panel.get("links", [])]
+        assert any("service=qkdops-postprocessing" in u and "${link}" in u and "${__from}" in u for u in urls), urls
