@@ -8,11 +8,7 @@ frame: then only the counters, the link info and the fault states are published)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
-
+from exporters.collector import SnapshotCollector
 from exporters.catalogue import DEVICE, Families
 from qkdlink.emulator import FAULTS, DeviceTelemetry
 from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkSnapshot
@@ -23,21 +19,14 @@ INTENSITY_OF_PARAMETER = {"mu": "signal", "nu": "decoy", "nu2": "decoy2", "omega
 CALIBRATION_OUTCOMES = ("ok", "failed")
 
 
-class DeviceCollector(Collector):
+class DeviceCollector(SnapshotCollector):
     """Device telemetry and frame counters of every link ``snapshots()`` returns."""
 
-    def __init__(self, snapshots: Callable[[], Sequence[LinkSnapshot]]) -> None:
-        self._snapshots = snapshots
+    exporter = DEVICE
 
-    def describe(self) -> Iterable[Metric]:
-        """The (empty) families, so registering the collector does not run a scrape."""
-        return list(Families(DEVICE))
-
-    def collect(self) -> Iterable[Metric]:
-        families = Families(DEVICE)
-        for snapshot in self._snapshots():
-            _add_link(families, snapshot)
-        return list(families)
+    @staticmethod
+    def add_link(families: Families, snapshot: LinkSnapshot) -> None:
+        _add_link(families, snapshot)
 
 
 def _add_link(f: Families, s: LinkSnapshot) -> None:

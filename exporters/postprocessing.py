@@ -9,32 +9,21 @@ Only counts, bounds, timestamps and latencies are read: the snapshot holds no ke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
-
+from exporters.collector import SnapshotCollector
 from exporters.catalogue import POSTPROCESSING, Families
 from qkdops.runtime.state import BLOCK_REASONS, HANDOFF_OUTCOMES, STAGES, LinkSnapshot
 
 SUCCESS_REASON = "none"  # LinkState's reason for a block that produced key
 
 
-class PostProcessingCollector(Collector):
+class PostProcessingCollector(SnapshotCollector):
     """Post-processing results of every link ``snapshots()`` returns."""
 
-    def __init__(self, snapshots: Callable[[], Sequence[LinkSnapshot]]) -> None:
-        self._snapshots = snapshots
+    exporter = POSTPROCESSING
 
-    def describe(self) -> Iterable[Metric]:
-        """The (empty) families, so registering the collector does not run a scrape."""
-        return list(Families(POSTPROCESSING))
-
-    def collect(self) -> Iterable[Metric]:
-        families = Families(POSTPROCESSING)
-        for snapshot in self._snapshots():
-            _add_link(families, snapshot)
-        return list(families)
+    @staticmethod
+    def add_link(families: Families, snapshot: LinkSnapshot) -> None:
+        _add_link(families, snapshot)
 
 
 def _add_link(f: Families, s: LinkSnapshot) -> None:

@@ -126,3 +126,19 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, stack: R
             last_error = exc
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last error: {last_error})")
+
+
+def metro_fleet_yaml(links: tuple[str, ...], control_port: int | None = None) -> str:
+    """25 km BB84 links whose 10 s frame is one 1e10-pulse block: ``run_frames(1)`` closes a block each."""
+    port = f"\n  control_port: {control_port}" if control_port is not None else ""
+    entries = "".join(f"""
+  - id: {link}
+    protocol: bb84-decoy
+    preset: lim2014
+    sites: {{alice: north, bob: south}}
+    distance_km: 25
+    repetition_rate_hz: 1.0e+9
+    block_pulses: 1.0e+10
+    seed: {seed}
+""" for seed, link in enumerate(links, start=1))
+    return f"runtime:\n  state_dir: state\n  frame_seconds: 10.0{port}\nlinks:{entries}"

@@ -20,24 +20,9 @@ from qkdops.config import load_config
 from qkdops.control_client import API_URL_ENV
 from qkdops.runtime.fleet import Fleet, fault_catalogue
 from qkdops.runtime.state import CALIBRATION_ACTIONS
-from stack_helpers import free_ports
+from stack_helpers import free_ports, metro_fleet_yaml
 
 TOKEN = "cli-test-token-0123456789abcdefghijklmnop"
-CONFIG = """
-runtime:
-  state_dir: state
-  frame_seconds: 10.0
-  control_port: {port}
-links:
-  - id: metro-a
-    protocol: bb84-decoy
-    preset: lim2014
-    sites: {{alice: north, bob: south}}
-    distance_km: 25
-    repetition_rate_hz: 1.0e+9
-    block_pulses: 1.0e+10
-    seed: 1
-"""
 
 
 @dataclasses.dataclass
@@ -53,7 +38,7 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     for name in (control_api.TOKEN_ENV, control_api.TOKEN_FILE_ENV, API_URL_ENV):
         monkeypatch.delenv(name, raising=False)
     config = tmp_path / "links.yaml"
-    config.write_text(CONFIG.format(port=free_ports(1)[0]), encoding="utf-8")
+    config.write_text(metro_fleet_yaml(("metro-a",), control_port=free_ports(1)[0]), encoding="utf-8")
     fleet = Fleet(load_config(config))
     server, thread = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN)
     monkeypatch.setenv(control_api.TOKEN_ENV, TOKEN)
@@ -207,7 +192,7 @@ def test_url_and_generated_token_from_the_config(tmp_path: Path, capsys: pytest.
     for name in (control_api.TOKEN_ENV, control_api.TOKEN_FILE_ENV, API_URL_ENV):
         monkeypatch.delenv(name, raising=False)
     config = tmp_path / "links.yaml"
-    config.write_text(CONFIG.format(port=free_ports(1)[0]), encoding="utf-8")
+    config.write_text(metro_fleet_yaml(("metro-a",), control_port=free_ports(1)[0]), encoding="utf-8")
     fleet = Fleet(load_config(config))
     token = control_api.load_token(fleet.config.runtime.state_dir, create=True)
     server, thread = control_api.serve(fleet, fleet.config.runtime, token.value)
@@ -226,7 +211,7 @@ def test_missing_token_exits_2_naming_where_it_looked(tmp_path: Path, capsys: py
     for name in (control_api.TOKEN_ENV, control_api.TOKEN_FILE_ENV):
         monkeypatch.delenv(name, raising=False)
     config = tmp_path / "links.yaml"
-    config.write_text(CONFIG.format(port=free_ports(1)[0]), encoding="utf-8")
+    config.write_text(metro_fleet_yaml(("metro-a",), control_port=free_ports(1)[0]), encoding="utf-8")
     code, _, err = run(capsys, "fault", "clear", "metro-a", "--config", str(config))
     assert code == 2 and control_api.TOKEN_ENV in err and str(tmp_path / "state" / "api-token") in err
 

@@ -26,25 +26,11 @@ from qkdops import control_api
 from qkdops.config import load_config
 from qkdops.runtime.fleet import Fleet, fault_catalogue
 from qkdops.runtime.state import CALIBRATION_ACTIONS
+from stack_helpers import metro_fleet_yaml
 
 TOKEN = "test-token-Qw3rTy_uIoP-0123456789abcdef"
 LINKS = ("metro-a", "metro-b")
-# Two 25 km BB84 links; a 10 s frame is one 1e10-pulse block, so run_frames(1) closes one block each.
-CONFIG = """
-runtime:
-  state_dir: state
-  frame_seconds: 10.0
-links:
-""" + "".join(f"""
-  - id: {link}
-    protocol: bb84-decoy
-    preset: lim2014
-    sites: {{alice: north, bob: south}}
-    distance_km: 25
-    repetition_rate_hz: 1.0e+9
-    block_pulses: 1.0e+10
-    seed: {seed}
-""" for seed, link in enumerate(LINKS, start=1))
+CONFIG = metro_fleet_yaml(LINKS)
 
 
 @pytest.fixture(autouse=True)
