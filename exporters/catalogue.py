@@ -26,7 +26,8 @@ from qkdops.runtime.state import HistogramSnapshot
 
 DEVICE = "device"
 POSTPROCESSING = "postprocessing"
-EXPORTERS = (DEVICE, POSTPROCESSING)
+CALIBRATION = "calibration"  # the calibration scheduler's exporter (calibration_jobs/)
+EXPORTERS = (DEVICE, POSTPROCESSING, CALIBRATION)
 TYPES = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily}
 CATALOGUE_FILE = "catalogue.yaml"
 _NAME = re.compile(r"qkd_[a-z][a-z0-9_]*[a-z0-9]")

@@ -76,6 +76,7 @@ def _add_telemetry(f: Families, base: tuple[str, str], t: DeviceTelemetry) -> No
     f.add("qkd_phase_locked", base, _flag(t.phase_locked))
     f.add("qkd_phase_error_radians", base, t.phase_error_rad)
     f.add("qkd_phase_relocks_total", base, None if t.phase_locked is None else t.phase_relock_count)
+    f.add("qkd_phase_actuator_usage_ratio", base, t.phase_actuator_usage)
     f.add("qkd_polarization_drift_radians", base, t.polarization_drift_rad)
     f.add("qkd_channel_loss_decibels", base, t.channel_loss_db)
     f.add("qkd_channel_transmittance_ratio", base, t.channel_transmittance)

@@ -95,6 +95,7 @@ class RuntimeSettings:
     alertmanager_port: int = 9093
     scrape_interval_s: float = 5.0
     pager_sink_port: int = 9820
+    calibration_exporter_port: int = 9812
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,9 @@ def parse_config(raw: Any, path: Path) -> FleetConfig:
             reader.fail(f"links[{i}].id", "a unique link id", spec.id)
         seen.add(spec.id)
     ports = [runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port,
-             runtime.prometheus_port, runtime.alertmanager_port, runtime.pager_sink_port]
+             runtime.prometheus_port, runtime.alertmanager_port, runtime.pager_sink_port, runtime.calibration_exporter_port]
     if len(set(ports)) != len(ports):
-        reader.fail("runtime", "distinct control, exporter, Prometheus, Alertmanager and pager sink ports", ports)
+        reader.fail("runtime", "distinct control, exporter, Prometheus, Alertmanager, pager sink and calibration ports", ports)
     return FleetConfig(links, runtime, path)
 
 
@@ -147,7 +148,7 @@ def _runtime(reader: _Reader, raw: Any, path: Path) -> RuntimeSettings:
     data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
     values: dict[str, Any] = {}
     for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port", "prometheus_port",
-                 "alertmanager_port", "pager_sink_port"):
+                 "alertmanager_port", "pager_sink_port", "calibration_exporter_port"):
         if name in data:
             values[name] = reader.integer(data[name], f"runtime.{name}", 1, 65535)
     if "bind" in data:

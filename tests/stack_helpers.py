@@ -46,10 +46,10 @@ def free_ports(n: int) -> list[int]:
 def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_interval_s: float = 1.0) -> Path:
     """The shipped fleet (plus ``extra_links``) on free ports, state in ``directory``, fast scrapes."""
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    control, device, pp, prom, am, sink = free_ports(6)
+    control, device, pp, prom, am, sink, calibration = free_ports(7)
     raw["runtime"].update(state_dir=str(directory / "state"), control_port=control, device_exporter_port=device,
                           postprocessing_exporter_port=pp, prometheus_port=prom, alertmanager_port=am,
-                          pager_sink_port=sink, scrape_interval_s=scrape_interval_s)
+                          pager_sink_port=sink, calibration_exporter_port=calibration, scrape_interval_s=scrape_interval_s)
     raw["links"].extend(extra_links or [])
     path = directory / "links.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -62,7 +62,8 @@ class RunningStack:
         raw = yaml.safe_load(config_path.read_text())["runtime"]
         self.state_dir = Path(raw["state_dir"])
         self.ports = {k: raw[k] for k in ("control_port", "device_exporter_port", "postprocessing_exporter_port",
-                                          "prometheus_port", "alertmanager_port", "pager_sink_port")}
+                                          "prometheus_port", "alertmanager_port", "pager_sink_port",
+                                          "calibration_exporter_port")}
         self.log = open(config_path.parent / "qkdops-up.log", "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "qkdops.cli", "up", "--config", str(config_path), *extra_args],
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

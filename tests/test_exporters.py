@@ -21,7 +21,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporters import CATALOGUE, DeviceCollector, PostProcessingCollector, registry_for, render, serve
-from exporters.catalogue import DEVICE, EXPORTERS, POSTPROCESSING, CatalogueError, load
+from exporters.catalogue import DEVICE, POSTPROCESSING, CatalogueError, load
 from exporters.device import INTENSITY_OF_PARAMETER
 from qkdlink.emulator import FAULTS, BlockRecord, Link, LinkConfig
 from qkdlink.emulator.devices import intensity_parameters
@@ -40,6 +40,8 @@ NUMBER_OR_TIME = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|\d{4}-\d{2}-
 # What Prometheus sends: OpenMetrics preferred, text 0.0.4 accepted.
 PROMETHEUS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 COLLECTORS: dict[str, type] = {DEVICE: DeviceCollector, POSTPROCESSING: PostProcessingCollector}
+# The runtime's two exporters (the calibration scheduler's is tested in tests/test_calibration_metrics.py).
+EXPORTERS = tuple(COLLECTORS)
 
 
 class FedLink:

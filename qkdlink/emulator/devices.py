@@ -329,6 +329,10 @@ class PhaseReference:
             if abs(self.actuator_rad) > s.actuator_range_rad or abs(self.total_rate) >= s.loop_gain_rad_per_s:
                 self.locked = False
 
+    def actuator_usage(self) -> float:
+        """|stretcher position| / range: at 1 the loop opens. Operators re-centre (relock) before that."""
+        return min(1.0, abs(self.actuator_rad) / self.settings.actuator_range_rad) if self.settings.actuator_range_rad > 0 else 1.0
+
     def error_rad(self) -> float:
         """Block-effective phase error δ_eff in [0, π/2] (π/2: unlocked, no interference)."""
         if not self.active:

@@ -201,6 +201,7 @@ class Link:
             phase_error_rad=self.phase.error_rad() if self.phase.active else None,
             phase_locked=self.phase.locked if self.phase.active else None,
             phase_relock_count=self.phase.relock_count,
+            phase_actuator_usage=self.phase.actuator_usage() if self.phase.active else None,
             visibility=visibility,
             polarization_drift_rad=self.polarization.theta_rad,
             clock_offset_s=self.clock.offset_s,

@@ -39,6 +39,7 @@ class DeviceTelemetry:
     phase_error_rad: float | None
     phase_locked: bool | None
     phase_relock_count: int
+    phase_actuator_usage: float | None
     visibility: float
     polarization_drift_rad: float
     clock_offset_s: float
