@@ -46,6 +46,9 @@ def text_format_app(registry: CollectorRegistry) -> WSGIApp:
     app = make_wsgi_app(registry)
 
     def metrics(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":  # liveness without rendering a scrape
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n"]
         return app({**environ, "HTTP_ACCEPT": CONTENT_TYPE_PLAIN_0_0_4}, start_response)
 
     return metrics

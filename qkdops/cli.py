@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from qkdops import emulate_cmd, fault_cmd, keyrate_cmd, replay_cmd, status_cmd, up_cmd
 from qkdops import slo_cmd
 from qkdops import dashboards_cmd
+from qkdops import calibration_cmd
 
 
 class UsageError(Exception):
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd.register(sub)
     slo_cmd.register(sub)
     dashboards_cmd.register(sub)
+    calibration_cmd.register(sub)
     return parser
 
 

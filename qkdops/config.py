@@ -124,7 +124,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> FleetConfig:
 
 
 def parse_config(raw: Any, path: Path) -> FleetConfig:
-    reader = _Reader(path)
+    reader = ConfigReader(path)
     top = reader.mapping(raw, "", {"runtime", "links"})
     runtime = _runtime(reader, top.get("runtime", {}), path)
     links_raw = top.get("links")
@@ -143,7 +143,7 @@ def parse_config(raw: Any, path: Path) -> FleetConfig:
     return FleetConfig(links, runtime, path)
 
 
-def _runtime(reader: _Reader, raw: Any, path: Path) -> RuntimeSettings:
+def _runtime(reader: ConfigReader, raw: Any, path: Path) -> RuntimeSettings:
     defaults = RuntimeSettings()
     data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
     values: dict[str, Any] = {}
@@ -177,7 +177,7 @@ LINK_FIELDS = {"id", "protocol", "preset", "sites", "distance_km", "distances_km
                "block_pulses", "key_rate_target_bps", "seed", "devices"}
 
 
-def _link(reader: _Reader, raw: Any, where: str) -> LinkSpec:
+def _link(reader: ConfigReader, raw: Any, where: str) -> LinkSpec:
     data = reader.mapping(raw, where, LINK_FIELDS)
     link_id = reader.string(data.get("id"), f"{where}.id")
     if not LINK_ID.match(link_id):
@@ -253,7 +253,7 @@ def _link(reader: _Reader, raw: Any, where: str) -> LinkSpec:
     return LinkSpec(link_id, protocol, preset, sites, parameters, repetition, block_pulses, target, seed, devices)
 
 
-def _sites(reader: _Reader, raw: Any, where: str, relay: bool) -> Sites:
+def _sites(reader: ConfigReader, raw: Any, where: str, relay: bool) -> Sites:
     data = reader.mapping(raw, where, {"alice", "bob", "charlie"})
     alice = reader.string(data.get("alice"), f"{where}.alice")
     bob = reader.string(data.get("bob"), f"{where}.bob")
@@ -265,7 +265,7 @@ def _sites(reader: _Reader, raw: Any, where: str, relay: bool) -> Sites:
     return Sites(alice, bob, charlie)
 
 
-def _devices(reader: _Reader, raw: Any, where: str) -> DeviceSettings:
+def _devices(reader: ConfigReader, raw: Any, where: str) -> DeviceSettings:
     """``devices: {phase: {drift_rad_per_s: 0.2}, ...}`` over the healthy defaults."""
     defaults = DeviceSettings()
     sections = {f.name for f in dataclasses.fields(DeviceSettings)}
@@ -283,7 +283,7 @@ def _devices(reader: _Reader, raw: Any, where: str) -> DeviceSettings:
     return dataclasses.replace(defaults, **replaced)
 
 
-class _Reader:
+class ConfigReader:
     """Typed access to parsed YAML that fails with FILE: FIELD: expected …, got …."""
 
     def __init__(self, path: Path) -> None:

@@ -16,6 +16,7 @@ Endpoints (``/api/v1``; JSON in and out)::
     DELETE /api/v1/links/{link}/faults                 clear all → {"link", "cleared": [...]}
     DELETE /api/v1/links/{link}/faults/{fault}         clear one → {"link", "cleared": [...]}
     POST   /api/v1/links/{link}/actions/{action}       calibration action → CalibrationResult
+    GET    /api/v1/links/{link}/blocks?last=N          last N (≤ 1000) archived blocks' class counts + nominal params
 
 Runbooks are read-only documentation that alerts link to (``runbook_url``): an on-call engineer
 opens them from a pager without the API token. The name is letters and digits only, so no request
@@ -55,7 +56,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from qkdlink.emulator import FAULTS, FaultError
 from qkdops.http_response import respond
@@ -66,6 +67,7 @@ log = logging.getLogger("qkdops.control_api")
 
 API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
+MAX_BLOCKS = 1000  # blocks one /blocks request may ask for
 # An over-long or unauthenticated body is read and dropped (up to this much) before the error
 # response, so the client, still sending, reads the response instead of a connection reset.
 MAX_DRAIN_BYTES = 1024 * 1024
@@ -202,6 +204,7 @@ class Request:
 
     params: Mapping[str, str]
     read_json: Callable[[], Any]
+    query: Mapping[str, list[str]] = field(default_factory=dict)
 
 
 Endpoint = Callable[[Fleet, Request], tuple[HTTPStatus, Any]]
@@ -276,6 +279,19 @@ def _describe(value: Any) -> str:
     return "a number" if _is_finite_number(value) else "a number out of range"
 
 
+def _blocks(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    """The link's last ``?last=N`` archived blocks (1 … MAX_BLOCKS, default 10): counts only."""
+    link = req.params["link"]
+    fleet.runtime(link)
+    for key in req.query:
+        if key != "last":
+            raise _bad(f"unexpected query parameter '{key}' (parameters: last)", str(key))
+    values = req.query.get("last", ["10"])
+    if len(values) != 1 or not values[0].isdigit() or not 1 <= int(values[0]) <= MAX_BLOCKS:
+        raise _bad(f"last: expected one integer from 1 to {MAX_BLOCKS}, got {', '.join(values)!r}", "last")
+    return HTTPStatus.OK, fleet.recent_blocks(link, int(values[0]))
+
+
 def _clear(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
     link, fault = req.params["link"], req.params.get("fault")
     fleet.runtime(link)
@@ -300,6 +316,7 @@ ROUTES: tuple[tuple[re.Pattern[str], tuple[str, ...], Mapping[str, Endpoint]], .
         (f"{API_PREFIX}/links/{_SEGMENT}/faults", ("link",), {"GET": _active_faults, "POST": _inject, "DELETE": _clear}),
         (f"{API_PREFIX}/links/{_SEGMENT}/faults/{_SEGMENT}", ("link", "fault"), {"DELETE": _clear}),
         (f"{API_PREFIX}/links/{_SEGMENT}/actions/{_SEGMENT}", ("link", "action"), {"POST": _act}),
+        (f"{API_PREFIX}/links/{_SEGMENT}/blocks", ("link",), {"GET": _blocks}),
     ))
 
 
@@ -367,7 +384,8 @@ class ControlHandler(BaseHTTPRequestHandler):
             self._require_method(path, tuple(handlers))
             params = dict(zip(names, (unquote(g) for g in match.groups())))
             try:
-                return handlers[self.command](self.server.fleet, Request(params, lambda: self._json_body(length)))
+                query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+                return handlers[self.command](self.server.fleet, Request(params, lambda: self._json_body(length), query))
             except UnknownLink as exc:
                 raise ApiError(HTTPStatus.NOT_FOUND, "unknown_link", f"link: {exc}", "link") from None
             except UnknownAction as exc:

@@ -124,6 +124,9 @@ class ControlClient:
     def act(self, link: str, action: str) -> dict[str, Any]:
         return self._call("POST", f"/links/{quote(link, safe='')}/actions/{quote(action, safe='')}")
 
+    def blocks(self, link: str, last: int) -> dict[str, Any]:
+        return self._call("GET", f"/links/{quote(link, safe='')}/blocks?last={int(last)}")
+
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(self.url + API_PREFIX + path, data=data, method=method)

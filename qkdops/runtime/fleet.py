@@ -75,6 +75,7 @@ class LinkRuntime:
         self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, keystore.capacity_bits, objectives)
         self.state.set_key_store_bits(keystore.level_bits(spec.id))
         self.last_result: BlockResult | None = None
+        self.last_block_end: float | None = None
         self.previous_qber = previous_qber(archive, spec.id, next_index)
 
     def frames_due(self, now: float) -> int:
@@ -116,7 +117,7 @@ class LinkRuntime:
                                       self.keystore.level_bits(self.spec.id))
         if result.qber is not None:
             self.previous_qber = result.qber
-        self.last_result = result
+        self.last_result, self.last_block_end = result, block.end_timestamp
         return result
 
     def recover(self) -> int:
@@ -209,12 +210,30 @@ class Fleet:
         return {
             "link": r.spec.id, "protocol": r.spec.protocol, "sites": dataclasses.asdict(r.spec.sites),
             "emulated_seconds": emulated, "frames": r.frames, "next_block": r.builder.next_index,
-            "block_seconds": r.builder.frames_per_block * r.frame_seconds,
+            "block_seconds": r.builder.frames_per_block * r.frame_seconds, "frame_seconds": r.frame_seconds,
             "telemetry": _jsonable({f.name: getattr(telemetry, f.name) for f in dataclasses.fields(telemetry)}), "active_faults": faults,
             "last_block": None if last is None else {
-                "index": last.index, "reason": last.reason, "secret_key_bits": last.secret_key_bits,
+                "index": last.index, "end_timestamp": r.last_block_end, "reason": last.reason,
+                "secret_key_bits": last.secret_key_bits,
                 "qber": last.qber, "y1_lower": last.y1_lower, "e1_upper": last.e1_upper},
             "key_store_bits": self.keystore.level_bits(r.spec.id),
+            "objectives": dataclasses.asdict(r.state.objectives) if r.state.objectives is not None else None,
+        }
+
+    def recent_blocks(self, link_id: str, last: int) -> dict[str, Any]:
+        """The link's ``last`` archived blocks (counts per class, no truth, no key) and the nominal
+        parameters their estimation uses: what a sliding-window decoy analysis needs."""
+        r = self.runtime(link_id)
+        next_index = self.archive.next_index(link_id)
+        blocks = self.archive.blocks(link_id, first=max(0, next_index - last))
+        return {
+            "link": link_id, "protocol": r.spec.protocol, "nominal": dict(r.link.nominal),
+            "repetition_rate_hz": r.spec.repetition_rate_hz,
+            "blocks": [{"index": b.index, "start_timestamp": b.start_timestamp, "end_timestamp": b.end_timestamp,
+                        "pulses": b.pulses, "classical_channel_up": b.classical_channel_up,
+                        "counts": [{"intensity": i, "basis": basis, "sent": s, "detected": d, "errors": e}
+                                   for (i, basis), (s, d, e) in sorted(b.counts.items())]}
+                       for b in blocks],
         }
 
     # ---- acting -----------------------------------------------------------------------------------
