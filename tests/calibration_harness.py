@@ -36,7 +36,7 @@ BB84 = {"id": "bb84-fast", "protocol": "bb84-decoy", "preset": "lim2014", "sites
         "source": {"key_basis_probability": 0.7, "p_mu": 0.6, "p_nu": 0.3}, "block_pulses": 1.0e9, "seed": 9}
 TF = {"id": "tf-fast", "protocol": "tf", "preset": "snspd", "sites": {"alice": "a", "bob": "b", "charlie": "c"},
       "distances_km": {"alice_charlie": 25, "charlie_bob": 25},
-      "source": {"mu": 0.45, "epsilon_send": 0.1, "nu": 0.09, "nu2": 0.42, "z_window_probability": 0.7},
+      "source": {"mu": 0.45, "epsilon_send": 0.023, "nu": 0.09, "nu2": 0.42, "z_window_probability": 0.7},
       "block_pulses": 2.0e9, "seed": 3}
 
 

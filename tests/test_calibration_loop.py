@@ -49,5 +49,34 @@ def test_drift_fault_is_detected_and_corrected_without_a_human(tmp_path: Path, f
         post = rig.blocks(link["id"], POST_BLOCKS)
         assert [f["name"] for f in rig.api.status(link["id"])["active_faults"]] == [fault], "the fault kept drifting"
     (key_pre, qber_pre), (key_post, qber_post) = mean_key_and_qber(pre), mean_key_and_qber(post)
+    assert all(b["reason"] == "none" and b["secret_key_bits"] > 0 for b in pre), "the healthy link makes key"
     assert key_post == pytest.approx(key_pre, rel=0.10), (key_pre, key_post)
     assert qber_post == pytest.approx(qber_pre, rel=0.10), (qber_pre, qber_post)
+
+
+@pytest.mark.slow
+def test_a_fault_no_calibration_fixes_fails_with_a_reason_and_bounded_actions(tmp_path: Path) -> None:
+    """Fibre cut: the QBER trigger realigns, the QBER stays at 1/2, the run fails saying so; after
+    max_attempts failures the job holds off instead of realigning forever."""
+    link = BB84["id"]
+    jobs = jobs_config(fast="polarization_realign", overrides={"polarization_realign": {
+        "retry": {"max_attempts": 2, "backoff_s": 0.3, "backoff_max_s": 0.6}}})
+    with running_fleet(tmp_path, [BB84], jobs) as rig:
+        rig.blocks(link, 3)
+        rig.api.inject(link, "fiber_cut", {})
+        rig.wait_for(lambda: [r for r in rig.store.runs("polarization_realign", link, 200) if r["outcome"] == "held"],
+                     30.0, "the job holding off")
+        time.sleep(1.5)  # several more scheduled runs
+        runs = list(reversed(rig.store.runs("polarization_realign", link, 200)))
+        rig.api.clear(link, "fiber_cut")
+        rig.wait_for(lambda: rig.store.runs("polarization_realign", link, 1)[0]["outcome"] == "healthy", 30.0,
+                     "the job healthy again after the splice")
+        state = rig.store.state("polarization_realign", link, "bb84-decoy")
+    failed = [r for r in runs if r["outcome"] == "failed"]
+    acted = [r for r in runs if r["report"] and r["report"]["action"]]
+    assert len(failed) == len(acted) == 2, [(r["outcome"], r["reason"]) for r in runs]
+    assert "not polarization drift" in failed[-1]["reason"] and "QBER" in failed[-1]["reason"], failed[-1]["reason"]
+    held = [r for r in runs if r["outcome"] == "held"]
+    assert len(held) >= 3 and all(r["report"]["action"] is None for r in held)
+    assert "holding off" in held[-1]["reason"]
+    assert state.failures == 0 and not state.exhausted, "a healthy run ends the failure streak"
