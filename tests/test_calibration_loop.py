@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from calibration_jobs.store import CalibrationStore
-from tests.calibration_harness import BB84, TF, LoopRig, jobs_config, mean_key_and_qber, running_fleet
+from tests.calibration_harness import BB84, TF, jobs_config, mean_key_and_qber, running_fleet
 
 PRE_BLOCKS = 10
 POST_BLOCKS = 12

@@ -45,7 +45,7 @@ def write_configs(directory: Path) -> tuple[Path, Path]:
     raw = yaml.safe_load(DEFAULT_JOBS_FILE.read_text())
     raw["signals"]["source"] = "status"
     raw["defaults"].update(misfire_grace_s=1, retry={"max_attempts": 50, "backoff_s": 0, "backoff_max_s": 0})
-    for name, job in raw["jobs"].items():
+    for job in raw["jobs"].values():
         job["trigger"] = {"interval_s": 0.5}
     raw["jobs"]["decoy_estimation"].update(trigger={"interval_s": 6}, misfire_grace_s=1)
     jobs = directory / "jobs.yaml"
