@@ -1,6 +1,9 @@
-# qkdops runtime image: the emulated links, both exporters, the control API and the pager sink (`qkdops up
-# --no-prometheus`); Prometheus, Alertmanager and Grafana run from their official images
-# (docker-compose.yml).
+# qkdops runtime image, one image for the qkdops services of docker-compose.yml:
+#   qkdops       the emulated links, both exporters, the control API and the pager sink (`qkdops up
+#                --no-prometheus --no-calibration`, the default command);
+#   calibration  the calibration scheduler (`qkdops scheduler …`);
+#   api-token    a one-shot that creates the control API token in its own volume.
+# Prometheus, Alertmanager and Grafana run from their official images.
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
@@ -8,15 +11,23 @@ COPY pyproject.toml README.md ./
 COPY qkdlink ./qkdlink
 COPY qkdops ./qkdops
 COPY exporters ./exporters
+COPY dashboards ./dashboards
+COPY calibration_jobs ./calibration_jobs
 # Editable install: the code finds its data beside it in /app (links.yaml, runbooks/ served at
-# /runbooks/<AlertName>, the metric catalogue), exactly as in a checkout.
+# /runbooks/<AlertName>, the metric catalogue, calibration_jobs/jobs.yaml), exactly as in a checkout.
 RUN pip install --no-cache-dir -e .
 COPY links.yaml ./
 COPY runbooks ./runbooks
-RUN useradd --system --uid 10001 qkdops && mkdir -p /app/var && chown qkdops /app/var
+# The fleet config the containers run: links.yaml listening on 0.0.0.0 (the compose network; ports are
+# published on 127.0.0.1 only) with an absolute state_dir; derived here so it cannot drift from links.yaml.
+RUN python -c "from qkdops.stack import write_container_config; write_container_config('/app/links.yaml', '/etc/qkdops/links.yaml')"
+# /app/var: each service's state (a volume per service); /app/secrets: the control API token (volume
+# api-token; a fresh volume takes this directory's owner and mode).
+RUN useradd --system --uid 10001 qkdops && mkdir -p /app/var /app/secrets \
+    && chown qkdops /app/var /app/secrets && chmod 0700 /app/secrets
 USER qkdops
-EXPOSE 9800 9810 9811 9820
+EXPOSE 9800 9810 9811 9812 9820
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9800/healthz', timeout=2)"
 ENTRYPOINT ["qkdops"]
-CMD ["up", "--config", "/app/links.yaml", "--bind", "0.0.0.0", "--no-prometheus"]
+CMD ["up", "--config", "/etc/qkdops/links.yaml", "--no-prometheus", "--no-calibration"]

@@ -17,24 +17,56 @@ Alertmanager reads at each notification (``*_file``, Alertmanager ≥ 0.25), nev
 compose config names files under ``/etc/alertmanager/secrets/`` (mounted from the ignored
 ``alertmanager/secrets/``), the local stack the files named by ``SECRET_FILE_ENV`` and only the
 receivers whose variable is set, so an offline machine does not retry failing notifications.
+
+The calibration scheduler (``qkdops scheduler``, package ``calibration_jobs``) is a third child, started
+by ``qkdops up`` once the control API, Prometheus and the fleet are up, with its ``--api`` and
+``--prometheus`` addresses passed explicitly (its token it resolves as the CLI does: the environment
+``qkdops up`` passes on, else ``<state_dir>/api-token``). Prometheus scrapes it as job
+``qkd-calibration`` (compose: ``calibration:9812``); ``qkdops up --no-calibration`` leaves both the
+child and the scrape job out, so Prometheus shows no target rather than a crashed one (the ticket
+``QKDCalibrationSchedulerDown`` still opens after 5 m through its ``absent()`` clause, which is true:
+nothing calibrates; silence it for a game day).
+Shutdown stops it first — SIGTERM, ``SCHEDULER_STOP_GRACE_S``, then SIGKILL — so no calibration action
+is in flight while Prometheus, the control API and the fleet go away.
+
+Supervision differs by what a child is for. Prometheus and Alertmanager are *essential*: without them
+nothing is measured or paged, so when one dies ``qkdops up`` stops with status 1 and the operator sees
+it at once. The scheduler is not essential to key production: the links keep producing key without it
+(drift accumulates over tens of minutes, and the calibration metrics and alerts make that visible).
+Stopping key production because a helper died would turn a calibration outage into a key outage, so a
+scheduler that dies *after* start-up is restarted with exponential backoff (1 s, 2 s, … capped at
+``RESTART_BACKOFF_MAX_S``; the backoff resets once it has run ``RESTART_RESET_AFTER_S``), each exit
+logged at ERROR with the tail of its log, and ``up.json`` updated with the new pid; while it is down
+its Prometheus target is down and ``qkdops status`` says so. A scheduler that cannot start at all
+(bad ``calibration_jobs/jobs.yaml``, exit 2; another scheduler holding ``<state_dir>/calibration.lock``,
+exit 1) fails ``qkdops up`` at start-up instead, like a taken port: an operator is watching then, and a
+stack that silently runs without calibration is worse than a clear error (``--no-calibration`` is the
+explicit way to run without it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import yaml
 
-from qkdops.config import RuntimeSettings
+from qkdops.config import RuntimeSettings, parse_config
+from qkdops.control_client import WILDCARD_BINDS
+
+log = logging.getLogger("qkdops.stack")
 
 REPO = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO / "alert_rules"
@@ -43,6 +75,15 @@ COMPOSE_ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 COMPOSE_INTERVAL_S = 5.0
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's name
 INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus and prometheus-alertmanager)"
+CALIBRATION_JOB = "qkd-calibration"
+SCHEDULER = "calibration_scheduler"  # its name in up.json, `qkdops up`'s listing and `qkdops status`
+SCHEDULER_READY_TIMEOUT_S = 30.0
+SCHEDULER_STOP_GRACE_S = 10.0
+RESTART_BACKOFF_MAX_S = 60.0
+RESTART_RESET_AFTER_S = 60.0
+# docker-compose: the fleet config inside the image, derived at build time (``write_container_config``).
+CONTAINER_CONFIG = "/etc/qkdops/links.yaml"
+CONTAINER_BIND = "0.0.0.0"
 
 
 class StackError(RuntimeError):
@@ -57,28 +98,32 @@ class Hosts:
     postprocessing: str
     alertmanager: str
     pager_sink: str
+    calibration: str | None = None  # the calibration scheduler's metrics; None: not run (no scrape job)
 
 
-def local_hosts(rt: RuntimeSettings) -> Hosts:
+def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None) -> Hosts:
+    """Local addresses; ``calibration_bind``: where the scheduler listens (None: it is not run)."""
     return Hosts(f"{rt.bind}:{rt.device_exporter_port}", f"{rt.bind}:{rt.postprocessing_exporter_port}",
-                 f"{rt.bind}:{rt.alertmanager_port}", f"{rt.bind}:{rt.pager_sink_port}")
+                 f"{rt.bind}:{rt.alertmanager_port}", f"{rt.bind}:{rt.pager_sink_port}",
+                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}")
 
 
-COMPOSE_HOSTS = Hosts("qkdops:9810", "qkdops:9811", "alertmanager:9093", "qkdops:9820")
+COMPOSE_HOSTS = Hosts("qkdops:9810", "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812")
 
 
 def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float) -> dict[str, Any]:
-    """Scrape both exporters (job names are what rules and dashboards select on), send alerts."""
+    """Scrape both exporters and the calibration scheduler (job names are what rules and dashboards
+    select on), send alerts."""
     interval = f"{scrape_interval_s:g}s"
+    jobs = [("qkd-device", hosts.device), ("qkd-postprocessing", hosts.postprocessing)]
+    if hosts.calibration is not None:
+        jobs.append((CALIBRATION_JOB, hosts.calibration))
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
                    "external_labels": {"stack": "qkdops"}},
         "rule_files": [rule_glob],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [hosts.alertmanager]}]}]},
-        "scrape_configs": [
-            {"job_name": "qkd-device", "static_configs": [{"targets": [hosts.device]}]},
-            {"job_name": "qkd-postprocessing", "static_configs": [{"targets": [hosts.postprocessing]}]},
-        ],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs],
     }
 
 
@@ -217,6 +262,44 @@ def render_compose_alertmanager_config() -> str:
                                    sort_keys=False, width=200)
 
 
+def container_config(source: Path) -> str:
+    """The fleet config for the containers of docker-compose: ``source`` with ``runtime.bind`` 0.0.0.0
+    and an absolute ``state_dir``.
+
+    Every service of the qkdops image must listen where the compose network reaches it, and the
+    scheduler has no ``--bind`` (it serves at its config's ``runtime.bind``); the Dockerfile writes this
+    once at build time from the ``links.yaml`` it copies, so the fleet cannot drift from it. Validated
+    like any config (a ConfigError names the field).
+    """
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    runtime = dict(raw.get("runtime") or {})
+    state_dir = Path(runtime.get("state_dir", RuntimeSettings.state_dir))
+    runtime.update(bind=CONTAINER_BIND, state_dir=str(state_dir if state_dir.is_absolute() else source.resolve().parent / state_dir))
+    raw = {**raw, "runtime": runtime}
+    parse_config(raw, source)
+    header = (f"# Derived from {source} by qkdops.stack.container_config at image build: runtime.bind\n"
+              f"# {CONTAINER_BIND} (reachable from the compose network; ports are published on 127.0.0.1 only) and\n"
+              "# an absolute state_dir. Edit links.yaml and rebuild, not this file.\n")
+    return header + yaml.safe_dump(raw, sort_keys=False)
+
+
+def write_container_config(source: str | Path, target: str | Path) -> None:
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    Path(target).write_text(container_config(Path(source)), encoding="utf-8")
+
+
+def http_url(bind: str, port: int) -> str:
+    """Where a client connects to a server bound at ``bind`` (a wildcard bind accepts on loopback)."""
+    host = WILDCARD_BINDS.get(bind, bind)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def scheduler_argv(config_path: Path, rt: RuntimeSettings) -> list[str]:
+    """``qkdops scheduler`` for this runtime: addresses explicit, so it never guesses them."""
+    return [sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(config_path),
+            "--api", http_url(rt.bind, rt.control_port), "--prometheus", http_url(rt.bind, rt.prometheus_port)]
+
+
 def find_binary(names: tuple[str, ...]) -> str:
     for name in names:
         if (path := shutil.which(name)) is not None:
@@ -230,21 +313,43 @@ class Child:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    argv: list[str] = field(default_factory=list)
+    ready_url: str = ""
+    essential: bool = True  # its death stops the stack; otherwise it is restarted (module docstring)
+    env: dict[str, str] | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    failures: int = 0  # consecutive short-lived runs: the backoff exponent
+    restart_at: float | None = None  # when a dead non-essential child is due to be restarted
 
 
 class Stack:
-    """Starts, watches and stops Prometheus and Alertmanager for a runtime."""
+    """Starts, watches and stops Prometheus, Alertmanager and the calibration scheduler for a runtime.
 
-    def __init__(self, rt: RuntimeSettings) -> None:
+    ``scheduler_config``: the config file the scheduler is started with (None: no scheduler, no
+    ``qkd-calibration`` scrape job); ``scheduler_bind``: the ``runtime.bind`` of that file, where it
+    listens (``qkdops up --bind`` overrides only its own servers' address).
+    """
+
+    def __init__(self, rt: RuntimeSettings, scheduler_config: Path | None = None, scheduler_bind: str | None = None) -> None:
         self.rt = rt
         self.children: list[Child] = []
         self.state_dir = rt.state_dir
+        self.scheduler_config = scheduler_config
+        self.scheduler_bind = (scheduler_bind or rt.bind) if scheduler_config is not None else None
+
+    @property
+    def scheduler_url(self) -> str | None:
+        """The scheduler's metrics endpoint, as printed and recorded in up.json."""
+        if self.scheduler_bind is None:
+            return None
+        return f"http://{self.scheduler_bind}:{self.rt.calibration_exporter_port}/metrics"
 
     def start(self) -> None:
         prometheus = find_binary(("prometheus",))
         alertmanager = find_binary(ALERTMANAGER_BINARIES)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        hosts = local_hosts(self.rt)
+        hosts = local_hosts(self.rt, self.scheduler_bind)
         config_path = self.state_dir / "prometheus.yml"
         config = prometheus_config(hosts, str(RULES_DIR / "*.yml"), self.rt.scrape_interval_s)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -261,53 +366,111 @@ class Stack:
             f"--web.listen-address={bind}:{self.rt.prometheus_port}", "--web.enable-lifecycle",
             f"--web.external-url=http://{bind}:{self.rt.prometheus_port}/"])
 
-    def _spawn(self, name: str, url: str, argv: list[str]) -> None:
-        log_path = self.state_dir / f"{name}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
-        self.children.append(Child(name, url, process, log_path))
+    def start_scheduler(self, argv: list[str] | None = None, timeout_s: float = SCHEDULER_READY_TIMEOUT_S) -> None:
+        """Start the calibration scheduler and wait for its ``/healthz``; StackError if it cannot start.
+
+        ``argv`` defaults to ``scheduler_argv`` (tests pass a stand-in).
+        """
+        if self.scheduler_config is None or (url := self.scheduler_url) is None:
+            raise StackError("no scheduler configured for this stack")
+        argv = argv or scheduler_argv(self.scheduler_config, self.rt)
+        # Unbuffered: the tail of its log, quoted when it fails, is then what it last said.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        child = self._spawn(SCHEDULER, url, argv, ready_url=urljoin(url, "/healthz"), essential=False, env=env)
+        try:
+            self._wait(child, time.monotonic() + timeout_s, timeout_s)
+        except StackError as exc:
+            hint = {1: f" (another scheduler holding {self.state_dir / 'calibration.lock'}, or the control API not answering?)",
+                    2: " (a bad configuration: the log names the file and field)"}.get(child.process.returncode or 0, "")
+            raise StackError(f"{exc}{hint}; `qkdops up --no-calibration` runs the stack without it") from None
+
+    def _spawn(self, name: str, url: str, argv: list[str], ready_url: str = "", essential: bool = True,
+               env: dict[str, str] | None = None) -> Child:
+        child = Child(name, url, self._popen(name, argv, env), self.state_dir / f"{name}.log", argv,
+                      ready_url or f"{url}/-/ready", essential, env)
+        self.children.append(child)
+        return child
+
+    def _popen(self, name: str, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        with open(self.state_dir / f"{name}.log", "ab") as log_file:
+            return subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=env)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Wait for each child's /-/ready, or raise StackError with the tail of its log."""
-        import urllib.request
-
+        """Wait for each child's readiness endpoint, or raise StackError with the tail of its log."""
         deadline = time.monotonic() + timeout_s
         for child in self.children:
-            while True:
-                if child.process.poll() is not None:
-                    raise StackError(f"{child.name} exited with status {child.process.returncode}: "
-                                     f"{_tail(child.log_path)}")
-                try:
-                    with urllib.request.urlopen(f"{child.url}/-/ready", timeout=1) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise StackError(f"{child.name} not ready at {child.url} after {timeout_s:g} s: {_tail(child.log_path)}")
-                time.sleep(0.2)
+            self._wait(child, deadline, timeout_s)
+
+    def _wait(self, child: Child, deadline: float, timeout_s: float) -> None:
+        while True:
+            if child.process.poll() is not None:
+                raise StackError(f"{child.name} exited with status {child.process.returncode}: {_tail(child.log_path)}")
+            try:
+                with urllib.request.urlopen(child.ready_url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"{child.name} not ready at {child.ready_url} after {timeout_s:g} s: {_tail(child.log_path)}")
+            time.sleep(0.2)
 
     def dead(self) -> Child | None:
-        """A child that exited on its own, if any."""
-        return next((c for c in self.children if c.process.poll() is not None), None)
+        """An essential child that exited on its own, if any (the stack must stop)."""
+        return next((c for c in self.children if c.essential and c.process.poll() is not None), None)
+
+    def tend(self, now: float | None = None) -> bool:
+        """Restart non-essential children that exited, with backoff; True when one was restarted (new pid)."""
+        now = time.monotonic() if now is None else now
+        restarted = False
+        for child in self.children:
+            if child.essential or child.process.poll() is None:
+                continue
+            if child.restart_at is None:
+                if now - child.started_at >= RESTART_RESET_AFTER_S:
+                    child.failures = 0
+                delay = min(RESTART_BACKOFF_MAX_S, 2.0 ** child.failures)
+                child.failures += 1
+                child.restart_at = now + delay
+                log.error("%s exited with status %s; restarting it in %g s (the stack keeps running; log %s): %s",
+                          child.name, child.process.returncode, delay, child.log_path, _tail(child.log_path))
+            elif now >= child.restart_at:
+                child.process = self._popen(child.name, child.argv, child.env)
+                child.started_at, child.restart_at = now, None
+                child.restarts += 1
+                log.warning("%s restarted (pid %d, restart %d)", child.name, child.process.pid, child.restarts)
+                restarted = True
+        return restarted
 
     def stop(self, grace_s: float = 10.0) -> None:
-        for child in self.children:
+        """The scheduler first (nothing acts while the rest goes away), then Prometheus and Alertmanager."""
+        self._terminate([c for c in self.children if not c.essential], SCHEDULER_STOP_GRACE_S)
+        self._terminate([c for c in self.children if c.essential], grace_s)
+
+    @staticmethod
+    def _terminate(children: list[Child], grace_s: float) -> None:
+        for child in children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for child in self.children:
+        for child in children:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %g s of SIGTERM; killing it", child.name, grace_s)
                 child.process.kill()
                 child.process.wait()
 
 
-def write_up_file(path: Path, endpoints: Mapping[str, str], pids: Mapping[str, int]) -> None:
-    """What `qkdops status` reads: where each part of a running `qkdops up` listens."""
-    path.write_text(json.dumps({"endpoints": dict(endpoints), "pids": dict(pids)}, indent=2))
+def write_up_file(path: Path, endpoints: Mapping[str, str], pids: Mapping[str, int],
+                  disabled: Mapping[str, str] | None = None) -> None:
+    """What `qkdops status` reads: where each part of a running `qkdops up` listens, and which parts
+    were left out on purpose (name → the option that did it). Replaced atomically: it is rewritten
+    when a child restarts while `qkdops status` may be reading it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"endpoints": dict(endpoints), "pids": dict(pids), "disabled": dict(disabled or {})}, indent=2))
+    os.replace(tmp, path)
 
 
 def _tail(path: Path, lines: int = 5) -> str:

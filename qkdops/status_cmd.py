@@ -1,9 +1,11 @@
 """``qkdops status``: is the local stack up, and what are the links doing?
 
-Reads ``<state_dir>/up.json`` written by ``qkdops up``, probes every endpoint (control API and pager
-sink ``/healthz``, exporters ``/metrics``, Prometheus and Alertmanager ``/-/ready``) and, when the control
-API answers, prints each link's last block. Exit 0 when everything answers, 1 when something does
-not, 3 when the stack is not running.
+Reads ``<state_dir>/up.json`` written by ``qkdops up``, probes every endpoint (control API, pager
+sink and calibration scheduler ``/healthz``, exporters ``/metrics``, Prometheus and Alertmanager
+``/-/ready``) and, when the control API answers, prints each link's last block. Parts left out on purpose
+(``qkdops up --no-calibration``) are listed as ``off`` with the option and do not count as down. Exit 0
+when everything started answers, 1 when something does not (a scheduler waiting to be restarted
+included), 3 when the stack is not running.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import json
 import os
 import urllib.request
 from pathlib import Path
+from urllib.parse import urljoin
 
 from qkdops.config import DEFAULT_CONFIG, load_config
+from qkdops.stack import SCHEDULER
 from qkdops.up_cmd import UP_FILE
 
+# Resolved against each recorded URL: "" probes it as is, an absolute path replaces its path.
 PROBES = {"control_api": "/healthz", "device_exporter": "", "postprocessing_exporter": "", "pager_sink": "/healthz",
-          "prometheus": "/-/ready", "alertmanager": "/-/ready"}
+          "prometheus": "/-/ready", "alertmanager": "/-/ready", SCHEDULER: "/healthz"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,20 +45,29 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"running": False, "stale": str(up_file)}) if args.json
               else f"qkdops is not running ({up_file} is left from a process that died)")
         return 3
-    rows = {name: _probe(url + PROBES.get(name, "")) for name, url in recorded["endpoints"].items()}
+    rows = {name: _probe(probe_url(name, url)) for name, url in recorded["endpoints"].items()}
+    disabled = recorded.get("disabled", {})
     links = _links(recorded["endpoints"].get("control_api"), config.runtime.state_dir) if rows.get("control_api") else []
     if args.json:
         print(json.dumps({"running": True, "endpoints": {n: {"url": recorded["endpoints"][n], "up": ok}
-                                                         for n, ok in rows.items()}, "links": links}, indent=2))
+                                                         for n, ok in rows.items()},
+                          "disabled": disabled, "links": links}, indent=2))
     else:
         for name, ok in rows.items():
             print(f"{name:<24} {'up' if ok else 'DOWN':<5} {recorded['endpoints'][name]}")
+        for name, option in disabled.items():
+            print(f"{name:<24} {'off':<5} ({option})")
         for link in links:
             last = link.get("last_block") or {}
             print(f"link {link['link']:<18} {link['protocol']:<11} next block {link['next_block']:<6} "
                   f"last: {last.get('reason', '-')}, {last.get('secret_key_bits', 0)} key bits, "
                   f"faults: {', '.join(f['name'] for f in link['active_faults']) or 'none'}")
     return 0 if all(rows.values()) else 1
+
+
+def probe_url(name: str, url: str) -> str:
+    """What to probe for a recorded endpoint (the scheduler's is recorded as its /metrics URL)."""
+    return urljoin(url, PROBES.get(name, ""))
 
 
 def _alive(pid: int) -> bool:

@@ -3,10 +3,17 @@
 Starts, in this process, the emulated links (real time), the device exporter, the post-processing
 exporter, the control API and the pager sink (where Alertmanager also sends every notification); as
 children, a real Prometheus scraping the exporters and a real Alertmanager (configured with
-``qkdops.stack.alertmanager_config``; pager keys: see ``alertmanager/secrets/README.md``). Prints where
-each listens, writes ``<state_dir>/up.json`` for ``qkdops status``, and on Ctrl-C/SIGTERM stops
-everything (children first, then the servers, then the fleet, whose archive, key store and pager sink
-are durable at every write). If a child dies, the stack stops with status 1.
+``qkdops.stack.alertmanager_config``; pager keys: see ``alertmanager/secrets/README.md``), and, once
+those and the fleet are up, the calibration scheduler (``qkdops scheduler``, scraped as job
+``qkd-calibration``). Prints where each listens, writes ``<state_dir>/up.json`` for ``qkdops status``,
+and on Ctrl-C/SIGTERM stops everything (the scheduler first, then Prometheus and Alertmanager, then
+the servers, then the fleet, whose archive, key store and pager sink are durable at every write).
+
+If Prometheus or Alertmanager dies, the stack stops with status 1. If the scheduler dies it is
+restarted with backoff and key production goes on (``qkdops.stack`` says why); if it cannot start
+at all, nothing starts. ``--no-calibration`` runs without it (game days, manual operation);
+``--no-prometheus`` implies it (the scheduler reads the Prometheus this command would start;
+docker-compose runs it as its own service).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from exporters import DeviceCollector, PostProcessingCollector, serve
 from qkdops import control_api, pager_sink
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
 from qkdops.runtime.fleet import Fleet
-from qkdops.stack import Stack, StackError, write_up_file
+from qkdops.stack import SCHEDULER, Stack, StackError, write_up_file
 
 log = logging.getLogger("qkdops.up")
 UP_FILE = "up.json"
@@ -40,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="links.yaml (default: the shipped fleet)")
     p.add_argument("--bind", help="address for the exporters and control API (default: runtime.bind)")
     p.add_argument("--no-prometheus", action="store_true",
-                   help="do not start Prometheus and Alertmanager (docker-compose runs its own)")
+                   help="do not start Prometheus and Alertmanager (docker-compose runs its own); implies --no-calibration")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="do not start the calibration scheduler (game days, manual operation: drift is then "
+                        "only corrected by `qkdops action`)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until stopped)")
     p.set_defaults(handler=run)
 
@@ -48,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
+    scheduler_bind = config.runtime.bind  # the scheduler reads the file, so --bind does not move it
     if args.bind:
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, bind=args.bind))
     stopping = threading.Event()
@@ -57,15 +68,23 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    return _run(config, not args.no_prometheus, stopping, args.duration)
+    disabled = ({SCHEDULER: "--no-prometheus"} if args.no_prometheus else
+                {SCHEDULER: "--no-calibration"} if args.no_calibration else {})
+    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind)
 
 
-def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float) -> int:
+def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float,
+         disabled: dict[str, str] | None = None, scheduler_bind: str | None = None) -> int:
+    """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing."""
     rt = config.runtime
     rt.state_dir.mkdir(parents=True, exist_ok=True)
+    disabled = dict(disabled or {})
+    if not with_servers:
+        disabled.setdefault(SCHEDULER, "--no-prometheus")
+    with_scheduler = SCHEDULER not in disabled
     fleet = Fleet(config)
     servers: list[tuple[str, object, threading.Thread]] = []
-    stack = Stack(rt)
+    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind)
     status = 0
     try:
         for name, collector, port in (("device exporter", DeviceCollector(fleet.snapshots), rt.device_exporter_port),
@@ -80,6 +99,8 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             stack.start()
             stack.wait_ready()
         fleet.start()
+        if with_scheduler:
+            stack.start_scheduler()  # after the control API, Prometheus and the fleet: it acts on them
         endpoints = {
             "control_api": f"http://{rt.bind}:{rt.control_port}",
             "device_exporter": f"http://{rt.bind}:{rt.device_exporter_port}/metrics",
@@ -87,11 +108,17 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             "pager_sink": f"http://{rt.bind}:{rt.pager_sink_port}",
             **{child.name: child.url for child in stack.children},
         }
-        write_up_file(rt.state_dir / UP_FILE, endpoints,
-                      {"qkdops": os.getpid(), **{c.name: c.process.pid for c in stack.children}})
+
+        def record() -> None:
+            write_up_file(rt.state_dir / UP_FILE, endpoints,
+                          {"qkdops": os.getpid(), **{c.name: c.process.pid for c in stack.children}}, disabled)
+
+        record()
         print(f"qkdops up: {len(config.links)} links from {config.source}", flush=True)
         for name, url in endpoints.items():
             print(f"  {name:<24} {url}", flush=True)
+        for name, option in disabled.items():
+            print(f"  {name:<24} off ({option})", flush=True)
         print(f"  {'state':<24} {rt.state_dir}  (control API token: {token.source})", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         started = time.monotonic()
@@ -101,6 +128,8 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
                           dead.process.returncode, dead.log_path)
                 status = 1
                 break
+            if stack.tend():
+                record()  # the restarted scheduler's pid
             if duration_s and time.monotonic() - started >= duration_s:
                 break
     except StackError as exc:

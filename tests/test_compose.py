@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
+from pathlib import Path, PurePosixPath
 
 import yaml
 
-from qkdops.config import load_config
-from qkdops.stack import COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_PROMETHEUS_CONFIG, COMPOSE_SECRETS, render_compose_prometheus_config
+from qkdops.config import load_config, parse_config
+from qkdops.control_api import TOKEN_FILE_ENV, TOKEN_FILE_NAME
+from qkdops.stack import (
+    CALIBRATION_JOB,
+    COMPOSE_ALERTMANAGER_CONFIG,
+    COMPOSE_PROMETHEUS_CONFIG,
+    COMPOSE_SECRETS,
+    CONTAINER_BIND,
+    CONTAINER_CONFIG,
+    container_config,
+    render_compose_prometheus_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+IMAGE_SERVICES = ("api-token", "qkdops", "calibration")  # built from the Dockerfile
 
 
 def test_committed_prometheus_config_is_the_rendered_one():
@@ -32,9 +46,12 @@ def test_every_bind_mounted_file_exists_and_every_image_is_pinned():
 def test_every_scrape_target_is_a_service_port_and_published_ports_are_unique():
     prom = yaml.safe_load(COMPOSE_PROMETHEUS_CONFIG.read_text())
     config = load_config(ROOT / "links.yaml")
-    expected = {f"qkdops:{config.runtime.device_exporter_port}", f"qkdops:{config.runtime.postprocessing_exporter_port}"}
+    expected = {f"qkdops:{config.runtime.device_exporter_port}", f"qkdops:{config.runtime.postprocessing_exporter_port}",
+                f"calibration:{config.runtime.calibration_exporter_port}"}
     targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     assert targets == expected
+    jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in prom["scrape_configs"]}
+    assert jobs[CALIBRATION_JOB] == [f"calibration:{config.runtime.calibration_exporter_port}"]
     for target in targets | {t for am in prom["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]}:
         assert target.split(":")[0] in COMPOSE["services"]
     published = [p.split(":")[-2] for s in COMPOSE["services"].values() for p in s.get("ports", [])]
@@ -42,10 +59,87 @@ def test_every_scrape_target_is_a_service_port_and_published_ports_are_unique():
     assert all(p.startswith("127.0.0.1:") for s in COMPOSE["services"].values() for p in s.get("ports", []))
 
 
-def test_the_runtime_image_runs_the_same_fleet_without_its_own_prometheus():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert '"--no-prometheus"' in dockerfile and '"/app/links.yaml"' in dockerfile
-    assert "COPY links.yaml" in dockerfile and "COPY runbooks" in dockerfile  # served at /runbooks/<AlertName>
+def test_the_runtime_image_runs_the_same_fleet_without_its_own_prometheus_or_scheduler():
+    cmd = next(line for line in DOCKERFILE.splitlines() if line.startswith("CMD "))
+    assert yaml.safe_load(cmd.removeprefix("CMD ")) == ["up", "--config", CONTAINER_CONFIG, "--no-prometheus", "--no-calibration"]
+    assert "COPY links.yaml" in DOCKERFILE and "COPY runbooks" in DOCKERFILE  # served at /runbooks/<AlertName>
+    # every package the CLI imports (cli → dashboards_cmd → dashboards; scheduler → calibration_jobs)
+    for package in ("qkdlink", "qkdops", "exporters", "dashboards", "calibration_jobs"):
+        assert f"COPY {package} ./{package}" in DOCKERFILE, package
+    # the container config is derived from the copied links.yaml at build time
+    assert f"write_container_config('/app/links.yaml', '{CONTAINER_CONFIG}')" in DOCKERFILE
+    assert DOCKERFILE.index("COPY links.yaml") < DOCKERFILE.index("write_container_config")
+    exposed = {int(p) for line in DOCKERFILE.splitlines() if line.startswith("EXPOSE ") for p in line.split()[1:]}
+    runtime = load_config(ROOT / "links.yaml").runtime
+    assert exposed == {runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port,
+                       runtime.calibration_exporter_port, runtime.pager_sink_port}
+
+
+def test_the_container_config_is_links_yaml_listening_on_the_compose_network(tmp_path: Path):
+    shutil.copy(ROOT / "links.yaml", tmp_path / "links.yaml")  # as /app/links.yaml in the image
+    derived = container_config(tmp_path / "links.yaml")
+    original = load_config(ROOT / "links.yaml")
+    config = parse_config(yaml.safe_load(derived), Path(CONTAINER_CONFIG))
+    assert config.links == original.links
+    assert config.runtime.bind == CONTAINER_BIND
+    assert config.runtime.state_dir == tmp_path / original.runtime.state_dir.relative_to(ROOT)  # absolute, as before
+    for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port", "pager_sink_port",
+                 "calibration_exporter_port", "prometheus_port"):
+        assert getattr(config.runtime, name) == getattr(original.runtime, name), name
+
+
+def _mounts(service: str) -> dict[str, tuple[str, bool]]:
+    """container path → (source, read-only) of a service's volumes."""
+    out = {}
+    for volume in SERVICES[service].get("volumes", []):
+        source, target, *mode = volume.split(":")
+        out[target] = (source, mode == ["ro"])
+    return out
+
+
+def _state_dir_in_image() -> PurePosixPath:
+    """Where the services of the qkdops image keep state: links.yaml's state_dir under WORKDIR /app."""
+    return PurePosixPath("/app") / load_config(ROOT / "links.yaml").runtime.state_dir.relative_to(ROOT)
+
+
+def test_the_calibration_service_runs_the_scheduler_against_the_compose_services():
+    service, runtime = SERVICES["calibration"], load_config(ROOT / "links.yaml").runtime
+    for name in IMAGE_SERVICES:  # one image, built from the Dockerfile
+        assert SERVICES[name]["image"] == SERVICES["qkdops"]["image"] and SERVICES[name]["build"] == ".", name
+    assert service["command"] == ["scheduler", "--config", CONTAINER_CONFIG, "--api", f"http://qkdops:{runtime.control_port}",
+                                  "--prometheus", f"http://prometheus:{runtime.prometheus_port}"]
+    assert f"127.0.0.1:{runtime.prometheus_port}:{runtime.prometheus_port}" in SERVICES["prometheus"]["ports"]
+    assert f"127.0.0.1:{runtime.control_port}:{runtime.control_port}" in SERVICES["qkdops"]["ports"]
+    port = runtime.calibration_exporter_port
+    assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(service["healthcheck"]["test"])
+    assert service["depends_on"] == {"api-token": {"condition": "service_completed_successfully"},
+                                     "qkdops": {"condition": "service_healthy"},
+                                     "prometheus": {"condition": "service_healthy"}}
+    assert service["restart"] == "unless-stopped"
+    # its own persistent state (calibration.sqlite, calibration.lock) in a named volume of its own
+    mounts = _mounts("calibration")
+    state = next((target, source) for target, (source, ro) in mounts.items() if _state_dir_in_image().is_relative_to(target))
+    assert state[1] == "calibration-state" and not mounts[state[0]][1]
+    assert all(source != "calibration-state" for name in SERVICES if name != "calibration" for source, _ in _mounts(name).values())
+
+
+def test_the_api_token_is_shared_read_only_through_a_volume_that_holds_only_the_token():
+    token_file = SERVICES["calibration"]["environment"][TOKEN_FILE_ENV]
+    assert SERVICES["qkdops"]["environment"][TOKEN_FILE_ENV] == token_file  # the API and its client agree
+    directory = str(PurePosixPath(token_file).parent)
+    assert PurePosixPath(token_file).name == TOKEN_FILE_NAME
+    writer = _mounts("api-token")
+    assert writer[directory] == ("api-token", False)
+    entrypoint = " ".join(SERVICES["api-token"]["entrypoint"])
+    assert f"load_token(Path('{directory}'), create=True)" in entrypoint  # creates <dir>/api-token 0600 if absent
+    for name in ("qkdops", "calibration"):
+        assert _mounts(name)[directory] == ("api-token", True), name
+        assert SERVICES[name]["depends_on"]["api-token"] == {"condition": "service_completed_successfully"}
+    # nothing else sees it, and the scheduler does not see the qkdops state (key store, archive)
+    assert {name for name in SERVICES for source, _ in _mounts(name).values() if source == "api-token"} == {"api-token", *IMAGE_SERVICES}
+    assert all(source != "qkdops-state" for source, _ in _mounts("calibration").values())
+    assert "chmod 0700 /app/secrets" in DOCKERFILE and "chown qkdops /app/var /app/secrets" in DOCKERFILE
 
 
 def test_alertmanager_reaches_the_pager_sink_and_finds_its_key_files_in_the_mounted_directory():

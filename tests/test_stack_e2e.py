@@ -5,9 +5,13 @@ Slow (a minute or two) but run in CI: this is what an ops team sees after the RE
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,25 +21,56 @@ import pytest
 from qkdlink.keyrate import predict
 from qkdlink.protocols import get_protocol
 from qkdops.config import load_config
+from qkdops.stack import CALIBRATION_JOB, SCHEDULER
 from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
 
 pytestmark = pytest.mark.slow
 needs_servers = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("prometheus-alertmanager") is None and shutil.which("alertmanager") is None,
     reason="Prometheus/Alertmanager not installed: `bash scripts/setup.sh` installs them (CI always has them)")
+EXPORTER_JOBS = 'up{job=~"qkd-device|qkd-postprocessing"} == 1'
+
+
+@functools.cache
+def scheduler_cli() -> bool:
+    """Whether `qkdops scheduler` exists yet (calibration_jobs/, qkdops/scheduler_cmd.py)."""
+    return subprocess.run([sys.executable, "-m", "qkdops.cli", "scheduler", "--help"], capture_output=True, timeout=60).returncode == 0
+
+
+def needs_scheduler() -> None:
+    if not scheduler_cli():
+        pytest.skip("`python -m qkdops.cli scheduler --help` fails: the calibration scheduler CLI is not there yet")
+
+
+def _calibration_args() -> list[str]:
+    """The full stack; without the scheduler while its CLI does not exist (`qkdops up` would refuse to start)."""
+    return [] if scheduler_cli() else ["--no-calibration"]
+
+
+def _targets(stack: RunningStack) -> list[dict]:
+    with urllib.request.urlopen(f"{stack.url('prometheus_port')}/api/v1/targets", timeout=5) as response:
+        return json.loads(response.read())["data"]["activeTargets"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @needs_servers
 def test_stack_comes_up_scrapes_every_link_and_a_fibre_cut_shows_within_two_scrapes(tmp_path: Path):
     config_path = e2e_profile(tmp_path, [FAST_LINK])
     config = load_config(config_path)
-    stack = RunningStack(config_path)
+    stack = RunningStack(config_path, *_calibration_args())
     started = time.monotonic()
     try:
         stack.wait_up(60)
         links = {spec.id for spec in config.links}
         # every target up, every link keyed, within 60 s of start
-        wait_for(lambda: len(stack.prometheus("up == 1")) == 2,
+        wait_for(lambda: len(stack.prometheus(EXPORTER_JOBS)) == 2,
                  60 - (time.monotonic() - started), "both exporter targets up", stack)
         rates = wait_for(lambda: (r := stack.by_link("rate(qkd_secret_key_bits_total[1m]) > 0")).keys() >= links and r,
                          60 - (time.monotonic() - started), "a key rate for every link", stack)
@@ -68,6 +103,76 @@ def test_stack_comes_up_scrapes_every_link_and_a_fibre_cut_shows_within_two_scra
         status = stack.stop()
     assert status == 0, stack.output()[-2000:]
     assert "qkdops up: stopped" in stack.output()
+
+
+@needs_servers
+def test_up_supervises_the_calibration_scheduler_and_stops_it_on_shutdown(tmp_path: Path):
+    needs_scheduler()
+    config_path = e2e_profile(tmp_path)
+    stack = RunningStack(config_path)
+    try:
+        stack.wait_up(90)
+        recorded = json.loads((stack.state_dir / "up.json").read_text())
+        metrics = f"http://127.0.0.1:{stack.ports['calibration_exporter_port']}/metrics"
+        assert recorded["endpoints"][SCHEDULER] == metrics and recorded["disabled"] == {}
+        pid = recorded["pids"][SCHEDULER]
+        assert f"{SCHEDULER:<24} {metrics}" in stack.output()
+        with urllib.request.urlopen(metrics, timeout=5) as response:
+            assert response.status == 200 and "qkd_calibration_" in response.read().decode()
+        with urllib.request.urlopen(metrics.replace("/metrics", "/healthz"), timeout=5) as response:
+            assert response.status == 200 and response.read().decode().strip() == "ok"
+        wait_for(lambda: any(t["labels"]["job"] == CALIBRATION_JOB and t["health"] == "up" for t in _targets(stack)),
+                 30, "Prometheus target qkd-calibration up", stack)
+        assert (stack.state_dir / "calibration.sqlite").exists()
+        status = subprocess.run([sys.executable, "-m", "qkdops.cli", "status", "--config", str(config_path)],
+                                capture_output=True, text=True, timeout=30)
+        assert any(line.split()[:2] == [SCHEDULER, "up"] for line in status.stdout.splitlines()), status.stdout
+    finally:
+        code = stack.stop()
+    assert code == 0, stack.output()[-3000:]
+    assert not _alive(pid)  # stopped with the stack, not left behind
+    log = (stack.state_dir / f"{SCHEDULER}.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+
+
+@needs_servers
+def test_up_restarts_a_killed_scheduler_and_key_production_goes_on(tmp_path: Path):
+    needs_scheduler()
+    config_path = e2e_profile(tmp_path, [FAST_LINK])
+    stack = RunningStack(config_path)
+    try:
+        stack.wait_up(90)
+        up_file = stack.state_dir / "up.json"
+        first = json.loads(up_file.read_text())["pids"][SCHEDULER]
+        os.kill(first, 9)
+        second = wait_for(lambda: (p := json.loads(up_file.read_text())["pids"][SCHEDULER]) != first and p, 20,
+                          "up.json to record the restarted scheduler", stack)
+        assert _alive(second) and stack.process.poll() is None
+        wait_for(lambda: any(t["labels"]["job"] == CALIBRATION_JOB and t["health"] == "up" for t in _targets(stack)),
+                 30, "qkd-calibration up again", stack)
+        wait_for(lambda: stack.by_link('increase(qkd_secret_key_bits_total{link="e2e-fast"}[5s])').get("e2e-fast", 0) > 0,
+                 20, "key still produced", stack)
+    finally:
+        code = stack.stop()
+    assert code == 0, stack.output()[-3000:]
+    assert f"{SCHEDULER} exited with status -9; restarting it in 1 s" in stack.output()
+
+
+@needs_servers
+def test_up_without_calibration_runs_no_scheduler_and_no_scrape_job(tmp_path: Path):
+    config_path = e2e_profile(tmp_path)
+    stack = RunningStack(config_path, "--no-calibration")
+    try:
+        stack.wait_up(60)
+        recorded = json.loads((stack.state_dir / "up.json").read_text())
+        assert SCHEDULER not in recorded["endpoints"] and SCHEDULER not in recorded["pids"]
+        assert recorded["disabled"] == {SCHEDULER: "--no-calibration"}
+        assert f"{SCHEDULER:<24} off (--no-calibration)" in stack.output()
+        wait_for(lambda: len(stack.prometheus(EXPORTER_JOBS)) == 2, 30, "both exporter targets up", stack)
+        assert {t["labels"]["job"] for t in _targets(stack)} == {"qkd-device", "qkd-postprocessing"}
+        assert not (stack.state_dir / f"{SCHEDULER}.log").exists()
+    finally:
+        assert stack.stop() == 0
 
 
 def _archive(state_dir: Path) -> list[tuple[str, int, str]]:
