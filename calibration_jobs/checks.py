@@ -28,6 +28,9 @@ TWO_ARM_PROTOCOLS = ("mdi", "tf")
 ALL_PROTOCOLS = ("bb84-decoy", "mdi", "tf")
 # Reference readings a check learns from healthy runs decay towards new ones at this rate per run.
 REFERENCE_WEIGHT = 0.2
+# Memory key (set by the runner when it acts): blocks ending up to this link-clock time were measured
+# at least partly before the last action, so their QBER says nothing about the state it left.
+STALE_BLOCKS_UNTIL = "stale_blocks_until"
 # A level commanded below this share of the signal is a vacuum (or near-vacuum) decoy: its error is
 # judged as leaked light relative to the signal, since a relative error of ~0 is meaningless.
 VACUUM_LIKE = 0.01
@@ -165,8 +168,9 @@ class PolarizationRealign(Check):
 
     Two triggers: the frame angle θ measured on the reference pulses beyond ``angle_rad`` (adds
     sin²θ to the QBER), or the last block's key-basis QBER above ``qber_alarm_ratio`` of the link's
-    abort threshold. A QBER that stays up after a good realignment is not polarization (loss, stray
-    light, timing): the verdict says so and the job fails rather than realigning again.
+    abort threshold — unless that block was measured before the job's last action. A QBER that stays
+    up after a good realignment is not polarization (loss, stray light, timing): the verdict says so
+    and the job fails rather than realigning again.
     """
 
     name, action = "polarization_realign", "realign_polarization"
@@ -180,7 +184,8 @@ class PolarizationRealign(Check):
             return Decision(True, f"polarization frame rotated {angle:.3f} rad (limit {limit:g} rad: "
                                   f"+{math.sin(angle) ** 2:.2%} QBER)")
         qber_limit = self._qber_limit(s, settings)
-        if s.block_qber is not None and qber_limit is not None and s.block_qber > qber_limit:
+        measured_before_fix = s.block_end_timestamp is not None and s.block_end_timestamp <= memory.get(STALE_BLOCKS_UNTIL, -math.inf)
+        if s.block_qber is not None and qber_limit is not None and s.block_qber > qber_limit and not measured_before_fix:
             return Decision(True, f"key-basis QBER {s.block_qber:.2%} above {qber_limit:.2%}", verify_on="block")
         qber = "no block yet" if s.block_qber is None else f"QBER {s.block_qber:.2%}"
         return Decision(False, f"frame angle {angle:.3f} rad, {qber}")

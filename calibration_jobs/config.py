@@ -87,8 +87,8 @@ class JobsConfig:
     source: Path = DEFAULT_JOBS_FILE
 
 
-# Tolerances each job needs, with their allowed ranges; the YAML must give each one (through
-# defaults or the job), and nothing else.
+# Tolerances each job needs, with their allowed ranges; each job's `thresholds` must give every one,
+# and nothing else.
 THRESHOLDS: Mapping[str, Mapping[str, tuple[float, float]]] = MappingProxyType({
     "phase_relock": {"actuator_usage": (0.05, 0.99), "phase_error_rad": (0.01, 1.5)},
     "intensity_retune": {"relative_deviation": (0.005, 1.0), "vacuum_leak_ratio": (0.0001, 0.5)},

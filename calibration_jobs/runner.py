@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from calibration_jobs.checks import CHECKS, Check, Decision
+from calibration_jobs.checks import CHECKS, STALE_BLOCKS_UNTIL, Check, Decision
 from calibration_jobs.config import JobsConfig, JobSettings
 from calibration_jobs.decoy import estimate_window, recommend
 from calibration_jobs.signals import LinkSignals, SignalReader, SignalsUnavailable
@@ -135,6 +135,10 @@ class JobRunner:
         status_before = self.api.status(report.link)
         result = self.api.act(report.link, check.action)
         state.last_action_at = self.clock()
+        # Blocks ending before the block in progress has ended were measured (partly) before the action.
+        last = status_before.get("last_block") or {}
+        if last.get("end_timestamp") is not None:
+            state.memory[STALE_BLOCKS_UNTIL] = float(last["end_timestamp"]) + float(status_before["block_seconds"])
         counts[("actions", check.action)] = 1.0
         report.action = {"name": check.action, "ok": result["ok"], "message": result["message"],
                          "before": result["before"], "after": result["after"]}
@@ -204,14 +208,14 @@ class JobRunner:
             state.memory.pop(FAILED_ACTIONS, None)
             state.last_success_at = now
         elif report.outcome in ("failed", "error"):
-            # Both back off; only actions that did not work count towards giving up (an unreachable
-            # API or Prometheus says nothing about whether the action would help).
+            # Both back off; only runs that acted count towards giving up (an unreachable API or
+            # Prometheus before acting says nothing about whether the action would help).
             state.failures += 1
             state.held_until = now + settings.retry.backoff(state.failures)
-            if report.outcome == "failed":
+            if report.action is not None:  # acted, and it did not work (or could not be verified)
                 state.memory[FAILED_ACTIONS] = state.memory.get(FAILED_ACTIONS, 0.0) + 1.0
             state.exhausted = state.memory.get(FAILED_ACTIONS, 0.0) >= settings.retry.max_attempts
-            if state.exhausted and report.outcome == "failed":
+            if state.exhausted and report.action is not None:
                 report.reason += (f" (attempt {int(state.memory[FAILED_ACTIONS])} of {settings.retry.max_attempts}: "
                                   "holding off until the signals recover)")
         state.last_outcome, state.last_reason = report.outcome, report.reason

@@ -109,7 +109,8 @@ def test_restart_after_kill_loses_no_job_and_never_overlaps_runs(tmp_path: Path)
             if first.poll() is None:
                 first.kill()
         killed_at = time.time()
-        time.sleep(max(0.0, before["decoy_estimation@bb84-slow"] + 2.0 - time.time()))  # a decoy run falls due while down
+        due = schedule(state)["decoy_estimation@bb84-slow"]
+        time.sleep(max(0.0, due + 2.0 - time.time()))  # a decoy run falls due while down, past its 1-s grace
         restarted = start_scheduler(links, jobs, log)
         try:
             wait_for(lambda: healthy(port), 30, "restarted scheduler /healthz")
