@@ -1,7 +1,8 @@
 """The scheduler's exporter: a custom collector over the durable store (``exporters/catalogue.yaml``).
 
 Counters and gauges are read from the store at scrape time, so they are monotonic across scheduler
-restarts and include ``qkdops calibrate`` runs; run durations are a histogram of this process's
+restarts and include ``qkdops calibrate`` runs; every scheduled (job, link) publishes its counters
+from 0 (``expect``); run durations are a histogram of this process's
 runs (it restarts with the process, which ``rate()`` handles). HELP, types and labels come from the
 catalogue, like the runtime's two exporters. Decoy-estimation gauges are the last window estimate
 the store holds for each link.
@@ -15,6 +16,8 @@ from collections.abc import Iterable
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from calibration_jobs.checks import CHECKS
+from calibration_jobs.runner import OUTCOMES
 from calibration_jobs.store import CalibrationStore
 from exporters.catalogue import CALIBRATION, Families
 from exporters.device import INTENSITY_OF_PARAMETER
@@ -30,7 +33,14 @@ class CalibrationCollector(Collector):
     def __init__(self, store: CalibrationStore) -> None:
         self.store = store
         self._durations: dict[tuple[str, str, str], Histogram] = {}
+        self._expected: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
+
+    def expect(self, scheduled: Iterable[tuple[str, str, str]]) -> None:
+        """(job, link, protocol) the scheduler runs: their counters are published from 0, so the
+        first failure is an increase Prometheus sees, not the birth of a series."""
+        with self._lock:
+            self._expected.update(scheduled)
 
     def observe_duration(self, job: str, link: str, protocol: str, seconds: float) -> None:
         with self._lock:
@@ -41,10 +51,19 @@ class CalibrationCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         f = Families(CALIBRATION)
+        values: dict[tuple[str, str, str, str, str], float] = {}
+        with self._lock:
+            expected = set(self._expected)
+        for job, link, protocol in expected:
+            values.update({("runs", job, link, protocol, outcome): 0.0 for outcome in OUTCOMES})
+            values[("misfires", job, link, protocol, "")] = 0.0
+            if job in CHECKS:
+                values[("actions", job, link, protocol, CHECKS[job].action)] = 0.0
         for metric, job, link, protocol, key, value in self.store.counters():
-            labels = [link, protocol, job] + ([key] if metric != "misfires" else [])
+            values[(metric, job, link, protocol, key)] = value
+        for (metric, job, link, protocol, key), value in sorted(values.items()):
             if metric in COUNTERS:
-                f.add(COUNTERS[metric], labels, value)
+                f.add(COUNTERS[metric], [link, protocol, job] + ([key] if metric != "misfires" else []), value)
         with self._lock:
             durations = {k: h.snapshot() for k, h in self._durations.items()}
         for labels, snapshot in durations.items():

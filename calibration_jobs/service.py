@@ -119,6 +119,11 @@ class CalibrationService:
         return [{"id": j.id, "name": j.name, "next_run_time": j.next_run_time.timestamp() if j.next_run_time else None}
                 for j in self.scheduler.get_jobs()]
 
+    def scheduled(self) -> list[tuple[str, str, str]]:
+        """(job, link, protocol) of every stored job."""
+        assert self.scheduler is not None
+        return [tuple(j.args) for j in self.scheduler.get_jobs()]  # type: ignore[misc]
+
     def _reconcile(self, links: list[dict[str, str]]) -> list[str]:
         assert self.scheduler is not None
         wanted: dict[str, tuple[JobSettings, str, str]] = {}

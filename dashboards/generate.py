@@ -38,7 +38,10 @@ NONE = [(None, "green")]
 
 @dataclass
 class P:
-    """One panel: kind is timeseries, stat, table or heatmap; queries are (expr, legend) pairs."""
+    """One panel: kind is timeseries, stat, table or heatmap; queries are (expr, legend) pairs.
+
+    ``row(title)`` makes a row header instead (kind ``row``): a full-width line that groups the
+    panels after it, with no query."""
 
     kind: str
     title: str
@@ -53,6 +56,11 @@ class P:
     instant: bool = False
     runbook_links: bool = False
     trace_links: bool = False
+
+
+def row(title: str) -> P:
+    """A row header grouping the panels after it (Grafana row panel, expanded)."""
+    return P("row", title, "", "", [], w=24, h=1)
 
 
 def _thresholds(steps: list[tuple[float | None, str]]) -> dashboard.ThresholdsConfig:
@@ -97,6 +105,11 @@ def build(uid: str, title: str, description: str, panels: list[P]) -> dict:
                        .include_vars(True).keep_time(True))
     x = y = row_h = 0
     for panel_id, spec in enumerate(panels, start=1):
+        if spec.kind == "row":  # a row header starts a new line of its own
+            y, x, row_h = y + row_h, 0, 0
+            d = d.with_row(dashboard.Row(spec.title).id(panel_id).grid_pos(GridPos(h=1, w=24, x=0, y=y)))
+            y += 1
+            continue
         if x + spec.w > 24:
             x, y, row_h = 0, y + row_h, 0
         d = d.with_panel(_panel(spec, panel_id, x, y))
@@ -163,6 +176,12 @@ def oncall() -> dict:
           "relocks per interval.", "short",
           [(f"qkd_phase_locked{L}", "locked"), (f"increase(qkd_phase_relocks_total{L}[$__rate_interval])", "relocks")],
           [(None, "red"), (1.0, "green")], w=8, min=0),
+        P("timeseries", "Phase actuator usage", "Share of the phase actuator's (fibre stretcher's) range in use (MDI/TF only, "
+          "absent on BB84). The phase_relock calibration job re-centres it at 0.8; at 1 the lock loop opens (QKDPhaseLockLost). "
+          "A slow climb is normal drift; one that passes 0.8 without dropping back means nothing is relocking "
+          "(QKDCalibrationSchedulerDown, QKDCalibrationFailing).", "percentunit",
+          [(f"qkd_phase_actuator_usage_ratio{L}", "stretcher range used")], [(None, "green"), (0.8, "orange"), (1.0, "red")],
+          w=8, min=0, max=1),
         P("timeseries", "Interference visibility", "Interference visibility against the link's best value of the last day.",
           "percentunit", [(f"qkd_interference_visibility_ratio{L}", "visibility"),
                           (f"qkd_link:interference_visibility:max1d{L}", "1-day best")], [(None, "red"), (0.8, "orange"), (0.9, "green")],
@@ -173,9 +192,22 @@ def oncall() -> dict:
         P("timeseries", "Aborts by reason", "Blocks aborted per interval, by reason (every reason is published, zeros included).",
           "short", [('sum by (reason) (increase(qkd_blocks_total{link="$link", outcome="aborted"}[$__rate_interval]))', "{{reason}}")],
           [(None, "green"), (1.0, "red")], w=8, min=0, trace_links=True),
-        P("timeseries", "Calibration actions (1 h)", "Calibration actions run on the link in the last hour, by action and outcome.",
+        P("timeseries", "Calibration job runs by outcome (1 h)", "Runs of each calibration scheduler job on the link over the last "
+          "hour, by outcome: healthy (in tolerance, nothing done), corrected (acted and verified), failed (acted, not effective), "
+          "error (could not read or act), held (out of tolerance but backing off after failures). Outcomes without a run in the "
+          "hour are not drawn. QKDCalibrationFailing fires on 2 or more failed/error runs that are at least half of the "
+          "attempts (failed + error + corrected); `qkdops calibrate <job_name> --link $link` shows what a job sees.", "short",
+          [(f"sum by (job_name, outcome) (increase(qkd_calibration_runs_total{L}[1h])) > 0", "{{job_name}} {{outcome}}")],
+          [(None, "green")], w=12, min=0),
+        P("stat", "Calibration failures in a row", "Failed or errored runs of each job since its last healthy or corrected run. "
+          "The job backs off after each; after max_attempts ineffective actions it stops acting (held runs) until its signals "
+          "recover or someone runs qkdops calibrate. 2 or more while held keeps QKDCalibrationFailing open.", "short",
+          [(f"max by (job_name) (qkd_calibration_consecutive_failures{L})", "{{job_name}}")],
+          [(None, "green"), (1.0, "orange"), (2.0, "red")], w=6, min=0),
+        P("timeseries", "Calibration actions (1 h)", "Calibration actions the device ran in the last hour, by action and outcome, "
+          "whoever asked: the scheduler's jobs, an operator (qkdops action) or a game day.",
           "short", [(f"sum by (action, outcome) (increase(qkd_calibration_actions_total{L}[1h]))", "{{action}} {{outcome}}")],
-          [(None, "green")], w=8, min=0),
+          [(None, "green")], w=6, min=0),
     ])
 
 
@@ -215,7 +247,63 @@ def debug() -> dict:
           "s", [("histogram_quantile(0.95, sum by (stage, le) "
                  f"(rate(qkd_postprocessing_stage_duration_seconds_bucket{L}[$__rate_interval])))", "{{stage}}")], w=24, min=0,
           trace_links=True),
+        *decoy_estimation_row(),
     ])
+
+
+WINDOW = ("the decoy_estimation calibration job's finite-key decoy analysis of the sliding window of archived blocks "
+          "(qkd_decoy_estimate_window_blocks of them)")
+
+
+def decoy_estimation_row() -> list[P]:
+    """Sliding-window decoy estimation (calibration scheduler) against the per-block results and the device."""
+    return [
+        row("Decoy estimation (sliding window)"),
+        P("timeseries", "Y1 lower bound: window vs block", f"Lower bound on the single-photon (MDI: pair) yield from {WINDOW}, "
+          "and from the last block's own estimation. The window holds more counts, so its bound is tighter (higher); the window "
+          "bound falling while blocks still succeed is drift building up.", "percentunit",
+          [(f"qkd_decoy_estimate_single_photon_yield_lower_bound_ratio{L}", "window"),
+           (f"qkd_single_photon_yield_lower_bound_ratio{L}", "last block")], min=0),
+        P("timeseries", "e1 upper bound: window vs block", f"Upper bound on the single-photon (MDI: pair) phase-error rate from "
+          f"{WINDOW}, and from the last block's estimation. Near 0.11 and above, privacy amplification leaves little or no key.",
+          "percentunit", [(f"qkd_decoy_estimate_single_photon_phase_error_upper_bound_ratio{L}", "window"),
+                          (f"qkd_single_photon_phase_error_upper_bound_ratio{L}", "last block")],
+          [(None, "green"), (0.11, "red")], min=0),
+        P("timeseries", "QBER: window vs block", "Key-basis QBER over the sliding window of archived blocks, of the last block, and "
+          "the link's abort threshold.", "percentunit",
+          [(f"qkd_decoy_estimate_qber_ratio{L}", "window"), (f"qkd_block_qber_ratio{L}", "last block"),
+           (f"qkd_link:qber_threshold_ratio:max10m{L}", "abort threshold")], QBER, w=8, min=0),
+        P("timeseries", "Key rate: window estimate vs actual", "Secret-key rate the sliding window supports as one finite-key block "
+          "(0 when it would abort), the key rate the link actually produces, and its target.", "Bps",
+          [(f"qkd_decoy_estimate_key_rate_bytes_per_second{L}", "window estimate"),
+           (f"sum(rate(qkd_secret_key_bits_total{L}[$__rate_interval])) / 8", "actual"),
+           (f"max(qkd_key_rate_target_bytes_per_second{L})", "target")], w=8, min=0),
+        P("timeseries", "Window estimate state", "1 for the sliding-window estimate's outcome, 0 for the others: none = it would "
+          "issue key; qber, low_counts, estimation = why it would abort.", "short",
+          [(f"qkd_decoy_estimate_state{L}", "{{reason}}")], [(None, "green")], w=8, min=0, max=1),
+        P("timeseries", "Channel loss: observed vs device", "Channel loss that makes the link model reproduce the window's measured "
+          "signal gain (what the decoy optimiser tunes for), against the loss the device reports (fibre and faults; +Inf on a "
+          "cut). Observed above device: loss the configuration does not know of (a splice, a bend, weaker detectors).", "dB",
+          [(f"qkd_decoy_observed_channel_loss_decibels{L}", "observed (window)"), (f"qkd_channel_loss_decibels{L}", "device")],
+          w=8, min=0),
+        P("timeseries", "Mean photon number: recommended vs commanded", "Mean photon number per pulse per intensity that the decoy "
+          "optimiser recommends for the observed channel (advice; applied only where enabled), against what the source is "
+          "commanded to send.", "short",
+          [(f"qkd_decoy_recommended_mean_photon_number{L}", "{{intensity}} recommended"),
+           (f"qkd_mean_photon_number_commanded{L}", "{{intensity}} commanded")], w=8, min=0),
+        P("timeseries", "Recommended key-rate gain", "Predicted finite-key rate at the recommended decoy settings over the rate at "
+          "the current ones, for the observed channel: 1 = already optimal; orange from 1.1 (10 % more key available by "
+          "re-tuning).", "short",
+          [(f"qkd_decoy_recommended_key_rate_gain_ratio{L}", "gain")], [(None, "green"), (1.1, "orange")], w=8, min=0),
+        P("stat", "Window size", "Archived blocks in the sliding window of the last decoy estimation (0: nothing to estimate on).",
+          "short", [(f"qkd_decoy_estimate_window_blocks{L}", "blocks")], [(None, "red"), (1.0, "green")], w=8, h=4),
+        P("stat", "Window bounds failure probability", "Probability that the sliding-window bounds fail (the link's epsilon_sec); "
+          "their confidence is 1 minus this.", "sci",
+          [(f"qkd_decoy_estimate_failure_probability_ratio{L}", "epsilon")], w=8, h=4),
+        P("stat", "Last decoy estimation", "Time since the decoy_estimation job last estimated this link; much more than its "
+          "interval (calibration_jobs/jobs.yaml) means the job is held, failing or the scheduler is down.", "s",
+          [(f"time() - max(qkd_decoy_estimate_timestamp_seconds{L})", "age")], w=8, h=4),
+    ]
 
 
 def slo() -> dict:

@@ -168,6 +168,7 @@ def _scheduler(args: argparse.Namespace) -> int:
     except SchedulerLocked as exc:
         print(f"qkdops scheduler: {exc}", file=sys.stderr)
         return 1
+    w.collector.expect(service.scheduled())
     server, _ = exporter_server.serve(w.collector, rt.bind, rt.calibration_exporter_port)
     log.info("calibration scheduler: %d job(s) on %d link(s); metrics on http://%s:%d/metrics; signals from %s",
              len(ids), len(links), rt.bind, server.server_port, w.prometheus.url if w.prometheus else "link status")

@@ -25,7 +25,7 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not insta
 # here too); the test below makes sure that module still does.
 RUN_ELSEWHERE = {"slo_test.yml": REPO / "tests" / "test_slo.py"}
 
-# The hand-written alerts of the contract (issue 4): severity, class.
+# The hand-written alerts of the contract (issue 4, plus the scheduler's in issue 6): severity, class.
 CONTRACT = {
     "QKDLinkDown": ("page", "cause"),
     "QKDQBERHigh": ("ticket", "symptom"),
@@ -41,6 +41,7 @@ CONTRACT = {
     "QKDKeyHandoffFailing": ("page", "cause"),
     "QKDCalibrationFailing": ("ticket", "cause"),
     "QKDExporterDown": ("page", "cause"),
+    "QKDCalibrationSchedulerDown": ("ticket", "cause"),  # issue 6: the calibration scheduler's scrape target
 }
 
 

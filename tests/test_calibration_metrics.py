@@ -215,3 +215,22 @@ def test_exporter_serves_healthz_and_metrics(store_path: Path) -> None:
         server.shutdown()
         server.server_close()
         store.close()
+
+
+def test_scheduled_jobs_publish_their_counters_from_zero(tmp_path: Path) -> None:
+    """A scheduled job's first failure must be an increase Prometheus sees, not a new series."""
+    store = CalibrationStore(tmp_path / "fresh.sqlite")
+    try:
+        collector = CalibrationCollector(store)
+        collector.expect([("phase_relock", "tf-a", "tf"), ("decoy_estimation", "tf-a", "tf")])
+        published = series(render(collector).decode())
+    finally:
+        store.close()
+    runs = {dict(labels)["outcome"]: v for (name, labels), v in published.items()
+            if name == "qkd_calibration_runs_total" and dict(labels)["job_name"] == "phase_relock"}
+    assert runs == dict.fromkeys(("healthy", "corrected", "failed", "error", "held"), 0.0)
+    actions = {(dict(labels)["job_name"], dict(labels)["action"]) for (name, labels), _ in published.items()
+               if name == "qkd_calibration_job_actions_total"}
+    assert actions == {("phase_relock", "relock_phase")}, "decoy estimation takes no action"
+    misfires = {dict(labels)["job_name"] for (name, labels), _ in published.items() if name == "qkd_calibration_misfires_total"}
+    assert misfires == {"phase_relock", "decoy_estimation"}

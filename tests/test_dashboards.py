@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +26,8 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
 
 
 def panels():
-    return [(name, panel) for name, dashboard in DASHBOARDS.items() for panel in dashboard["panels"]]
+    """Every panel with queries (row headers have none)."""
+    return [(name, panel) for name, dashboard in DASHBOARDS.items() for panel in dashboard["panels"] if panel["type"] != "row"]
 
 
 def known_metrics() -> set[str]:
@@ -67,6 +70,11 @@ def test_dashboards_are_structurally_valid():
         assert len(set(ids)) == len(ids), name
         for panel in dashboard["panels"]:
             where = f"{name}: {panel.get('title')}"
+            if panel["type"] == "row":  # an expanded row header: full width, one unit high, owns no panels itself
+                assert panel.get("id") and panel.get("title"), where
+                assert panel["gridPos"]["x"] == 0 and panel["gridPos"]["w"] == 24 and panel["gridPos"]["h"] == 1, where
+                assert panel.get("collapsed") is False and panel.get("panels") == [], where
+                continue
             for key in ("id", "type", "title", "gridPos", "datasource", "targets", "description"):
                 assert panel.get(key), f"{where} lacks {key}"
             assert panel["type"] in {"timeseries", "stat", "table", "heatmap"}, where
@@ -115,6 +123,12 @@ def test_every_panel_query_returns_data_from_the_real_prometheus(tmp_path):
         assert "e2e-fast" in links and len(links) >= 4
         wait_for(lambda: set(stack.by_link("sum by (link) (qkd_secret_key_bits_total) > 0")) >= set(links), 70,
                  "key on every link", stack, interval_s=2)
+        # The scheduler's decoy_estimation job runs on the clock every 5 minutes: estimate each link now, as an
+        # operator would (recorded and published like a scheduled run), instead of waiting for the next slot.
+        for link in links:
+            run = subprocess.run([sys.executable, "-m", "qkdops.cli", "calibrate", "decoy_estimation", "--link", link,
+                                  "--config", str(stack.config_path)], capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stdout + run.stderr
         targets = [(f"{name}: {panel['title']} [{t['refId']}]", t["expr"], INTENDED_EMPTY in panel["description"])
                    for name, panel in panels() for t in panel["targets"]]
         # A query with $link passes if it returns data for some link (phase lock exists only on MDI/TF links).
@@ -140,3 +154,32 @@ def test_block_traces_are_one_click_from_latency_and_abort_panels():
         panel = next(p for p in DASHBOARDS[f"{name}.json"]["panels"] if p["title"] == title)
         urls = [link["url"] for link in panel.get("links", [])]
         assert any("service=qkdops-postprocessing" in u and "${link}" in u and "${__from}" in u for u in urls), urls
+
+
+def _by_title(name: str) -> dict[str, dict]:
+    return {p["title"]: p for p in DASHBOARDS[name]["panels"]}
+
+
+def test_oncall_shows_scheduler_runs_and_phase_actuator_usage_beside_phase_lock():
+    panels = _by_title("oncall.json")
+    runs = panels["Calibration job runs by outcome (1 h)"]
+    assert any("qkd_calibration_runs_total" in t["expr"] and "job_name, outcome" in t["expr"] for t in runs["targets"])
+    lock, usage = panels["Phase lock and relocks"]["gridPos"], panels["Phase actuator usage"]["gridPos"]
+    assert usage["y"] == lock["y"] and usage["x"] == lock["x"] + lock["w"]
+    assert [s["value"] for s in panels["Phase actuator usage"]["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.8, 1.0]
+
+
+def test_debug_decoy_estimation_row_compares_the_window_with_blocks_and_device():
+    panels = DASHBOARDS["debug.json"]["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Decoy estimation (sliding window)")
+    in_row = panels[start + 1:]
+    assert in_row and all(p["type"] != "row" and p["gridPos"]["y"] > panels[start]["gridPos"]["y"] for p in in_row)
+    used = {m for p in in_row for t in p["targets"] for m in metric_names(t["expr"])}
+    pairs = [("qkd_decoy_estimate_single_photon_yield_lower_bound_ratio", "qkd_single_photon_yield_lower_bound_ratio"),
+             ("qkd_decoy_estimate_single_photon_phase_error_upper_bound_ratio", "qkd_single_photon_phase_error_upper_bound_ratio"),
+             ("qkd_decoy_estimate_key_rate_bytes_per_second", "qkd_secret_key_bits_total"),
+             ("qkd_decoy_observed_channel_loss_decibels", "qkd_channel_loss_decibels"),
+             ("qkd_decoy_recommended_mean_photon_number", "qkd_mean_photon_number_commanded")]
+    for window, other in pairs:  # each comparison in one panel
+        assert any({window, other} <= {m for t in p["targets"] for m in metric_names(t["expr"])} for p in in_row), (window, other)
+    assert {"qkd_decoy_estimate_state", "qkd_decoy_recommended_key_rate_gain_ratio"} <= used
