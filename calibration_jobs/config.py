@@ -18,10 +18,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
 from apscheduler.triggers.cron import CronTrigger
 
-from qkdops.config import ConfigError, ConfigReader
+from qkdops.config import ConfigReader, read_yaml
 
 DEFAULT_JOBS_FILE = Path(__file__).resolve().parent / "jobs.yaml"
 JOB_NAMES = ("phase_relock", "intensity_retune", "polarization_realign", "detector_regate", "decoy_estimation")
@@ -103,13 +102,7 @@ SHARED_OPTIONS = {"enabled", "trigger", "max_instances", "misfire_grace_s", "coa
 def load_jobs_config(path: str | Path = DEFAULT_JOBS_FILE) -> JobsConfig:
     """Read and validate ``path`` (ConfigError naming the file and field)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_jobs_config(raw, path)
+    return parse_jobs_config(read_yaml(path), path)
 
 
 def parse_jobs_config(raw: Any, path: Path) -> JobsConfig:

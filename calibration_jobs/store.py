@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdops.runtime.durable import DurableStore
+from qkdops.status_cmd import pid_alive
 
 LEDGER_PER_JOB = 200
 LEASE_TTL_S = 900.0  # a lease older than this is broken even if its process looks alive (pid reuse)
@@ -180,12 +181,4 @@ class CalibrationStore(DurableStore):
 
 def _alive(pid: int, host: str) -> bool:
     """Whether the lease holder's process still runs (a holder on another host is assumed alive)."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host != socket.gethostname() or pid_alive(pid)

@@ -111,16 +111,20 @@ class FleetConfig:
         raise KeyError(link_id)
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG) -> FleetConfig:
-    """Read and validate ``path``; relative ``state_dir`` is relative to the config file."""
-    path = Path(path)
+def read_yaml(path: Path) -> Any:
+    """The parsed YAML of a config file, or ConfigError naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(raw, path)
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG) -> FleetConfig:
+    """Read and validate ``path``; relative ``state_dir`` is relative to the config file."""
+    path = Path(path)
+    return parse_config(read_yaml(path), path)
 
 
 def parse_config(raw: Any, path: Path) -> FleetConfig:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"running": False}) if args.json else f"qkdops is not running ({up_file} not found)")
         return 3
     recorded = json.loads(up_file.read_text())
-    if not _alive(recorded["pids"].get("qkdops", 0)):
+    if not pid_alive(recorded["pids"].get("qkdops", 0)):
         print(json.dumps({"running": False, "stale": str(up_file)}) if args.json
               else f"qkdops is not running ({up_file} is left from a process that died)")
         return 3
@@ -70,7 +70,8 @@ def probe_url(name: str, url: str) -> str:
     return urljoin(url, PROBES.get(name, ""))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (signal 0: nothing is sent)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
