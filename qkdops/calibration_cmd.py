@@ -5,7 +5,8 @@ Contract::
     qkdops scheduler [--config links.yaml] [--jobs calibration_jobs/jobs.yaml] [--api URL] [--prometheus URL]
     qkdops calibrate JOB --link LINK [--config …] [--jobs …] [--api URL] [--prometheus URL] [--json]
 
-``scheduler`` runs in the foreground until SIGINT/SIGTERM (exit 0), serving its metrics and
+``scheduler`` runs in the foreground until SIGINT/SIGTERM (exit 0) — with ``--exit-with-parent``
+also when the process that started it exits — serving its metrics and
 ``/healthz`` on ``runtime.bind``:``runtime.calibration_exporter_port``; exit 2 on a bad config, 1 if
 another scheduler holds ``<state_dir>/calibration.lock`` or the control API never answers.
 ``calibrate`` runs JOB (phase_relock, intensity_retune, polarization_realign, detector_regate,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -43,6 +45,7 @@ from qkdops.control_client import WILDCARD_BINDS, ApiResponseError, ApiUnreachab
 
 STORE_FILE = "calibration.sqlite"
 API_WAIT_S = 60.0  # the scheduler starts beside the runtime: give the control API this long to answer
+PARENT_CHECK_S = 1.0
 log = logging.getLogger("qkdops.calibration")
 
 
@@ -56,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     scheduler = sub.add_parser("scheduler", parents=[common], help="run the calibration scheduler (foreground)",
                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    scheduler.add_argument("--exit-with-parent", action="store_true",
+                           help="stop when the process that started this one exits (how `qkdops up` runs it)")
     scheduler.set_defaults(handler=_scheduler)
 
     calibrate = sub.add_parser("calibrate", parents=[common], help="run one calibration job on one link now",
@@ -175,8 +180,12 @@ def _scheduler(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    parent = os.getppid()
     try:
-        stop.wait()
+        while not stop.wait(PARENT_CHECK_S):
+            if args.exit_with_parent and os.getppid() != parent:
+                log.warning("calibration scheduler: the process that started it (pid %d) is gone; stopping", parent)
+                break
     finally:
         log.info("calibration scheduler: stopping (waiting for running jobs)")
         service.stop(wait=True)

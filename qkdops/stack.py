@@ -295,9 +295,11 @@ def http_url(bind: str, port: int) -> str:
 
 
 def scheduler_argv(config_path: Path, rt: RuntimeSettings) -> list[str]:
-    """``qkdops scheduler`` for this runtime: addresses explicit, so it never guesses them."""
+    """``qkdops scheduler`` for this runtime: addresses explicit, so it never guesses them; it exits
+    with ``qkdops up`` even when that is killed with SIGKILL (no orphan holding the state lock)."""
     return [sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(config_path),
-            "--api", http_url(rt.bind, rt.control_port), "--prometheus", http_url(rt.bind, rt.prometheus_port)]
+            "--api", http_url(rt.bind, rt.control_port), "--prometheus", http_url(rt.bind, rt.prometheus_port),
+            "--exit-with-parent"]
 
 
 def find_binary(names: tuple[str, ...]) -> str:

@@ -112,11 +112,12 @@ def test_the_scheduler_is_told_every_address_explicitly(tmp_path: Path):
     config = tmp_path / "links.yaml"
     rt = RuntimeSettings(control_port=9900, prometheus_port=9191)
     assert scheduler_argv(config, rt) == [sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(config),
-                                          "--api", "http://127.0.0.1:9900", "--prometheus", "http://127.0.0.1:9191"]
+                                          "--api", "http://127.0.0.1:9900", "--prometheus", "http://127.0.0.1:9191",
+                                          "--exit-with-parent"]
     wildcard = scheduler_argv(config, RuntimeSettings(bind="0.0.0.0"))
-    assert wildcard[-4:] == ["--api", "http://127.0.0.1:9800", "--prometheus", "http://127.0.0.1:9090"]
+    assert wildcard[-5:-1] == ["--api", "http://127.0.0.1:9800", "--prometheus", "http://127.0.0.1:9090"]
     v6 = scheduler_argv(config, RuntimeSettings(bind="::1"))
-    assert v6[-4:] == ["--api", "http://[::1]:9800", "--prometheus", "http://[::1]:9090"]
+    assert v6[-5:-1] == ["--api", "http://[::1]:9800", "--prometheus", "http://[::1]:9090"]
 
 
 # ---- supervision ----------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Slow (a minute or two) but run in CI: this is what an ops team sees after the RE
 from __future__ import annotations
 
 import functools
+import contextlib
 import json
+import signal
 import os
 import shutil
 import sqlite3
@@ -133,6 +135,26 @@ def test_up_supervises_the_calibration_scheduler_and_stops_it_on_shutdown(tmp_pa
     assert not _alive(pid)  # stopped with the stack, not left behind
     log = (stack.state_dir / f"{SCHEDULER}.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
+
+
+@needs_servers
+def test_a_scheduler_does_not_outlive_a_killed_up(tmp_path: Path):
+    """kill -9 of `qkdops up` alone: its scheduler stops by itself, so the next `up` finds the state lock free."""
+    needs_scheduler()
+    stack = RunningStack(e2e_profile(tmp_path))
+    try:
+        stack.wait_up(90)
+        pid = json.loads((stack.state_dir / "up.json").read_text())["pids"][SCHEDULER]
+        os.kill(stack.process.pid, signal.SIGKILL)
+        stack.process.wait(10)
+        wait_for(lambda: not _alive(pid), 15, "the orphaned scheduler to stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stack.process.pid, signal.SIGKILL)  # whatever is left of the group
+        stack.process.wait(10)
+        stack.log.close()
+    log = (stack.state_dir / f"{SCHEDULER}.log").read_text(errors="replace")
+    assert "is gone; stopping" in log and "Traceback" not in log, log[-3000:]
 
 
 @needs_servers
