@@ -28,13 +28,14 @@ from typing import Any
 from calibration_jobs.checks import CHECKS, STALE_BLOCKS_UNTIL, Check, Decision
 from calibration_jobs.config import JobsConfig, JobSettings
 from calibration_jobs.decoy import estimate_window, recommend
-from calibration_jobs.signals import LinkSignals, SignalReader, SignalsUnavailable
+from calibration_jobs.signals import STATUS, LinkSignals, SignalReader, SignalsUnavailable, averaged, from_status
 from calibration_jobs.store import CalibrationStore, JobState, RunBusy
 from qkdops.control_client import ApiResponseError, ApiUnreachable, ControlClient
 
 log = logging.getLogger("qkdops.calibration")
 OUTCOMES = ("healthy", "corrected", "failed", "error", "held")
 POLL_S = 0.05           # while waiting for a frame / block measured after the action
+SAMPLED_FRAMES = 3      # monitor readings are judged on the mean of this many frames
 VERIFY_PERIODS = 2.5    # verification waits at most this many blocks (frames) (+ VERIFY_SLACK_S)
 VERIFY_SLACK_S = 5.0
 DECOY_JOB = "decoy_estimation"
@@ -121,6 +122,14 @@ class JobRunner:
         before = self.signals.read(report.link, report.protocol, not_before=state.last_action_at)
         report.signals, report.notes = before.describe(), list(before.notes)
         decision = check.assess(before, settings, state.memory)
+        if decision.act and decision.verify_on == "frame" and before.source == STATUS:
+            # One noisy monitor reading is not evidence: confirm on the mean of the next frames
+            # (Prometheus readings are already averaged over the window).
+            now_status = self.api.status(report.link)
+            before = averaged([before, *self._frame_readings(report.link, int(now_status["frames"]) + 1, SAMPLED_FRAMES - 1,
+                                                             float(now_status["frame_seconds"]), self.clock())])
+            report.signals = before.describe()
+            decision = check.assess(before, settings, state.memory)
         report.decision = ("act: " if decision.act else "no action: ") + decision.reason
         if not decision.act:
             report.outcome, report.reason = "healthy", decision.reason
@@ -153,25 +162,40 @@ class JobRunner:
 
     def _verification_signals(self, link: str, decision: Decision, status_before: Mapping[str, Any],
                               acted_at: float) -> LinkSignals:
-        """Read-outs of the link after the action: at once for device state, after the first frame
-        measured entirely after it for a monitor reading (actions run between frames), after the
-        first such block for a block statistic. ValueError if that takes too long."""
+        """Read-outs of the link after the action: at once for device state; for a monitor reading,
+        the mean over the first ``SAMPLED_FRAMES`` frames measured entirely after it (actions run
+        between frames); for a block statistic, after the first such block. ValueError if that
+        takes too long."""
         if decision.verify_on == "now":
             return self.signals.status(link)
-        block = decision.verify_on == "block"
-        frames = int(status_before["frames"]) + 1
+        if decision.verify_on == "frame":
+            return averaged(self._frame_readings(link, int(status_before["frames"]) + 1, SAMPLED_FRAMES,
+                                                 float(status_before["frame_seconds"]), acted_at))
         first_clean = int(status_before["next_block"]) + 1
-        seconds = float(status_before["block_seconds"] if block else status_before["frame_seconds"])
-        deadline = acted_at + VERIFY_PERIODS * seconds + VERIFY_SLACK_S
+        deadline = acted_at + VERIFY_PERIODS * float(status_before["block_seconds"]) + VERIFY_SLACK_S
         while True:
             status = self.api.status(link)
-            last = status.get("last_block") or {}
-            if status["frames"] >= frames and (not block or (last.get("index") or -1) >= first_clean):
+            if ((status.get("last_block") or {}).get("index") or -1) >= first_clean:
                 return self.signals.status(link)
             if self.clock() >= deadline:
-                raise ValueError(f"no {decision.verify_on} measured after the action within "
-                                 f"{deadline - acted_at:.0f} s: cannot verify")
+                raise ValueError(f"no block measured after the action within {deadline - acted_at:.0f} s: cannot verify")
             self.sleep(POLL_S)
+
+    def _frame_readings(self, link: str, first_frame: int, count: int, frame_seconds: float, since: float) -> list[LinkSignals]:
+        """The link's read-outs as each of frames ``first_frame`` … ``first_frame + count − 1`` ends."""
+        deadline = since + VERIFY_PERIODS * count * frame_seconds + VERIFY_SLACK_S
+        readings: list[LinkSignals] = []
+        wanted = first_frame
+        while len(readings) < count:
+            status = self.api.status(link)
+            if status["frames"] >= wanted:
+                readings.append(from_status(status, self.clock()))
+                wanted = status["frames"] + 1
+                continue
+            if self.clock() >= deadline:
+                raise ValueError(f"only {len(readings)} of {count} frames measured within {deadline - since:.0f} s: cannot verify")
+            self.sleep(POLL_S)
+        return readings
 
     # ---- decoy estimation -----------------------------------------------------------------------
     def _estimate(self, settings: JobSettings, state: JobState, report: RunReport) -> None:

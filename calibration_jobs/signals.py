@@ -37,6 +37,9 @@ METRICS = (
     "qkd_polarization_drift_radians", "qkd_interference_visibility_ratio", "qkd_detection_rate_hertz",
     "qkd_block_qber_ratio", "qkd_last_block_timestamp_seconds", "qkd_qber_threshold_ratio",
 )
+# Noisy per-frame readings: averaged over the samples since the job's last action (state read-outs
+# and block statistics are taken as last seen).
+AVERAGED = ("qkd_mean_photon_number_measured", "qkd_detection_rate_hertz")
 # Series every link has (the others depend on protocol or on a first block having finished).
 REQUIRED = ("qkd_dark_count_rate_hertz", "qkd_dark_count_rate_nominal_hertz", "qkd_detector_live_time_ratio",
             "qkd_polarization_drift_radians", "qkd_interference_visibility_ratio", "qkd_mean_photon_number_measured")
@@ -103,7 +106,8 @@ def from_status(status: Mapping[str, Any], now: float) -> LinkSignals:
 
 
 def from_prometheus(link: str, protocol: str, samples: Mapping[str, list[tuple[Mapping[str, str], float, float]]]) -> LinkSignals:
-    """Signals from the last samples per series: metric → [(labels, value, timestamp)]."""
+    """Signals from one sample per series: metric → [(labels, value, timestamp)] (the last sample;
+    for sampled readings, the mean of the window's samples)."""
     def one(name: str) -> float | None:
         rows = samples.get(name)
         return rows[0][1] if rows else None
@@ -156,16 +160,16 @@ class PrometheusQuery:
             raise ValueError(f"Prometheus at {self.url}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
-    def last_samples(self, selector: str, window_s: float) -> dict[str, list[tuple[dict[str, str], float, float]]]:
-        """Last raw sample (value, scrape timestamp) of each series matching ``selector`` within ``window_s``."""
+    def raw_samples(self, selector: str, window_s: float) -> dict[str, list[tuple[dict[str, str], list[tuple[float, float]]]]]:
+        """Raw samples [(scrape timestamp, value)] of each series matching ``selector`` within ``window_s``."""
         data = self.query(f"{selector}[{max(1, math.ceil(window_s))}s]")
-        out: dict[str, list[tuple[dict[str, str], float, float]]] = {}
+        out: dict[str, list[tuple[dict[str, str], list[tuple[float, float]]]]] = {}
         for series in data.get("result", []):
             labels = dict(series["metric"])
             name = labels.pop("__name__", "")
-            if series.get("values"):
-                ts, value = series["values"][-1]
-                out.setdefault(name, []).append((labels, float(value), float(ts)))
+            points = [(float(ts), float(value)) for ts, value in series.get("values", [])]
+            if points:
+                out.setdefault(name, []).append((labels, points))
         return out
 
 
@@ -202,13 +206,31 @@ class SignalReader:
         assert self.prometheus is not None
         names = "|".join(METRICS)
         selector = f'{{__name__=~"{names}",link="{_escape(link)}"}}'
-        samples = self.prometheus.last_samples(selector, self.max_age_s)
+        samples = self.prometheus.raw_samples(selector, self.max_age_s)
         oldest_allowed = max(self.clock() - self.max_age_s, not_before or 0.0)
-        fresh = {name: [row for row in rows if row[2] >= oldest_allowed] for name, rows in samples.items()}
-        fresh = {name: rows for name, rows in fresh.items() if rows}
+        fresh: dict[str, list[tuple[Mapping[str, str], float, float]]] = {}
+        for name, series in samples.items():
+            for labels, points in series:
+                points = [p for p in points if p[0] >= oldest_allowed]
+                if not points:
+                    continue
+                # A sampled reading (monitor noise) is averaged over the window; a state, the latest.
+                value = sum(v for _, v in points) / len(points) if name in AVERAGED else points[-1][1]
+                fresh.setdefault(name, []).append((labels, value, points[-1][0]))
         if any(name not in fresh for name in REQUIRED):
             return None
         return from_prometheus(link, protocol, fresh)
+
+
+def averaged(readings: list[LinkSignals]) -> LinkSignals:
+    """The last of ``readings`` with its sampled readings (``AVERAGED``) replaced by their means."""
+    last = readings[-1]
+    levels = set.intersection(*(set(r.intensity_measured) for r in readings))
+    return LinkSignals(**{
+        **last.__dict__,
+        "intensity_measured": {k: sum(r.intensity_measured[k] for r in readings) / len(readings) for k in sorted(levels)},
+        "detection_rate_hz": sum(r.detection_rate_hz for r in readings) / len(readings),
+        "notes": (*last.notes, f"sampled readings averaged over {len(readings)} frames")})
 
 
 def _with_notes(signals: LinkSignals, notes: list[str]) -> LinkSignals:

@@ -412,14 +412,35 @@ def test_a_bug_in_a_check_is_an_error_outcome_and_the_runner_survives(rig: Rig, 
     assert rig.run("polarization_realign").outcome == "healthy"  # lease released, the job runs again
 
 
-def test_verification_waits_for_a_frame_measured_after_the_action(rig: Rig) -> None:
+def test_monitor_readings_are_confirmed_and_verified_on_means_of_frames(rig: Rig) -> None:
     levels = rig.api.telemetry(BB84)["mean_photon_number_measured"]
     levels["nu"] = 0.11
     rig.api.effects["retune_intensities"] = lambda status: status["telemetry"]["mean_photon_number_measured"].update(nu=0.1)
     report = rig.run("intensity_retune", BB84)
     assert report.outcome == "corrected", report.reason
-    assert rig.clock.now - T0 == pytest.approx(1.0, abs=0.06)  # polled until the next frame (1 s)
+    # the reading at T0 confirmed by the frames ending at T0 + 1 and + 2, then acted; verified on the
+    # three frames measured entirely after the action (ending T0 + 3, + 4, + 5)
+    assert rig.clock.now - T0 == pytest.approx(5.0, abs=0.06)
+    assert "sampled readings averaged over 3 frames" in report.verification["signals"]["notes"]
     assert report.duration_s == pytest.approx(rig.clock.now - T0)
+
+
+def test_one_noisy_monitor_reading_is_not_acted_on(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single reading 3 % high whose next frames read true averages to 1 %: no action."""
+    levels = rig.api.telemetry(BB84)["mean_photon_number_measured"]
+    levels["nu"] = 0.103
+    real_status = rig.api.status
+
+    def status(link: str) -> dict[str, Any]:
+        answer = real_status(link)
+        levels["nu"] = 0.1  # every frame after the first reads true
+        return answer
+
+    monkeypatch.setattr(rig.api, "status", status)
+    report = rig.run("intensity_retune", BB84)
+    assert report.outcome == "healthy" and not rig.api.actions, report.reason
+    assert report.signals["intensity_measured"]["decoy"] == pytest.approx(0.101)
+    assert "sampled readings averaged over 3 frames" in report.signals["notes"]
 
 
 def test_a_qber_fix_is_judged_on_the_first_block_measured_entirely_after_the_action(rig: Rig) -> None:
@@ -442,16 +463,16 @@ def test_a_qber_that_realignment_does_not_move_fails_as_not_polarization(rig: Ri
 
 
 def test_a_verification_that_never_gets_its_frame_times_out_as_an_error(rig: Rig) -> None:
-    rig.api.stalled = True  # the runtime stopped measuring frames
+    rig.api.effects["retune_intensities"] = lambda status: setattr(rig.api, "stalled", True)  # frames stop
     rig.api.telemetry(BB84)["mean_photon_number_measured"]["nu"] = 0.11
     report = rig.run("intensity_retune", BB84)
     assert report.outcome == "error" and report.action["name"] == "retune_intensities"
-    assert report.reason == "ValueError: no frame measured after the action within 8 s: cannot verify"
-    assert rig.clock.now - T0 == pytest.approx(7.5, abs=0.06)  # 2.5 frames + 5 s slack, polled
+    assert report.reason == "ValueError: only 0 of 3 frames measured within 12 s: cannot verify"
+    assert rig.clock.now - T0 == pytest.approx(2.0 + 12.5, abs=0.15)  # acted at T0 + 2 (polled); 2.5 x 3 frames + 5 s slack
 
 
 def test_actions_stay_bounded_when_their_verification_never_completes(rig: Rig) -> None:
-    rig.api.stalled = True
+    rig.api.effects["retune_intensities"] = lambda status: setattr(rig.api, "stalled", True)
     rig.api.telemetry(BB84)["mean_photon_number_measured"]["nu"] = 0.11
     for _ in range(8):
         rig.run("intensity_retune", BB84)
