@@ -185,6 +185,29 @@ def test_calibration_actions(api: Api, fleet: Fleet, action: str) -> None:
     assert_still_producing_key(fleet)
 
 
+def test_blocks_endpoint_serves_the_archived_counts_for_window_estimation(api: Api, fleet: Fleet) -> None:
+    fleet.run_frames(3)
+    reply = api.call("GET", "/api/v1/links/metro-a/blocks?last=2")
+    assert reply.status == 200, reply.text
+    body = reply.json
+    archived = list(fleet.archive.blocks("metro-a"))[-2:]
+    assert [b["index"] for b in body["blocks"]] == [b.index for b in archived]
+    first = body["blocks"][0]
+    assert {(c["intensity"], c["basis"]): (c["sent"], c["detected"], c["errors"]) for c in first["counts"]} == \
+        {k: tuple(v) for k, v in archived[0].counts.items()}
+    assert set(first) == {"index", "start_timestamp", "end_timestamp", "pulses", "classical_channel_up", "counts"}, \
+        "counts only: no single-photon truth, no key"
+    assert body["protocol"] == "bb84-decoy" and body["nominal"]["epsilon_sec"] > 0
+    assert len(api.call("GET", "/api/v1/links/metro-a/blocks").json["blocks"]) == 3  # default last=10, 3 archived
+
+
+@pytest.mark.parametrize("query, field", [("last=0", "last"), ("last=abc", "last"), ("last=1001", "last"),
+                                          ("last=1&last=2", "last"), ("first=1", "first")])
+def test_blocks_endpoint_rejects_bad_queries_naming_the_parameter(api: Api, query: str, field: str) -> None:
+    error = assert_error(api.call("GET", f"/api/v1/links/metro-a/blocks?{query}"), 400, "invalid_request")
+    assert error["field"] == field
+
+
 def test_realignment_through_the_api_fixes_polarization_drift(api: Api, fleet: Fleet) -> None:
     api.call("POST", "/api/v1/links/metro-a/faults", {"fault": "polarization_drift", "parameters": {"rate_rad_per_s": 0.01}})
     fleet.run_frames(3)
