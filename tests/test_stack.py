@@ -269,7 +269,8 @@ def test_up_starts_the_scheduler_last_restarts_it_and_stops_it_first(tmp_path: P
         assert recorded["endpoints"][SCHEDULER] == f"http://{rt.bind}:{rt.calibration_exporter_port}/metrics"
         assert recorded["disabled"] == {}
         assert argv_seen == [[sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(config.source.resolve()),
-                              "--api", f"http://127.0.0.1:{rt.control_port}", "--prometheus", f"http://127.0.0.1:{rt.prometheus_port}"]]
+                              "--api", f"http://127.0.0.1:{rt.control_port}", "--prometheus", f"http://127.0.0.1:{rt.prometheus_port}",
+                              "--exit-with-parent"]]
         wait_for(lambda: _target_health(rt, CALIBRATION_JOB) == "up", 30, "Prometheus to scrape qkd-calibration")
         # killed: restarted, up.json follows, key production never stopped
         first = recorded["pids"][SCHEDULER]
