@@ -9,7 +9,6 @@ tests/test_exporters.py.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import urllib.request
@@ -18,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from calibration_jobs.metrics import CalibrationCollector
 from calibration_jobs.store import CalibrationStore
 from exporters.catalogue import CALIBRATION, CATALOGUE
 from exporters.server import render, serve
+from tests.exposition_checks import assert_equals_catalogue, families
 
 NOW = 1.75e9
 LINKS = {"tf-a": "tf", "bb84-a": "bb84-decoy"}
@@ -85,11 +84,6 @@ def exposition(store_path: Path) -> Iterator[str]:
     store.close()
 
 
-def families(text: str) -> dict[str, tuple[str, list]]:
-    """Exposed name (counters with _total, as Prometheus stores them) → (type, samples)."""
-    return {f.name + "_total" if f.type == "counter" else f.name: (f.type, f.samples) for f in text_string_to_metric_families(text)}
-
-
 def series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """(sample name, sorted labels) → value for every sample."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for _, samples in families(text).values() for s in samples}
@@ -97,16 +91,7 @@ def series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_exposition_equals_the_catalogue(exposition: str) -> None:
     """Names, types and label names exposed == the catalogue's calibration section, both ways; HELP from it."""
-    exposed = families(exposition)
-    specs = {m.name: m for m in CATALOGUE.for_exporter(CALIBRATION)}
-    assert set(exposed) == set(specs)
-    for name, (kind, samples) in exposed.items():
-        assert kind == specs[name].type, name
-        assert samples, f"{name} has no sample"
-        for s in samples:
-            assert set(s.labels) - {"le"} == set(specs[name].labels), (name, s.labels)
-    helps = dict(re.findall(r"^# HELP (\S+) (.*)$", exposition, flags=re.M))
-    assert helps == {name: spec.help for name, spec in specs.items()}
+    assert_equals_catalogue(exposition, CALIBRATION)
 
 
 def test_values_are_the_stores(exposition: str) -> None:

@@ -28,6 +28,7 @@ from qkdlink.emulator.devices import intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import FINITE
 from qkdops.runtime.state import BLOCK_REASONS, CALIBRATION_ACTIONS, HANDOFF_OUTCOMES, STAGES, LinkObjectives, LinkSnapshot, LinkState
+from tests.exposition_checks import assert_equals_catalogue, families
 
 SITES = {"bb84-decoy": {"alice": "metro-a", "bob": "metro-b"},
          "mdi": {"alice": "site-a", "bob": "site-b", "charlie": "relay-c"},
@@ -114,14 +115,6 @@ def exposition(exporter: str, snapshots: Callable[[], list[LinkSnapshot]]) -> st
     return render(COLLECTORS[exporter](snapshots)).decode()
 
 
-def families(text: str) -> dict[str, tuple[str, list]]:
-    """Exposed name (counters with _total, as Prometheus stores them) → (type, samples)."""
-    out = {}
-    for f in text_string_to_metric_families(text):
-        out[f.name + "_total" if f.type == "counter" else f.name] = (f.type, f.samples)
-    return out
-
-
 def series(text: str) -> Iterator[tuple[str, str, dict[str, str], float]]:
     """(exposed metric name, type, labels without le, value) for every sample."""
     for name, (kind, samples) in families(text).items():
@@ -165,17 +158,7 @@ def test_catalogue_rejects_malformed_entries() -> None:
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_exposition_equals_catalogue(fleet: list[FedLink], exporter: str) -> None:
     """(a) Names, types and label names exposed == the catalogue, in both directions; HELP from it."""
-    text = exposition(exporter, snapshots_of(fleet))
-    exposed = families(text)
-    specs = {m.name: m for m in CATALOGUE.for_exporter(exporter)}
-    assert set(exposed) == set(specs)
-    for name, (kind, samples) in exposed.items():
-        assert kind == specs[name].type, name
-        assert samples, f"{name} has no sample"
-        for s in samples:
-            assert set(s.labels) - {"le"} == set(specs[name].labels), (name, s.labels)
-    helps = dict(re.findall(r"^# HELP (\S+) (.*)$", text, flags=re.M))
-    assert helps == {name: spec.help for name, spec in specs.items()}
+    assert_equals_catalogue(exposition(exporter, snapshots_of(fleet)), exporter)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
