@@ -27,13 +27,18 @@ def _up(config: Path, *args: str, env: dict | None = None) -> subprocess.Complet
                           capture_output=True, text=True, timeout=60, env=env)
 
 
-def test_a_taken_port_is_named_and_nothing_starts(tmp_path: Path):
-    config = e2e_profile(tmp_path)
-    port = yaml.safe_load(config.read_text())["runtime"]["device_exporter_port"]
+def _up_with_port_taken(config: Path, port_key: str, *args: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """`qkdops up` while something else listens on the config's ``port_key``; (that port, the result)."""
+    port = yaml.safe_load(config.read_text())["runtime"][port_key]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        result = _up(config, "--no-prometheus")
+        return port, _up(config, *args)
+
+
+def test_a_taken_port_is_named_and_nothing_starts(tmp_path: Path):
+    config = e2e_profile(tmp_path)
+    port, result = _up_with_port_taken(config, "device_exporter_port", "--no-prometheus")
     assert result.returncode == 1
     assert f"device exporter cannot listen on 127.0.0.1:{port}" in result.stderr
     assert not (tmp_path / "state" / "up.json").exists()
@@ -142,11 +147,7 @@ def test_up_takes_no_calibration_and_names_the_flag_in_its_help():
 def test_a_scheduler_that_cannot_start_is_named_and_nothing_keeps_running(tmp_path: Path):
     """The scheduler fails at start-up (here its metrics port is taken): `qkdops up` says so and stops."""
     config = e2e_profile(tmp_path)
-    port = yaml.safe_load(config.read_text())["runtime"]["calibration_exporter_port"]
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", port))
-        taken.listen()
-        result = _up(config)
+    port, result = _up_with_port_taken(config, "calibration_exporter_port")
     assert result.returncode == 1
     assert f"qkdops up: error: {SCHEDULER}" in result.stderr and "--no-calibration" in result.stderr, result.stderr
     assert not (tmp_path / "state" / "up.json").exists()
