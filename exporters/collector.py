@@ -29,7 +29,11 @@ class SnapshotCollector(Collector):
         families = Families(self.exporter)
         for snapshot in self._snapshots():
             self.add_link(families, snapshot)
+        self.add_fleet(families)
         return list(families)
+
+    def add_fleet(self, families: Families) -> None:
+        """Series that belong to no single link (none by default)."""
 
     @staticmethod
     def add_link(families: Families, snapshot: LinkSnapshot) -> None:

@@ -1,17 +1,23 @@
-"""The post-processing exporter: sifting, finite-key estimation, key output, block outcomes, key store.
+"""The post-processing exporter: sifting, finite-key estimation, key output, block outcomes, key delivery.
 
 A prometheus_client custom collector over fresh ``LinkSnapshot``s at every scrape. Secret key rate
 and QBER are published as counters (``qkd_secret_key_bits_total``, ``qkd_sifted_bits_total`` and
 ``qkd_sifted_bit_errors_total`` by basis — names other tools depend on) so Prometheus computes rates
 and ratios over any window; the last block's bounds and QBER are gauges for the debug view.
+Key delivery: hand-off attempts by outcome and their provisioning latency, the link's hand-off
+backlog, what each end's KME holds and has served per SAE (per link), and the KMEs' ETSI 014
+requests by site, call and status code (``kme_stats``, not per link).
 Only counts, bounds, timestamps and latencies are read: the snapshot holds no key material.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from exporters.collector import SnapshotCollector
 from exporters.catalogue import POSTPROCESSING, Families
-from qkdops.runtime.state import BLOCK_REASONS, HANDOFF_OUTCOMES, STAGES, LinkSnapshot
+from qkdops.kme.stats import KMEStatsSnapshot
+from qkdops.runtime.state import BLOCK_REASONS, HANDOFF_OUTCOMES, KME_CALLS, STAGES, LinkSnapshot
 
 SUCCESS_REASON = "none"  # LinkState's reason for a block that produced key
 
@@ -20,6 +26,22 @@ class PostProcessingCollector(SnapshotCollector):
     """Post-processing results of every link ``snapshots()`` returns."""
 
     exporter = POSTPROCESSING
+
+    def __init__(self, snapshots: Callable[[], Sequence[LinkSnapshot]],
+                 kme_stats: Callable[[], KMEStatsSnapshot] | None = None) -> None:
+        super().__init__(snapshots)
+        self._kme_stats = kme_stats
+
+    def add_fleet(self, families: Families) -> None:
+        """The KMEs' requests, per site (a request is not always about one link)."""
+        if self._kme_stats is None:
+            return
+        stats = self._kme_stats()
+        for (site, call, code), n in sorted(stats.requests_total.items()):
+            if Families.known("code", code, site):
+                families.add("qkd_kme_requests_total", (site, call, code), n)
+        for (site, call), histogram in sorted(stats.request_seconds.items()):
+            families.add_histogram("qkd_kme_request_duration_seconds", (site, call), histogram)
 
     @staticmethod
     def add_link(families: Families, snapshot: LinkSnapshot) -> None:
@@ -47,11 +69,17 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
     for stage in STAGES:
         if stage in s.stage_seconds:
             f.add_histogram("qkd_postprocessing_stage_duration_seconds", (*base, stage), s.stage_seconds[stage])
-    f.add("qkd_key_store_bytes", base, s.key_store_bits / 8.0)
-    f.add("qkd_key_store_capacity_bytes", base, s.key_store_capacity_bits / 8.0)
+    f.add("qkd_key_handoff_backlog_bytes", base, s.handoff_backlog_bits / 8.0)
+    f.add("qkd_key_handoff_buffer_capacity_bytes", base, s.handoff_buffer_capacity_bits / 8.0)
     for outcome in HANDOFF_OUTCOMES:
         f.add("qkd_key_handoffs_total", (*base, outcome), s.handoffs_total.get(outcome, 0.0))
     f.add_histogram("qkd_key_handoff_duration_seconds", base, s.handoff_seconds)
+    for site, keys in s.key_store_keys.items():
+        f.add("qkd_key_store_keys", (*base, site), keys)
+        f.add("qkd_key_store_capacity_keys", (*base, site), s.key_store_capacity_keys)
+    for (sae, call), keys in sorted(s.keys_served_total.items()):
+        if call in KME_CALLS:
+            f.add("qkd_kme_keys_served_total", (*base, sae, call), keys)
     if s.objectives is not None:
         f.add("qkd_block_duration_seconds", base, s.objectives.block_seconds)
         f.add("qkd_key_rate_target_bytes_per_second", base, s.objectives.key_rate_target_bps / 8.0)

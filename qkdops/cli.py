@@ -14,6 +14,7 @@ from qkdops import emulate_cmd, fault_cmd, keyrate_cmd, replay_cmd, status_cmd, 
 from qkdops import slo_cmd
 from qkdops import dashboards_cmd
 from qkdops import calibration_cmd
+from qkdops import keys_cmd
 
 
 class UsageError(Exception):
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     slo_cmd.register(sub)
     dashboards_cmd.register(sub)
     calibration_cmd.register(sub)
+    keys_cmd.register(sub)
     return parser
 
 

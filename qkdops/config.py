@@ -23,6 +23,7 @@ from qkdlink.protocols.base import ParameterError
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "links.yaml"
 LINK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 TRACING = ("none", "console", "otlp")
+SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # also a certificate common name and a file name
 
 # Detector families (physics.md, "Device ranges"): defaults a link's `detector:` section starts from.
 DETECTOR_TYPES: Mapping[str, Mapping[str, float]] = {
@@ -99,10 +100,47 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class KMESpec:
+    """The key management entity of one site: where it listens and the SAEs (applications) it serves."""
+
+    site: str
+    port: int
+    saes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeyDelivery:
+    """``key_delivery:``: the sites' ETSI GS QKD 014 KMEs and their key stores (``qkdops/kme``).
+
+    ``max_key_count`` bounds each end's store per link, counted in keys of ``key_size_bits`` (the
+    ETSI Status object's ``max_key_count``); ``handoff_timeout_s`` is how long post-processing waits
+    for a KME to take a block's key before counting the attempt ``kme_timeout``.
+    """
+
+    kmes: tuple[KMESpec, ...] = ()
+    key_size_bits: int = 256
+    min_key_size_bits: int = 64
+    max_key_size_bits: int = 8192
+    max_key_per_request: int = 1024
+    max_key_count: int = 100_000_000
+    handoff_timeout_s: float = 5.0
+
+    def kme(self, site: str) -> KMESpec | None:
+        return next((k for k in self.kmes if k.site == site), None)
+
+    def site_of(self, sae: str) -> str | None:
+        return next((k.site for k in self.kmes if sae in k.saes), None)
+
+
+KME_PORT_BASE = 9830  # KMEs not listed in key_delivery.kmes: site i (first appearance in links) on 9830 + i
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     links: tuple[LinkSpec, ...]
     runtime: RuntimeSettings
     source: Path = field(default=DEFAULT_CONFIG)
+    key_delivery: KeyDelivery = field(default_factory=KeyDelivery)
 
     def link(self, link_id: str) -> LinkSpec:
         for spec in self.links:
@@ -129,7 +167,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> FleetConfig:
 
 def parse_config(raw: Any, path: Path) -> FleetConfig:
     reader = ConfigReader(path)
-    top = reader.mapping(raw, "", {"runtime", "links"})
+    top = reader.mapping(raw, "", {"runtime", "links", "key_delivery"})
     runtime = _runtime(reader, top.get("runtime", {}), path)
     links_raw = top.get("links")
     if not isinstance(links_raw, list) or not links_raw:
@@ -144,7 +182,68 @@ def parse_config(raw: Any, path: Path) -> FleetConfig:
              runtime.prometheus_port, runtime.alertmanager_port, runtime.pager_sink_port, runtime.calibration_exporter_port]
     if len(set(ports)) != len(ports):
         reader.fail("runtime", "distinct control, exporter, Prometheus, Alertmanager, pager sink and calibration ports", ports)
-    return FleetConfig(links, runtime, path)
+    delivery = _key_delivery(reader, top.get("key_delivery", {}), links)
+    taken = [k.port for k in delivery.kmes if k.port and k.port in ports]
+    if taken:
+        reader.fail("key_delivery.kmes", "KME ports distinct from the runtime's ports", taken)
+    return FleetConfig(links, runtime, path, delivery)
+
+
+DELIVERY_INTEGERS = {"key_size_bits": (8, 2 ** 16), "min_key_size_bits": (8, 2 ** 16), "max_key_size_bits": (8, 2 ** 16),
+                     "max_key_per_request": (1, 100_000), "max_key_count": (1, 2 ** 50)}
+
+
+def _key_delivery(reader: ConfigReader, raw: Any, links: tuple[LinkSpec, ...]) -> KeyDelivery:
+    """Every site at an end of a link gets a KME: listed ones as given, the others on
+    ``KME_PORT_BASE + i`` with one SAE ``sae-<site>``; sizes are whole bytes."""
+    data = reader.mapping(raw, "key_delivery", {*DELIVERY_INTEGERS, "handoff_timeout_s", "kmes"})
+    values: dict[str, Any] = {}
+    for name, (low, high) in DELIVERY_INTEGERS.items():
+        if name in data:
+            values[name] = reader.integer(data[name], f"key_delivery.{name}", low, high)
+            if name.endswith("size_bits") and values[name] % 8:
+                reader.fail(f"key_delivery.{name}", "a multiple of 8 bits (keys are whole bytes)", data[name])
+    if "handoff_timeout_s" in data:
+        values["handoff_timeout_s"] = reader.number(data["handoff_timeout_s"], "key_delivery.handoff_timeout_s", 0.01, 600.0)
+    delivery = dataclasses.replace(KeyDelivery(), **values)
+    if not delivery.min_key_size_bits <= delivery.key_size_bits <= delivery.max_key_size_bits:
+        reader.fail("key_delivery.key_size_bits", f"a size within [min_key_size_bits, max_key_size_bits] = "
+                    f"[{delivery.min_key_size_bits}, {delivery.max_key_size_bits}]", delivery.key_size_bits)
+    listed: dict[str, KMESpec] = {}
+    saes: dict[str, str] = {}
+    kmes_raw = data.get("kmes", [])
+    if not isinstance(kmes_raw, list):
+        reader.fail("key_delivery.kmes", "a list of {site, port, saes}", kmes_raw)
+    for i, item in enumerate(kmes_raw):
+        where = f"key_delivery.kmes[{i}]"
+        entry = reader.mapping(item, where, {"site", "port", "saes"})
+        site = reader.string(entry.get("site"), f"{where}.site")
+        if site in listed:
+            reader.fail(f"{where}.site", "one KME per site", site)
+        port = reader.integer(entry.get("port"), f"{where}.port", 0, 65535)
+        names = entry.get("saes")
+        if not isinstance(names, list) or not names:
+            reader.fail(f"{where}.saes", "a non-empty list of SAE ids", names)
+        for j, sae in enumerate(names):
+            if not isinstance(sae, str) or not SAE_ID.match(sae):
+                reader.fail(f"{where}.saes[{j}]", "an SAE id of letters, digits, '.', '-' or '_' (at most 63)", sae)
+            if sae in saes:
+                reader.fail(f"{where}.saes[{j}]", f"an SAE id not already served by site {saes[sae]}", sae)
+            saes[sae] = site
+        listed[site] = KMESpec(site, port, tuple(names))
+    ends = list(dict.fromkeys(s for spec in links for s in (spec.sites.alice, spec.sites.bob)))
+    kmes = list(listed.values())
+    for i, site in enumerate(ends):
+        if site in listed:
+            continue
+        sae = f"sae-{site}"
+        if not SAE_ID.match(sae) or sae in saes:
+            reader.fail("key_delivery.kmes", f"a KME listed for site {site!r} (its default SAE id {sae!r} is unusable)", None)
+        kmes.append(KMESpec(site, KME_PORT_BASE + i, (sae,)))
+    ports = [k.port for k in kmes if k.port]
+    if len(set(ports)) != len(ports):
+        reader.fail("key_delivery.kmes", "a distinct port per KME", ports)
+    return dataclasses.replace(delivery, kmes=tuple(kmes))
 
 
 def _runtime(reader: ConfigReader, raw: Any, path: Path) -> RuntimeSettings:

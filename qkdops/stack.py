@@ -288,10 +288,10 @@ def write_container_config(source: str | Path, target: str | Path) -> None:
     Path(target).write_text(container_config(Path(source)), encoding="utf-8")
 
 
-def http_url(bind: str, port: int) -> str:
+def http_url(bind: str, port: int, scheme: str = "http") -> str:
     """Where a client connects to a server bound at ``bind`` (a wildcard bind accepts on loopback)."""
     host = WILDCARD_BINDS.get(bind, bind)
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def scheduler_argv(config_path: Path, rt: RuntimeSettings) -> list[str]:

@@ -2,7 +2,8 @@
 
 Reads ``<state_dir>/up.json`` written by ``qkdops up``, probes every endpoint (control API, pager
 sink and calibration scheduler ``/healthz``, exporters ``/metrics``, Prometheus and Alertmanager
-``/-/ready``) and, when the control API answers, prints each link's last block. Parts left out on purpose
+``/-/ready``, the KMEs' HTTPS listeners) and, when the control API answers, prints each link's last
+block and how much key waits for hand-off and sits in its two KME stores. Parts left out on purpose
 (``qkdops up --no-calibration``) are listed as ``off`` with the option and do not count as down. Exit 0
 when everything started answers, 1 when something does not (a scheduler waiting to be restarted
 included), 3 when the stack is not running.
@@ -13,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import urllib.request
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.stack import SCHEDULER
@@ -62,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"link {link['link']:<18} {link['protocol']:<11} next block {link['next_block']:<6} "
                   f"last: {last.get('reason', '-')}, {last.get('secret_key_bits', 0)} key bits, "
                   f"faults: {', '.join(f['name'] for f in link['active_faults']) or 'none'}")
+            delivery = link.get("key_delivery") or {}
+            stores = ", ".join(f"{site} {level['available_bytes'] + level['pending_bytes']} B"
+                               for site, level in (delivery.get("stores") or {}).items())
+            print(f"  {'':<18} key to hand off {delivery.get('buffered_bits', 0) // 8} B; KME stores: {stores or '-'}")
     return 0 if all(rows.values()) else 1
 
 
@@ -82,7 +88,13 @@ def pid_alive(pid: int) -> bool:
 
 
 def _probe(url: str) -> bool:
+    """HTTP endpoints answer 200; a KME (HTTPS, client certificate required) is up when it accepts a
+    connection — this command holds no SAE certificate, and needs none to see a listener."""
     try:
+        if url.startswith("https://"):
+            parts = urlsplit(url)
+            with socket.create_connection((parts.hostname, parts.port or 443), timeout=2):
+                return True
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except OSError:

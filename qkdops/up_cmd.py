@@ -1,7 +1,8 @@
 """``qkdops up``: the whole local stack in the foreground, no Docker.
 
 Starts, in this process, the emulated links (real time), the device exporter, the post-processing
-exporter, the control API and the pager sink (where Alertmanager also sends every notification); as
+exporter, the control API, the sites' key management entities (ETSI GS QKD 014 over mutual TLS;
+the development PKI under ``<state_dir>/pki`` is created on first run) and the pager sink (where Alertmanager also sends every notification); as
 children, a real Prometheus scraping the exporters and a real Alertmanager (configured with
 ``qkdops.stack.alertmanager_config``; pager keys: see ``alertmanager/secrets/README.md``), and, once
 those and the fleet are up, the calibration scheduler (``qkdops scheduler``, scraped as job
@@ -34,6 +35,9 @@ from typing import Any
 from exporters import DeviceCollector, PostProcessingCollector, serve
 from qkdops import control_api, pager_sink
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
+from qkdops.kme.etsi import kme_id
+from qkdops.kme.pki import Pki, init_pki
+from qkdops.kme.server import serve_kme
 from qkdops.runtime.fleet import Fleet
 from qkdops.stack import SCHEDULER, Stack, StackError, write_up_file
 
@@ -88,13 +92,19 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     status = 0
     try:
         for name, collector, port in (("device exporter", DeviceCollector(fleet.snapshots), rt.device_exporter_port),
-                                      ("post-processing exporter", PostProcessingCollector(fleet.snapshots),
+                                      ("post-processing exporter", PostProcessingCollector(fleet.snapshots, fleet.kme_stats.snapshot),
                                        rt.postprocessing_exporter_port)):
             servers.append((name, *_listen(name, rt.bind, port, lambda c=collector, p=port: serve(c, rt.bind, p))))
         token = control_api.load_token(rt.state_dir, create=True)
         servers.append(("control API", *_listen("control API", rt.bind, rt.control_port,
                                                 lambda: control_api.serve(fleet, rt, token.value))))
         servers.append(("pager sink", *_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt))))
+        pki = Pki(rt.state_dir / "pki")
+        if issued := init_pki(pki, config.key_delivery):
+            log.info("development PKI: issued %d certificate/key file(s) under %s", len(issued), pki.root)
+        for spec in config.key_delivery.kmes:
+            servers.append((kme_id(spec.site), *_listen(kme_id(spec.site), rt.bind, spec.port,
+                                                        lambda s=spec: serve_kme(fleet, s, pki))))
         if with_servers:
             stack.start()
             stack.wait_ready()
@@ -106,6 +116,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             "device_exporter": f"http://{rt.bind}:{rt.device_exporter_port}/metrics",
             "postprocessing_exporter": f"http://{rt.bind}:{rt.postprocessing_exporter_port}/metrics",
             "pager_sink": f"http://{rt.bind}:{rt.pager_sink_port}",
+            **{kme_id(k.site): f"https://{rt.bind}:{k.port}/api/v1/keys" for k in config.key_delivery.kmes},
             **{child.name: child.url for child in stack.children},
         }
 

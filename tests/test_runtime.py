@@ -15,12 +15,12 @@ from qkdops.config import load_config
 from qkdops.runtime.archive import ArchiveError, BlockArchive
 from qkdops.runtime.blocks import Block
 from qkdops.runtime.fleet import Fleet
-from qkdops.runtime.keystore import KeyStore
+from qkdops.runtime.keybuffer import KeyBuffer
 from qkdops.runtime.pipeline import BlockResult, PostProcessor
 from qkdops.runtime.tracing import make_tracer
 
 
-def test_blocks_sum_their_frames_and_keys_flow_to_the_store(fleet_config_path: Path):
+def test_blocks_sum_their_frames_and_keys_flow_to_both_ends_key_stores(fleet_config_path: Path):
     fleet = Fleet(load_config(fleet_config_path))
     try:
         results = fleet.run_frames(4)
@@ -30,7 +30,12 @@ def test_blocks_sum_their_frames_and_keys_flow_to_the_store(fleet_config_path: P
         snap = {s.link: s for s in fleet.snapshots()}["bb84-a"]
         assert snap.pulses_total == 4e9
         assert snap.secret_key_bits_total == sum(r.secret_key_bits for r in bb84)
-        assert snap.key_store_bits == fleet.keystore.level_bits("bb84-a") == snap.secret_key_bits_total
+        # handed off at once: the buffer is empty, both ends' KME stores hold every bit of the key
+        assert snap.handoff_backlog_bits == fleet.buffer.level_bits("bb84-a") == 0
+        assert snap.handoffs_total["success"] == 2 and snap.handoff_seconds.count == 2
+        for site in ("a", "b"):
+            assert 8 * fleet.key_pool.level(site, "bb84-a").held_bytes == snap.secret_key_bits_total
+            assert snap.key_store_keys[site] == snap.secret_key_bits_total // 256
         blocks = list(fleet.archive.blocks("bb84-a"))
         assert [b.pulses for b in blocks] == [2_000_000_000] * 2
         assert sum(r.sifted_bits["Z"] for r in bb84) == sum(
@@ -87,15 +92,17 @@ def test_restart_neither_loses_nor_duplicates_blocks_or_keys(fleet_config_path: 
     while block is None:
         block = runtime.step_frame()
     first.archive.append(block)
-    stored_before = first.keystore.level_bits("bb84-a")
+    stored_before = first.key_pool.level("a", "bb84-a").held_bytes
     first.archive.close()
-    first.keystore.close()  # the process dies: no stop(), no flush beyond what was committed
+    first.buffer.close()
+    first.key_pool.close()  # the process dies: no stop(), no flush beyond what was committed
 
     second = Fleet(config)
     try:
         assert second.archive.unprocessed("bb84-a") == []  # recovered at start
-        assert second.keystore.level_bits("bb84-a") > stored_before
-        second.run_frames(2)
+        second.run_frames(2)  # the recovered block's key, buffered at start, is handed off with the next frame
+        assert second.key_pool.level("a", "bb84-a").held_bytes > stored_before
+        assert second.buffer.level_bits("bb84-a") == 0
         indices = [b.index for b in second.archive.blocks("bb84-a")]
         assert indices == list(range(len(indices))) == [0, 1, 2, 3]
         # restarted links continue numbering and do not replay old counts
@@ -117,13 +124,15 @@ def test_archive_refuses_a_different_block_under_an_archived_index(tmp_path: Pat
     assert list(reopened.blocks()) == [block] and reopened.next_index("l") == 1
 
 
-def test_key_store_is_private_bounded_and_idempotent(tmp_path: Path):
-    store = KeyStore(tmp_path / "k.sqlite", capacity_bits=64)
+def test_key_buffer_is_private_bounded_and_idempotent(tmp_path: Path):
+    buffer = KeyBuffer(tmp_path / "k.sqlite", capacity_bits=64)
     assert stat.S_IMODE(os.stat(tmp_path / "k.sqlite").st_mode) == 0o600
-    assert store.deposit("l", 0, b"\x01" * 4) == "success"
-    assert store.deposit("l", 0, b"\x01" * 4) == "success" and store.level_bits("l") == 32
-    assert store.deposit("l", 1, b"\x02" * 5) == "store_full"
-    assert store.take("l", 64) == [(0, b"\x01" * 4)] and store.level_bits("l") == 0
+    assert buffer.deposit("l", 0, b"\x01" * 4) == "success"
+    assert buffer.deposit("l", 0, b"\x01" * 4) == "success" and buffer.level_bits("l") == 32
+    assert buffer.deposit("l", 1, b"\x02" * 5) == "buffer_full"
+    assert buffer.oldest("l") == (0, b"\x01" * 4)
+    buffer.remove("l", 0)
+    assert buffer.oldest("l") is None and buffer.level_bits("l") == 0
 
 
 def test_one_trace_per_block_with_a_span_per_stage_and_no_key_bytes(fleet_config_path: Path):

@@ -6,6 +6,8 @@ the physics. Faults of the *drift* kind (``fixed_by`` set) wind up device state 
 angle, a modulator bias, a cooler offset, a lost phase lock — that the named calibration action
 removes even while the fault keeps drifting; clearing such a fault stops the drift but leaves the
 accumulated error for that action to fix. The others act while active and vanish when cleared.
+One fault is not optical: ``key_handoff_failure`` disturbs no device; the runtime's key hand-off
+reads its parameters (KME unavailable, slow, store full) from the link's active faults.
 
 ``FAULTS`` maps each name to its spec (description, typed parameters, physical effect) for listing.
 """
@@ -148,6 +150,18 @@ _CATALOGUE = (
         "The quantum layer keeps measuring blocks, but sifting, error correction and privacy "
         "amplification cannot run: post-processing aborts each block with reason classical_channel.",
         (), None, lambda p, t: Disturbance(classical_channel_down=True)),
+    FaultSpec(
+        "key_handoff_failure", "The key management entities (KMEs) stop taking the link's key.",
+        "Nothing optical changes: blocks succeed and key is distilled, but its hand-off to the two "
+        "ends' KME stores fails (qkdops/runtime/handoff.py). A share refused_ratio of hand-off attempts "
+        "finds the KME unavailable (default 1: down); each other attempt takes delay_s longer (past the "
+        "hand-off timeout it fails as kme_timeout: a slow KME); store_capacity_ratio < 1 shrinks the "
+        "stores to that share of max_key_count (0: full). Key waits in the link's buffer and is handed "
+        "off, none lost, once the fault is cleared — unless the buffer fills first.",
+        (Param("refused_ratio", 1.0, "ratio", "share of hand-off attempts that find the KME unavailable", 0.0, 1.0),
+         Param("delay_s", 0.0, "s", "extra latency of each hand-off attempt", 0.0, 600.0),
+         Param("store_capacity_ratio", 1.0, "ratio", "usable share of the KME stores' capacity", 0.0, 1.0)),
+        None, lambda p, t: Disturbance()),
 )
 
 FAULTS: Mapping[str, FaultSpec] = MappingProxyType({f.name: f for f in _CATALOGUE})

@@ -2,7 +2,8 @@
 
 One thread steps all links: each link advances one emulator frame (``runtime.frame_seconds``) per
 frame of wall-clock time, sums frames into post-processing blocks, archives each block durably, then
-post-processes it and hands its key to the key store. At 1,000 links a frame costs well under a
+post-processes it and buffers its key; the same thread then hands buffered keys on to both ends'
+KME stores (``handoff.py``), where the sites' ETSI 014 KMEs (``qkdops/kme``) serve them. At 1,000 links a frame costs well under a
 second of CPU (docs/benchmarks.md), so one thread keeps up.
 
 Everything outside (control API, calibration jobs, game days) acts through ``Fleet``'s methods;
@@ -24,7 +25,11 @@ from qkdlink.emulator import FAULTS, CalibrationResult, Link
 from qkdops.config import FleetConfig, LinkSpec
 from qkdops.runtime.archive import BlockArchive
 from qkdops.runtime.blocks import Block, BlockBuilder
-from qkdops.runtime.keystore import KeyStore
+from qkdops.kme.stats import KMEStats
+from qkdops.kme.store import KeyPoolStore
+from qkdops.runtime.handoff import FAULT as HANDOFF_FAULT
+from qkdops.runtime.handoff import HandoffQueue
+from qkdops.runtime.keybuffer import KeyBuffer
 from qkdops.runtime.pipeline import BlockResult, PostProcessor
 from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkObjectives, LinkSnapshot, LinkState
 from qkdops.runtime.tracing import make_tracer
@@ -48,12 +53,13 @@ class UnknownAction(ValueError):
 class LinkRuntime:
     """One link: emulator, frame → block builder, post-processor and published state."""
 
-    def __init__(self, spec: LinkSpec, frame_seconds: float, archive: BlockArchive, keystore: KeyStore,
-                 processor_factory: Callable[[Link], PostProcessor], started_at: float) -> None:
+    def __init__(self, spec: LinkSpec, frame_seconds: float, archive: BlockArchive, buffer: KeyBuffer,
+                 processor_factory: Callable[[Link], PostProcessor], started_at: float,
+                 buffered: Callable[[str, int], None], store_capacity_keys: int) -> None:
         self.spec = spec
         self.frame_pulses = max(1, round(frame_seconds * spec.repetition_rate_hz))
         self.frame_seconds = self.frame_pulses / spec.repetition_rate_hz
-        self.archive, self.keystore = archive, keystore
+        self.archive, self.buffer, self.buffered = archive, buffer, buffered
         next_index = archive.next_index(spec.id)
         # A restart continues the block numbering; a new seed per restart keeps it from replaying
         # the counts of the blocks already archived.
@@ -72,8 +78,9 @@ class LinkRuntime:
             block_seconds=self.builder.frames_per_block * self.frame_seconds, key_rate_target_bps=spec.key_rate_target_bps,
             qber_threshold=self.link.nominal["qber_abort_threshold"],
             nominal_dark_count_rate_hz=self.link.nominal["dark_count_probability"] * spec.repetition_rate_hz)
-        self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, keystore.capacity_bits, objectives)
-        self.state.set_key_store_bits(keystore.level_bits(spec.id))
+        self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, buffer.capacity_bits,
+                               store_capacity_keys, objectives)
+        self.state.set_backlog_bits(buffer.level_bits(spec.id))
         self.last_result: BlockResult | None = None
         self.last_block_end: float | None = None
         self.previous_qber = previous_qber(archive, spec.id, next_index)
@@ -106,15 +113,16 @@ class LinkRuntime:
 
     def _post_process(self, block: Block) -> BlockResult:
         processed, outcome = self.processor.process(
-            block, self.previous_qber, lambda index, key: self.keystore.deposit(self.spec.id, index, key))
+            block, self.previous_qber, lambda index, key: self.buffer.deposit(self.spec.id, index, key))
         result = processed.result
         self.archive.record_result(self.spec.id, block.index, result.to_json())
         self.state.record_block(block.index, block.end_timestamp, result.reason, result.sifted_bits,
                                 result.sifted_errors, result.secret_key_bits, result.leak_ec_bits,
                                 result.y1_lower, result.e1_upper, result.qber, processed.stage_seconds)
-        if outcome is not None:
-            self.state.record_handoff(outcome, processed.stage_seconds.get("key_handoff", 0.0),
-                                      self.keystore.level_bits(self.spec.id))
+        if outcome == "buffer_full":
+            self.state.record_handoff(outcome, None, self.buffer.level_bits(self.spec.id))
+        elif outcome is not None:
+            self.buffered(self.spec.id, block.index)
         if result.qber is not None:
             self.previous_qber = result.qber
         self.last_result, self.last_block_end = result, block.end_timestamp
@@ -136,13 +144,22 @@ class Fleet:
         self.clock = clock
         rt = config.runtime
         self.archive = BlockArchive(rt.state_dir / "blocks.sqlite")
-        self.keystore = KeyStore(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits)
+        self.kme_stats = KMEStats()  # requests of the sites' KMEs (qkdops/kme/server.py), published by the exporter
+        self.buffer = KeyBuffer(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits)
+        delivery = config.key_delivery
+        self.key_pool = KeyPoolStore(rt.state_dir / "kme.sqlite", delivery.max_key_count * delivery.key_size_bits // 8)
         self.tracer, self._shutdown_tracer = make_tracer(rt.tracing, rt.otlp_endpoint, span_exporter)
         now = clock()
+        self.handoff = HandoffQueue(self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
+                                    self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s)
         self.links: dict[str, LinkRuntime] = {
-            spec.id: LinkRuntime(spec, rt.frame_seconds, self.archive, self.keystore,
-                                 lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer), now)
+            spec.id: LinkRuntime(spec, rt.frame_seconds, self.archive, self.buffer,
+                                 lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer), now,
+                                 lambda link_id, index: self.handoff.buffered(link_id, index, self.clock()),
+                                 delivery.max_key_count)
             for spec in config.links}
+        for link_id in self.links:
+            self.refresh_key_stores(link_id)
         for runtime in self.links.values():
             if (n := runtime.recover()):
                 log.info("link %s: post-processed %d archived block(s) left by a previous run", runtime.spec.id, n)
@@ -157,6 +174,7 @@ class Fleet:
             for runtime in self.links.values():
                 if (block := runtime.step_frame()) is not None:
                     results.append(runtime.process(block))
+            self.handoff.run_due(self.clock())
         return results
 
     def tick(self) -> None:
@@ -166,6 +184,7 @@ class Fleet:
             for _ in range(min(runtime.frames_due(now), MAX_CATCH_UP_FRAMES)):
                 if (block := runtime.step_frame()) is not None:
                     runtime.process(block)
+        self.handoff.run_due(self.clock())
 
     def start(self, interval_s: float = 0.05) -> None:
         def loop() -> None:
@@ -184,7 +203,27 @@ class Fleet:
             self._thread.join(timeout=10)
         self._shutdown_tracer()
         self.archive.close()
-        self.keystore.close()
+        self.buffer.close()
+        self.key_pool.close()
+
+    # ---- key delivery -------------------------------------------------------------------------------
+    def _handoff_fault(self, link_id: str) -> Mapping[str, float] | None:
+        r = self.links[link_id]
+        with r.lock:
+            return next((f.parameters for f in r.link.active_faults() if f.name == HANDOFF_FAULT), None)
+
+    def _record_handoff(self, link_id: str, outcome: str, latency_s: float | None) -> None:
+        self.links[link_id].state.record_handoff(outcome, latency_s, self.buffer.level_bits(link_id))
+        if outcome == "success":
+            self.refresh_key_stores(link_id)
+
+    def refresh_key_stores(self, link_id: str) -> None:
+        """Publish what the link's two KME stores hold and have served (after a hand-off or a KME call)."""
+        r = self.links[link_id]
+        key_bytes = self.config.key_delivery.key_size_bits // 8
+        held = {site: self.key_pool.level(site, link_id).held_bytes // key_bytes for site in (r.spec.sites.alice, r.spec.sites.bob)}
+        served = {(sae, call): float(n) for (link, sae, call), n in self.key_pool.served().items() if link == link_id}
+        r.state.set_key_stores(held, served)
 
     # ---- reading ----------------------------------------------------------------------------------
     def runtime(self, link_id: str) -> LinkRuntime:
@@ -216,7 +255,10 @@ class Fleet:
                 "index": last.index, "end_timestamp": r.last_block_end, "reason": last.reason,
                 "secret_key_bits": last.secret_key_bits,
                 "qber": last.qber, "y1_lower": last.y1_lower, "e1_upper": last.e1_upper},
-            "key_store_bits": self.keystore.level_bits(r.spec.id),
+            "key_delivery": {
+                "buffered_bits": self.buffer.level_bits(r.spec.id),
+                "stores": {site: dataclasses.asdict(self.key_pool.level(site, r.spec.id))
+                           for site in (r.spec.sites.alice, r.spec.sites.bob)}},
             "objectives": dataclasses.asdict(r.state.objectives) if r.state.objectives is not None else None,
         }
 

@@ -17,15 +17,21 @@ from qkdlink.emulator import DeviceTelemetry
 
 # Abort reasons (closed set; `none` for a successful block) and key hand-off outcomes.
 BLOCK_REASONS = ("none", "qber", "low_counts", "estimation", "verification", "classical_channel")
-HANDOFF_OUTCOMES = ("success", "store_full")
+# Hand-off outcomes: ``success`` (both ends' KMEs hold the block's key); the KME refused it
+# (``kme_unavailable``), did not answer within the hand-off timeout (``kme_timeout``) or had no room
+# (``store_full``) — the key waits in the link's buffer and is retried; ``buffer_full``: the buffer
+# itself was full, so a freshly distilled key was discarded (the only outcome that loses key).
+HANDOFF_OUTCOMES = ("success", "kme_unavailable", "kme_timeout", "store_full", "buffer_full")
+KME_CALLS = ("enc_keys", "dec_keys")
 STAGES = ("sifting", "estimation", "error_correction", "verification", "privacy_amplification", "key_handoff")
 CALIBRATION_ACTIONS = ("relock_phase", "retune_intensities", "realign_polarization", "regate_detectors")
 
 # Bucket bounds (seconds). Stage latencies: decades from 10 µs to 1 s (six stages × buckets is most of
 # a link's samples, so decades keep a 1,000-link scrape cheap); hand-off: 100 µs … 1 s; detector
-# timing jitter: |arrival − gate centre| from 5 ps to 1 ns.
+# timing jitter: |arrival − gate centre| from 5 ps to 1 ns. Hand-off: distilled → held by both KMEs,
+# milliseconds when healthy, up to minutes while a KME is down (1 s is the latency SLO's threshold).
 STAGE_BUCKETS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
-HANDOFF_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+HANDOFF_BUCKETS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 JITTER_BUCKETS = (5e-12, 1e-11, 2e-11, 5e-11, 1e-10, 2e-10, 5e-10, 1e-9)
 
 
@@ -100,9 +106,12 @@ class LinkSnapshot:
     y1_lower: float | None
     e1_upper: float | None
     block_qber: float | None
-    # key store
-    key_store_bits: float
-    key_store_capacity_bits: float
+    # key delivery: the link's buffer of distilled key awaiting hand-off, and its ends' KME stores
+    handoff_backlog_bits: float
+    handoff_buffer_capacity_bits: float
+    key_store_keys: Mapping[str, float]                  # site → keys (of the default size) held
+    key_store_capacity_keys: float                       # max_key_count of each end
+    keys_served_total: Mapping[tuple[str, str], float]   # (SAE, call) → keys served to it
     # histograms
     stage_seconds: Mapping[str, HistogramSnapshot]
     handoff_seconds: HistogramSnapshot
@@ -118,7 +127,8 @@ class LinkState:
     sites: Mapping[str, str]
     intensities: Sequence[str]
     bases: Sequence[str]
-    key_store_capacity_bits: float
+    handoff_buffer_capacity_bits: float
+    key_store_capacity_keys: float = 0.0
     objectives: LinkObjectives | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -139,7 +149,9 @@ class LinkState:
         self._y1: float | None = None
         self._e1: float | None = None
         self._qber: float | None = None
-        self._store_bits = 0.0
+        self._backlog_bits = 0.0
+        self._store_keys = {site: 0.0 for role, site in self.sites.items() if role in ("alice", "bob")}
+        self._served: dict[tuple[str, str], float] = {}
         self._stages = {s: Histogram(STAGE_BUCKETS) for s in STAGES}
         self._handoff = Histogram(HANDOFF_BUCKETS)
         self._jitter = Histogram(JITTER_BUCKETS)
@@ -183,21 +195,29 @@ class LinkState:
             for stage, seconds in stage_seconds.items():
                 self._stages[stage].observe(seconds)
 
-    def record_handoff(self, outcome: str, seconds: float, store_bits: float) -> None:
+    def record_handoff(self, outcome: str, latency_s: float | None, backlog_bits: float) -> None:
+        """One hand-off attempt; ``latency_s`` (distilled → held by both KMEs) for a success."""
         if outcome not in HANDOFF_OUTCOMES:
             raise ValueError(f"unknown hand-off outcome {outcome!r}")
         with self._lock:
             self._handoffs[outcome] += 1
-            self._handoff.observe(seconds)
-            self._store_bits = store_bits
+            if latency_s is not None:
+                self._handoff.observe(latency_s)
+            self._backlog_bits = backlog_bits
 
     def record_calibration(self, action: str, ok: bool) -> None:
         with self._lock:
             self._calibrations[(action, "ok" if ok else "failed")] += 1
 
-    def set_key_store_bits(self, bits: float) -> None:
+    def set_backlog_bits(self, bits: float) -> None:
         with self._lock:
-            self._store_bits = bits
+            self._backlog_bits = bits
+
+    def set_key_stores(self, keys_by_site: Mapping[str, float], served: Mapping[tuple[str, str], float]) -> None:
+        """What the ends' KMEs hold for this link and have served (read from the KME store)."""
+        with self._lock:
+            self._store_keys.update(keys_by_site)
+            self._served = dict(served)
 
     def snapshot(self) -> LinkSnapshot:
         with self._lock:
@@ -211,8 +231,9 @@ class LinkState:
                 calibrations_total=dict(self._calibrations), rng_health_failures_total=self._rng_failures,
                 last_block_index=self._last_index, last_block_end_timestamp_seconds=self._last_end,
                 last_success_timestamp_seconds=self._last_success, y1_lower=self._y1, e1_upper=self._e1,
-                block_qber=self._qber, key_store_bits=self._store_bits,
-                key_store_capacity_bits=self.key_store_capacity_bits,
+                block_qber=self._qber, handoff_backlog_bits=self._backlog_bits,
+                handoff_buffer_capacity_bits=self.handoff_buffer_capacity_bits, key_store_keys=dict(self._store_keys),
+                key_store_capacity_keys=self.key_store_capacity_keys, keys_served_total=dict(self._served),
                 stage_seconds={s: h.snapshot() for s, h in self._stages.items()},
                 handoff_seconds=self._handoff.snapshot(), timing_jitter_seconds=self._jitter.snapshot(),
             )

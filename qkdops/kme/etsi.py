@@ -1,0 +1,244 @@
+"""ETSI GS QKD 014 V1.1.1 (2019-02) for one site's KME: routing, validation, authorisation, JSON.
+
+Transport-free: ``KMEService.handle`` takes the verified caller (its client certificate's common
+name) and the request, and returns the status and the JSON object to send, so the rules are tested
+without sockets and the HTTPS server (``server.py``) only moves bytes.
+
+Endpoints (clause 5): ``GET /api/v1/keys/{slave_SAE_ID}/status`` → Status (6.1);
+``GET|POST /api/v1/keys/{slave_SAE_ID}/enc_keys`` (``number``, ``size``) and ``GET|POST
+/api/v1/keys/{master_SAE_ID}/dec_keys`` (``key_ID`` / ``key_IDs``) → Key container (6.3); every
+error → Error (6.4: ``message`` and optional ``details``), with the codes of clause 5: 400 for a
+malformed request, 401 for an SAE that may not have what it asks, 503 when the KME cannot serve it
+(here: not enough key stored).
+
+Who may ask: the caller must be an SAE registered at this KME's site; ``enc_keys`` names a slave SAE
+at the other end of a link from here; ``dec_keys`` returns only keys issued to the caller by the
+named master. The spec's optional multicast (``additional_slave_SAE_IDs``) is not offered
+(``max_SAE_ID_count`` 0) and no extension is supported, so a request that makes one mandatory is
+refused (400), as clause 6.2 requires.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+from qkdops.config import KeyDelivery, LinkSpec
+from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee
+
+PATH = re.compile(r"^/api/v1/keys/(?P<sae>[^/]+)/(?P<call>status|enc_keys|dec_keys)$")
+ENC_FIELDS = {"number", "size", "additional_slave_SAE_IDs", "extension_mandatory", "extension_optional"}
+DEC_FIELDS = {"key_IDs", "key_IDs_extension"}
+MAX_BODY_BYTES = 1 << 20
+
+
+def kme_id(site: str) -> str:
+    return f"kme-{site}"
+
+
+class EtsiError(Exception):
+    """An ETSI 014 Error object with its HTTP status; the message never carries key material."""
+
+    def __init__(self, status: HTTPStatus, message: str, details: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, list(details)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def _bad(message: str, **detail: Any) -> EtsiError:
+    return EtsiError(HTTPStatus.BAD_REQUEST, message, [detail] if detail else ())
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: HTTPStatus
+    body: dict[str, Any]
+    call: str          # status | enc_keys | dec_keys | other (for the request metrics)
+
+
+class KMEService:
+    """One site's KME over the shared store (see module docstring)."""
+
+    def __init__(self, site: str, delivery: KeyDelivery, links: Sequence[LinkSpec], store: KeyPoolStore,
+                 changed: Callable[[str], None] = lambda link: None) -> None:
+        spec = delivery.kme(site)
+        if spec is None:
+            raise ValueError(f"no KME configured for site {site!r}")
+        self.site, self.delivery, self.store, self.changed = site, delivery, store, changed
+        self.local_saes = frozenset(spec.saes)
+        self.links = tuple(links)
+
+    # ---- entry point ----------------------------------------------------------------------------------
+    def handle(self, method: str, target: str, body: bytes | None, caller: str | None) -> Answer:
+        path, _, query = target.partition("?")
+        match = PATH.match(path)
+        call = match["call"] if match else "other"
+        try:
+            if match is None:
+                raise EtsiError(HTTPStatus.NOT_FOUND, f"no such resource {path!r}: the API is /api/v1/keys/{{SAE_ID}}/"
+                                "status|enc_keys|dec_keys")
+            allowed = ("GET",) if call == "status" else ("GET", "POST")
+            if method not in allowed:
+                raise EtsiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on {call} (use {' or '.join(allowed)})")
+            if caller not in self.local_saes:
+                raise EtsiError(HTTPStatus.UNAUTHORIZED, f"SAE {caller!r} is not registered with {kme_id(self.site)}")
+            params = self._params(method, query, body, call)
+            peer = match["sae"]
+            result = getattr(self, f"_{call}")(caller, peer, params)
+            return Answer(HTTPStatus.OK, result, call)
+        except EtsiError as exc:
+            return Answer(exc.status, exc.body(), call)
+
+    # ---- calls ------------------------------------------------------------------------------------------
+    def _status(self, caller: str, slave: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        slave_site, links = self._route(slave, "slave_SAE_ID")
+        d = self.delivery
+        return {"source_KME_ID": kme_id(self.site), "target_KME_ID": kme_id(slave_site),
+                "master_SAE_ID": caller, "slave_SAE_ID": slave, "key_size": d.key_size_bits,
+                "stored_key_count": self.store.available_bytes(self.site, links) * 8 // d.key_size_bits,
+                "max_key_count": d.max_key_count, "max_key_per_request": d.max_key_per_request,
+                "max_key_size": d.max_key_size_bits, "min_key_size": d.min_key_size_bits, "max_SAE_ID_count": 0}
+
+    def _enc_keys(self, caller: str, slave: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        d = self.delivery
+        number = _integer(params.get("number", 1), "number", 1, d.max_key_per_request)
+        size = _integer(params.get("size", d.key_size_bits), "size", d.min_key_size_bits, d.max_key_size_bits)
+        if size % 8:
+            raise _bad("size must be a multiple of 8 bits", parameter="size", value=size)
+        if params.get("additional_slave_SAE_IDs"):
+            raise _bad("additional_slave_SAE_IDs is not supported by this KME (max_SAE_ID_count is 0)",
+                       parameter="additional_slave_SAE_IDs")
+        if params.get("extension_mandatory"):
+            raise _bad("extension_mandatory: no extension is supported by this KME", parameter="extension_mandatory")
+        slave_site, links = self._route(slave, "slave_SAE_ID")
+        try:
+            keys = self.store.issue(links, self.site, slave_site, caller, slave, number, size // 8)
+        except InsufficientKey as exc:
+            raise EtsiError(HTTPStatus.SERVICE_UNAVAILABLE, f"not enough key stored for {caller} → {slave}: {exc}") from None
+        self._changed(links)
+        return _container(keys)
+
+    def _dec_keys(self, caller: str, master: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        _, links = self._route(master, "master_SAE_ID")
+        key_ids = params["key_IDs"]
+        try:
+            keys = self.store.redeem(self.site, master, caller, key_ids)
+        except NotAddressee as exc:
+            raise EtsiError(HTTPStatus.UNAUTHORIZED, str(exc)) from None
+        except KeyNotFound as exc:
+            raise _bad(str(exc), parameter="key_ID") from None
+        self._changed(links)
+        return _container(keys)
+
+    def _changed(self, links: Sequence[str]) -> None:
+        for link in links:
+            self.changed(link)
+
+    # ---- parsing and routing ----------------------------------------------------------------------------
+    def _route(self, peer: str, field: str) -> tuple[str, list[str]]:
+        """The peer SAE's site and the links joining it to this site, or 400."""
+        peer_site = self.delivery.site_of(peer)
+        if peer_site is None:
+            raise _bad(f"{field} {peer!r} is not a known SAE", parameter=field)
+        links = [s.id for s in self.links if {s.sites.alice, s.sites.bob} == {self.site, peer_site}]
+        if peer_site == self.site or not links:
+            raise _bad(f"{field} {peer!r} (site {peer_site}) is not at the other end of a QKD link from {self.site}",
+                       parameter=field)
+        return peer_site, links
+
+    def _params(self, method: str, query: str, body: bytes | None, call: str) -> dict[str, Any]:
+        if method == "GET":
+            try:
+                raw = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+            except ValueError:
+                raise _bad("malformed query string") from None
+            allowed = {"status": set(), "enc_keys": {"number", "size"}, "dec_keys": {"key_ID"}}[call]
+            for name, values in raw.items():
+                if name not in allowed:
+                    raise _bad(f"unknown query parameter {name!r} (allowed: {', '.join(sorted(allowed)) or 'none'})", parameter=name)
+                if len(values) != 1:
+                    raise _bad(f"query parameter {name!r} given {len(values)} times", parameter=name)
+            params: dict[str, Any] = {k: v[0] for k, v in raw.items()}
+            if call == "dec_keys":
+                if "key_ID" not in params:
+                    raise _bad("dec_keys needs the key_ID query parameter", parameter="key_ID")
+                params = {"key_IDs": [_key_id(params["key_ID"], "key_ID")]}
+            return params
+        data = _json_object(body)
+        if call == "enc_keys":
+            _only(data, ENC_FIELDS)
+            for name in ("number", "size"):
+                if name in data and (isinstance(data[name], bool) or not isinstance(data[name], int)):
+                    raise _bad(f"{name} must be an integer, got {data[name]!r}", parameter=name)
+            return data
+        _only(data, DEC_FIELDS)
+        entries = data.get("key_IDs")
+        if not isinstance(entries, list) or not entries:
+            raise _bad("key_IDs must be a non-empty array of {\"key_ID\": UUID}", parameter="key_IDs")
+        if len(entries) > self.delivery.max_key_per_request:
+            raise _bad(f"at most {self.delivery.max_key_per_request} key_IDs per request, got {len(entries)}", parameter="key_IDs")
+        ids = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "key_ID" not in entry:
+                raise _bad(f"key_IDs[{i}] must be an object with a key_ID", parameter=f"key_IDs[{i}]")
+            ids.append(_key_id(entry["key_ID"], f"key_IDs[{i}].key_ID"))
+        if len(set(ids)) != len(ids):
+            raise _bad("key_IDs lists a key_ID twice", parameter="key_IDs")
+        return {"key_IDs": ids}
+
+
+def _json_object(body: bytes | None) -> dict[str, Any]:
+    if not body:
+        raise _bad("POST needs a JSON object body")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise _bad("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise _bad("body must be a JSON object")
+    return data
+
+
+def _only(data: Mapping[str, Any], allowed: set[str]) -> None:
+    for name in data:
+        if name not in allowed:
+            raise _bad(f"unknown field {name!r} (allowed: {', '.join(sorted(allowed))})", parameter=name)
+
+
+def _integer(raw: Any, name: str, low: int, high: int) -> int:
+    try:
+        value = int(raw) if not isinstance(raw, bool) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or (isinstance(raw, str) and not raw.strip().lstrip("-").isdigit()):
+        raise _bad(f"{name} must be an integer, got {raw!r}", parameter=name)
+    if not low <= value <= high:
+        raise _bad(f"{name} must be within [{low}, {high}], got {value}", parameter=name, minimum=low, maximum=high)
+    return value
+
+
+def _key_id(raw: Any, name: str) -> str:
+    try:
+        return str(uuid.UUID(str(raw))) if isinstance(raw, str) else _fail_key_id(raw, name)
+    except ValueError:
+        return _fail_key_id(raw, name)
+
+
+def _fail_key_id(raw: Any, name: str) -> str:
+    raise _bad(f"{name} must be a UUID, got {str(raw)[:64]!r}", parameter=name)
+
+
+def _container(keys: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+    return {"keys": [{"key_ID": key_id, "key": base64.b64encode(material).decode("ascii")} for key_id, material in keys]}

@@ -1,0 +1,115 @@
+"""Key hand-off: each link's buffered block keys moved to both ends' KME stores, oldest first.
+
+Called from the fleet's stepping thread (``run_due``), so it must never block: a slow KME is an
+attempt *in flight* until its answer is due (``delay_s`` of the ``key_handoff_failure`` fault,
+cut at ``handoff_timeout_s``), while other links carry on. Per link one attempt at a time, in
+block order; a failed attempt (``kme_unavailable``, ``kme_timeout``, ``store_full``) leaves the key
+in the buffer and retries after ``RETRY_S``, so nothing is lost while the buffer has room.
+
+Each attempt is counted by outcome; a success also records its latency, from the moment the key
+was buffered to the moment both ends' KMEs committed it (keys buffered before a restart count from
+the restart). The KME store ignores a block it already holds, so the crash window between its
+commit and the buffer's removal only repeats a hand-off.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from qkdops.kme.store import KeyPoolStore
+from qkdops.runtime.keybuffer import KeyBuffer
+
+RETRY_S = 1.0               # wait after a failed attempt before retrying the same key
+MAX_PER_LINK_PER_CALL = 50  # bound one call's work (a backlog drains over successive ticks)
+FAULT = "key_handoff_failure"
+
+
+@dataclass
+class _InFlight:
+    index: int
+    material: bytes
+    done_at: float
+    timed_out: bool
+
+
+@dataclass
+class _LinkQueue:
+    link: str
+    sites: tuple[str, str]
+    retry_at: float = 0.0
+    in_flight: _InFlight | None = None
+
+
+Outcome = Callable[[str, str, float | None], None]  # (link, outcome, latency) → record it
+
+
+class HandoffQueue:
+    """Moves buffered keys of ``links`` (link → (alice site, bob site)) into ``store``.
+
+    ``fault(link)`` gives the parameters of the link's active ``key_handoff_failure`` or None;
+    ``record(link, outcome, latency_s)`` is called once per attempt.
+    """
+
+    def __init__(self, buffer: KeyBuffer, store: KeyPoolStore, links: Mapping[str, tuple[str, str]],
+                 fault: Callable[[str], Mapping[str, float] | None], record: Outcome, timeout_s: float,
+                 rng: random.Random | None = None) -> None:
+        self.buffer, self.store = buffer, store
+        self.fault, self.record, self.timeout_s = fault, record, timeout_s
+        self._queues = {link: _LinkQueue(link, sites) for link, sites in links.items()}
+        self._buffered_at: dict[tuple[str, int], float] = {}
+        self._rng = rng or random.Random()
+
+    def buffered(self, link: str, index: int, now: float) -> None:
+        """Post-processing buffered block ``index``'s key at ``now`` (the latency's start)."""
+        self._buffered_at[(link, index)] = now
+
+    def run_due(self, now: float) -> None:
+        for queue in self._queues.values():
+            for _ in range(MAX_PER_LINK_PER_CALL):
+                if not self._step(queue, now):
+                    break
+
+    def _step(self, q: _LinkQueue, now: float) -> bool:
+        """Advance ``q`` by one attempt; False when it has to wait (or has nothing to do)."""
+        if q.in_flight is not None:
+            if now < q.in_flight.done_at:
+                return False
+            flight, q.in_flight = q.in_flight, None
+            if flight.timed_out:
+                return self._failed(q, "kme_timeout", now)
+            return self._commit(q, flight.index, flight.material, now)
+        if now < q.retry_at:
+            return False
+        entry = self.buffer.oldest(q.link)
+        if entry is None:
+            return False
+        index, material = entry
+        fault = self.fault(q.link)
+        if fault is not None:
+            if self._rng.random() < fault["refused_ratio"]:
+                return self._failed(q, "kme_unavailable", now)
+            if fault["delay_s"] > 0:
+                timed_out = fault["delay_s"] >= self.timeout_s
+                q.in_flight = _InFlight(index, material, now + min(fault["delay_s"], self.timeout_s), timed_out)
+                return False
+        return self._commit(q, index, material, now)
+
+    def _commit(self, q: _LinkQueue, index: int, material: bytes, now: float) -> bool:
+        fault = self.fault(q.link)
+        capacity = None
+        if fault is not None and fault["store_capacity_ratio"] < 1.0:
+            capacity = int(self.store.capacity_bytes * fault["store_capacity_ratio"])
+        outcome = self.store.accept(q.link, index, material, q.sites, capacity)
+        if outcome != "success":
+            return self._failed(q, outcome, now)
+        self.buffer.remove(q.link, index)
+        started = self._buffered_at.pop((q.link, index), now)
+        self.record(q.link, "success", max(0.0, now - started))
+        return True
+
+    def _failed(self, q: _LinkQueue, outcome: str, now: float) -> bool:
+        q.retry_at = now + RETRY_S
+        self.record(q.link, outcome, None)
+        return False

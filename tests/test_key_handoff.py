@@ -1,0 +1,154 @@
+"""Hand-off of distilled key to both ends' KME stores, and the key_handoff_failure fault's three modes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from kme_harness import kme_config
+
+from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee
+from qkdops.runtime.fleet import Fleet
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fleet(tmp_path: Path, extra: str = "") -> tuple[Fleet, Clock]:
+    clock = Clock()
+    return Fleet(kme_config(tmp_path, extra), clock=clock), clock
+
+
+def _bb84(fleet: Fleet):
+    return {s.link: s for s in fleet.snapshots()}["bb84-a"]
+
+
+def _step(fleet: Fleet, clock: Clock, frames: int, seconds_per_frame: float = 1.0) -> None:
+    for _ in range(frames):
+        clock.now += seconds_per_frame
+        fleet.run_frames(1)
+
+
+def test_unavailable_kme_keeps_key_buffered_and_retries_until_it_is_back(tmp_path: Path):
+    fleet, clock = _fleet(tmp_path)
+    try:
+        fleet.inject("bb84-a", "key_handoff_failure", {})        # refused_ratio 1: the KMEs are down
+        _step(fleet, clock, 6)                                   # 3 blocks of key distilled meanwhile
+        snap = _bb84(fleet)
+        assert snap.handoffs_total["success"] == 0 and snap.handoffs_total["kme_unavailable"] >= 3
+        assert snap.handoff_backlog_bits == snap.secret_key_bits_total > 0
+        assert fleet.key_pool.level("a", "bb84-a").held_bytes == 0
+        fleet.clear("bb84-a", "key_handoff_failure")
+        _step(fleet, clock, 1)
+        snap = _bb84(fleet)
+        assert snap.handoffs_total["success"] == 3 and snap.handoff_backlog_bits == 0   # none lost
+        for site in ("a", "b"):
+            assert 8 * fleet.key_pool.level(site, "bb84-a").held_bytes == snap.secret_key_bits_total
+        # latency counts from buffering: the oldest key waited through the outage
+        assert snap.handoff_seconds.count == 3 and snap.handoff_seconds.sum >= 5.0 + 3.0 + 1.0
+    finally:
+        fleet.stop()
+
+
+def test_slow_kme_delays_hand_off_and_past_the_timeout_fails_it(tmp_path: Path):
+    fleet, clock = _fleet(tmp_path, "  handoff_timeout_s: 3\n")
+    try:
+        fleet.inject("bb84-a", "key_handoff_failure", {"refused_ratio": 0, "delay_s": 2})
+        _step(fleet, clock, 2)                      # block 0 buffered; its attempt is in flight for 2 s
+        assert _bb84(fleet).handoffs_total["success"] == 0
+        _step(fleet, clock, 2)
+        snap = _bb84(fleet)
+        assert snap.handoffs_total["success"] >= 1
+        assert snap.handoff_seconds.buckets[5][1] == 0     # nothing within 0.3 s: every one took ≥ 2 s
+        fleet.inject("bb84-a", "key_handoff_failure", {"refused_ratio": 0, "delay_s": 10})
+        _step(fleet, clock, 10)   # each attempt times out after 3 s, then waits RETRY_S: two in 10 s
+        snap = _bb84(fleet)
+        assert snap.handoffs_total["kme_timeout"] >= 2 and snap.handoff_backlog_bits > 0
+        fleet.clear("bb84-a", "key_handoff_failure")
+        _step(fleet, clock, 6)    # the attempt in flight still times out; the retry after it succeeds
+        snap = _bb84(fleet)
+        assert snap.handoff_backlog_bits == 0
+        assert 8 * fleet.key_pool.level("b", "bb84-a").held_bytes == snap.secret_key_bits_total
+    finally:
+        fleet.stop()
+
+
+def test_full_store_refuses_then_takes_key_once_consumers_drain_it(tmp_path: Path):
+    fleet, clock = _fleet(tmp_path)
+    try:
+        _step(fleet, clock, 2)
+        fleet.inject("bb84-a", "key_handoff_failure", {"refused_ratio": 0, "store_capacity_ratio": 0})
+        _step(fleet, clock, 4)
+        snap = _bb84(fleet)
+        assert snap.handoffs_total["store_full"] >= 2 and snap.handoffs_total["success"] == 1
+        assert snap.handoff_backlog_bits > 0
+        fleet.clear("bb84-a")
+        _step(fleet, clock, 2)
+        assert _bb84(fleet).handoff_backlog_bits == 0
+    finally:
+        fleet.stop()
+
+
+def test_full_buffer_discards_new_key_and_counts_it(tmp_path: Path):
+    fleet, clock = _fleet(tmp_path)
+    try:
+        fleet.buffer.capacity_bits = 1  # nothing fits: every new block's key is refused by the buffer
+        fleet.inject("bb84-a", "key_handoff_failure", {})
+        _step(fleet, clock, 4)
+        snap = _bb84(fleet)
+        assert snap.handoffs_total["buffer_full"] == 2 and snap.handoff_backlog_bits == 0
+    finally:
+        fleet.stop()
+
+
+def test_handoff_failure_parameters_are_checked(tmp_path: Path):
+    fleet, _ = _fleet(tmp_path)
+    try:
+        with pytest.raises(ValueError, match="refused_ratio' must be <= 1.0"):
+            fleet.inject("bb84-a", "key_handoff_failure", {"refused_ratio": 2})
+        with pytest.raises(ValueError, match="has no parameter 'mode'"):
+            fleet.inject("bb84-a", "key_handoff_failure", {"mode": 1})
+    finally:
+        fleet.stop()
+
+
+# ---- the store itself --------------------------------------------------------------------------------
+
+def test_store_is_private_idempotent_and_bounded_per_end(tmp_path: Path):
+    store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=100)
+    assert stat.S_IMODE(os.stat(tmp_path / "kme.sqlite").st_mode) == 0o600
+    assert store.accept("l", 0, b"\x01" * 60, ("a", "b")) == "success"
+    assert store.accept("l", 0, b"\x01" * 60, ("a", "b")) == "success"   # a repeated hand-off: stored once
+    assert store.level("a", "l").held_bytes == store.level("b", "l").held_bytes == 60
+    assert store.accept("l", 1, b"\x02" * 60, ("a", "b")) == "store_full"
+    assert store.accept("l", 1, b"\x02" * 60, ("a", "b"), capacity_bytes=200) == "success"
+    store.close()
+
+
+def test_store_issues_each_byte_once_and_only_to_its_addressee(tmp_path: Path):
+    store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=10 ** 6)
+    store.accept("l", 0, bytes(range(10)), ("a", "b"))
+    store.accept("l", 1, bytes(range(10, 20)), ("a", "b"))
+    keys = store.issue(["l"], "a", "b", "sae-a", "sae-b", number=3, size_bytes=4)   # spans the two blocks
+    assert [k for _, k in keys] == [bytes(range(0, 4)), bytes(range(4, 8)), bytes(range(8, 12))]
+    assert store.level("a", "l").available_bytes == 8 and store.level("b", "l").pending_bytes == 12
+    with pytest.raises(InsufficientKey, match="2 available"):
+        store.issue(["l"], "a", "b", "sae-a", "sae-b", number=3, size_bytes=4)
+    ids = [k for k, _ in keys]
+    with pytest.raises(NotAddressee):
+        store.redeem("b", "sae-a", "sae-mallory", ids[:1])
+    with pytest.raises(KeyNotFound):
+        store.redeem("a", "sae-a", "sae-b", ids[:1])              # held at b, not at a
+    with pytest.raises(KeyNotFound):
+        store.redeem("b", "sae-a", "sae-b", [ids[0], "00000000-0000-4000-8000-000000000000"])
+    assert store.redeem("b", "sae-a", "sae-b", ids) == keys         # the refusals took nothing
+    assert store.level("b", "l").held_bytes == 8
+    assert store.served() == {("l", "sae-a", "enc_keys"): 3, ("l", "sae-b", "dec_keys"): 3}
+    store.close()
