@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from qkdops.config import load_config, parse_config
+from qkdops.config import DEFAULT_CONFIG, load_config, parse_config
 from qkdops.control_api import TOKEN_FILE_ENV, TOKEN_FILE_NAME
 from qkdops.stack import (
     CALIBRATION_JOB,
@@ -154,3 +154,12 @@ def test_alertmanager_reaches_the_pager_sink_and_finds_its_key_files_in_the_moun
     tracked = {p.name for p in (ROOT / "alertmanager" / "secrets").iterdir()} & {".gitignore", "README.md"}
     assert tracked == {".gitignore", "README.md"}  # the mount source exists in a fresh clone, keys stay ignored
     assert "*" in (ROOT / "alertmanager" / "secrets" / ".gitignore").read_text().split()
+
+
+def test_every_kme_is_published_on_loopback_and_its_certificate_names_the_service():
+    from qkdops.kme.pki import SERVER_NAMES
+
+    config = load_config(DEFAULT_CONFIG)
+    ports = COMPOSE["services"]["qkdops"]["ports"]
+    assert all(f"127.0.0.1:{k.port}:{k.port}" in ports for k in config.key_delivery.kmes)
+    assert "qkdops" in SERVER_NAMES  # SAEs on the compose network reach https://qkdops:PORT with hostname checks on

@@ -47,6 +47,17 @@ def _base() -> dict:
     (lambda c: c.update(links=[]), "links", "non-empty list"),
     (lambda c: c["links"][0].update(devices={"phase": {"loop_gain_rad_per_s": "fast"}}),
      "links[0].devices.phase.loop_gain_rad_per_s", "a number"),
+    (lambda c: c["key_delivery"].update(key_size_bits=100), "key_delivery.key_size_bits", "multiple of 8"),
+    (lambda c: c["key_delivery"].update(key_size_bits=16), "key_delivery.key_size_bits", "[min_key_size_bits, max_key_size_bits]"),
+    (lambda c: c["key_delivery"].update(max_key_count=0), "key_delivery.max_key_count", "number in"),
+    (lambda c: c["key_delivery"].update(vendor="x"), "key_delivery.vendor", "one of the keys"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(site="lab-north"), "key_delivery.kmes[1].site", "one KME per site"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(port=9830), "key_delivery.kmes", "distinct port per KME"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(port=9811), "key_delivery.kmes", "distinct from the runtime's ports"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(saes=[]), "key_delivery.kmes[1].saes", "non-empty list"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(saes=["sae/../x"]), "key_delivery.kmes[1].saes[0]", "an SAE id"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(saes=["sae-lab-north"]), "key_delivery.kmes[1].saes[0]",
+     "not already served by site lab-north"),
 ])
 def test_invalid_configs_name_the_file_and_field(tmp_path: Path, mutate, field, expected):
     raw = _base()
@@ -73,3 +84,13 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path: Path):
     raw["links"][0]["block_pulses"] = "1e10"  # YAML 1.1 reads 1e10 as a string
     config = parse_config(raw, tmp_path / "x.yaml")
     assert config.links[0].block_pulses == 10 ** 10
+
+
+def test_sites_without_a_listed_kme_get_one_with_a_default_sae(tmp_path: Path):
+    raw = _base()
+    raw["key_delivery"]["kmes"] = raw["key_delivery"]["kmes"][:1]
+    config = parse_config(raw, tmp_path / "links.yaml")
+    kmes = {k.site: k for k in config.key_delivery.kmes}
+    assert set(kmes) == {s for link in config.links for s in (link.sites.alice, link.sites.bob)}
+    assert kmes["lab-south"].port == 9831 and kmes["lab-south"].saes == ("sae-lab-south",)
+    assert config.key_delivery.site_of("sae-city-b") == "city-b" and config.key_delivery.site_of("nobody") is None

@@ -1,0 +1,78 @@
+"""`qkdops pki init` and `qkdops keys fetch` (the ETSI 014 demo client) against a running `qkdops up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from stack_helpers import FAST_LINK, RunningStack, free_ports, wait_for
+
+from qkdops.config import load_config
+from qkdops.kme.pki import Pki
+
+
+def _qkdops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qkdops.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def _profile(directory: Path) -> Path:
+    control, device, pp, prom, am, sink, calibration, kme_a, kme_b = free_ports(9)
+    raw = {"runtime": {"state_dir": str(directory / "state"), "control_port": control, "device_exporter_port": device,
+                       "postprocessing_exporter_port": pp, "prometheus_port": prom, "alertmanager_port": am,
+                       "pager_sink_port": sink, "calibration_exporter_port": calibration},
+           "links": [FAST_LINK],
+           "key_delivery": {"kmes": [{"site": "a", "port": kme_a, "saes": ["sae-a"]},
+                                     {"site": "b", "port": kme_b, "saes": ["sae-b", "sae-b2"]}]}}
+    path = directory / "links.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_pki_init_issues_what_is_missing_privately_and_only_once(tmp_path: Path):
+    config_path = _profile(tmp_path)
+    first = _qkdops("pki", "init", "--config", str(config_path))
+    assert first.returncode == 0, first.stderr
+    assert "12 file(s) issued, 2 KME(s), 3 SAE(s)" in first.stdout and "sae/sae-b2.key" in first.stdout
+    pki = Pki(load_config(config_path).runtime.state_dir / "pki")
+    for path in (pki.ca_key, *pki.kme("a")[1:], *pki.sae("sae-b")[1:]):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(pki.root).st_mode) == 0o700
+    ca_before = pki.ca_cert.read_bytes()
+    again = _qkdops("pki", "init", "--config", str(config_path))
+    assert again.returncode == 0 and "0 file(s) issued" in again.stdout and pki.ca_cert.read_bytes() == ca_before
+    (pki.sae("sae-b2")[0]).unlink()
+    assert "sae/sae-b2.crt" in _qkdops("pki", "init", "--config", str(config_path)).stdout  # re-issued alone
+
+
+@pytest.mark.slow
+def test_keys_fetch_shows_both_saes_obtaining_the_same_keys(tmp_path: Path):
+    config_path = _profile(tmp_path)
+    stack = RunningStack(config_path, "--no-prometheus")
+    try:
+        stack.wait_up()
+        fetch = ("keys", "fetch", "--config", str(config_path), "--sae", "sae-a", "--peer", "sae-b")
+        result = wait_for(lambda: (r := _qkdops(*fetch, "--number", "3")).returncode == 0 and r, 30, "key to fetch", stack)
+        lines = result.stdout.splitlines()
+        assert lines[0] == "sae-a (enc_keys) and sae-b (dec_keys): 3 key(s)"
+        assert len(lines) == 4 and all(line.endswith("same key") and " 256 bits " in line for line in lines[1:])
+        as_json = json.loads(_qkdops(*fetch, "--number", "2", "--size", "512", "--json").stdout)
+        assert as_json["match"] is True and [k["bits"] for k in as_json["keys"]] == [512, 512]
+        assert all(k["sae_sha256"] == k["peer_sha256"] for k in as_json["keys"])
+        reverse = _qkdops("keys", "fetch", "--config", str(config_path), "--sae", "sae-b2", "--peer", "sae-a")
+        assert reverse.returncode == 0 and "same key" in reverse.stdout  # either end may be the master
+        unknown = _qkdops("keys", "fetch", "--config", str(config_path), "--sae", "sae-z", "--peer", "sae-b")
+        assert unknown.returncode == 2 and "--sae: unknown SAE 'sae-z'" in unknown.stderr and "sae-b2" in unknown.stderr
+        same_site = _qkdops("keys", "fetch", "--config", str(config_path), "--sae", "sae-b", "--peer", "sae-b2")
+        assert same_site.returncode == 1 and "HTTP 400" in same_site.stderr and "not at the other end" in same_site.stderr
+        status = _qkdops("status", "--config", str(config_path))
+        assert "kme-a" in status.stdout and "KME stores: a " in status.stdout
+    finally:
+        stack.stop()
+    down = _qkdops("keys", "fetch", "--config", str(config_path), "--sae", "sae-a", "--peer", "sae-b")
+    assert down.returncode == 1 and "KME unreachable" in down.stderr
