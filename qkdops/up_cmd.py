@@ -8,7 +8,7 @@ children, a real Prometheus scraping the exporters and a real Alertmanager (conf
 those and the fleet are up, the calibration scheduler (``qkdops scheduler``, scraped as job
 ``qkd-calibration``). Prints where each listens, writes ``<state_dir>/up.json`` for ``qkdops status``,
 and on Ctrl-C/SIGTERM stops everything (the scheduler first, then Prometheus and Alertmanager, then
-the servers, then the fleet, whose archive, key store and pager sink are durable at every write).
+the servers, then the fleet, whose archive, key buffer, KME store and pager sink are durable at every write).
 
 If Prometheus or Alertmanager dies, the stack stops with status 1. If the scheduler dies it is
 restarted with backoff and key production goes on (``qkdops.stack`` says why); if it cannot start

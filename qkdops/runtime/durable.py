@@ -1,4 +1,4 @@
-"""SQLite opened for durability: what the archive and the key store both need.
+"""SQLite opened for durability: what the archive, the key buffer and the KME store need.
 
 WAL journal with ``synchronous=FULL``: a committed transaction survives a crash or power loss, and
 readers (``qkdops replay``, ``qkdops status``) never block the writer. Autocommit mode

@@ -239,7 +239,7 @@ class Fleet:
         return [r.state.snapshot() for r in self.links.values()]
 
     def status(self, link_id: str) -> dict[str, Any]:
-        """JSON-ready status of one link: configuration, devices, faults, last block, key store."""
+        """JSON-ready status of one link: configuration, devices, faults, last block, key delivery."""
         r = self.runtime(link_id)
         with r.lock:
             telemetry = r.link.telemetry()

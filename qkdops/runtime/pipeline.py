@@ -11,7 +11,7 @@ Every abort has a reason (``state.BLOCK_REASONS``):
 
 The result is a deterministic function of the block, the link's nominal parameters and the previous
 block's QBER, so ``qkdops replay`` reproduces it; only the key bytes (fresh random bytes standing for
-the distilled key) and the latencies differ. Key bytes go to the key store and nowhere else: span
+the distilled key) and the latencies differ. Key bytes go to the key buffer (then the KMEs) and nowhere else: span
 attributes, results and logs carry counts and bounds only.
 """
 
