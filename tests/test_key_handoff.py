@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from kme_harness import kme_config
 
 from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee
@@ -58,7 +59,8 @@ def test_unavailable_kme_keeps_key_buffered_and_retries_until_it_is_back(tmp_pat
 
 
 def test_slow_kme_delays_hand_off_and_past_the_timeout_fails_it(tmp_path: Path):
-    fleet, clock = _fleet(tmp_path, "  handoff_timeout_s: 3\n")
+    clock, spans = Clock(), InMemorySpanExporter()
+    fleet = Fleet(kme_config(tmp_path, "  handoff_timeout_s: 3\n"), clock=clock, span_exporter=spans)
     try:
         fleet.inject("bb84-a", "key_handoff_failure", {"refused_ratio": 0, "delay_s": 2})
         _step(fleet, clock, 2)                      # block 0 buffered; its attempt is in flight for 2 s
@@ -78,6 +80,11 @@ def test_slow_kme_delays_hand_off_and_past_the_timeout_fails_it(tmp_path: Path):
         assert 8 * fleet.key_pool.level("b", "bb84-a").held_bytes == snap.secret_key_bits_total
     finally:
         fleet.stop()
+    # each attempt is a span from its start to its answer: a timed-out one lasts the timeout
+    attempts = [s for s in spans.get_finished_spans() if s.name == "kme_handoff" and s.attributes["qkd.link"] == "bb84-a"]
+    timeouts = [s for s in attempts if s.attributes["qkd.handoff_outcome"] == "kme_timeout"]
+    assert len(timeouts) == snap.handoffs_total["kme_timeout"] and all(s.end_time - s.start_time == 3e9 for s in timeouts)
+    assert sum(s.attributes["qkd.handoff_outcome"] == "success" for s in attempts) == snap.handoffs_total["success"]
 
 
 def test_full_store_refuses_then_takes_key_once_consumers_drain_it(tmp_path: Path):

@@ -151,7 +151,7 @@ class Fleet:
         self.tracer, self._shutdown_tracer = make_tracer(rt.tracing, rt.otlp_endpoint, span_exporter)
         now = clock()
         self.handoff = HandoffQueue(self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
-                                    self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s)
+                                    self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s, self.tracer)
         self.links: dict[str, LinkRuntime] = {
             spec.id: LinkRuntime(spec, rt.frame_seconds, self.archive, self.buffer,
                                  lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer), now,

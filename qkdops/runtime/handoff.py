@@ -6,9 +6,10 @@ cut at ``handoff_timeout_s``), while other links carry on. Per link one attempt 
 block order; a failed attempt (``kme_unavailable``, ``kme_timeout``, ``store_full``) leaves the key
 in the buffer and retries after ``RETRY_S``, so nothing is lost while the buffer has room.
 
-Each attempt is counted by outcome; a success also records its latency, from the moment the key
-was buffered to the moment both ends' KMEs committed it (keys buffered before a restart count from
-the restart). The KME store ignores a block it already holds, so the crash window between its
+Each attempt is counted by outcome and traced (a ``kme_handoff`` span with the link, block and
+outcome, from the attempt's start to its answer); a success also records its latency, from the
+moment the key was buffered to the moment both ends' KMEs committed it (keys buffered before a
+restart count from the restart). The KME store ignores a block it already holds, so the crash window between its
 commit and the buffer's removal only repeats a hand-off.
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from opentelemetry.trace import Tracer
 
 from qkdops.kme.store import KeyPoolStore
 from qkdops.runtime.keybuffer import KeyBuffer
@@ -30,6 +33,7 @@ FAULT = "key_handoff_failure"
 class _InFlight:
     index: int
     material: bytes
+    started_at: float
     done_at: float
     timed_out: bool
 
@@ -54,8 +58,8 @@ class HandoffQueue:
 
     def __init__(self, buffer: KeyBuffer, store: KeyPoolStore, links: Mapping[str, tuple[str, str]],
                  fault: Callable[[str], Mapping[str, float] | None], record: Outcome, timeout_s: float,
-                 rng: random.Random | None = None) -> None:
-        self.buffer, self.store = buffer, store
+                 tracer: Tracer, rng: random.Random | None = None) -> None:
+        self.buffer, self.store, self.tracer = buffer, store, tracer
         self.fault, self.record, self.timeout_s = fault, record, timeout_s
         self._queues = {link: _LinkQueue(link, sites) for link, sites in links.items()}
         self._buffered_at: dict[tuple[str, int], float] = {}
@@ -78,8 +82,8 @@ class HandoffQueue:
                 return False
             flight, q.in_flight = q.in_flight, None
             if flight.timed_out:
-                return self._failed(q, "kme_timeout", now)
-            return self._commit(q, flight.index, flight.material, now)
+                return self._failed(q, flight.index, "kme_timeout", flight.started_at, now)
+            return self._commit(q, flight.index, flight.material, flight.started_at, now)
         if now < q.retry_at:
             return False
         entry = self.buffer.oldest(q.link)
@@ -89,27 +93,34 @@ class HandoffQueue:
         fault = self.fault(q.link)
         if fault is not None:
             if self._rng.random() < fault["refused_ratio"]:
-                return self._failed(q, "kme_unavailable", now)
+                return self._failed(q, index, "kme_unavailable", now, now)
             if fault["delay_s"] > 0:
                 timed_out = fault["delay_s"] >= self.timeout_s
-                q.in_flight = _InFlight(index, material, now + min(fault["delay_s"], self.timeout_s), timed_out)
+                q.in_flight = _InFlight(index, material, now, now + min(fault["delay_s"], self.timeout_s), timed_out)
                 return False
-        return self._commit(q, index, material, now)
+        return self._commit(q, index, material, now, now)
 
-    def _commit(self, q: _LinkQueue, index: int, material: bytes, now: float) -> bool:
+    def _commit(self, q: _LinkQueue, index: int, material: bytes, started_at: float, now: float) -> bool:
         fault = self.fault(q.link)
         capacity = None
         if fault is not None and fault["store_capacity_ratio"] < 1.0:
             capacity = int(self.store.capacity_bytes * fault["store_capacity_ratio"])
         outcome = self.store.accept(q.link, index, material, q.sites, capacity)
         if outcome != "success":
-            return self._failed(q, outcome, now)
+            return self._failed(q, index, outcome, started_at, now)
         self.buffer.remove(q.link, index)
-        started = self._buffered_at.pop((q.link, index), now)
-        self.record(q.link, "success", max(0.0, now - started))
+        buffered_at = self._buffered_at.pop((q.link, index), now)
+        self._trace(q, index, outcome, started_at, now)
+        self.record(q.link, "success", max(0.0, now - buffered_at))
         return True
 
-    def _failed(self, q: _LinkQueue, outcome: str, now: float) -> bool:
+    def _failed(self, q: _LinkQueue, index: int, outcome: str, started_at: float, now: float) -> bool:
         q.retry_at = now + RETRY_S
+        self._trace(q, index, outcome, started_at, now)
         self.record(q.link, outcome, None)
         return False
+
+    def _trace(self, q: _LinkQueue, index: int, outcome: str, started_at: float, now: float) -> None:
+        attributes = {"qkd.link": q.link, "qkd.block": index, "qkd.handoff_outcome": outcome}
+        span = self.tracer.start_span("kme_handoff", attributes=attributes, start_time=int(started_at * 1e9))
+        span.end(end_time=int(max(now, started_at) * 1e9))
