@@ -1,5 +1,6 @@
 # qkdops runtime image, one image for the qkdops services of docker-compose.yml:
-#   qkdops       the emulated links, both exporters, the control API and the pager sink (`qkdops up
+#   qkdops       the emulated links, both exporters, the control API, the sites' KMEs (ETSI GS QKD 014,
+#                HTTPS; dev PKI created in the state volume on first start) and the pager sink (`qkdops up
 #                --no-prometheus --no-calibration`, the default command);
 #   calibration  the calibration scheduler (`qkdops scheduler …`);
 #   api-token    a one-shot that creates the control API token in its own volume.
@@ -26,7 +27,7 @@ RUN python -c "from qkdops.stack import write_container_config; write_container_
 RUN useradd --system --uid 10001 qkdops && mkdir -p /app/var /app/secrets \
     && chown qkdops /app/var /app/secrets && chmod 0700 /app/secrets
 USER qkdops
-EXPOSE 9800 9810 9811 9812 9820
+EXPOSE 9800 9810 9811 9812 9820 9830-9835
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9800/healthz', timeout=2)"
 ENTRYPOINT ["qkdops"]
