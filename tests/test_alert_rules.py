@@ -8,6 +8,7 @@ do; this module runs them and checks that none of the alerts, generated ones inc
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,7 +26,8 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not insta
 # here too); the test below makes sure that module still does.
 RUN_ELSEWHERE = {"slo_test.yml": REPO / "tests" / "test_slo.py"}
 
-# The hand-written alerts of the contract (issue 4, plus the scheduler's in issue 6): severity, class.
+# The hand-written alerts of the contract (issue 4, plus the scheduler's in issue 6 and the KMEs' in issue 7):
+# severity, class.
 CONTRACT = {
     "QKDLinkDown": ("page", "cause"),
     "QKDQBERHigh": ("ticket", "symptom"),
@@ -42,6 +44,7 @@ CONTRACT = {
     "QKDCalibrationFailing": ("ticket", "cause"),
     "QKDExporterDown": ("page", "cause"),
     "QKDCalibrationSchedulerDown": ("ticket", "cause"),  # issue 6: the calibration scheduler's scrape target
+    "QKDKMERequestsRefused": ("ticket", "cause"),  # issue 7: a site's KME refusing an SAE (401)
 }
 
 
@@ -103,6 +106,21 @@ def test_every_alert_is_tested_firing_and_silent() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     assert names - fires == set(), "never tested firing"
     assert names - silent == set(), "never tested silent"
+
+
+METRIC = re.compile(r"\b(?:qkd_link:[a-z0-9_:]+|slo:[a-z0-9_:]+|qkd_[a-z0-9_]+)")
+
+
+def test_rules_and_their_annotation_queries_use_only_catalogue_metrics_and_recordings() -> None:
+    """Every qkd_* name in an expression or annotation (templates query too) is exported or recorded: a metric
+    removed from exporters/catalogue.yaml (issue 7: qkd_key_store_bytes) cannot linger in a rule."""
+    catalogue = yaml.safe_load((REPO / "exporters" / "catalogue.yaml").read_text())["metrics"]
+    known = set(catalogue) | {f"{name}{suffix}" for name, spec in catalogue.items() if spec["type"] == "histogram"
+                              for suffix in ("_bucket", "_sum", "_count")}
+    rules = [rule for path in rule_files() for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+    known |= {rule["record"] for rule in rules if "record" in rule}
+    used = {m for rule in rules for text in (rule["expr"], *rule.get("annotations", {}).values()) for m in METRIC.findall(text)}
+    assert sorted(used - known) == []
 
 
 def test_hand_written_alerts_are_the_contract_with_its_severity_and_class() -> None:

@@ -123,6 +123,14 @@ def test_every_panel_query_returns_data_from_the_real_prometheus(tmp_path):
         assert "e2e-fast" in links and len(links) >= 4
         wait_for(lambda: set(stack.by_link("sum by (link) (qkd_secret_key_bits_total) > 0")) >= set(links), 70,
                  "key on every link", stack, interval_s=2)
+        # The KME panels have data once an application fetched keys: two SAEs at the e2e link's ends (sites a, b,
+        # SAEs sae-<site>) fetch through both KMEs, as `qkdops keys fetch` does for an operator, once the hand-off
+        # has given the KMEs key of that link.
+        wait_for(lambda: stack.by_link('min by (link) (qkd_key_store_keys{link="e2e-fast"}) > 0'), 60,
+                 "key of e2e-fast at both KMEs", stack, interval_s=1)
+        fetch = subprocess.run([sys.executable, "-m", "qkdops.cli", "keys", "fetch", "--sae", "sae-a", "--peer", "sae-b",
+                                "--number", "2", "--config", str(stack.config_path)], capture_output=True, text=True, timeout=60)
+        assert fetch.returncode == 0 and fetch.stdout.count("same key") == 2, fetch.stdout + fetch.stderr
         # The scheduler's decoy_estimation job runs on the clock every 5 minutes: estimate each link now, as an
         # operator would (recorded and published like a scheduled run), instead of waiting for the next slot.
         for link in links:
@@ -169,11 +177,44 @@ def test_oncall_shows_scheduler_runs_and_phase_actuator_usage_beside_phase_lock(
     assert [s["value"] for s in panels["Phase actuator usage"]["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.8, 1.0]
 
 
+def _row(name: str, title: str) -> list[dict]:
+    """The panels under the row header ``title`` up to the next row header."""
+    panels = DASHBOARDS[name]["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == title)
+    end = next((i for i in range(start + 1, len(panels)) if panels[i]["type"] == "row"), len(panels))
+    return panels[start + 1:end]
+
+
+def _metrics(panels: list[dict]) -> set[str]:
+    return {m for p in panels for t in p["targets"] for m in metric_names(t["expr"])}
+
+
+def test_key_delivery_is_on_the_executive_oncall_and_debug_dashboards():
+    """Issue 7: key served and hand-off success (executive); per link hand-offs by outcome, provisioning latency,
+    backlog vs buffer, KME stores vs capacity (on-call); KME requests, their latency, keys per SAE (debug)."""
+    assert {"qkd_kme_keys_served_total", "qkd_key_handoffs_total", "qkd_key_store_keys"} <= _metrics(
+        _row("executive.json", "Key delivery"))
+    oncall = _row("oncall.json", "Key delivery")
+    assert {"qkd_key_handoffs_total", "qkd_key_handoff_duration_seconds_bucket", "qkd_key_handoff_backlog_bytes",
+            "qkd_key_handoff_buffer_capacity_bytes", "qkd_key_store_keys", "qkd_key_store_capacity_keys"} <= _metrics(oncall)
+    latency = next(p for p in oncall if p["title"] == "Key provisioning latency")
+    assert [t["expr"].split(",")[0] for t in latency["targets"]] == ["histogram_quantile(0.5", "histogram_quantile(0.99"]
+    assert [s["value"] for s in latency["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 1.0]  # the SLO's 1 s
+    assert all("$link" in t["expr"] for p in oncall for t in p["targets"])
+    assert {"qkd_kme_requests_total", "qkd_kme_request_duration_seconds_bucket", "qkd_kme_keys_served_total"} <= _metrics(
+        _row("debug.json", "Key delivery (KMEs at the link's ends)"))
+
+
+def test_no_dashboard_uses_the_removed_key_store_metrics():
+    text = "".join((DIRECTORY / name).read_text() for name in DASHBOARDS)
+    assert "qkd_key_store_bytes" not in text and "qkd_key_store_capacity_bytes" not in text
+
+
 def test_debug_decoy_estimation_row_compares_the_window_with_blocks_and_device():
     panels = DASHBOARDS["debug.json"]["panels"]
     start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Decoy estimation (sliding window)")
-    in_row = panels[start + 1:]
-    assert in_row and all(p["type"] != "row" and p["gridPos"]["y"] > panels[start]["gridPos"]["y"] for p in in_row)
+    in_row = _row("debug.json", "Decoy estimation (sliding window)")
+    assert in_row and all(p["gridPos"]["y"] > panels[start]["gridPos"]["y"] for p in in_row)
     used = {m for p in in_row for t in p["targets"] for m in metric_names(t["expr"])}
     pairs = [("qkd_decoy_estimate_single_photon_yield_lower_bound_ratio", "qkd_single_photon_yield_lower_bound_ratio"),
              ("qkd_decoy_estimate_single_photon_phase_error_upper_bound_ratio", "qkd_single_photon_phase_error_upper_bound_ratio"),

@@ -157,5 +157,5 @@ def test_store_issues_each_byte_once_and_only_to_its_addressee(tmp_path: Path):
         store.redeem("b", "sae-a", "sae-b", [ids[0], "00000000-0000-4000-8000-000000000000"])
     assert store.redeem("b", "sae-a", "sae-b", ids) == keys         # the refusals took nothing
     assert store.level("b", "l").held_bytes == 8
-    assert store.served() == {("l", "sae-a", "enc_keys"): 3, ("l", "sae-b", "dec_keys"): 3}
+    assert store.served("l") == {("sae-a", "enc_keys"): 3, ("sae-b", "dec_keys"): 3}
     store.close()

@@ -123,7 +123,10 @@ def test_kill_9_mid_stream_loses_no_key_and_serves_none_twice(tmp_path: Path):
     with sqlite3.connect(state / "blocks.sqlite") as blocks:
         distilled = sum(json.loads(body)["secret_key_bits"] for (body,) in blocks.execute("SELECT body FROM results")) // 8
     with sqlite3.connect(state / "kme.sqlite") as kme:
-        (available,) = kme.execute("SELECT COALESCE(SUM(length(material) - used), 0) FROM pool WHERE site='a'").fetchone()
+        (available,) = kme.execute("SELECT COALESCE(SUM(size - used), 0) FROM pool WHERE site='a'").fetchone()
+        (material,) = kme.execute("SELECT COALESCE(SUM(length(data)), 0) FROM material JOIN pool USING (id) WHERE site='a'").fetchone()
+        (totals,) = kme.execute("SELECT available FROM levels WHERE site='a'").fetchone()
+        assert totals == available  # the running totals survived the kill in step with the rows
         (pending,) = kme.execute("SELECT COUNT(*) FROM pending").fetchone()
         (served,) = kme.execute("SELECT keys FROM served WHERE sae='sae-a' AND call='enc_keys'").fetchone()
     with sqlite3.connect(state / "keys.sqlite") as buffer:
@@ -132,3 +135,4 @@ def test_kill_9_mid_stream_loses_no_key_and_serves_none_twice(tmp_path: Path):
     assert pending == enc_cut_off and enc_cut_off in (0, KEYS_PER_REQUEST)
     assert len(stream.lost_in_flight) in (0, KEYS_PER_REQUEST) and not (enc_cut_off and stream.lost_in_flight)
     assert distilled == served * KEY_BYTES + available + buffered
+    assert material >= available  # the unused bytes are really there

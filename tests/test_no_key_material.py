@@ -75,7 +75,7 @@ def test_keys_appear_only_in_the_key_stores_and_in_the_saes_answers(tmp_path: Pa
     texts += [json.dumps(s.to_json()) for s in spans.get_finished_spans()]
     texts += [record.getMessage() for record in caplog.records]
     with sqlite3.connect(state / "kme.sqlite") as kme:
-        stored = [bytes(m) for (m,) in kme.execute("SELECT material FROM pool UNION ALL SELECT material FROM pending")]
+        stored = [bytes(m) for (m,) in kme.execute("SELECT data FROM material UNION ALL SELECT material FROM pending")]
     keys = [k for _, k in delivered] + stored
     assert len(stored) >= 3 and all(len(k) >= 16 for k in keys)
     corpus = "\n".join(texts)

@@ -33,6 +33,7 @@ SLO_ALERTS = {
     "phase-lock-uptime": "QKDPhaseLockBudgetBurn",
     "qber-within-threshold": "QKDQBERBudgetBurn",
     "key-handoff-success": "QKDKeyHandoffBudgetBurn",
+    "key-provisioning-latency": "QKDKeyProvisioningLatencyBudgetBurn",
     "calibration-success": "QKDCalibrationBudgetBurn",
 }
 

@@ -1,8 +1,11 @@
 """The KMEs' key stores: each block's distilled key held at both ends until an SAE pair takes it.
 
 One SQLite file (WAL, ``synchronous=FULL``, created 0600) holds every site's store. A row of
-``pool`` is one end's copy of one block's key, with how many of its bytes are already used; both
-ends' rows of a block are written in one transaction, and an ETSI ``enc_keys`` call carves the same
+``pool`` is one end's copy of one block's key — its bytes in ``material`` under the same id, read
+at an offset through incremental blob I/O, so carving a key neither loads nor rewrites the block —
+with how many of its bytes are already used; ``levels`` keeps each end's totals per link, so the
+capacity check and the published levels cost one row, however many blocks are held. Both ends'
+rows of a block are written in one transaction, and an ETSI ``enc_keys`` call carves the same
 bytes from both in one transaction, leaving the slave end's copy in ``pending`` under the new key
 IDs until ``dec_keys``. So the two ends always hold the same bits, and the synchronisation a real
 KME pair does over its own channel is one atomic commit here. Because every change is one commit
@@ -16,10 +19,13 @@ counts and key IDs, never material.
 
 from __future__ import annotations
 
+import heapq
 import os
+import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +33,14 @@ from qkdops.runtime.durable import DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS handed_off (link TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (link, block));
-CREATE TABLE IF NOT EXISTS pool (site TEXT NOT NULL, link TEXT NOT NULL, block INTEGER NOT NULL,
-                                 material BLOB NOT NULL, used INTEGER NOT NULL DEFAULT 0,
-                                 PRIMARY KEY (site, link, block));
+CREATE TABLE IF NOT EXISTS pool (id INTEGER PRIMARY KEY, site TEXT NOT NULL, link TEXT NOT NULL, block INTEGER NOT NULL,
+                                 size INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0, UNIQUE (site, link, block));
+CREATE TABLE IF NOT EXISTS material (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (key_id TEXT PRIMARY KEY, site TEXT NOT NULL, link TEXT NOT NULL,
-                                    master TEXT NOT NULL, slave TEXT NOT NULL, material BLOB NOT NULL,
-                                    issued_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS pending_by_site ON pending (site, link);
+                                    master TEXT NOT NULL, slave TEXT NOT NULL, size INTEGER NOT NULL,
+                                    material BLOB NOT NULL, issued_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS levels (site TEXT NOT NULL, link TEXT NOT NULL, available INTEGER NOT NULL DEFAULT 0,
+                                   pending INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (site, link));
 CREATE TABLE IF NOT EXISTS served (link TEXT NOT NULL, sae TEXT NOT NULL, call TEXT NOT NULL,
                                    keys INTEGER NOT NULL, PRIMARY KEY (link, sae, call));
 """
@@ -79,23 +86,16 @@ class KeyPoolStore(DurableStore):
         """Store a block's key at every end: ``success`` (also when already stored) or ``store_full``
         when an end would exceed its capacity (``capacity_bytes`` overrides it: a store-full fault)."""
         limit = self.capacity_bytes if capacity_bytes is None else capacity_bytes
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if db.execute("SELECT 1 FROM handed_off WHERE link=? AND block=?", (link, block)).fetchone():
-                    db.execute("COMMIT")
-                    return "success"
-                if any(self._level(site, link).held_bytes + len(material) > limit for site in sites):
-                    db.execute("COMMIT")
-                    return "store_full"
-                db.execute("INSERT INTO handed_off (link, block) VALUES (?, ?)", (link, block))
-                db.executemany("INSERT INTO pool (site, link, block, material) VALUES (?, ?, ?, ?)",
-                               [(site, link, block, material) for site in sites])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM handed_off WHERE link=? AND block=?", (link, block)).fetchone():
+                return "success"
+            if any(self._level(site, link).held_bytes + len(material) > limit for site in sites):
+                return "store_full"
+            db.execute("INSERT INTO handed_off (link, block) VALUES (?, ?)", (link, block))
+            for site in sites:
+                row = db.execute("INSERT INTO pool (site, link, block, size) VALUES (?, ?, ?, ?)", (site, link, block, len(material)))
+                db.execute("INSERT INTO material (id, data) VALUES (?, ?)", (row.lastrowid, material))
+                self._add_level(site, link, available=len(material))
         return "success"
 
     # ---- ETSI 014 (KME ← SAE) ------------------------------------------------------------------------
@@ -105,71 +105,57 @@ class KeyPoolStore(DurableStore):
         both ends; the master's copy is gone, the slave's waits in ``pending``. All or nothing."""
         links = list(links)
         need = number * size_bytes
-        marks = ",".join("?" * len(links))
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.execute(f"SELECT link, block, length(material) - used FROM pool WHERE site=? AND link IN ({marks}) "
-                                  "AND used < length(material) ORDER BY block, link", (master_site, *links)).fetchall()
-                have = sum(r[2] for r in rows)
-                if have < need:
-                    raise InsufficientKey(f"{number} key(s) of {8 * size_bytes} bits requested, "
-                                          f"{have * 8 // (8 * size_bytes)} available")
-                streams = {master_site: bytearray(), slave_site: bytearray()}  # each end carves its own copy
-                taken = 0
-                for link, block, left in rows:
-                    take = min(left, need - taken)
-                    for site, stream in streams.items():
-                        (piece,) = db.execute("SELECT substr(material, used + 1, ?) FROM pool WHERE site=? AND link=? AND block=?",
-                                              (take, site, link, block)).fetchone()
-                        stream += piece
-                        if take == left:
-                            db.execute("DELETE FROM pool WHERE site=? AND link=? AND block=?", (site, link, block))
-                        else:
-                            db.execute("UPDATE pool SET used = used + ? WHERE site=? AND link=? AND block=?", (take, site, link, block))
-                    taken += take
-                    if taken == need:
-                        break
-                now, link = time.time(), rows[0][0]
-                ids = [str(uuid.uuid4()) for _ in range(number)]
-                slave_copy = streams[slave_site]
-                db.executemany("INSERT INTO pending (key_id, site, link, master, slave, material, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               [(key_id, slave_site, link, master, slave, bytes(slave_copy[i * size_bytes:(i + 1) * size_bytes]), now)
-                                for i, key_id in enumerate(ids)])
-                self._count(link, master, "enc_keys", number)
-                master_copy = streams[master_site]
-                keys = [(key_id, bytes(master_copy[i * size_bytes:(i + 1) * size_bytes])) for i, key_id in enumerate(ids)]
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return keys
+        with self._transaction() as db:
+            have = sum(self._level(master_site, link).available_bytes for link in links)
+            if have < need:
+                raise InsufficientKey(f"{number} key(s) of {8 * size_bytes} bits requested, {have // size_bytes} available")
+            streams = {master_site: bytearray(), slave_site: bytearray()}  # each end carves its own copy
+            sources: list[tuple[int, str]] = []                            # (stream offset, link) of each piece
+            pieces, planned = [], 0  # read the oldest rows that cover the request, then carve them
+            per_link = [db.execute("SELECT block, link, size - used FROM pool WHERE site=? AND link=? ORDER BY block",
+                                   (master_site, link)) for link in links]   # each walks the (site, link, block) index
+            for block, link, left in heapq.merge(*per_link):
+                pieces.append((link, block, min(left, need - planned)))
+                planned += pieces[-1][2]
+                if planned == need:
+                    break
+            for link, block, take in pieces:
+                sources.append((len(streams[master_site]), link))
+                for site, stream in streams.items():
+                    stream += self._carve(site, link, block, take)
+            now = time.time()
+            ids = [str(uuid.uuid4()) for _ in range(number)]
+            key_links = [next(link for start, link in reversed(sources) if start <= i * size_bytes) for i in range(number)]
+            slave_copy, master_copy = streams[slave_site], streams[master_site]
+            db.executemany("INSERT INTO pending (key_id, site, link, master, slave, size, material, issued_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(key_id, slave_site, key_links[i], master, slave, size_bytes,
+                             bytes(slave_copy[i * size_bytes:(i + 1) * size_bytes]), now) for i, key_id in enumerate(ids)])
+            for link in set(key_links):
+                n = key_links.count(link)
+                self._add_level(slave_site, link, pending=n * size_bytes)
+                self._count(link, master, "enc_keys", n)
+            return [(key_id, bytes(master_copy[i * size_bytes:(i + 1) * size_bytes])) for i, key_id in enumerate(ids)]
 
     def redeem(self, site: str, master: str, slave: str, key_ids: Sequence[str]) -> list[tuple[str, bytes]]:
         """``dec_keys``: hand the slave the keys issued to it by ``master``, removing them. All or
         nothing: an unknown key ID is KeyNotFound, a key issued to another pair NotAddressee."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                found = {}
-                for key_id in key_ids:
-                    row = db.execute("SELECT link, master, slave, material FROM pending WHERE key_id=? AND site=?",
-                                     (key_id, site)).fetchone()
-                    if row is None:
-                        raise KeyNotFound(f"key_ID {key_id} is not held for this KME's SAEs (unknown or already delivered)")
-                    if (row[1], row[2]) != (master, slave):
-                        raise NotAddressee(f"key_ID {key_id} was not issued by {master} to {slave}")
-                    found[key_id] = row
-                db.executemany("DELETE FROM pending WHERE key_id=?", [(k,) for k in found])
-                for link in {row[0] for row in found.values()}:
-                    self._count(link, slave, "dec_keys", sum(1 for row in found.values() if row[0] == link))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return [(key_id, row[3]) for key_id, row in found.items()]
+        with self._transaction() as db:
+            found = {}
+            for key_id in key_ids:
+                row = db.execute("SELECT link, master, slave, size, material FROM pending WHERE key_id=? AND site=?",
+                                 (key_id, site)).fetchone()
+                if row is None:
+                    raise KeyNotFound(f"key_ID {key_id} is not held for this KME's SAEs (unknown or already delivered)")
+                if (row[1], row[2]) != (master, slave):
+                    raise NotAddressee(f"key_ID {key_id} was not issued by {master} to {slave}")
+                found[key_id] = row
+            db.executemany("DELETE FROM pending WHERE key_id=?", [(k,) for k in found])
+            for link in {row[0] for row in found.values()}:
+                mine = [row for row in found.values() if row[0] == link]
+                self._add_level(site, link, pending=-sum(row[3] for row in mine))
+                self._count(link, slave, "dec_keys", len(mine))
+        return [(key_id, bytes(row[4])) for key_id, row in found.items()]
 
     # ---- reading ------------------------------------------------------------------------------------
     def level(self, site: str, link: str) -> StoreLevel:
@@ -180,17 +166,47 @@ class KeyPoolStore(DurableStore):
         with self._lock:
             return sum(self._level(site, link).available_bytes for link in links)
 
-    def served(self) -> dict[tuple[str, str, str], int]:
-        """(link, SAE, call) → keys served since the store was created (monotonic across restarts)."""
+    def served(self, link: str) -> dict[tuple[str, str], int]:
+        """(SAE, call) → keys of ``link`` served since the store was created (monotonic across restarts)."""
         with self._lock:
-            return {(link, sae, call): n for link, sae, call, n in self._db.execute("SELECT link, sae, call, keys FROM served")}
+            return {(sae, call): n for sae, call, n in self._db.execute("SELECT sae, call, keys FROM served WHERE link=?", (link,))}
+
+    # ---- internals ------------------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: committed on return, rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _carve(self, site: str, link: str, block: int, take: int) -> bytes:
+        """The next ``take`` unused bytes of one end's copy of a block, marked used (row gone when spent)."""
+        row_id, size, used = self._db.execute("SELECT id, size, used FROM pool WHERE site=? AND link=? AND block=?",
+                                              (site, link, block)).fetchone()
+        with self._db.blobopen("material", "data", row_id) as blob:
+            blob.seek(used)
+            piece = blob.read(take)
+        if used + take == size:
+            self._db.execute("DELETE FROM pool WHERE id=?", (row_id,))
+            self._db.execute("DELETE FROM material WHERE id=?", (row_id,))
+        else:
+            self._db.execute("UPDATE pool SET used = used + ? WHERE id=?", (take, row_id))
+        self._add_level(site, link, available=-take)
+        return piece
 
     def _level(self, site: str, link: str) -> StoreLevel:
-        (available,) = self._db.execute("SELECT COALESCE(SUM(length(material) - used), 0) FROM pool WHERE site=? AND link=?",
-                                        (site, link)).fetchone()
-        (pending,) = self._db.execute("SELECT COALESCE(SUM(length(material)), 0) FROM pending WHERE site=? AND link=?",
-                                      (site, link)).fetchone()
-        return StoreLevel(int(available), int(pending))
+        row = self._db.execute("SELECT available, pending FROM levels WHERE site=? AND link=?", (site, link)).fetchone()
+        return StoreLevel(*row) if row else StoreLevel(0, 0)
+
+    def _add_level(self, site: str, link: str, available: int = 0, pending: int = 0) -> None:
+        self._db.execute("INSERT INTO levels (site, link, available, pending) VALUES (?, ?, ?, ?) ON CONFLICT (site, link) "
+                         "DO UPDATE SET available = available + excluded.available, pending = pending + excluded.pending",
+                         (site, link, available, pending))
 
     def _count(self, link: str, sae: str, call: str, keys: int) -> None:
         self._db.execute("INSERT INTO served (link, sae, call, keys) VALUES (?, ?, ?, ?) "

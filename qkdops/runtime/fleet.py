@@ -151,7 +151,8 @@ class Fleet:
         self.tracer, self._shutdown_tracer = make_tracer(rt.tracing, rt.otlp_endpoint, span_exporter)
         now = clock()
         self.handoff = HandoffQueue(self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
-                                    self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s, self.tracer)
+                                    self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s, self.tracer,
+                                    clock)
         self.links: dict[str, LinkRuntime] = {
             spec.id: LinkRuntime(spec, rt.frame_seconds, self.archive, self.buffer,
                                  lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer), now,
@@ -222,7 +223,7 @@ class Fleet:
         r = self.links[link_id]
         key_bytes = self.config.key_delivery.key_size_bits // 8
         held = {site: self.key_pool.level(site, link_id).held_bytes // key_bytes for site in (r.spec.sites.alice, r.spec.sites.bob)}
-        served = {(sae, call): float(n) for (link, sae, call), n in self.key_pool.served().items() if link == link_id}
+        served = {key: float(n) for key, n in self.key_pool.served(link_id).items()}
         r.state.set_key_stores(held, served)
 
     # ---- reading ----------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ class HandoffQueue:
 
     def __init__(self, buffer: KeyBuffer, store: KeyPoolStore, links: Mapping[str, tuple[str, str]],
                  fault: Callable[[str], Mapping[str, float] | None], record: Outcome, timeout_s: float,
-                 tracer: Tracer, rng: random.Random | None = None) -> None:
-        self.buffer, self.store, self.tracer = buffer, store, tracer
+                 tracer: Tracer, clock: Callable[[], float], rng: random.Random | None = None) -> None:
+        self.buffer, self.store, self.tracer, self.clock = buffer, store, tracer, clock
         self.fault, self.record, self.timeout_s = fault, record, timeout_s
         self._queues = {link: _LinkQueue(link, sites) for link, sites in links.items()}
         self._buffered_at: dict[tuple[str, int], float] = {}
@@ -109,9 +109,10 @@ class HandoffQueue:
         if outcome != "success":
             return self._failed(q, index, outcome, started_at, now)
         self.buffer.remove(q.link, index)
-        buffered_at = self._buffered_at.pop((q.link, index), now)
-        self._trace(q, index, outcome, started_at, now)
-        self.record(q.link, "success", max(0.0, now - buffered_at))
+        committed = max(now, self.clock())  # the commit itself takes milliseconds for a large block
+        buffered_at = self._buffered_at.pop((q.link, index), committed)
+        self._trace(q, index, outcome, started_at, committed)
+        self.record(q.link, "success", committed - buffered_at)
         return True
 
     def _failed(self, q: _LinkQueue, index: int, outcome: str, started_at: float, now: float) -> bool:
