@@ -27,7 +27,7 @@ RUN python -c "from qkdops.stack import write_container_config; write_container_
 RUN useradd --system --uid 10001 qkdops && mkdir -p /app/var /app/secrets \
     && chown qkdops /app/var /app/secrets && chmod 0700 /app/secrets
 USER qkdops
-EXPOSE 9800 9810 9811 9812 9820 9830-9835
+EXPOSE 9800 9810 9811 9812 9820 9830 9831 9832 9833 9834 9835
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9800/healthz', timeout=2)"
 ENTRYPOINT ["qkdops"]

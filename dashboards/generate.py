@@ -154,7 +154,34 @@ def executive() -> dict:
           [("slo:error_budget_remaining:ratio", "{{link}} {{slo}}")], BUDGET, w=12, max=1),
         P("table", "Active incidents", f"Alerts firing now, with a link to each runbook. {ALERTS_EMPTY}", "short",
           [('sum by (alertname, severity, link) (ALERTS{alertstate="firing"})', "")], [(None, "red")], w=24, runbook_links=True),
+        *executive_key_delivery(),
     ])
+
+
+HANDOFF_SUCCESS = [(None, "red"), (0.99, "orange"), (0.999, "green")]  # the key-handoff-success SLO asks for 99.9 %
+
+
+def executive_key_delivery() -> list[P]:
+    """Key delivered to the applications (SAEs) through the sites' KMEs, and whether it gets there."""
+    return [
+        row("Key delivery"),
+        P("stat", "Keys served to applications (1 h)", "Keys the KMEs handed to applications (SAEs) in the last hour: "
+          "enc_keys answers to master SAEs (each key is redeemed once more by its slave SAE with dec_keys). Empty until "
+          "an application has fetched a key.", "short",
+          [('sum(increase(qkd_kme_keys_served_total{call="enc_keys"}[1h]))', "keys")], [(None, "green")], w=6, h=6, min=0),
+        P("stat", "Key hand-off success (1 h)", "Share of the attempts to hand each link's distilled key to both ends' KMEs "
+          "in the last hour that succeeded (failed attempts are retried every second, so a refusing KME weighs heavily); "
+          "the key-handoff-success SLO asks for 99.9 %.", "percentunit",
+          [('sum by (link) (rate(qkd_key_handoffs_total{outcome="success"}[1h])) / sum by (link) (rate(qkd_key_handoffs_total[1h]))',
+            "{{link}}")], HANDOFF_SUCCESS, w=9, h=6, min=0, max=1),
+        P("stat", "Keys held by the KMEs", "Keys (256 bits) the KMEs hold per link for the applications, at the end with "
+          "fewer: what the applications can still draw if the link stopped now.", "short",
+          [("min by (link) (qkd_key_store_keys)", "{{link}}")], [(None, "red"), (1.0, "green")], w=9, h=6, min=0),
+        P("timeseries", "Keys served per link", "Keys per second the KMEs serve to master SAEs (enc_keys), per link. "
+          "Empty until an application has fetched a key.", "short",
+          [('sum by (link) (rate(qkd_kme_keys_served_total{call="enc_keys"}[$__rate_interval]))', "{{link}}")],
+          [(None, "green")], w=24, min=0),
+    ]
 
 
 def oncall() -> dict:
@@ -208,7 +235,45 @@ def oncall() -> dict:
           "whoever asked: the scheduler's jobs, an operator (qkdops action) or a game day.",
           "short", [(f"sum by (action, outcome) (increase(qkd_calibration_actions_total{L}[1h]))", "{{action}} {{outcome}}")],
           [(None, "green")], w=6, min=0),
+        *oncall_key_delivery(),
     ])
+
+
+def oncall_key_delivery() -> list[P]:
+    """The link's key on its way to the two ends' KMEs: hand-off attempts, latency, backlog, KME stores."""
+    def quantile(q: float) -> str:
+        return f"histogram_quantile({q}, sum by (le) (rate(qkd_key_handoff_duration_seconds_bucket{L}[$__rate_interval])))"
+
+    return [
+        row("Key delivery"),
+        P("timeseries", "Key hand-offs by outcome", "Attempts to hand the link's block keys to both ends' KMEs per interval, by "
+          "outcome (every outcome is published, zeros included): success; kme_unavailable, kme_timeout (no answer within "
+          "the 5 s hand-off timeout), store_full — the key waits in the buffer and is retried every second; buffer_full — "
+          "the key is discarded. QKDKeyHandoffFailing pages on 10 or more failed attempts that are over 10 % of 10 m's; "
+          "`qkdops keys fetch --sae SAE --peer SAE` checks both KMEs end to end.", "short",
+          [(f'sum by (outcome) (increase(qkd_key_handoffs_total{L}[$__rate_interval]))', "{{outcome}}")],
+          [(None, "green")], w=8, min=0),
+        P("timeseries", "Key provisioning latency", "Time from a block's key entering the link's buffer to both KMEs holding it, "
+          "retries included (median and 99th percentile of the keys handed off in the interval; empty when none was). "
+          "Healthy: a few ms to 50 ms. The key-provisioning-latency SLO counts keys later than 1 s (the red line).", "s",
+          [(quantile(0.5), "p50"), (quantile(0.99), "p99")], [(None, "green"), (1.0, "red")], w=8, min=0),
+        P("timeseries", "Hand-off backlog vs buffer capacity", "Distilled key in the link's buffer waiting for hand-off (at "
+          "most a block's key when healthy, growing while the KMEs do not take key), and the buffer's capacity "
+          "(runtime.key_store_capacity_bits): once the backlog reaches it, new key is discarded (buffer_full).", "bytes",
+          [(f"qkd_key_handoff_backlog_bytes{L}", "backlog"), (f"qkd_key_handoff_buffer_capacity_bytes{L}", "capacity")],
+          [(None, "green")], w=8, min=0),
+        P("timeseries", "KME store keys per site", "Keys (256 bits) the KME at each end holds for this link, issued or not: "
+          "grows with each hand-off, falls as applications fetch keys. Both ends hold the same key.", "short",
+          [(f"qkd_key_store_keys{L}", "{{site}}")], [(None, "green")], w=12, min=0),
+        P("stat", "Hand-off buffer used", "Backlog over the buffer's capacity (runtime.key_store_capacity_bits): at 100 % each "
+          "new block's key is discarded (buffer_full).", "percentunit",
+          [(f"max(qkd_key_handoff_backlog_bytes{L}) / max(qkd_key_handoff_buffer_capacity_bytes{L})", "used")],
+          [(None, "green"), (0.5, "orange"), (0.9, "red")], w=6, min=0, max=1),
+        P("stat", "KME store used per site", "Keys held over the store's capacity (key_delivery.max_key_count) at each end: "
+          "at 100 % hand-offs fail with store_full.", "percentunit",
+          [(f"max by (site) (qkd_key_store_keys{L}) / max by (site) (qkd_key_store_capacity_keys{L})", "{{site}}")],
+          [(None, "green"), (0.8, "orange"), (0.95, "red")], w=6, min=0, max=1),
+    ]
 
 
 def debug() -> dict:
@@ -248,7 +313,42 @@ def debug() -> dict:
                  f"(rate(qkd_postprocessing_stage_duration_seconds_bucket{L}[$__rate_interval])))", "{{stage}}")], w=24, min=0,
           trace_links=True),
         *decoy_estimation_row(),
+        *debug_key_delivery(),
     ])
+
+
+# The sites at the link's two ends, as a `site` label: KME series are per site, not per link.
+LINK_SITES = ('(label_replace(qkd_link_info{link="$link"}, "site", "$1", "alice", "(.+)") '
+              'or label_replace(qkd_link_info{link="$link"}, "site", "$1", "bob", "(.+)"))')
+
+
+def debug_key_delivery() -> list[P]:
+    """The KMEs at the link's ends (ETSI GS QKD 014): what they answer, how fast, and the keys each SAE took."""
+    def request_quantile(q: float) -> str:
+        return (f"histogram_quantile({q}, sum by (site, call, le) (rate(qkd_kme_request_duration_seconds_bucket[$__rate_interval])) "
+                f"and on (site) {LINK_SITES})")
+
+    return [
+        row("Key delivery (KMEs at the link's ends)"),
+        P("timeseries", "KME requests by site, call and code", "ETSI GS QKD 014 requests per second the KMEs at the link's two "
+          "sites answer, by call (status, enc_keys, dec_keys, other) and HTTP code: 200 served; 400 malformed or an unknown "
+          "peer; 401 an SAE asking for what it may not have (QKDKMERequestsRefused); 503 not enough key stored. A KME's "
+          "series appear with its first answer; TLS handshakes refused are not requests.", "reqps",
+          [(f"sum by (site, call, code) (rate(qkd_kme_requests_total[$__rate_interval])) and on (site) {LINK_SITES}",
+            "{{site}} {{call}} {{code}}")], [(None, "green")], w=12, min=0),
+        P("timeseries", "KME request latency", "Time the KMEs at the link's two sites take to answer a request (parsed request "
+          "to response written), median and 99th percentile per site and call.", "s",
+          [(request_quantile(0.5), "{{site}} {{call}} p50"), (request_quantile(0.99), "{{site}} {{call}} p99")],
+          [(None, "green")], w=12, min=0),
+        P("timeseries", "Keys served by SAE", "Keys of this link the KMEs serve per second to each application (SAE): enc_keys "
+          "to the master, dec_keys to the slave redeeming the same keys. Present once an SAE has fetched a key.", "short",
+          [(f"sum by (sae, call) (rate(qkd_kme_keys_served_total{L}[$__rate_interval]))", "{{sae}} {{call}}")],
+          [(None, "green")], w=12, min=0),
+        P("heatmap", "Key provisioning latency distribution", "Block keys handed off per interval by provisioning latency "
+          "(buffered → held by both KMEs, retries included): healthy keys sit in the millisecond buckets, keys that waited "
+          "for a KME in the seconds and beyond.", "s",
+          [(f"sum by (le) (increase(qkd_key_handoff_duration_seconds_bucket{L}[$__rate_interval]))", "{{le}}")], w=12),
+    ]
 
 
 WINDOW = ("the decoy_estimation calibration job's finite-key decoy analysis of the sliding window of archived blocks "

@@ -7,8 +7,8 @@ local stack and the docker-compose variants (``prometheus/prometheus.yml``,
 ``alertmanager/alertmanager.yml``: the same functions with service names; a test keeps them current)
 cannot drift apart.
 
-Alertmanager routing (``alertmanager_config``): alerts are grouped per ``alertname``, ``link`` and
-``slo`` (an SLO's burn tiers share one group, so one incident per SLO and link, and the faster tier's
+Alertmanager routing (``alertmanager_config``): alerts are grouped per ``alertname``, ``link``,
+``site`` (the KMEs' alerts are per site) and ``slo`` (an SLO's burn tiers share one group, so one incident per SLO and link, and the faster tier's
 inhibition of the slower keeps it to one alert); ``severity=page`` goes to the pager sink, PagerDuty
 (Events v2) and Opsgenie, ``severity=ticket`` to the pager sink and Slack, anything else to the sink
 only (a rule without a valid severity is a bug the sink makes visible). The sink comes first with
@@ -135,7 +135,7 @@ def render_compose_prometheus_config() -> str:
 
 
 # ---- Alertmanager -----------------------------------------------------------------------------------
-GROUP_BY = ["alertname", "link", "slo"]
+GROUP_BY = ["alertname", "link", "site", "slo"]  # site: KME alerts (per site, no link)
 SINK_RECEIVER = "pager-sink-{kind}"  # one per pager_sink.KINDS endpoint
 
 
