@@ -70,9 +70,10 @@ def test_the_runtime_image_runs_the_same_fleet_without_its_own_prometheus_or_sch
     assert f"write_container_config('/app/links.yaml', '{CONTAINER_CONFIG}')" in DOCKERFILE
     assert DOCKERFILE.index("COPY links.yaml") < DOCKERFILE.index("write_container_config")
     exposed = {int(p) for line in DOCKERFILE.splitlines() if line.startswith("EXPOSE ") for p in line.split()[1:]}
-    runtime = load_config(ROOT / "links.yaml").runtime
+    config = load_config(ROOT / "links.yaml")
+    runtime = config.runtime
     assert exposed == {runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port,
-                       runtime.calibration_exporter_port, runtime.pager_sink_port}
+                       runtime.calibration_exporter_port, runtime.pager_sink_port, *(k.port for k in config.key_delivery.kmes)}
 
 
 def test_the_container_config_is_links_yaml_listening_on_the_compose_network(tmp_path: Path):
