@@ -60,6 +60,21 @@ def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_i
     return path
 
 
+def kme_profile(directory: Path, saes: dict[str, list[str]]) -> Path:
+    """FAST_LINK (sites a, b) alone on free ports, with a KME per site serving ``saes[site]``:
+    the runtime and its KMEs, for key-delivery tests run with ``--no-prometheus``."""
+    control, device, pp, prom, am, sink, calibration, kme_a, kme_b = free_ports(9)
+    raw = {"runtime": {"state_dir": str(directory / "state"), "control_port": control, "device_exporter_port": device,
+                       "postprocessing_exporter_port": pp, "prometheus_port": prom, "alertmanager_port": am,
+                       "pager_sink_port": sink, "calibration_exporter_port": calibration},
+           "links": [FAST_LINK],
+           "key_delivery": {"kmes": [{"site": "a", "port": kme_a, "saes": saes["a"]},
+                                     {"site": "b", "port": kme_b, "saes": saes["b"]}]}}
+    path = directory / "links.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 class RunningStack:
     def __init__(self, config_path: Path, *extra_args: str) -> None:
         self.config_path = config_path

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from stack_helpers import FAST_LINK, RunningStack, free_ports, wait_for
+from stack_helpers import RunningStack, kme_profile, wait_for
 
 from qkdops.config import load_config
 from qkdops.kme.pki import Pki
@@ -21,21 +20,8 @@ def _qkdops(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "qkdops.cli", *args], capture_output=True, text=True, timeout=60)
 
 
-def _profile(directory: Path) -> Path:
-    control, device, pp, prom, am, sink, calibration, kme_a, kme_b = free_ports(9)
-    raw = {"runtime": {"state_dir": str(directory / "state"), "control_port": control, "device_exporter_port": device,
-                       "postprocessing_exporter_port": pp, "prometheus_port": prom, "alertmanager_port": am,
-                       "pager_sink_port": sink, "calibration_exporter_port": calibration},
-           "links": [FAST_LINK],
-           "key_delivery": {"kmes": [{"site": "a", "port": kme_a, "saes": ["sae-a"]},
-                                     {"site": "b", "port": kme_b, "saes": ["sae-b", "sae-b2"]}]}}
-    path = directory / "links.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
 def test_pki_init_issues_what_is_missing_privately_and_only_once(tmp_path: Path):
-    config_path = _profile(tmp_path)
+    config_path = kme_profile(tmp_path, {"a": ["sae-a"], "b": ["sae-b", "sae-b2"]})
     first = _qkdops("pki", "init", "--config", str(config_path))
     assert first.returncode == 0, first.stderr
     assert "12 file(s) issued, 2 KME(s), 3 SAE(s)" in first.stdout and "sae/sae-b2.key" in first.stdout
@@ -52,7 +38,7 @@ def test_pki_init_issues_what_is_missing_privately_and_only_once(tmp_path: Path)
 
 @pytest.mark.slow
 def test_keys_fetch_shows_both_saes_obtaining_the_same_keys(tmp_path: Path):
-    config_path = _profile(tmp_path)
+    config_path = kme_profile(tmp_path, {"a": ["sae-a"], "b": ["sae-b", "sae-b2"]})
     stack = RunningStack(config_path, "--no-prometheus")
     try:
         stack.wait_up()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stack_helpers import FAST_LINK, RunningStack, free_ports, wait_for
+from stack_helpers import RunningStack, kme_profile, wait_for
 
 from qkdops.kme.client import EtsiClient, EtsiClientError, client_context
 from qkdops.kme.pki import Pki
@@ -19,19 +19,6 @@ from qkdops.kme.pki import Pki
 pytestmark = pytest.mark.slow
 KEYS_PER_REQUEST = 8
 KEY_BYTES = 32
-
-
-def _profile(directory: Path) -> Path:
-    control, device, pp, prom, am, sink, calibration, kme_a, kme_b = free_ports(9)
-    raw = {"runtime": {"state_dir": str(directory / "state"), "control_port": control, "device_exporter_port": device,
-                       "postprocessing_exporter_port": pp, "prometheus_port": prom, "alertmanager_port": am,
-                       "pager_sink_port": sink, "calibration_exporter_port": calibration},
-           "links": [FAST_LINK],
-           "key_delivery": {"kmes": [{"site": "a", "port": kme_a, "saes": ["sae-a"]},
-                                     {"site": "b", "port": kme_b, "saes": ["sae-b"]}]}}
-    path = directory / "links.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 class Stream:
@@ -86,7 +73,7 @@ class Stream:
 
 
 def test_kill_9_mid_stream_loses_no_key_and_serves_none_twice(tmp_path: Path):
-    config_path = _profile(tmp_path)
+    config_path = kme_profile(tmp_path, {"a": ["sae-a"], "b": ["sae-b"]})
     raw = yaml.safe_load(config_path.read_text())
     ports = {k["site"]: k["port"] for k in raw["key_delivery"]["kmes"]}
     state = Path(raw["runtime"]["state_dir"])

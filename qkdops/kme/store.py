@@ -20,7 +20,6 @@ counts and key IDs, never material.
 from __future__ import annotations
 
 import heapq
-import os
 import sqlite3
 import time
 import uuid
@@ -75,11 +74,8 @@ class KeyPoolStore(DurableStore):
     holds for one link (``max_key_count`` × ``key_size_bits`` / 8)."""
 
     def __init__(self, path: Path, capacity_bytes: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        os.chmod(path, 0o600)
         self.capacity_bytes = capacity_bytes
-        super().__init__(path, SCHEMA)
+        super().__init__(path, SCHEMA, private=True)
 
     # ---- hand-off (post-processing → both ends) ---------------------------------------------------
     def accept(self, link: str, block: int, material: bytes, sites: Sequence[str], capacity_bytes: int | None = None) -> str:

@@ -7,6 +7,7 @@ readers (``qkdops replay``, ``qkdops status``) never block the writer. Autocommi
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -24,9 +25,15 @@ def open_durable(path: Path, schema: str) -> sqlite3.Connection:
 
 class DurableStore:
     """Base of the runtime's SQLite stores: one durable connection shared by threads under a lock
-    (writes are a few per second at most, so serialising them costs nothing)."""
+    (writes are a few per second at most, so serialising them costs nothing). ``private``: the file
+    holds key material, so it is created 0600 before SQLite opens it (never readable by others,
+    not even for a moment)."""
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, private: bool = False) -> None:
+        if private:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(path, 0o600)
         self.path = path
         self._lock = threading.Lock()
         self._db = open_durable(path, schema)

@@ -11,7 +11,6 @@ than drop older ones. The file is created 0600; key bytes leave only through ``o
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from qkdops.runtime.durable import DurableStore
@@ -24,11 +23,8 @@ CREATE TABLE IF NOT EXISTS keys (link TEXT NOT NULL, idx INTEGER NOT NULL, bits 
 
 class KeyBuffer(DurableStore):
     def __init__(self, path: Path, capacity_bits: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        os.chmod(path, 0o600)
         self.capacity_bits = capacity_bits
-        super().__init__(path, SCHEMA)
+        super().__init__(path, SCHEMA, private=True)
 
     def deposit(self, link: str, index: int, material: bytes) -> str:
         """Buffer a block's key: ``success`` (also when already buffered) or ``buffer_full``."""
