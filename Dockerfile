@@ -14,6 +14,7 @@ COPY qkdops ./qkdops
 COPY exporters ./exporters
 COPY dashboards ./dashboards
 COPY calibration_jobs ./calibration_jobs
+COPY gameday ./gameday
 # Editable install: the code finds its data beside it in /app (links.yaml, runbooks/ served at
 # /runbooks/<AlertName>, the metric catalogue, calibration_jobs/jobs.yaml), exactly as in a checkout.
 RUN pip install --no-cache-dir -e .

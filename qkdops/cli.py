@@ -15,6 +15,7 @@ from qkdops import slo_cmd
 from qkdops import dashboards_cmd
 from qkdops import calibration_cmd
 from qkdops import keys_cmd
+from qkdops import gameday_cmd
 
 
 class UsageError(Exception):
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboards_cmd.register(sub)
     calibration_cmd.register(sub)
     keys_cmd.register(sub)
+    gameday_cmd.register(sub)
     return parser
 
 

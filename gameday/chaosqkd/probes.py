@@ -1,0 +1,87 @@
+"""Chaos Toolkit probes: what a game day observes — the link's status (control API), pages
+delivered (pager sink), alerts open (Alertmanager) and calibration runs (Prometheus).
+
+Waiting probes poll until their condition holds or their ``timeout_s`` passes, then raise
+``ActivityFailed`` (the scenario fails; its rollbacks still run): every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chaoslib.exceptions import ActivityFailed
+
+from gameday.chaosqkd import endpoints, get_json, started_at
+
+POLL_S = 1.0
+
+
+def link_producing_key(link: str, configuration: dict[str, Any] | None = None) -> bool:
+    """No fault in force, the last block produced key, and it ended within three block lengths."""
+    status = endpoints(configuration).control().status(link)
+    last = status.get("last_block") or {}
+    fresh = last.get("end_timestamp") is not None and time.time() - last["end_timestamp"] <= 3 * status["block_seconds"] + 5
+    return not status["active_faults"] and last.get("reason") == "none" and fresh
+
+
+def open_pages(link: str, configuration: dict[str, Any] | None = None) -> list[str]:
+    """Alert names paging for ``link`` now (active in Alertmanager, neither silenced nor inhibited)."""
+    alerts = get_json(f"{endpoints(configuration).alertmanager}/api/v2/alerts", active="true", silenced="false",
+                      inhibited="false", filter=[f'link="{link}"', 'severity="page"'])
+    return sorted({a["labels"]["alertname"] for a in alerts})
+
+
+def no_open_pages(link: str, configuration: dict[str, Any] | None = None) -> bool:
+    return not open_pages(link, configuration)
+
+
+def page_delivered(alertname: str, link: str, timeout_s: float, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Wait for the pager sink to receive a firing page ``alertname`` for ``link`` since the run began."""
+    sink = endpoints(configuration).pager_sink
+    since = started_at(configuration)
+
+    def delivered() -> dict[str, Any] | None:
+        found = get_json(f"{sink}/api/v1/notifications", kind="page", alertname=alertname, link=link,
+                         status="firing", since=f"{since:.3f}")["notifications"]
+        return {"alertname": alertname, "received_at": found[0]["received_at"]} if found else None
+
+    return _wait(delivered, timeout_s, f"page {alertname} for {link} at the pager sink")
+
+
+def recovered(link: str, timeout_s: float, configuration: dict[str, Any] | None = None) -> float:
+    """Wait until the link produces key again and nothing pages for it; returns the seconds waited."""
+    begun = time.time()
+    _wait(lambda: link_producing_key(link, configuration) and no_open_pages(link, configuration), timeout_s,
+          f"{link} to produce key again with no page open")
+    return time.time() - begun
+
+
+def calibration_corrected(link: str, job_name: str, timeout_s: float, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Wait until Prometheus shows a ``corrected`` run of calibration job ``job_name`` on ``link``
+    since the run began (the automatic recovery a drift scenario expects)."""
+    prometheus = endpoints(configuration).prometheus
+    since = started_at(configuration)
+
+    def corrected() -> dict[str, Any] | None:
+        window = max(1, int(time.time() - since) + 1)
+        query = f'increase(qkd_calibration_runs_total{{link="{link}", job_name="{job_name}", outcome="corrected"}}[{window}s]) > 0'
+        result = get_json(f"{prometheus}/api/v1/query", query=query)["data"]["result"]
+        return {"job_name": job_name, "seen_at": time.time()} if result else None
+
+    return _wait(corrected, timeout_s, f"a corrected {job_name} run on {link}")
+
+
+def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.time() + timeout_s
+    last_error = ""
+    while True:
+        try:
+            if result := check():
+                return result
+        except OSError as exc:  # the stack briefly unreachable is worth waiting through
+            last_error = f" (last error: {exc})"
+        if time.time() >= deadline:
+            raise ActivityFailed(f"no {what} within {timeout_s:g} s{last_error}")
+        time.sleep(POLL_S)

@@ -1,0 +1,147 @@
+"""Run one scenario with Chaos Toolkit's engine against a running stack, and judge it.
+
+The engine runs the hypothesis, the method and the rollbacks (``runtime.rollbacks.strategy:
+always``). Chaos Toolkit swallows Ctrl-C/SIGTERM and then skips rollbacks (its conservative
+choice, see ``chaoslib.experiment.run_experiment``); a game day must never leave a fault behind, so
+``run`` clears every fault of the scenario's link itself in a ``finally``, whatever happened.
+
+Judgement (``Outcome``), from the pager sink — what on-call really received — not from the
+probes' own view: time to detect = first delivery of each expected page − the injection; time to
+recover = the injection … the end of the method's last activity (the recovery probe); unexpected
+= pages for the link that were not expected, and any alert in ``silent`` that notified at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from chaoslib.experiment import run_experiment
+from chaoslib.run import RunEventHandler
+
+from gameday.chaosqkd import endpoints, get_json
+from gameday.scenario import Scenario
+
+log = logging.getLogger("qkdops.gameday")
+SETTINGS = {"runtime": {"rollbacks": {"strategy": "always"}}}
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    title: str
+    link: str
+    fault: str
+    started_at: float
+    injected_at: float | None = None
+    method_done_at: float | None = None              # the method's last activity (the recovery probe) ended
+    finished_at: float | None = None
+    status: str = "not run"                          # completed | failed | interrupted | aborted
+    deviated: bool = False
+    detect_s: dict[str, float | None] = field(default_factory=dict)   # expected page → seconds (None: never)
+    recover_s: float | None = None
+    unexpected: list[str] = field(default_factory=list)
+    failed_activities: list[str] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)      # {t, what}
+    limits: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        on_time = all(v is not None and v <= self.limits["detect_s"] for v in self.detect_s.values())
+        recovered = self.recover_s is not None and self.recover_s <= self.limits["recover_s"]
+        return (self.status == "completed" and not self.deviated and not self.failed_activities and on_time
+                and recovered and not self.unexpected)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+class _Progress(RunEventHandler):
+    """Chaos Toolkit's run events → one progress line each, and the run's timeline."""
+
+    def __init__(self, outcome: Outcome, say: Callable[[str], None]) -> None:
+        self.outcome, self.say = outcome, say
+
+    def _mark(self, what: str) -> None:
+        now = time.time()
+        self.outcome.timeline.append({"t": now, "what": what})
+        self.say(f"  [{now - self.outcome.started_at:6.1f} s] {what}")
+
+    def start_activity(self, activity: Any) -> None:
+        self._mark(f"{activity['type']} {activity['name']} …")
+
+    def activity_completed(self, activity: Any, run: Any) -> None:
+        status = run.get("status") if isinstance(run, dict) else None
+        self._mark(f"{activity['type']} {activity['name']}: {status}")
+        if status != "succeeded":
+            self.outcome.failed_activities.append(f"{activity['name']}: {run.get('exception', [''])[-1].strip() if run else ''}")
+        if isinstance(run, dict) and activity.get("provider", {}).get("func") == "inject_fault" and status == "succeeded":
+            self.outcome.injected_at = run["output"]["injected_at"]
+
+    def method_completed(self, experiment: Any, state: Any = None) -> None:
+        self._mark("method completed")
+        self.outcome.method_done_at = time.time()
+
+    def start_rollbacks(self, experiment: Any) -> None:
+        self._mark("rollbacks")
+
+
+def run(scenario: Scenario, config_path: Path, say: Callable[[str], None] = print) -> Outcome:
+    """Run ``scenario`` against the stack of ``config_path``; bounded by the scenario's limits."""
+    started = time.time()
+    outcome = Outcome(scenario.name, scenario.title, scenario.link, scenario.fault, started,
+                      limits=asdict(scenario.limits))
+    experiment = copy.deepcopy(scenario.experiment)
+    experiment["configuration"] = {**experiment.get("configuration", {}), "qkdops_config": str(config_path),
+                                   "gameday_started_at": started}
+    configuration = experiment["configuration"]
+    say(f"{scenario.name}: {scenario.title}")
+    try:
+        journal = run_experiment(experiment, settings=copy.deepcopy(SETTINGS), event_handlers=[_Progress(outcome, say)])
+        outcome.status = str(journal.get("status"))
+        outcome.deviated = bool(journal.get("deviated"))
+    except BaseException:
+        outcome.status = "interrupted"
+        raise
+    finally:
+        try:
+            endpoints(configuration).control().clear(scenario.link)
+        except Exception as exc:  # noqa: BLE001 (reported: an operator must clear it by hand)
+            say(f"  !! could not clear the faults of {scenario.link}: {exc} — run `qkdops fault clear {scenario.link}`")
+        outcome.finished_at = time.time()
+    _judge(scenario, outcome, configuration)
+    say(f"  => {'PASSED' if outcome.passed else 'FAILED'}: detect {outcome.detect_s}, recover "
+        f"{'-' if outcome.recover_s is None else f'{outcome.recover_s:.1f} s'}, unexpected {outcome.unexpected or 'none'}")
+    return outcome
+
+
+def _judge(scenario: Scenario, outcome: Outcome, configuration: dict[str, Any]) -> None:
+    sink = endpoints(configuration).pager_sink
+    notes = get_json(f"{sink}/api/v1/notifications", link=scenario.link, since=f"{outcome.started_at:.3f}",
+                     limit=1000)["notifications"]
+    injected = outcome.injected_at
+    for alert in scenario.pages:
+        times = [_unix(n["received_at"]) for n in notes if n["kind"] == "page" and _has(n, alert, "firing")]
+        outcome.detect_s[alert] = None if not times or injected is None else min(times) - injected
+    for note in notes:
+        for a in note.get("alerts", []):
+            name = a["labels"].get("alertname", "")
+            paged_unexpectedly = note["kind"] == "page" and a.get("status") == "firing" and name not in scenario.pages
+            if (paged_unexpectedly or name in scenario.silent) and name not in outcome.unexpected:
+                outcome.unexpected.append(name)
+    if injected is not None and outcome.method_done_at is not None and not outcome.failed_activities:
+        outcome.recover_s = outcome.method_done_at - injected
+
+
+def _unix(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339).timestamp()
+
+
+def _has(note: dict[str, Any], alertname: str, status: str) -> bool:
+    return any(a["labels"].get("alertname") == alertname and a.get("status") == status for a in note.get("alerts", []))

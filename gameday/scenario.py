@@ -1,0 +1,199 @@
+"""A game-day scenario: a Chaos Toolkit experiment file with a ``qkdops`` extension block.
+
+The experiment (steady-state hypothesis, method, rollbacks) is what Chaos Toolkit's engine runs; the
+extension block is what the run is judged against::
+
+    extensions:
+      - name: qkdops
+        link: metro-bb84                 # the link the fault is injected on
+        fault: fiber_cut                 # a fault of `qkdops fault list`
+        parameters: {}                   # its parameters (others take their defaults)
+        expect:
+          pages: [QKDLinkDown]           # must be delivered to the pager sink
+          silent: [QKDQBERHigh, …]       # must not page (inhibited, or not this fault's)
+        recovery: runbook                # runbook (a human's action in the method) | automatic (a calibration job)
+        limits: {detect_s: 30, recover_s: 180, run_s: 420}
+
+``load`` checks both halves and that they agree — the method injects exactly the declared fault on
+the declared link, every waiting probe is bounded within ``run_s``, and the rollbacks clear the
+link's faults — so a scenario cannot claim one thing and do another. Errors name the file and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from chaoslib.exceptions import ChaosException
+from chaoslib.experiment import ensure_experiment_is_valid
+
+from qkdlink.emulator.faults import FaultError, spec
+
+SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
+ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
+EXTENSION = "qkdops"
+RECOVERY = ("automatic", "runbook")
+MODULES = ("gameday.chaosqkd.actions", "gameday.chaosqkd.probes")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    detect_s: float
+    recover_s: float
+    run_s: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str                       # the file's stem: `qkdops gameday run fiber-cut`
+    path: Path
+    experiment: dict[str, Any]      # the Chaos Toolkit experiment, as loaded
+    link: str
+    fault: str
+    parameters: Mapping[str, float]
+    pages: tuple[str, ...]
+    silent: tuple[str, ...]
+    recovery: str
+    limits: Limits
+
+    @property
+    def title(self) -> str:
+        return str(self.experiment["title"])
+
+
+def alert_severities(rules_dir: Path = ALERT_RULES) -> dict[str, str]:
+    """Every alert the rules define → its severity."""
+    out: dict[str, str] = {}
+    for path in sorted(rules_dir.glob("*.yml")):
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups", []):
+            for rule in group.get("rules", []):
+                if "alert" in rule:
+                    out[rule["alert"]] = rule.get("labels", {}).get("severity", "")
+    return out
+
+
+def names(directory: Path = SCENARIOS_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_all(selector: str, directory: Path = SCENARIOS_DIR) -> list[Scenario]:
+    """``all`` or one scenario name (a file stem), or ScenarioError listing the known ones."""
+    known = names(directory)
+    if selector == "all":
+        return [load(directory / f"{name}.yaml") for name in known]
+    if selector not in known:
+        raise ScenarioError(f"unknown scenario '{selector}' (scenarios: {', '.join(known)}, or all)")
+    return [load(directory / f"{selector}.yaml")]
+
+
+def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
+    def fail(where: str, message: str) -> ScenarioError:
+        return ScenarioError(f"{path}: {where}: {message}")
+
+    try:
+        experiment = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScenarioError(f"{path}: cannot read a YAML experiment: {exc}") from None
+    if not isinstance(experiment, dict):
+        raise fail("top level", "expected a Chaos Toolkit experiment (a mapping)")
+    try:
+        ensure_experiment_is_valid(experiment)
+    except ChaosException as exc:
+        raise fail("experiment", f"not a valid Chaos Toolkit experiment: {exc}") from None
+    blocks = [e for e in experiment.get("extensions", []) if isinstance(e, dict) and e.get("name") == EXTENSION]
+    if len(blocks) != 1:
+        raise fail("extensions", f"expected exactly one extension named {EXTENSION!r}")
+    block = blocks[0]
+    where = "extensions[qkdops]"
+    for key in ("link", "fault", "expect", "recovery", "limits"):
+        if key not in block:
+            raise fail(f"{where}.{key}", "missing")
+    try:
+        parameters = spec(block["fault"]).validate(block.get("parameters") or {})
+    except FaultError as exc:
+        raise fail(f"{where}.fault", str(exc)) from None
+    if block["recovery"] not in RECOVERY:
+        raise fail(f"{where}.recovery", f"expected one of {', '.join(RECOVERY)}, got {block['recovery']!r}")
+    severities = alert_severities() if severities is None else severities
+    expect = block["expect"] if isinstance(block["expect"], dict) else {}
+    pages, silent = tuple(expect.get("pages") or ()), tuple(expect.get("silent") or ())
+    for key, alerts in (("pages", pages), ("silent", silent)):
+        for alert in alerts:
+            if alert not in severities:
+                raise fail(f"{where}.expect.{key}", f"no alert named {alert!r} in alert_rules/")
+    for alert in pages:
+        if severities[alert] != "page":
+            raise fail(f"{where}.expect.pages", f"{alert} is a {severities[alert] or 'severity-less'} alert, not a page")
+    if set(pages) & set(silent):
+        raise fail(f"{where}.expect", f"alerts both expected and silent: {sorted(set(pages) & set(silent))}")
+    limits_raw = block["limits"] if isinstance(block["limits"], dict) else {}
+    try:
+        limits = Limits(*(float(limits_raw[k]) for k in ("detect_s", "recover_s", "run_s")))
+    except (KeyError, TypeError, ValueError):
+        raise fail(f"{where}.limits", "expected numbers detect_s, recover_s, run_s") from None
+    if not 0 < limits.detect_s <= limits.run_s or not 0 < limits.recover_s <= limits.run_s:
+        raise fail(f"{where}.limits", "expected 0 < detect_s, recover_s <= run_s")
+    scenario = Scenario(path.stem, path, experiment, str(block["link"]), str(block["fault"]), parameters,
+                        pages, silent, str(block["recovery"]), limits)
+    _check_agreement(scenario, fail)
+    return scenario
+
+
+def activities(experiment: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(section, activity) in run order: hypothesis probes, method, rollbacks."""
+    for probe in (experiment.get("steady-state-hypothesis") or {}).get("probes", []):
+        yield "steady-state-hypothesis", probe
+    for activity in experiment.get("method", []):
+        yield "method", activity
+    for activity in experiment.get("rollbacks", []):
+        yield "rollbacks", activity
+
+
+def _check_agreement(s: Scenario, fail: Any) -> None:
+    injects, rolled_back, waited = [], False, 0.0
+    for section, activity in activities(s.experiment):
+        provider = activity.get("provider", {})
+        if provider.get("type") != "python" or provider.get("module") not in MODULES:
+            raise fail(f"{section}[{activity.get('name')}]", f"only the qkdops extension's python providers ({', '.join(MODULES)})")
+        args = provider.get("arguments", {})
+        func = provider.get("func")
+        if func == "inject_fault":
+            if section != "method":
+                raise fail(f"{section}[{activity.get('name')}]", "faults are injected in the method only")
+            injects.append(args)
+        if section == "rollbacks" and func == "clear_fault" and args.get("link") == s.link and args.get("fault") is None:
+            rolled_back = True
+        if "timeout_s" in args:
+            waited += float(args["timeout_s"])
+        pauses = activity.get("pauses", {})
+        waited += float(pauses.get("before", 0)) + float(pauses.get("after", 0))
+    if len(injects) != 1 or injects[0].get("link") != s.link or injects[0].get("fault") != s.fault \
+            or spec(s.fault).validate(injects[0].get("parameters") or {}) != dict(s.parameters):
+        raise fail("method", f"expected exactly one inject_fault of {s.fault} on {s.link} with the declared parameters")
+    if not rolled_back:
+        raise fail("rollbacks", f"expected a clear_fault of every fault of {s.link} (no fault argument)")
+    if waited > s.limits.run_s:
+        raise fail("extensions[qkdops].limits.run_s", f"the activities may wait {waited:g} s, more than run_s {s.limits.run_s:g}")
+
+
+def plan(s: Scenario) -> str:
+    """What ``qkdops gameday run`` would do, in order, without touching anything."""
+    lines = [f"{s.name}: {s.title}", f"  link {s.link}; fault {s.fault} {dict(s.parameters) or ''}".rstrip(),
+             f"  expect pages: {', '.join(s.pages) or 'none'}; must stay silent: {', '.join(s.silent) or 'none'}",
+             f"  recovery: {s.recovery}; limits: detect {s.limits.detect_s:g} s, recover {s.limits.recover_s:g} s, "
+             f"run {s.limits.run_s:g} s"]
+    for section, activity in activities(s.experiment):
+        provider = activity["provider"]
+        args = ", ".join(f"{k}={v}" for k, v in provider.get("arguments", {}).items())
+        pauses = activity.get("pauses", {})
+        pause = "".join(f" (pause {k} {v:g} s)" for k, v in pauses.items())
+        lines.append(f"  [{section}] {activity['type']} {activity['name']}: {provider['func']}({args}){pause}")
+    lines.append("  [always] clear every fault of the link at the end, even when interrupted")
+    return "\n".join(lines)

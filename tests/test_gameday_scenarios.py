@@ -1,0 +1,72 @@
+"""Game-day scenario files: valid Chaos Toolkit experiments whose qkdops block agrees with what they do."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gameday.scenario import SCENARIOS_DIR, ScenarioError, load, load_all, names, plan
+
+
+def test_every_shipped_scenario_loads_and_plans():
+    scenarios = load_all("all")
+    assert [s.name for s in scenarios] == names() and scenarios
+    for s in scenarios:
+        text = plan(s)
+        assert text.startswith(f"{s.name}: ") and f"fault {s.fault}" in text and "[rollbacks]" in text
+        assert "[always] clear every fault of the link" in text
+
+
+def _fiber_cut() -> dict[str, Any]:
+    return yaml.safe_load((SCENARIOS_DIR / "fiber-cut.yaml").read_text())
+
+
+def _qkdops(raw: dict[str, Any]) -> dict[str, Any]:
+    return next(e for e in raw["extensions"] if e["name"] == "qkdops")
+
+
+def _method(raw: dict[str, Any], func: str) -> dict[str, Any]:
+    return next(a for a in raw["method"] if a["provider"]["func"] == func)["provider"]["arguments"]
+
+
+@pytest.mark.parametrize(("mutate", "field", "expected"), [
+    (lambda r: _qkdops(r).update(fault="fibre_cut"), "extensions[qkdops].fault", "unknown fault 'fibre_cut'"),
+    (lambda r: _qkdops(r).update(parameters={"loss_db": -1}), "extensions[qkdops].fault", "loss_db"),
+    (lambda r: _qkdops(r)["expect"].update(pages=["QKDLinkGone"]), "extensions[qkdops].expect.pages", "no alert named"),
+    (lambda r: _qkdops(r)["expect"].update(pages=["QKDQBERHigh"]), "extensions[qkdops].expect.pages", "ticket alert, not a page"),
+    (lambda r: _qkdops(r)["expect"].update(silent=["QKDLinkDown"]), "extensions[qkdops].expect", "both expected and silent"),
+    (lambda r: _qkdops(r).update(recovery="hope"), "extensions[qkdops].recovery", "automatic, runbook"),
+    (lambda r: _qkdops(r).update(limits={"detect_s": 30}), "extensions[qkdops].limits", "expected numbers"),
+    (lambda r: _qkdops(r).update(limits={"detect_s": 30, "recover_s": 120, "run_s": 100}), "extensions[qkdops].limits",
+     "<= run_s"),
+    (lambda r: _qkdops(r).update(link="relay-mdi"), "method", "exactly one inject_fault of fiber_cut on relay-mdi"),
+    (lambda r: _method(r, "inject_fault").update(parameters={"loss_db": 50}), "method", "declared parameters"),
+    (lambda r: r.update(rollbacks=[]), "rollbacks", "clear_fault of every fault"),
+    (lambda r: _method(r, "recovered").update(timeout_s=1000), "extensions[qkdops].limits.run_s", "may wait"),
+    (lambda r: r["method"][0]["provider"].update(module="os", func="system", arguments={"command": "true"}), "method[",
+     "only the qkdops extension's python providers"),
+    (lambda r: r.pop("method"), "experiment", "not a valid Chaos Toolkit experiment"),
+    (lambda r: r.update(extensions=[]), "extensions", "exactly one extension named 'qkdops'"),
+])
+def test_a_scenario_that_says_one_thing_and_does_another_is_refused(tmp_path: Path, mutate, field: str, expected: str):
+    raw = copy.deepcopy(_fiber_cut())
+    mutate(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ScenarioError) as err:
+        load(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {field}") and expected in message, message
+
+
+def test_plan_touches_nothing_and_bad_names_exit_2():
+    listing = subprocess.run([sys.executable, "-m", "qkdops.cli", "gameday", "plan", "all"], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and all(f"{name}: " in listing.stdout for name in names())
+    unknown = subprocess.run([sys.executable, "-m", "qkdops.cli", "gameday", "plan", "backhoe"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown scenario 'backhoe'" in unknown.stderr and "fiber-cut" in unknown.stderr
