@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from chaoslib.experiment import run_experiment
+from chaoslib.exceptions import ActivityFailed
 from chaoslib.run import RunEventHandler
 
-from gameday.chaosqkd import endpoints, get_json
+from gameday.chaosqkd import endpoints, get_json, probes
 from gameday.scenario import Scenario
 
 log = logging.getLogger("qkdops.gameday")
 SETTINGS = {"runtime": {"rollbacks": {"strategy": "always"}}}
+SETTLE_S = 300.0  # how long a run waits for its link to be steady before giving up (nothing injected)
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Outcome:
     finished_at: float | None = None
     status: str = "not run"                          # completed | failed | interrupted | aborted
     deviated: bool = False
-    detect_s: dict[str, float | None] = field(default_factory=dict)   # expected page → seconds (None: never)
+    detect_s: dict[str, float | None] = field(default_factory=dict)   # expected page (or job) → seconds (None: never)
     recover_s: float | None = None
     unexpected: list[str] = field(default_factory=list)
     failed_activities: list[str] = field(default_factory=list)
@@ -81,8 +83,12 @@ class _Progress(RunEventHandler):
         self._mark(f"{activity['type']} {activity['name']}: {status}")
         if status != "succeeded":
             self.outcome.failed_activities.append(f"{activity['name']}: {run.get('exception', [''])[-1].strip() if run else ''}")
-        if isinstance(run, dict) and activity.get("provider", {}).get("func") == "inject_fault" and status == "succeeded":
+        func = activity.get("provider", {}).get("func")
+        if status == "succeeded" and func == "inject_fault":
             self.outcome.injected_at = run["output"]["injected_at"]
+        if status == "succeeded" and func == "calibration_corrected" and self.outcome.injected_at is not None:
+            # an automatic scenario's detection: the calibration job saw the drift and corrected it
+            self.outcome.detect_s[f"{run['output']['job_name']} corrected"] = run["output"]["seen_at"] - self.outcome.injected_at
 
     def method_completed(self, experiment: Any, state: Any = None) -> None:
         self._mark("method completed")
@@ -102,6 +108,16 @@ def run(scenario: Scenario, config_path: Path, say: Callable[[str], None] = prin
                                    "gameday_started_at": started}
     configuration = experiment["configuration"]
     say(f"{scenario.name}: {scenario.title}")
+    say(f"  waiting (≤ {SETTLE_S:g} s) for {scenario.link} to produce key with no page open …")
+    try:
+        probes.recovered(scenario.link, SETTLE_S, configuration)  # e.g. after the previous scenario's burn alerts
+    except ActivityFailed as exc:
+        outcome.status, outcome.finished_at = "not steady", time.time()
+        outcome.failed_activities.append(f"steady state before the run: {exc}")
+        say(f"  => FAILED before injecting anything: {exc}")
+        return outcome
+    outcome.started_at = started = time.time()
+    configuration["gameday_started_at"] = started
     try:
         journal = run_experiment(experiment, settings=copy.deepcopy(SETTINGS), event_handlers=[_Progress(outcome, say)])
         outcome.status = str(journal.get("status"))
