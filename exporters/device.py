@@ -50,6 +50,7 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
             f.add("qkd_calibration_actions_total", (*base, action, outcome), s.calibrations_total.get((action, outcome), 0.0))
     if s.objectives is not None:
         f.add("qkd_dark_count_rate_nominal_hertz", base, s.objectives.nominal_dark_count_rate_hz)
+        f.add("qkd_channel_loss_nominal_decibels", base, s.objectives.nominal_channel_loss_db)
     if s.telemetry is not None:
         _add_telemetry(f, base, s.telemetry)
 

@@ -39,7 +39,7 @@ def _markdown(outcomes: Sequence[Outcome]) -> str:
     when = datetime.fromtimestamp(min(o.started_at for o in outcomes), UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Game day report — {when}", "",
              f"{sum(o.passed for o in outcomes)} of {len(outcomes)} scenarios passed.", "",
-             "| scenario | link | fault | result | time to detect (page delivered) | time to recover | unexpected alerts |",
+             "| scenario | link | fault | result | time to detect (page/ticket delivered, or calibration) | time to recover | unexpected alerts |",
              "|---|---|---|---|---|---|---|"]
     for o in outcomes:
         detect = ", ".join(f"{alert} {'never' if s is None else f'{s:.1f} s'}" for alert, s in o.detect_s.items()) or "no page expected"
@@ -84,7 +84,7 @@ def _marks(o: Outcome) -> list[tuple[float, str, str]]:
     marks = []
     if o.injected_at is not None:
         marks.append((o.injected_at, f"{o.fault} injected", "#c4162a"))
-        marks += [(o.injected_at + s, f"{alert} paged", "#fa6400") for alert, s in o.detect_s.items() if s is not None]
+        marks += [(o.injected_at + s, f"{alert}", "#fa6400") for alert, s in o.detect_s.items() if s is not None]
         if o.recover_s is not None:
             marks.append((o.injected_at + o.recover_s, "recovered", "#37872d"))
     return marks

@@ -3,12 +3,14 @@
 The engine runs the hypothesis, the method and the rollbacks (``runtime.rollbacks.strategy:
 always``). Chaos Toolkit swallows Ctrl-C/SIGTERM and then skips rollbacks (its conservative
 choice, see ``chaoslib.experiment.run_experiment``); a game day must never leave a fault behind, so
-``run`` clears every fault of the scenario's link itself in a ``finally``, whatever happened.
+``run`` clears every fault of the scenario's link itself in a ``finally`` (and undoes a stack fault,
+e.g. restarts a crashed exporter), whatever happened.
 
 Judgement (``Outcome``), from the pager sink — what on-call really received — not from the
-probes' own view: time to detect = first delivery of each expected page − the injection; time to
-recover = the injection … the end of the method's last activity (the recovery probe); unexpected
-= pages for the link that were not expected, and any alert in ``silent`` that notified at all.
+probes' own view: time to detect = first delivery of each expected page (or ticket) − the
+injection; time to recover = the injection … the end of the method's last activity (the recovery
+probe); unexpected = pages that were not expected — for the link, or for the whole stack (no link
+label, e.g. QKDExporterDown) — and any alert in ``silent`` that notified at all.
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ from chaoslib.experiment import run_experiment
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.run import RunEventHandler
 
-from gameday.chaosqkd import endpoints, get_json, probes
-from gameday.scenario import Scenario
+from gameday.chaosqkd import actions, endpoints, get_json, probes
+from gameday.scenario import INJECTORS, Scenario
 
 log = logging.getLogger("qkdops.gameday")
 SETTINGS = {"runtime": {"rollbacks": {"strategy": "always"}}}
 SETTLE_S = 300.0  # how long a run waits for its link to be steady before giving up (nothing injected)
+
+
+class Interrupted(Exception):
+    """The run was interrupted (Ctrl-C, SIGTERM) after it had been cleaned up; holds its outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(f"{outcome.scenario} interrupted")
+        self.outcome = outcome
 
 
 @dataclass
@@ -84,7 +94,7 @@ class _Progress(RunEventHandler):
         if status != "succeeded":
             self.outcome.failed_activities.append(f"{activity['name']}: {run.get('exception', [''])[-1].strip() if run else ''}")
         func = activity.get("provider", {}).get("func")
-        if status == "succeeded" and func == "inject_fault":
+        if status == "succeeded" and func in INJECTORS:
             self.outcome.injected_at = run["output"]["injected_at"]
         if status == "succeeded" and func == "calibration_corrected" and self.outcome.injected_at is not None:
             # an automatic scenario's detection: the calibration job saw the drift and corrected it
@@ -96,6 +106,11 @@ class _Progress(RunEventHandler):
 
     def start_rollbacks(self, experiment: Any) -> None:
         self._mark("rollbacks")
+
+    def signal_exit(self) -> None:
+        """Ctrl-C/SIGTERM reached Chaos Toolkit: end the probe that is waiting now."""
+        self._mark("interrupted")
+        probes.STOP.set()
 
 
 def run(scenario: Scenario, config_path: Path, say: Callable[[str], None] = print) -> Outcome:
@@ -116,6 +131,7 @@ def run(scenario: Scenario, config_path: Path, say: Callable[[str], None] = prin
         outcome.failed_activities.append(f"steady state before the run: {exc}")
         say(f"  => FAILED before injecting anything: {exc}")
         return outcome
+    probes.STOP.clear()
     outcome.started_at = started = time.time()
     configuration["gameday_started_at"] = started
     try:
@@ -126,28 +142,43 @@ def run(scenario: Scenario, config_path: Path, say: Callable[[str], None] = prin
         outcome.status = "interrupted"
         raise
     finally:
-        try:
-            endpoints(configuration).control().clear(scenario.link)
-        except Exception as exc:  # noqa: BLE001 (reported: an operator must clear it by hand)
-            say(f"  !! could not clear the faults of {scenario.link}: {exc} — run `qkdops fault clear {scenario.link}`")
+        _undo(scenario, configuration, say)
         outcome.finished_at = time.time()
+    if outcome.status == "interrupted":  # Chaos Toolkit swallowed the Ctrl-C: the game day stops here
+        say("  => INTERRUPTED: the link's faults are cleared")
+        raise Interrupted(outcome)
     _judge(scenario, outcome, configuration)
     say(f"  => {'PASSED' if outcome.passed else 'FAILED'}: detect {outcome.detect_s}, recover "
         f"{'-' if outcome.recover_s is None else f'{outcome.recover_s:.1f} s'}, unexpected {outcome.unexpected or 'none'}")
     return outcome
 
 
+def _undo(scenario: Scenario, configuration: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Clear the link's faults and undo a stack fault; say what an operator must do if it fails."""
+    try:
+        endpoints(configuration).control().clear(scenario.link)
+    except Exception as exc:  # noqa: BLE001 (reported: an operator must clear it by hand)
+        say(f"  !! could not clear the faults of {scenario.link}: {exc} — run `qkdops fault clear {scenario.link}`")
+    if (stack := scenario.stack_fault) is not None:
+        name = scenario.parameters[stack.parameter]
+        try:
+            getattr(actions, stack.undo)(name, configuration=configuration)
+        except Exception as exc:  # noqa: BLE001 (reported, as above)
+            say(f"  !! could not undo {scenario.fault} ({stack.undo} {name}): {exc} — restart `qkdops up`")
+
+
 def _judge(scenario: Scenario, outcome: Outcome, configuration: dict[str, Any]) -> None:
     sink = endpoints(configuration).pager_sink
-    notes = get_json(f"{sink}/api/v1/notifications", link=scenario.link, since=f"{outcome.started_at:.3f}",
-                     limit=1000)["notifications"]
+    notes = get_json(f"{sink}/api/v1/notifications", since=f"{outcome.started_at:.3f}", limit=1000)["notifications"]
     injected = outcome.injected_at
-    for alert in scenario.pages:
-        times = [_unix(n["received_at"]) for n in notes if n["kind"] == "page" and _has(n, alert, "firing")]
+    for kind, alert in scenario.expected:
+        times = [_unix(n["received_at"]) for n in notes if n["kind"] == kind and _has(n, alert, "firing")]
         outcome.detect_s[alert] = None if not times or injected is None else min(times) - injected
     for note in notes:
         for a in note.get("alerts", []):
-            name = a["labels"].get("alertname", "")
+            name, link = a["labels"].get("alertname", ""), a["labels"].get("link")
+            if link not in (None, scenario.link):
+                continue  # another link's business
             paged_unexpectedly = note["kind"] == "page" and a.get("status") == "firing" and name not in scenario.pages
             if (paged_unexpectedly or name in scenario.silent) and name not in outcome.unexpected:
                 outcome.unexpected.append(name)

@@ -6,17 +6,19 @@ extension block is what the run is judged against::
     extensions:
       - name: qkdops
         link: metro-bb84                 # the link the fault is injected on
-        fault: fiber_cut                 # a fault of `qkdops fault list`
+        fault: fiber_cut                 # a fault of `qkdops fault list`, or of the stack (STACK_FAULTS)
         parameters: {}                   # its parameters (others take their defaults)
         expect:
-          pages: [QKDLinkDown]           # must be delivered to the pager sink
-          silent: [QKDQBERHigh, …]       # must not page (inhibited, or not this fault's)
+          pages: [QKDFiberCut]           # must be delivered to the pager sink as pages
+          tickets: []                    # must be delivered to the pager sink as tickets
+          silent: [QKDLinkDown, …]       # must not notify at all (inhibited, or not this fault's)
         recovery: runbook                # runbook (a human's action in the method) | automatic (a calibration job)
         limits: {detect_s: 30, recover_s: 180, run_s: 420}
 
 ``load`` checks both halves and that they agree — the method injects exactly the declared fault on
-the declared link, every waiting probe is bounded within ``run_s``, and the rollbacks clear the
-link's faults — so a scenario cannot claim one thing and do another. Errors name the file and field.
+the declared link (a stack fault: exactly its action, undone again in the rollbacks), every waiting
+probe is bounded within ``run_s``, and the rollbacks clear the link's faults — so a scenario cannot
+claim one thing and do another. Errors name the file and field.
 """
 
 from __future__ import annotations
@@ -39,6 +41,23 @@ RECOVERY = ("automatic", "runbook")
 MODULES = ("gameday.chaosqkd.actions", "gameday.chaosqkd.probes")
 
 
+@dataclass(frozen=True)
+class StackFault:
+    """A fault of the stack rather than of a link: the action (gameday.chaosqkd.actions) that injects
+    it, the one that undoes it, and the single parameter both take (passed as ``name``)."""
+
+    inject: str
+    undo: str
+    parameter: str
+    choices: tuple[str, ...]
+
+
+STACK_FAULTS: Mapping[str, StackFault] = {
+    "exporter_crash": StackFault("stop_exporter", "start_exporter", "exporter", ("device", "postprocessing")),
+}
+INJECTORS = ("inject_fault", *(f.inject for f in STACK_FAULTS.values()))
+
+
 class ScenarioError(ValueError):
     """A scenario file that cannot be run; the message names the file and the field."""
 
@@ -57,8 +76,9 @@ class Scenario:
     experiment: dict[str, Any]      # the Chaos Toolkit experiment, as loaded
     link: str
     fault: str
-    parameters: Mapping[str, float]
+    parameters: Mapping[str, Any]
     pages: tuple[str, ...]
+    tickets: tuple[str, ...]
     silent: tuple[str, ...]
     recovery: str
     limits: Limits
@@ -66,6 +86,15 @@ class Scenario:
     @property
     def title(self) -> str:
         return str(self.experiment["title"])
+
+    @property
+    def stack_fault(self) -> StackFault | None:
+        return STACK_FAULTS.get(self.fault)
+
+    @property
+    def expected(self) -> tuple[tuple[str, str], ...]:
+        """(kind, alertname) of every notification the run must see."""
+        return (*(("page", a) for a in self.pages), *(("ticket", a) for a in self.tickets))
 
 
 def alert_severities(rules_dir: Path = ALERT_RULES) -> dict[str, str]:
@@ -115,24 +144,22 @@ def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
     for key in ("link", "fault", "expect", "recovery", "limits"):
         if key not in block:
             raise fail(f"{where}.{key}", "missing")
-    try:
-        parameters = spec(block["fault"]).validate(block.get("parameters") or {})
-    except FaultError as exc:
-        raise fail(f"{where}.fault", str(exc)) from None
+    parameters = _parameters(block, fail)
     if block["recovery"] not in RECOVERY:
         raise fail(f"{where}.recovery", f"expected one of {', '.join(RECOVERY)}, got {block['recovery']!r}")
     severities = alert_severities() if severities is None else severities
     expect = block["expect"] if isinstance(block["expect"], dict) else {}
-    pages, silent = tuple(expect.get("pages") or ()), tuple(expect.get("silent") or ())
-    for key, alerts in (("pages", pages), ("silent", silent)):
+    pages, tickets, silent = (tuple(expect.get(k) or ()) for k in ("pages", "tickets", "silent"))
+    for key, alerts in (("pages", pages), ("tickets", tickets), ("silent", silent)):
         for alert in alerts:
             if alert not in severities:
                 raise fail(f"{where}.expect.{key}", f"no alert named {alert!r} in alert_rules/")
-    for alert in pages:
-        if severities[alert] != "page":
-            raise fail(f"{where}.expect.pages", f"{alert} is a {severities[alert] or 'severity-less'} alert, not a page")
-    if set(pages) & set(silent):
-        raise fail(f"{where}.expect", f"alerts both expected and silent: {sorted(set(pages) & set(silent))}")
+    for key, severity, alerts in (("pages", "page", pages), ("tickets", "ticket", tickets)):
+        for alert in alerts:
+            if severities[alert] != severity:
+                raise fail(f"{where}.expect.{key}", f"{alert} is a {severities[alert] or 'severity-less'} alert, not a {severity}")
+    if (set(pages) | set(tickets)) & set(silent):
+        raise fail(f"{where}.expect", f"alerts both expected and silent: {sorted((set(pages) | set(tickets)) & set(silent))}")
     limits_raw = block["limits"] if isinstance(block["limits"], dict) else {}
     try:
         limits = Limits(*(float(limits_raw[k]) for k in ("detect_s", "recover_s", "run_s")))
@@ -141,9 +168,23 @@ def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
     if not 0 < limits.detect_s <= limits.run_s or not 0 < limits.recover_s <= limits.run_s:
         raise fail(f"{where}.limits", "expected 0 < detect_s, recover_s <= run_s")
     scenario = Scenario(path.stem, path, experiment, str(block["link"]), str(block["fault"]), parameters,
-                        pages, silent, str(block["recovery"]), limits)
+                        pages, tickets, silent, str(block["recovery"]), limits)
     _check_agreement(scenario, fail)
     return scenario
+
+
+def _parameters(block: Mapping[str, Any], fail: Any) -> dict[str, Any]:
+    """The fault's parameters, validated: a link fault's by the catalogue, a stack fault's here."""
+    where, given = "extensions[qkdops]", block.get("parameters") or {}
+    stack = STACK_FAULTS.get(block["fault"])
+    if stack is None:
+        try:
+            return spec(block["fault"]).validate(given)
+        except FaultError as exc:
+            raise fail(f"{where}.fault", f"{exc}; or a fault of the stack: {', '.join(STACK_FAULTS)}") from None
+    if not isinstance(given, dict) or set(given) != {stack.parameter} or given[stack.parameter] not in stack.choices:
+        raise fail(f"{where}.parameters", f"{block['fault']} takes exactly {stack.parameter}: one of {', '.join(stack.choices)}")
+    return dict(given)
 
 
 def activities(experiment: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -157,25 +198,40 @@ def activities(experiment: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, A
 
 
 def _check_agreement(s: Scenario, fail: Any) -> None:
-    injects, rolled_back, waited = [], False, 0.0
+    injects, rolled_back, undone, waited = [], False, False, 0.0
+    stack = s.stack_fault
     for section, activity in activities(s.experiment):
         provider = activity.get("provider", {})
         if provider.get("type") != "python" or provider.get("module") not in MODULES:
             raise fail(f"{section}[{activity.get('name')}]", f"only the qkdops extension's python providers ({', '.join(MODULES)})")
         args = provider.get("arguments", {})
         func = provider.get("func")
-        if func == "inject_fault":
+        if func in INJECTORS:
             if section != "method":
                 raise fail(f"{section}[{activity.get('name')}]", "faults are injected in the method only")
-            injects.append(args)
+            for key, value in (args.get("parameters") or {}).items():
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise fail(f"{section}[{activity.get('name')}].parameters.{key}",
+                               f"expected a number, got {value!r} (YAML reads 1e-10 as text: write 1.0e-10)")
+            injects.append((func, args))
+        if stack is not None and section == "rollbacks" and func == stack.undo \
+                and args.get("name") == s.parameters[stack.parameter]:
+            undone = True
         if section == "rollbacks" and func == "clear_fault" and args.get("link") == s.link and args.get("fault") is None:
             rolled_back = True
         if "timeout_s" in args:
             waited += float(args["timeout_s"])
         pauses = activity.get("pauses", {})
         waited += float(pauses.get("before", 0)) + float(pauses.get("after", 0))
-    if len(injects) != 1 or injects[0].get("link") != s.link or injects[0].get("fault") != s.fault \
-            or spec(s.fault).validate(injects[0].get("parameters") or {}) != dict(s.parameters):
+    if stack is not None:
+        name = s.parameters[stack.parameter]
+        if injects != [(stack.inject, {"name": name})]:
+            raise fail("method", f"expected exactly one {stack.inject}(name={name}) and no other fault")
+        if not undone:
+            raise fail("rollbacks", f"expected a {stack.undo}(name={name})")
+    elif len(injects) != 1 or injects[0][0] != "inject_fault" or injects[0][1].get("link") != s.link \
+            or injects[0][1].get("fault") != s.fault \
+            or spec(s.fault).validate(injects[0][1].get("parameters") or {}) != dict(s.parameters):
         raise fail("method", f"expected exactly one inject_fault of {s.fault} on {s.link} with the declared parameters")
     if not rolled_back:
         raise fail("rollbacks", f"expected a clear_fault of every fault of {s.link} (no fault argument)")
@@ -186,7 +242,8 @@ def _check_agreement(s: Scenario, fail: Any) -> None:
 def plan(s: Scenario) -> str:
     """What ``qkdops gameday run`` would do, in order, without touching anything."""
     lines = [f"{s.name}: {s.title}", f"  link {s.link}; fault {s.fault} {dict(s.parameters) or ''}".rstrip(),
-             f"  expect pages: {', '.join(s.pages) or 'none'}; must stay silent: {', '.join(s.silent) or 'none'}",
+             f"  expect pages: {', '.join(s.pages) or 'none'}; tickets: {', '.join(s.tickets) or 'none'}; "
+             f"must stay silent: {', '.join(s.silent) or 'none'}",
              f"  recovery: {s.recovery}; limits: detect {s.limits.detect_s:g} s, recover {s.limits.recover_s:g} s, "
              f"run {s.limits.run_s:g} s"]
     for section, activity in activities(s.experiment):
@@ -195,5 +252,6 @@ def plan(s: Scenario) -> str:
         pauses = activity.get("pauses", {})
         pause = "".join(f" (pause {k} {v:g} s)" for k, v in pauses.items())
         lines.append(f"  [{section}] {activity['type']} {activity['name']}: {provider['func']}({args}){pause}")
-    lines.append("  [always] clear every fault of the link at the end, even when interrupted")
+    undo = f" and {s.stack_fault.undo}(name={s.parameters[s.stack_fault.parameter]})" if s.stack_fault else ""
+    lines.append(f"  [always] clear every fault of the link{undo} at the end, even when interrupted")
     return "\n".join(lines)

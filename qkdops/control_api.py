@@ -17,6 +17,13 @@ Endpoints (``/api/v1``; JSON in and out)::
     DELETE /api/v1/links/{link}/faults/{fault}         clear one → {"link", "cleared": [...]}
     POST   /api/v1/links/{link}/actions/{action}       calibration action → CalibrationResult
     GET    /api/v1/links/{link}/blocks?last=N          last N (≤ 1000) archived blocks' class counts + nominal params
+    GET    /api/v1/exporters                           {"exporters": [{"name", "port", "serving"}, ...]}
+    DELETE /api/v1/exporters/{exporter}                stop its HTTP server (port refuses, as if crashed) → {"name", "serving": false}
+    POST   /api/v1/exporters/{exporter}                start it again on the same address → {"name", "serving": true}
+
+The exporters (``device``, ``postprocessing``) are those ``qkdops up`` serves in-process; stopping
+one is the "exporter crash" game day, starting it the runbook's restart. Both are idempotent; a
+start whose port has been taken meanwhile is a 409.
 
 Runbooks are read-only documentation that alerts link to (``runbook_url``): an on-call engineer
 opens them from a pager without the API token. The name is letters and digits only, so no request
@@ -24,8 +31,9 @@ can reach a file outside the runbooks directory; anything else is a 404.
 
 Every other request needs ``Authorization: Bearer TOKEN``. Errors are
 ``{"error": {"code", "message", "field"?}}``: 401 (token; with ``WWW-Authenticate: Bearer``),
-404 (unknown link, fault, action, runbook or path), 400 (bad JSON, wrong type, bad parameter), 405 (method;
-with ``Allow``), 408 (body not sent in time), 411 (chunked body), 413 (body over 64 KiB), 500
+404 (unknown link, fault, action, exporter, runbook or path), 400 (bad JSON, wrong type, bad parameter), 405
+(method; with ``Allow``), 408 (body not sent in time), 409 (exporter's port taken), 411 (chunked body), 413 (body
+over 64 KiB), 500
 (logged here, never detailed to the client). A bad request never reaches the link, so the link keeps
 stepping and producing blocks.
 
@@ -55,7 +63,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from qkdlink.emulator import FAULTS, FaultError
@@ -86,6 +94,20 @@ TOKEN_SYNTAX = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 INJECT_FIELDS = ("fault", "parameters")
 REDACTED = "[redacted]"
 CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes '²'
+
+
+class Exporter(Protocol):
+    """An exporter the API can stop and start (``exporters.server.ServedExporter``)."""
+
+    name: str
+    port: int
+
+    @property
+    def serving(self) -> bool: ...
+
+    def start(self) -> bool: ...
+
+    def stop(self) -> bool: ...
 
 
 class TokenError(ValueError):
@@ -205,6 +227,7 @@ class Request:
     params: Mapping[str, str]
     read_json: Callable[[], Any]
     query: Mapping[str, list[str]] = field(default_factory=dict)
+    exporters: Mapping[str, Exporter] = field(default_factory=dict)  # name → the exporter served in-process
 
 
 Endpoint = Callable[[Fleet, Request], tuple[HTTPStatus, Any]]
@@ -307,6 +330,39 @@ def _act(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
                            "before": dict(result.before), "after": dict(result.after)}
 
 
+def _exporters(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    return HTTPStatus.OK, {"exporters": [{"name": e.name, "port": e.port, "serving": e.serving}
+                                         for e in req.exporters.values()]}
+
+
+def _exporter(req: Request) -> Exporter:
+    name = req.params["exporter"]
+    if (exporter := req.exporters.get(name)) is None:
+        raise ApiError(HTTPStatus.NOT_FOUND, "unknown_exporter",
+                       f"exporter: unknown exporter '{name}' (exporters: {', '.join(req.exporters) or 'none'})", "exporter")
+    return exporter
+
+
+def _stop_exporter(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    exporter = _exporter(req)
+    if exporter.stop():
+        log.warning("exporter %s stopped through the control API: port %d refuses connections", exporter.name, exporter.port)
+    return HTTPStatus.OK, {"name": exporter.name, "serving": exporter.serving}
+
+
+def _start_exporter(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+    exporter = _exporter(req)
+    try:
+        started = exporter.start()
+    except OSError as exc:
+        raise ApiError(HTTPStatus.CONFLICT, "exporter_unavailable",
+                       f"exporter: {exporter.name} cannot listen on port {exporter.port}: {exc.strerror or exc}",
+                       "exporter") from None
+    if started:
+        log.info("exporter %s started through the control API on port %d", exporter.name, exporter.port)
+    return HTTPStatus.OK, {"name": exporter.name, "serving": exporter.serving}
+
+
 _SEGMENT = r"([^/]+)"
 ROUTES: tuple[tuple[re.Pattern[str], tuple[str, ...], Mapping[str, Endpoint]], ...] = tuple(
     (re.compile(f"^{pattern}$"), names, handlers) for pattern, names, handlers in (
@@ -317,6 +373,8 @@ ROUTES: tuple[tuple[re.Pattern[str], tuple[str, ...], Mapping[str, Endpoint]], .
         (f"{API_PREFIX}/links/{_SEGMENT}/faults/{_SEGMENT}", ("link", "fault"), {"DELETE": _clear}),
         (f"{API_PREFIX}/links/{_SEGMENT}/actions/{_SEGMENT}", ("link", "action"), {"POST": _act}),
         (f"{API_PREFIX}/links/{_SEGMENT}/blocks", ("link",), {"GET": _blocks}),
+        (f"{API_PREFIX}/exporters", (), {"GET": _exporters}),
+        (f"{API_PREFIX}/exporters/{_SEGMENT}", ("exporter",), {"POST": _start_exporter, "DELETE": _stop_exporter}),
     ))
 
 
@@ -325,14 +383,16 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 class ControlServer(ThreadingHTTPServer):
-    """The HTTP server, holding the fleet it controls and the token it accepts."""
+    """The HTTP server, holding the fleet and exporters it controls and the token it accepts."""
 
     daemon_threads = True  # a hung client must not keep the process from exiting
 
-    def __init__(self, address: tuple[str, int], fleet: Fleet, token: str, runbooks_dir: Path = RUNBOOKS_DIR) -> None:
+    def __init__(self, address: tuple[str, int], fleet: Fleet, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
+                 exporters: Mapping[str, Exporter] | None = None) -> None:
         self.fleet = fleet
         self.token = token.encode("ascii")  # TOKEN_SYNTAX: ASCII only
         self.runbooks_dir = runbooks_dir
+        self.exporters = dict(exporters or {})
         super().__init__(address, ControlHandler)
 
 
@@ -385,7 +445,8 @@ class ControlHandler(BaseHTTPRequestHandler):
             params = dict(zip(names, (unquote(g) for g in match.groups())))
             try:
                 query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
-                return handlers[self.command](self.server.fleet, Request(params, lambda: self._json_body(length), query))
+                request = Request(params, lambda: self._json_body(length), query, self.server.exporters)
+                return handlers[self.command](self.server.fleet, request)
             except UnknownLink as exc:
                 raise ApiError(HTTPStatus.NOT_FOUND, "unknown_link", f"link: {exc}", "link") from None
             except UnknownAction as exc:
@@ -524,17 +585,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def serve(fleet: Fleet, settings: RuntimeSettings, token: str,
-          runbooks_dir: Path = RUNBOOKS_DIR) -> tuple[ControlServer, threading.Thread]:
+def serve(fleet: Fleet, settings: RuntimeSettings, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
+          exporters: Mapping[str, Exporter] | None = None) -> tuple[ControlServer, threading.Thread]:
     """Start the control API on ``settings.bind:settings.control_port`` in a daemon thread.
 
     Port 0 picks a free port (tests); ``server.server_address`` tells which. Stop with ``shutdown``.
-    Runbooks are served from ``runbooks_dir`` (the repository's ``runbooks/``).
+    Runbooks are served from ``runbooks_dir`` (the repository's ``runbooks/``); ``exporters`` (name →
+    exporter) are the ones ``/api/v1/exporters`` lists, stops and starts (none: an empty list).
     """
     _checked(token, "the token passed to serve()")
     host = settings.bind
     server_class = ControlServer6 if ":" in host else ControlServer
-    server = server_class((host, settings.control_port), fleet, token, runbooks_dir)
+    server = server_class((host, settings.control_port), fleet, token, runbooks_dir, exporters)
     if not _is_loopback(host):
         log.warning("control API listens on %s, not loopback: the bearer token crosses the network in clear text "
                     "(no TLS); put it behind a TLS proxy or bind 127.0.0.1", host)

@@ -127,6 +127,18 @@ class ControlClient:
     def blocks(self, link: str, last: int) -> dict[str, Any]:
         return self._call("GET", f"/links/{quote(link, safe='')}/blocks?last={int(last)}")
 
+    def exporters(self) -> list[dict[str, Any]]:
+        """The exporters ``qkdops up`` serves: ``[{"name", "port", "serving"}, ...]``."""
+        return self._call("GET", "/exporters")["exporters"]
+
+    def stop_exporter(self, name: str) -> dict[str, Any]:
+        """Stop exporter ``name`` (its port then refuses connections); ``{"name", "serving": false}``."""
+        return self._call("DELETE", f"/exporters/{quote(name, safe='')}")
+
+    def start_exporter(self, name: str) -> dict[str, Any]:
+        """Start exporter ``name`` again on its address; ``{"name", "serving": true}``."""
+        return self._call("POST", f"/exporters/{quote(name, safe='')}")
+
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(self.url + API_PREFIX + path, data=data, method=method)

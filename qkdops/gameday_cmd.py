@@ -2,8 +2,8 @@
 
 Contract::
 
-    qkdops gameday plan <scenario|all>
-    qkdops gameday run <scenario|all> [--config links.yaml] [--report DIR]
+    qkdops gameday plan <scenario|all> [<scenario> …]
+    qkdops gameday run <scenario|all> [<scenario> …] [--config links.yaml] [--report DIR]
 
 ``plan`` prints what a run would do — the steady state it checks, each action and probe with its
 arguments and time limit, the rollbacks, the pages expected and the alerts that must stay silent —
@@ -11,7 +11,8 @@ and touches nothing. ``run`` runs each scenario with Chaos Toolkit's engine agai
 ``--config`` (``qkdops up`` or compose), printing progress, always clearing the link's faults at
 the end (even on Ctrl-C), and writes ``report.md``, ``report.json`` and a timeline PNG per
 scenario to ``--report`` (default ``<state_dir>/gameday/<UTC time>``). Exit 0 when every scenario
-passed, 1 when one failed, 2 on bad input (unknown scenario, invalid scenario file).
+passed, 1 when one failed, 2 on bad input (unknown scenario, invalid scenario file), 130 when
+interrupted (Ctrl-C or SIGTERM: the running scenario's faults are cleared and the report is written).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = p.add_subparsers(dest="gameday_command", required=True, metavar="{plan,run}")
     plan = verbs.add_parser("plan", help="print what a run would do, touching nothing")
-    plan.add_argument("scenario", metavar="SCENARIO", help="a scenario name (file stem in gameday/scenarios) or all")
+    plan.add_argument("scenario", metavar="SCENARIO", nargs="+", help="scenario names (file stems in gameday/scenarios) or all")
     plan.set_defaults(handler=_plan)
     run = verbs.add_parser("run", help="run scenarios against a running stack and write a report")
-    run.add_argument("scenario", metavar="SCENARIO", help="a scenario name (file stem in gameday/scenarios) or all")
+    run.add_argument("scenario", metavar="SCENARIO", nargs="+", help="scenario names (file stems in gameday/scenarios) or all")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the running stack's links.yaml")
     run.add_argument("--report", type=Path, help="report directory (default <state_dir>/gameday/<UTC time>)")
     run.set_defaults(handler=_run)
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _plan(args: argparse.Namespace) -> int:
     from gameday.scenario import load_all, plan
 
-    print("\n\n".join(plan(s) for s in load_all(args.scenario)))
+    print("\n\n".join(plan(s) for name in args.scenario for s in load_all(name)))
     return 0
 
 
@@ -50,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     from gameday import report, runner
     from gameday.scenario import load_all
 
-    scenarios = load_all(args.scenario)
+    scenarios = [s for name in args.scenario for s in load_all(name)]
     config = load_config(args.config)
     logging.getLogger("chaostoolkit").setLevel(logging.WARNING)  # our progress lines say what it would
     directory = args.report or config.runtime.state_dir / "gameday" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -58,6 +59,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         for scenario in scenarios:
             outcomes.append(runner.run(scenario, args.config.resolve(), lambda line: print(line, flush=True)))
+    except runner.Interrupted as stop:
+        outcomes.append(stop.outcome)
+        print("game day interrupted: the remaining scenarios were not run", flush=True)
+        return 130
     finally:
         if outcomes:
             path = report.write(outcomes, directory, http_url(config.runtime.bind, config.runtime.prometheus_port))

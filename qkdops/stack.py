@@ -207,10 +207,20 @@ def _duration(seconds: float) -> str:
     return out
 
 
+# Causes that stop a link's key outright and page within seconds: once one fires, QKDLinkDown (three
+# aborted blocks later) says nothing new, and neither do the link's symptoms.
+OUTAGE_CAUSES = ("QKDFiberCut", "QKDDetectorSaturated", "QKDClockDesync", "QKDClassicalChannelDown")
+
+
 def _inhibit_rules() -> list[dict[str, Any]]:
-    """A down link explains its symptoms; a faster SLO burn tier explains the slower ones."""
+    """A known outage cause explains QKDLinkDown and the link's symptoms; a down link explains its
+    symptoms; a cut explains high loss; a faster SLO burn tier explains the slower ones."""
     tiers = ["1h", "6h", "1d", "3d"]
-    return [{"source_matchers": ['alertname="QKDLinkDown"'], "target_matchers": ['class="symptom"'], "equal": ["link"]},
+    causes = f'alertname=~"{"|".join(OUTAGE_CAUSES)}"'
+    return [{"source_matchers": [causes], "target_matchers": ['alertname="QKDLinkDown"'], "equal": ["link"]},
+            {"source_matchers": [causes], "target_matchers": ['class="symptom"'], "equal": ["link"]},
+            {"source_matchers": ['alertname="QKDFiberCut"'], "target_matchers": ['alertname="QKDChannelLossHigh"'], "equal": ["link"]},
+            {"source_matchers": ['alertname="QKDLinkDown"'], "target_matchers": ['class="symptom"'], "equal": ["link"]},
             *({"source_matchers": [f'tier="{fast}"'], "target_matchers": [f'tier=~"{"|".join(tiers[i + 1:])}"'],
                "equal": ["slo", "link"]} for i, fast in enumerate(tiers[:-1]))]
 

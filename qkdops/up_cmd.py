@@ -9,6 +9,8 @@ those and the fleet are up, the calibration scheduler (``qkdops scheduler``, scr
 ``qkd-calibration``). Prints where each listens, writes ``<state_dir>/up.json`` for ``qkdops status``,
 and on Ctrl-C/SIGTERM stops everything (the scheduler first, then Prometheus and Alertmanager, then
 the servers, then the fleet, whose archive, key buffer, KME store and pager sink are durable at every write).
+The control API can stop and start either exporter (``/api/v1/exporters``: the "exporter crash"
+game day); stopping the stack works whether an exporter is stopped or not.
 
 If Prometheus or Alertmanager dies, the stack stops with status 1. If the scheduler dies it is
 restarted with backoff and key production goes on (``qkdops.stack`` says why); if it cannot start
@@ -30,9 +32,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TypeVar
 
-from exporters import DeviceCollector, PostProcessingCollector, serve
+from exporters import DeviceCollector, PostProcessingCollector
+from exporters.server import ServedExporter
 from qkdops import control_api, pager_sink
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
 from qkdops.kme.etsi import kme_id
@@ -43,6 +46,7 @@ from qkdops.stack import SCHEDULER, Stack, StackError, write_up_file
 
 log = logging.getLogger("qkdops.up")
 UP_FILE = "up.json"
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,16 +92,20 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     with_scheduler = SCHEDULER not in disabled
     fleet = Fleet(config)
     servers: list[tuple[str, object, threading.Thread]] = []
+    exporters: dict[str, ServedExporter] = {}  # control API name → exporter; stopped after the control API
     stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind)
     status = 0
     try:
-        for name, collector, port in (("device exporter", DeviceCollector(fleet.snapshots), rt.device_exporter_port),
-                                      ("post-processing exporter", PostProcessingCollector(fleet.snapshots, fleet.kme_stats.snapshot),
-                                       rt.postprocessing_exporter_port)):
-            servers.append((name, *_listen(name, rt.bind, port, lambda c=collector, p=port: serve(c, rt.bind, p))))
+        for key, name, collector, port in (
+                ("device", "device exporter", DeviceCollector(fleet.snapshots), rt.device_exporter_port),
+                ("postprocessing", "post-processing exporter", PostProcessingCollector(fleet.snapshots, fleet.kme_stats.snapshot),
+                 rt.postprocessing_exporter_port)):
+            exporter = ServedExporter(key, collector, rt.bind, port)
+            _listen(name, rt.bind, port, exporter.start)
+            exporters[key] = exporter
         token = control_api.load_token(rt.state_dir, create=True)
         servers.append(("control API", *_listen("control API", rt.bind, rt.control_port,
-                                                lambda: control_api.serve(fleet, rt, token.value))))
+                                                lambda: control_api.serve(fleet, rt, token.value, exporters=exporters))))
         servers.append(("pager sink", *_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt))))
         pki = Pki(rt.state_dir / "pki")
         if issued := init_pki(pki, config.key_delivery):
@@ -150,13 +158,15 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         stack.stop()
         for _name, server, thread in reversed(servers):
             _close(server, thread)
+        for exporter in exporters.values():  # after the control API, which could start one again
+            exporter.stop()
         fleet.stop()
         (rt.state_dir / UP_FILE).unlink(missing_ok=True)
         print("qkdops up: stopped", flush=True)
     return status
 
 
-def _listen(name: str, host: str, port: int, start: Callable[[], tuple[Any, threading.Thread]]) -> tuple[Any, threading.Thread]:
+def _listen(name: str, host: str, port: int, start: Callable[[], T]) -> T:
     """Start a server; a port already taken becomes a StackError that says so."""
     try:
         return start()

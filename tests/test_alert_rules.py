@@ -35,6 +35,8 @@ CONTRACT = {
     "QKDVisibilityLow": ("ticket", "symptom"),
     "QKDDarkCountRateHigh": ("ticket", "symptom"),
     "QKDDetectorSaturated": ("page", "cause"),
+    "QKDFiberCut": ("page", "cause"),
+    "QKDChannelLossHigh": ("ticket", "cause"),
     "QKDSessionAbortRateHigh": ("page", "symptom"),
     "QKDDecoyIntensityDrift": ("ticket", "symptom"),
     "QKDRNGHealthFailure": ("page", "cause"),

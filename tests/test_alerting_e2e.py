@@ -1,5 +1,6 @@
-"""End to end with the local stack: a fibre cut pages through Alertmanager to the pager sink, the link's
-symptom alerts are inhibited, and clearing the cut sends the resolved notification.
+"""End to end with the local stack: a fibre cut pages QKDFiberCut through Alertmanager to the pager sink,
+QKDLinkDown and the link's symptom alerts fire but are inhibited, and clearing the cut sends the
+resolved notification.
 
 `qkdops up` as a process with the shipped rules (alert_rules/), 1-s scrapes and the e2e-fast link
 (1-s blocks); Alertmanager's timers scale with the scrape interval (page group_wait 2 s,
@@ -50,20 +51,25 @@ def test_fibre_cut_pages_inhibits_symptoms_and_resolves(tmp_path: Path):
     try:
         stack.wait_up(30)
         wait_for(lambda: stack.by_link(f'increase(qkd_secret_key_bits_total{{link="{LINK}"}}[3s]) > 0'), 30, f"key on {LINK}", stack)
-        assert not notifications(alertname="QKDLinkDown", link=LINK), "paged before the fault"
+        assert not notifications(link=LINK), "paged before the fault"
 
-        # fibre cut → QKDLinkDown reaches the pager sink as a page
+        # fibre cut → QKDFiberCut reaches the pager sink as a page
         cut_at_unix = time.time()
         stack.api("POST", f"/api/v1/links/{LINK}/faults", {"fault": "fiber_cut"})
         cut_at = time.monotonic()
-        page = wait_for(lambda: notifications(alertname="QKDLinkDown", link=LINK, status="firing", since=cut_at_unix), 30,
-                        "the QKDLinkDown page at the pager sink", stack)[0]
+        page = wait_for(lambda: notifications(alertname="QKDFiberCut", link=LINK, status="firing", since=cut_at_unix), 30,
+                        "the QKDFiberCut page at the pager sink", stack)[0]
         paged_after = time.monotonic() - cut_at
         assert page["kind"] == "page" and page["receiver"] == "pager-sink-page"
         assert [a["labels"]["severity"] for a in page["alerts"]] == ["page"]
 
-        # The link's symptoms: in Alertmanager, inhibited by that page, and never at the sink. The first
-        # to fire is the block-success SLO's 1h burn tier (`for: 2m` once 14.4x the budget burns).
+        # QKDLinkDown (three aborted 1-s blocks) fires too, but the cut explains it: inhibited.
+        down = wait_for(lambda: _get(f"{am}/api/v2/alerts?" + urllib.parse.urlencode(
+            [("filter", f'link="{LINK}"'), ("filter", 'alertname="QKDLinkDown"')])), 30, "QKDLinkDown in Alertmanager", stack)
+        assert all(a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"] for a in down), down
+
+        # The link's symptoms: in Alertmanager, inhibited, and never at the sink. The first to fire
+        # is the block-success SLO's 1h burn tier (`for: 2m` once 14.4x the budget burns).
         firing = wait_for(symptoms, cut_at + SYMPTOM_WAIT_S - time.monotonic(), f"a symptom alert on {LINK}", stack)
         symptom_after = time.monotonic() - cut_at
         # let each symptom's route pass its group_wait (2 s page, 12 s ticket at 1-s scrapes), when it would be sent
@@ -74,17 +80,18 @@ def test_fibre_cut_pages_inhibits_symptoms_and_resolves(tmp_path: Path):
         assert not symptoms(inhibited="false")
         at_sink = {(a["labels"]["alertname"], a["labels"].get("class")) for n in notifications(link=LINK, since=cut_at_unix)
                    for a in n["alerts"]}
-        assert ("QKDLinkDown", "cause") in at_sink and not {name for name, cls in at_sink if cls == "symptom"}, at_sink
+        assert ("QKDFiberCut", "cause") in at_sink and ("QKDLinkDown", "cause") not in at_sink, at_sink
+        assert not {name for name, cls in at_sink if cls == "symptom"}, at_sink
 
         # clearing the cut sends the resolved notification
         clear_at_unix = time.time()
         stack.api("DELETE", f"/api/v1/links/{LINK}/faults/fiber_cut")
         cleared_at = time.monotonic()
-        resolved = wait_for(lambda: notifications(alertname="QKDLinkDown", link=LINK, status="resolved", since=clear_at_unix), 30,
-                            "the resolved QKDLinkDown notification", stack)[0]
+        resolved = wait_for(lambda: notifications(alertname="QKDFiberCut", link=LINK, status="resolved", since=clear_at_unix), 30,
+                            "the resolved QKDFiberCut notification", stack)[0]
         resolved_after = time.monotonic() - cleared_at
         assert resolved["kind"] == "page" and resolved["status"] == "resolved"
-        print(f"\nfibre cut → QKDLinkDown page at the sink {paged_after:.1f} s; first symptom in Alertmanager "
+        print(f"\nfibre cut → QKDFiberCut page at the sink {paged_after:.1f} s; first symptom in Alertmanager "
               f"{symptom_after:.1f} s, inhibited: {names}; clear → resolved at the sink {resolved_after:.1f} s")
     finally:
         status = stack.stop()

@@ -22,8 +22,11 @@ from typing import Any
 
 import pytest
 
+from exporters import DeviceCollector, PostProcessingCollector
+from exporters.server import ServedExporter
 from qkdops import control_api
 from qkdops.config import load_config
+from qkdops.control_client import ApiResponseError, ControlClient
 from qkdops.runtime.fleet import Fleet, fault_catalogue
 from qkdops.runtime.state import CALIBRATION_ACTIONS
 from stack_helpers import metro_fleet_yaml
@@ -465,3 +468,106 @@ def test_unusable_token_sources_fail_without_echoing_the_value(tmp_path: Path, m
 def test_serve_refuses_an_empty_token(fleet: Fleet) -> None:
     with pytest.raises(control_api.TokenError):
         control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), "")
+
+
+# ---- exporters: stop (a crash, as the exporter-crash game day causes it) and start (the restart) ----
+@dataclasses.dataclass
+class ExporterStack:
+    api: Api
+    exporters: dict[str, ServedExporter]
+
+
+@pytest.fixture
+def exporter_stack(fleet: Fleet) -> Iterator[ExporterStack]:
+    exporters = {"device": ServedExporter("device", DeviceCollector(fleet.snapshots), "127.0.0.1", 0),
+                 "postprocessing": ServedExporter("postprocessing", PostProcessingCollector(fleet.snapshots), "127.0.0.1", 0)}
+    for exporter in exporters.values():
+        exporter.start()
+    server, thread = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN,
+                                       exporters=exporters)
+    yield ExporterStack(Api(server.server_address[1]), exporters)
+    control_api.shutdown(server, thread)
+    for exporter in exporters.values():
+        exporter.stop()
+        exporter.stop()  # idempotent, as `qkdops up` relies on when one was left stopped
+
+
+def scrape(port: int) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_stopped_exporter_refuses_connections_and_starts_again_on_its_port(exporter_stack: ExporterStack, fleet: Fleet) -> None:
+    api, device_port = exporter_stack.api, exporter_stack.exporters["device"].port
+    pp_port = exporter_stack.exporters["postprocessing"].port
+    listed = api.call("GET", "/api/v1/exporters")
+    assert listed.status == 200 and listed.json == {"exporters": [{"name": "device", "port": device_port, "serving": True},
+                                                                  {"name": "postprocessing", "port": pp_port, "serving": True}]}
+    assert scrape(device_port)[0] == 200
+
+    for _ in range(2):  # idempotent
+        stopped = api.call("DELETE", "/api/v1/exporters/device")
+        assert stopped.status == 200 and stopped.json == {"name": "device", "serving": False}
+    with pytest.raises(ConnectionRefusedError):
+        scrape(device_port)
+    assert [e["serving"] for e in api.call("GET", "/api/v1/exporters").json["exporters"]] == [False, True]
+    assert scrape(pp_port)[0] == 200  # the other exporter is untouched
+    assert_still_producing_key(fleet)  # and so are the links
+
+    for _ in range(2):
+        started = api.call("POST", "/api/v1/exporters/device")
+        assert started.status == 200 and started.json == {"name": "device", "serving": True}
+    status, text = scrape(device_port)
+    assert status == 200 and 'qkd_link_info{' in text and 'link="metro-a"' in text
+    assert [e["serving"] for e in api.call("GET", "/api/v1/exporters").json["exporters"]] == [True, True]
+
+
+def test_unknown_exporter_is_404_naming_it(exporter_stack: ExporterStack) -> None:
+    for method in ("DELETE", "POST"):
+        error = assert_error(exporter_stack.api.call(method, "/api/v1/exporters/calibration"), 404, "unknown_exporter",
+                             "'calibration'", "device, postprocessing")
+        assert error["field"] == "exporter"
+    assert_error(exporter_stack.api.call("GET", "/api/v1/exporters/device"), 405, "method_not_allowed", "POST, DELETE")
+    assert all(e.serving for e in exporter_stack.exporters.values())
+
+
+def test_exporter_routes_need_the_token(exporter_stack: ExporterStack) -> None:
+    for method, path in (("GET", "/api/v1/exporters"), ("DELETE", "/api/v1/exporters/device"),
+                         ("POST", "/api/v1/exporters/device")):
+        for token in (None, "wrong-token"):
+            error = assert_error(exporter_stack.api.call(method, path, token=token), 401, "unauthorized")
+            assert error["field"] == "Authorization"
+    assert exporter_stack.exporters["device"].serving and scrape(exporter_stack.exporters["device"].port)[0] == 200
+
+
+def test_restart_on_a_port_taken_meanwhile_is_409_and_works_once_free(exporter_stack: ExporterStack) -> None:
+    api, port = exporter_stack.api, exporter_stack.exporters["device"].port
+    assert api.call("DELETE", "/api/v1/exporters/device").status == 200
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        error = assert_error(api.call("POST", "/api/v1/exporters/device"), 409, "exporter_unavailable", f"port {port}")
+        assert error["field"] == "exporter"
+    assert api.call("POST", "/api/v1/exporters/device").json == {"name": "device", "serving": True}
+    assert scrape(port)[0] == 200
+
+
+def test_client_lists_stops_and_starts_exporters(exporter_stack: ExporterStack) -> None:
+    client = ControlClient(f"http://127.0.0.1:{exporter_stack.api.port}", TOKEN)
+    assert [e["name"] for e in client.exporters()] == ["device", "postprocessing"]
+    assert client.stop_exporter("postprocessing") == {"name": "postprocessing", "serving": False}
+    assert not exporter_stack.exporters["postprocessing"].serving
+    assert client.start_exporter("postprocessing") == {"name": "postprocessing", "serving": True}
+    with pytest.raises(ApiResponseError) as err:
+        client.stop_exporter("nope")
+    assert err.value.status == 404 and err.value.field == "exporter"
+
+
+def test_without_exporters_the_list_is_empty(api: Api) -> None:
+    assert api.call("GET", "/api/v1/exporters").json == {"exporters": []}
+    assert_error(api.call("DELETE", "/api/v1/exporters/device"), 404, "unknown_exporter", "(exporters: none)")

@@ -58,7 +58,8 @@ class FedLink:
                                intensities=sorted({c.intensity for c in classes}), bases=("Z", "X"),
                                handoff_buffer_capacity_bits=1e8, key_store_capacity_keys=1e6,
                                objectives=LinkObjectives(10.0, 1e4, self.link.nominal["qber_abort_threshold"],
-                                                         self.link.nominal["dark_count_probability"] * 1e9))
+                                                         self.link.nominal["dark_count_probability"] * 1e9,
+                                                         0.2 * distance_km))
         self.rng = np.random.default_rng(seed)
         self.store_bits = 0.0
 

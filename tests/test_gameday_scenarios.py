@@ -40,7 +40,8 @@ def _method(raw: dict[str, Any], func: str) -> dict[str, Any]:
     (lambda r: _qkdops(r).update(parameters={"loss_db": -1}), "extensions[qkdops].fault", "loss_db"),
     (lambda r: _qkdops(r)["expect"].update(pages=["QKDLinkGone"]), "extensions[qkdops].expect.pages", "no alert named"),
     (lambda r: _qkdops(r)["expect"].update(pages=["QKDQBERHigh"]), "extensions[qkdops].expect.pages", "ticket alert, not a page"),
-    (lambda r: _qkdops(r)["expect"].update(silent=["QKDLinkDown"]), "extensions[qkdops].expect", "both expected and silent"),
+    (lambda r: _qkdops(r)["expect"].update(silent=["QKDFiberCut"]), "extensions[qkdops].expect", "both expected and silent"),
+    (lambda r: _qkdops(r)["expect"].update(tickets=["QKDLinkDown"]), "extensions[qkdops].expect.tickets", "page alert, not a ticket"),
     (lambda r: _qkdops(r).update(recovery="hope"), "extensions[qkdops].recovery", "automatic, runbook"),
     (lambda r: _qkdops(r).update(limits={"detect_s": 30}), "extensions[qkdops].limits", "expected numbers"),
     (lambda r: _qkdops(r).update(limits={"detect_s": 30, "recover_s": 120, "run_s": 100}), "extensions[qkdops].limits",
@@ -48,6 +49,8 @@ def _method(raw: dict[str, Any], func: str) -> dict[str, Any]:
     (lambda r: _qkdops(r).update(link="relay-mdi"), "method", "exactly one inject_fault of fiber_cut on relay-mdi"),
     (lambda r: _method(r, "inject_fault").update(parameters={"loss_db": 50}), "method", "declared parameters"),
     (lambda r: r.update(rollbacks=[]), "rollbacks", "clear_fault of every fault"),
+    (lambda r: _method(r, "inject_fault").update(parameters={"loss_db": "1e2"}), "method[cut the fibre].parameters.loss_db",
+     "expected a number, got '1e2'"),
     (lambda r: _method(r, "recovered").update(timeout_s=1000), "extensions[qkdops].limits.run_s", "may wait"),
     (lambda r: r["method"][0]["provider"].update(module="os", func="system", arguments={"command": "true"}), "method[",
      "only the qkdops extension's python providers"),
@@ -56,6 +59,30 @@ def _method(raw: dict[str, Any], func: str) -> dict[str, Any]:
 ])
 def test_a_scenario_that_says_one_thing_and_does_another_is_refused(tmp_path: Path, mutate, field: str, expected: str):
     raw = copy.deepcopy(_fiber_cut())
+    mutate(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ScenarioError) as err:
+        load(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {field}") and expected in message, message
+
+
+def _exporter_crash() -> dict[str, Any]:
+    return yaml.safe_load((SCENARIOS_DIR / "exporter-crash.yaml").read_text())
+
+
+@pytest.mark.parametrize(("mutate", "field", "expected"), [
+    (lambda r: _qkdops(r).update(parameters={"exporter": "kme"}), "extensions[qkdops].parameters", "one of device, postprocessing"),
+    (lambda r: _method(r, "stop_exporter").update(name="postprocessing"), "method", "exactly one stop_exporter(name=device)"),
+    (lambda r: r.update(rollbacks=[a for a in r["rollbacks"] if a["provider"]["func"] != "start_exporter"]), "rollbacks",
+     "start_exporter(name=device)"),
+    (lambda r: r["method"].insert(0, {"type": "action", "name": "also cut", "provider": {
+        "type": "python", "module": "gameday.chaosqkd.actions", "func": "inject_fault",
+        "arguments": {"link": "metro-bb84", "fault": "fiber_cut"}}}), "method", "no other fault"),
+])
+def test_a_stack_fault_scenario_must_inject_and_undo_exactly_its_fault(tmp_path: Path, mutate, field: str, expected: str):
+    raw = copy.deepcopy(_exporter_crash())
     mutate(raw)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -2,11 +2,14 @@
 delivered (pager sink), alerts open (Alertmanager) and calibration runs (Prometheus).
 
 Waiting probes poll until their condition holds or their ``timeout_s`` passes, then raise
-``ActivityFailed`` (the scenario fails; its rollbacks still run): every wait is bounded.
+``ActivityFailed`` (the scenario fails; its rollbacks still run): every wait is bounded. ``STOP``
+(set when the run is interrupted) ends a wait at its next poll, so Ctrl-C does not sit out a
+probe's timeout in Chaos Toolkit's worker thread.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +19,7 @@ from chaoslib.exceptions import ActivityFailed
 from gameday.chaosqkd import endpoints, get_json, started_at
 
 POLL_S = 1.0
+STOP = threading.Event()
 
 
 def link_producing_key(link: str, configuration: dict[str, Any] | None = None) -> bool:
@@ -27,27 +31,45 @@ def link_producing_key(link: str, configuration: dict[str, Any] | None = None) -
 
 
 def open_pages(link: str, configuration: dict[str, Any] | None = None) -> list[str]:
-    """Alert names paging for ``link`` now (active in Alertmanager, neither silenced nor inhibited)."""
-    alerts = get_json(f"{endpoints(configuration).alertmanager}/api/v2/alerts", active="true", silenced="false",
-                      inhibited="false", filter=[f'link="{link}"', 'severity="page"'])
-    return sorted({a["labels"]["alertname"] for a in alerts})
+    """Alert names paging for ``link`` now (active in Alertmanager, neither silenced nor inhibited),
+    and stack-wide pages without a link label (QKDExporterDown): they blind the link's alerts."""
+    found: set[str] = set()
+    for link_matcher in (f'link="{link}"', 'link=""'):
+        alerts = get_json(f"{endpoints(configuration).alertmanager}/api/v2/alerts", active="true", silenced="false",
+                          inhibited="false", filter=[link_matcher, 'severity="page"'])
+        found.update(a["labels"]["alertname"] for a in alerts)
+    return sorted(found)
 
 
 def no_open_pages(link: str, configuration: dict[str, Any] | None = None) -> bool:
     return not open_pages(link, configuration)
 
 
-def page_delivered(alertname: str, link: str, timeout_s: float, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Wait for the pager sink to receive a firing page ``alertname`` for ``link`` since the run began."""
+def page_delivered(alertname: str, timeout_s: float, link: str | None = None,
+                   configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Wait for the pager sink to receive a firing page ``alertname`` (for ``link``; none for an
+    alert without a link label, e.g. QKDExporterDown) since the run began."""
+    return _delivered("page", alertname, timeout_s, link, configuration)
+
+
+def ticket_delivered(alertname: str, timeout_s: float, link: str | None = None,
+                     configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """As ``page_delivered``, for a ticket."""
+    return _delivered("ticket", alertname, timeout_s, link, configuration)
+
+
+def _delivered(kind: str, alertname: str, timeout_s: float, link: str | None,
+               configuration: dict[str, Any] | None) -> dict[str, Any]:
     sink = endpoints(configuration).pager_sink
     since = started_at(configuration)
+    where = {"link": link} if link is not None else {}
 
     def delivered() -> dict[str, Any] | None:
-        found = get_json(f"{sink}/api/v1/notifications", kind="page", alertname=alertname, link=link,
-                         status="firing", since=f"{since:.3f}")["notifications"]
+        found = get_json(f"{sink}/api/v1/notifications", kind=kind, alertname=alertname, status="firing",
+                         since=f"{since:.3f}", **where)["notifications"]
         return {"alertname": alertname, "received_at": found[0]["received_at"]} if found else None
 
-    return _wait(delivered, timeout_s, f"page {alertname} for {link} at the pager sink")
+    return _wait(delivered, timeout_s, f"{kind} {alertname}{f' for {link}' if link else ''} at the pager sink")
 
 
 def recovered(link: str, timeout_s: float, configuration: dict[str, Any] | None = None) -> float:
@@ -76,7 +98,7 @@ def calibration_corrected(link: str, job_name: str, timeout_s: float, configurat
 def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     deadline = time.time() + timeout_s
     last_error = ""
-    while True:
+    while not STOP.is_set():
         try:
             if result := check():
                 return result
@@ -84,4 +106,5 @@ def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
             last_error = f" (last error: {exc})"
         if time.time() >= deadline:
             raise ActivityFailed(f"no {what} within {timeout_s:g} s{last_error}")
-        time.sleep(POLL_S)
+        STOP.wait(POLL_S)
+    raise ActivityFailed(f"interrupted while waiting for {what}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -77,7 +78,8 @@ class LinkRuntime:
         objectives = LinkObjectives(
             block_seconds=self.builder.frames_per_block * self.frame_seconds, key_rate_target_bps=spec.key_rate_target_bps,
             qber_threshold=self.link.nominal["qber_abort_threshold"],
-            nominal_dark_count_rate_hz=self.link.nominal["dark_count_probability"] * spec.repetition_rate_hz)
+            nominal_dark_count_rate_hz=self.link.nominal["dark_count_probability"] * spec.repetition_rate_hz,
+            nominal_channel_loss_db=-10.0 * math.log10(self.link.protocol.geometry(self.link.nominal).fiber_transmittance))
         self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, buffer.capacity_bits,
                                store_capacity_keys, objectives)
         self.state.set_backlog_bits(buffer.level_bits(spec.id))

@@ -74,6 +74,7 @@ class LinkObjectives:
     key_rate_target_bps: float            # secret-key rate the availability SLO asks for
     qber_threshold: float                 # key-basis QBER above which a block aborts
     nominal_dark_count_rate_hz: float     # dark-count rate of a healthy detector (p_dc × gate rate)
+    nominal_channel_loss_db: float        # design loss of the quantum channel (fibre length × attenuation)
 
 
 @dataclass(frozen=True)

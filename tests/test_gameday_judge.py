@@ -1,0 +1,77 @@
+"""How a game-day run is judged from what the pager sink received (a real sink, webhooks posted as
+Alertmanager sends them): expected pages and tickets give the time to detect; pages of the link or
+of the whole stack that were not expected, and any notification of an alert that must stay silent,
+are unexpected; another link's pages are none of the run's business."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gameday import runner
+from gameday.chaosqkd import Endpoints
+from gameday.scenario import SCENARIOS_DIR, load
+from test_pager_sink import Sink, notification
+
+
+@pytest.fixture
+def sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+    s = Sink(tmp_path / "state")
+    monkeypatch.setattr(runner, "endpoints", lambda configuration: Endpoints("", s.url, "", "", ""))
+    yield s
+    s.stop()
+
+
+def _deliver(sink: Sink, kind: str, alertname: str, link: str | None, status: str = "firing") -> None:
+    body = notification(alertname, link or "", status=status, severity=kind, receiver=f"pager-sink-{kind}")
+    if link is None:  # a stack-wide alert (QKDExporterDown): job and instance, no link label
+        for labels in (body["commonLabels"], body["groupLabels"], *(a["labels"] for a in body["alerts"])):
+            labels.pop("link", None)
+            labels.update(job="qkd-device", instance="127.0.0.1:9810")
+    status_code, answer = sink.post(kind, body)
+    assert status_code == 200, answer
+
+
+def _judged(name: str, deliveries: list[tuple[Any, ...]], sink: Sink) -> runner.Outcome:
+    scenario = load(SCENARIOS_DIR / f"{name}.yaml")
+    started = time.time() - 0.5
+    outcome = runner.Outcome(scenario.name, scenario.title, scenario.link, scenario.fault, started,
+                             injected_at=started + 0.25, method_done_at=time.time() + 5,
+                             limits={"detect_s": scenario.limits.detect_s, "recover_s": scenario.limits.recover_s,
+                                     "run_s": scenario.limits.run_s}, status="completed")
+    for delivery in deliveries:
+        _deliver(sink, *delivery)
+    runner._judge(scenario, outcome, {})
+    return outcome
+
+
+def test_the_expected_page_times_detection_and_other_links_do_not_count(sink: Sink) -> None:
+    outcome = _judged("fiber-cut", [("page", "QKDPhaseLockLost", "relay-mdi"), ("page", "QKDFiberCut", "metro-bb84")], sink)
+    assert 0 < outcome.detect_s["QKDFiberCut"] < 5
+    assert outcome.unexpected == [] and outcome.passed
+
+
+def test_unexpected_pages_of_the_link_or_the_stack_and_silent_alerts_fail_the_run(sink: Sink) -> None:
+    outcome = _judged("fiber-cut", [("page", "QKDFiberCut", "metro-bb84"), ("page", "QKDExporterDown", None),
+                                    ("ticket", "QKDQBERHigh", "metro-bb84"), ("ticket", "QKDVisibilityLow", "metro-bb84")], sink)
+    # QKDQBERHigh must stay silent (inhibited); QKDVisibilityLow is a ticket nobody promised silence for
+    assert outcome.unexpected == ["QKDExporterDown", "QKDQBERHigh"] and not outcome.passed
+
+
+def test_a_missing_page_is_never_detected(sink: Sink) -> None:
+    outcome = _judged("fiber-cut", [("page", "QKDFiberCut", "metro-bb84", "resolved")], sink)
+    assert outcome.detect_s == {"QKDFiberCut": None} and not outcome.passed
+
+
+def test_an_expected_ticket_is_detected(sink: Sink) -> None:
+    loss = _judged("loss-step", [("ticket", "QKDChannelLossHigh", "metro-bb84")], sink)
+    assert loss.detect_s["QKDChannelLossHigh"] is not None and loss.passed
+
+
+def test_a_stack_wide_page_is_detected(sink: Sink) -> None:
+    crash = _judged("exporter-crash", [("page", "QKDExporterDown", None)], sink)
+    assert crash.detect_s["QKDExporterDown"] is not None and crash.unexpected == [] and crash.passed
