@@ -381,10 +381,12 @@ def decoy_estimation_row() -> list[P]:
         P("timeseries", "Window estimate state", "1 for the sliding-window estimate's outcome, 0 for the others: none = it would "
           "issue key; qber, low_counts, estimation = why it would abort.", "short",
           [(f"qkd_decoy_estimate_state{L}", "{{reason}}")], [(None, "green")], w=8, min=0, max=1),
-        P("timeseries", "Channel loss: observed vs device", "Channel loss that makes the link model reproduce the window's measured "
-          "signal gain (what the decoy optimiser tunes for), against the loss the device reports (fibre and faults; +Inf on a "
-          "cut). Observed above device: loss the configuration does not know of (a splice, a bend, weaker detectors).", "dB",
-          [(f"qkd_decoy_observed_channel_loss_decibels{L}", "observed (window)"), (f"qkd_channel_loss_decibels{L}", "device")],
+        P("timeseries", "Channel loss: observed vs device vs design", "Channel loss that makes the link model reproduce the "
+          "window's measured signal gain (what the decoy optimiser tunes for), against the loss the device reports (fibre and "
+          "faults; +Inf on a cut) and the link's design loss. Device above design: QKDChannelLossHigh (> 1 dB), QKDFiberCut "
+          "(>= 20 dB). Observed above device: loss the configuration does not know of (weaker detectors).", "dB",
+          [(f"qkd_decoy_observed_channel_loss_decibels{L}", "observed (window)"), (f"qkd_channel_loss_decibels{L}", "device"),
+           (f"qkd_channel_loss_nominal_decibels{L}", "design")],
           w=8, min=0),
         P("timeseries", "Mean photon number: recommended vs commanded", "Mean photon number per pulse per intensity that the decoy "
           "optimiser recommends for the observed channel (advice; applied only where enabled), against what the source is "

@@ -58,7 +58,11 @@ def _method(raw: dict[str, Any], func: str) -> dict[str, Any]:
     (lambda r: r.update(extensions=[]), "extensions", "exactly one extension named 'qkdops'"),
 ])
 def test_a_scenario_that_says_one_thing_and_does_another_is_refused(tmp_path: Path, mutate, field: str, expected: str):
-    raw = copy.deepcopy(_fiber_cut())
+    _assert_refused(tmp_path, _fiber_cut(), mutate, field, expected)
+
+
+def _assert_refused(tmp_path: Path, raw: dict[str, Any], mutate, field: str, expected: str) -> None:
+    raw = copy.deepcopy(raw)
     mutate(raw)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -82,14 +86,7 @@ def _exporter_crash() -> dict[str, Any]:
         "arguments": {"link": "metro-bb84", "fault": "fiber_cut"}}}), "method", "no other fault"),
 ])
 def test_a_stack_fault_scenario_must_inject_and_undo_exactly_its_fault(tmp_path: Path, mutate, field: str, expected: str):
-    raw = copy.deepcopy(_exporter_crash())
-    mutate(raw)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    with pytest.raises(ScenarioError) as err:
-        load(path)
-    message = str(err.value)
-    assert message.startswith(f"{path}: {field}") and expected in message, message
+    _assert_refused(tmp_path, _exporter_crash(), mutate, field, expected)
 
 
 def test_plan_touches_nothing_and_bad_names_exit_2():
