@@ -69,7 +69,8 @@ def status_of(link: str, protocol: str) -> dict[str, Any]:
                        "y1_lower": 0.05, "e1_upper": 0.04},
         "key_delivery": {"buffered_bits": 0, "stores": {"a": {"available_bytes": 1000, "pending_bytes": 0},
                                                          "b": {"available_bytes": 1000, "pending_bytes": 0}}},
-        "objectives": {"block_seconds": 2.0, "key_rate_target_bps": 0.0, "qber_threshold": 0.11, "nominal_dark_count_rate_hz": 10.0},
+        "objectives": {"block_seconds": 2.0, "key_rate_target_bps": 0.0, "qber_threshold": 0.11, "nominal_dark_count_rate_hz": 10.0,
+                       "nominal_channel_loss_db": 10.0},
     }
 
 
