@@ -79,6 +79,34 @@ class CalibrationStore(DurableStore):
         super().__init__(path, SCHEMA)
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.break_dead_leases()
+
+    def break_dead_leases(self) -> int:
+        """Record the runs of lease holders whose process is gone (kill -9) as interrupted, now.
+
+        Opening the store does this, so a restarted scheduler's ledger shows the killed run at once
+        rather than when that job next falls due (which a back-off can put minutes away).
+        Returns how many leases were broken.
+        """
+        now = self.clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                dead = [(job, link, owner, run_id) for job, link, owner, pid, host, acquired_at, run_id
+                        in self._db.execute("SELECT job, link, owner, pid, host, acquired_at, run_id FROM leases")
+                        if not _alive(pid, host) or now - acquired_at >= LEASE_TTL_S]
+                for job, link, owner, run_id in dead:
+                    self._record_interrupted(run_id, owner, now)
+                    self._db.execute("DELETE FROM leases WHERE job=? AND link=? AND run_id=?", (job, link, run_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(dead)
+
+    def _record_interrupted(self, run_id: int, owner: str, now: float) -> None:
+        self._db.execute("UPDATE runs SET finished_at=?, outcome='interrupted', reason=? WHERE id=? AND finished_at IS NULL",
+                         (now, f"its process ({owner}) stopped mid-run", run_id))
 
     # ---- job state ------------------------------------------------------------------------------
     def state(self, job: str, link: str, protocol: str) -> JobState:
@@ -111,9 +139,7 @@ class CalibrationStore(DurableStore):
                     if _alive(pid, host) and now - acquired_at < LEASE_TTL_S:
                         raise RunBusy(f"{job} on {link} is already running (run {run_id}, {owner}, since "
                                       f"{time.strftime('%H:%M:%S', time.localtime(acquired_at))})")
-                    self._db.execute("UPDATE runs SET finished_at=?, outcome='interrupted', reason=? "
-                                     "WHERE id=? AND finished_at IS NULL",
-                                     (now, f"its process ({owner}) stopped mid-run", run_id))
+                    self._record_interrupted(run_id, owner, now)
                 run_id = self._db.execute("INSERT INTO runs (job, link, trigger, owner, started_at) VALUES (?,?,?,?,?)",
                                           (job, link, trigger, self.owner, now)).lastrowid
                 self._db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?,?)",

@@ -539,6 +539,21 @@ def test_a_lease_of_a_dead_process_is_broken_and_its_run_marked_interrupted(rig:
     assert rig.counters() == {("runs", "phase_relock", TF, "healthy"): 1.0}  # an interruption is no run outcome
 
 
+def test_opening_the_store_records_a_killed_holders_run_as_interrupted_at_once(rig: Rig) -> None:
+    dead = _plant_lease(rig.store.path, "phase_relock", TF, _dead_pid(), socket.gethostname(), T0 - 5.0)
+    live = _plant_lease(rig.store.path, "detector_regate", TF, 1, "another-host", T0 - 5.0)
+    reopened = CalibrationStore(rig.store.path, clock=lambda: T0 + 1.0)  # what a restarted scheduler does first
+    try:
+        runs = {r["id"]: r for r in reopened.runs(None, TF)}
+        assert runs[dead]["outcome"] == "interrupted" and runs[dead]["finished_at"] == T0 + 1.0
+        assert runs[live]["finished_at"] is None  # a holder that may still run keeps its lease
+        with pytest.raises(RunBusy):
+            with reopened.lease("detector_regate", TF, "manual"):
+                pass
+    finally:
+        reopened.close()
+
+
 def test_a_live_lease_elsewhere_is_respected_until_its_ttl(rig: Rig) -> None:
     _plant_lease(rig.store.path, "phase_relock", TF, 1, "another-host", T0 - 10.0)
     with pytest.raises(RunBusy, match="another-host:1"):
