@@ -21,6 +21,7 @@ import yaml
 
 from qkdops import slo
 from qkdops.cli import main
+from qkdops.runtime.state import HANDOFF_OUTCOMES
 from qkdops.slo_cmd import OUTPUT, SPEC_DIR, generate_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -436,6 +437,19 @@ def test_our_slis_aggregate_by_link_and_protocol() -> None:
     for s in slo.load_specs(sorted(SPEC_DIR.glob("*.yaml"))):
         for query in (s.error_query, s.total_query):
             assert query is not None and query.startswith("sum by (link, protocol) ("), (s.name, query)
+
+
+def test_key_handoff_success_counts_block_keys_not_attempts() -> None:
+    """One event per distilled block key: handed off (success) or discarded, the link's buffer full (buffer_full).
+    The other outcomes are failed attempts whose key waits in the buffer and is retried every second: counted,
+    a KME outage of seconds would burn the 99.9 % budget at page rate on top of QKDKeyHandoffFailing."""
+    (spec,) = [s for s in slo.load_specs(sorted(SPEC_DIR.glob("*.yaml"))) if s.name == "key-handoff-success"]
+    assert (spec.objective, spec.alert_name) == (Decimal("99.9"), "QKDKeyHandoffBudgetBurn")
+    assert spec.error_query == \
+        'sum by (link, protocol) (rate(qkd_key_handoffs_total{outcome="buffer_full"}[{{.window}}]))'
+    assert spec.total_query == \
+        'sum by (link, protocol) (rate(qkd_key_handoffs_total{outcome=~"success|buffer_full"}[{{.window}}]))'
+    assert set(HANDOFF_OUTCOMES) - {"success", "buffer_full"} == {"kme_unavailable", "kme_timeout", "store_full"}
 
 
 @needs_promtool
