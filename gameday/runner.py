@@ -79,6 +79,7 @@ class _Progress(RunEventHandler):
 
     def __init__(self, outcome: Outcome, say: Callable[[str], None]) -> None:
         self.outcome, self.say = outcome, say
+        self.interrupted = False
 
     def _mark(self, what: str) -> None:
         now = time.time()
@@ -92,7 +93,10 @@ class _Progress(RunEventHandler):
         status = run.get("status") if isinstance(run, dict) else None
         self._mark(f"{activity['type']} {activity['name']}: {status}")
         if status != "succeeded":
-            self.outcome.failed_activities.append(f"{activity['name']}: {run.get('exception', [''])[-1].strip() if run else ''}")
+            error = run.get("exception", [""])[-1].strip() if run else ""
+            self.outcome.failed_activities.append(f"{activity['name']}: {error}")
+            if "InterruptExecution" in error:  # SIGTERM inside an activity: Chaos Toolkit calls it a failure
+                self.signal_exit()
         func = activity.get("provider", {}).get("func")
         if status == "succeeded" and func in INJECTORS:
             self.outcome.injected_at = run["output"]["injected_at"]
@@ -108,8 +112,10 @@ class _Progress(RunEventHandler):
         self._mark("rollbacks")
 
     def signal_exit(self) -> None:
-        """Ctrl-C/SIGTERM reached Chaos Toolkit: end the probe that is waiting now."""
+        """Ctrl-C/SIGTERM reached Chaos Toolkit: end the probe that is waiting now (the rest of the
+        method then fails fast, the rollbacks run) and stop the game day after this scenario."""
         self._mark("interrupted")
+        self.interrupted = True
         probes.STOP.set()
 
 
@@ -134,9 +140,10 @@ def run(scenario: Scenario, config_path: Path, say: Callable[[str], None] = prin
     probes.STOP.clear()
     outcome.started_at = started = time.time()
     configuration["gameday_started_at"] = started
+    progress = _Progress(outcome, say)
     try:
-        journal = run_experiment(experiment, settings=copy.deepcopy(SETTINGS), event_handlers=[_Progress(outcome, say)])
-        outcome.status = str(journal.get("status"))
+        journal = run_experiment(experiment, settings=copy.deepcopy(SETTINGS), event_handlers=[progress])
+        outcome.status = "interrupted" if progress.interrupted else str(journal.get("status"))
         outcome.deviated = bool(journal.get("deviated"))
     except BaseException:
         outcome.status = "interrupted"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("chaostoolkit").setLevel(logging.WARNING)  # our progress lines say what it would
     directory = args.report or config.runtime.state_dir / "gameday" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     outcomes = []
+    _interrupt_on_sigint_and_sigterm()
     try:
         for scenario in scenarios:
             outcomes.append(runner.run(scenario, args.config.resolve(), lambda line: print(line, flush=True)))
@@ -63,8 +65,23 @@ def _run(args: argparse.Namespace) -> int:
         outcomes.append(stop.outcome)
         print("game day interrupted: the remaining scenarios were not run", flush=True)
         return 130
+    except KeyboardInterrupt:  # between scenarios: no fault of ours is active
+        print("game day interrupted between scenarios: the remaining scenarios were not run", flush=True)
+        return 130
     finally:
         if outcomes:
             path = report.write(outcomes, directory, http_url(config.runtime.bind, config.runtime.prometheus_port))
             print(f"report: {path}", flush=True)
     return 0 if all(o.passed for o in outcomes) else 1
+
+
+def _interrupt_on_sigint_and_sigterm() -> None:
+    """Ctrl-C and SIGTERM interrupt the run (faults cleared, report written) however it was started:
+    a shell's background job inherits SIGINT ignored, and SIGTERM would otherwise kill the process
+    between scenarios without a report. Chaos Toolkit swaps in its own SIGTERM handler while a
+    scenario runs (the runner notices that interruption too) and restores this one after."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)

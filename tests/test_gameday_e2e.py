@@ -66,23 +66,30 @@ def test_fiber_cut_phase_drift_and_detector_saturation_pass_with_a_report(stack:
         assert stack.api("GET", f"/api/v1/links/{link}/faults")["active_faults"] == []
 
 
-def test_an_interrupted_run_still_clears_its_fault(stack: RunningStack, tmp_path: Path) -> None:
-    process = subprocess.Popen([*_gameday("run", "fiber-cut", "--config", str(stack.config_path),
+def _as_background_job() -> None:
+    """What a non-interactive shell does to `cmd &`: the child starts with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c-in-a-background-job", "sigterm"])
+def test_an_interrupted_run_still_clears_its_fault(stack: RunningStack, tmp_path: Path, stop: signal.Signals) -> None:
+    process = subprocess.Popen([*_gameday("run", "fiber-cut", "loss-step", "--config", str(stack.config_path),
                                           "--report", str(tmp_path / "report"))],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_as_background_job)
     try:
         deadline, seen = time.monotonic() + 400, ""
         while "cut the fibre: succeeded" not in seen:
             assert time.monotonic() < deadline and process.poll() is None, seen
             seen += process.stdout.readline()
         assert stack.api("GET", "/api/v1/links/metro-bb84/faults")["active_faults"]
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         rest, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
-    assert process.returncode != 0, seen + rest
+    assert process.returncode == 130, seen + rest
+    assert "the remaining scenarios were not run" in rest and "loss-step:" not in rest, rest
     wait_for(lambda: stack.api("GET", "/api/v1/links/metro-bb84/faults")["active_faults"] == [], 10,
              "the interrupted run's fault to be cleared", stack)
     assert (tmp_path / "report" / "report.json").exists()
