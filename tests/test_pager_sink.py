@@ -77,6 +77,7 @@ def sink(tmp_path: Path) -> Iterator[Sink]:
 
 def test_notifications_are_kept_and_filtered(sink: Sink):
     assert sink.post("page", notification()) == (200, {"id": 1, "duplicate": False})
+    time.sleep(0.01)  # received_at has millisecond resolution: keep the two notifications apart
     before_ticket = time.time()
     assert sink.post("ticket", notification("QKDQBERHigh", "tf-longhaul", "resolved", "ticket", "pager-sink-ticket"))[0] == 200
     all_ = sink.notifications()
