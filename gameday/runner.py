@@ -10,7 +10,8 @@ Judgement (``Outcome``), from the pager sink — what on-call really received �
 probes' own view: time to detect = first delivery of each expected page (or ticket) − the
 injection; time to recover = the injection … the end of the method's last activity (the recovery
 probe); unexpected = pages that were not expected — for the link, or for the whole stack (no link
-label, e.g. QKDExporterDown) — and any alert in ``silent`` that notified at all.
+label, e.g. QKDExporterDown) — and any alert in ``silent`` that notified, of alerts that started
+firing during the run (one firing since before it, e.g. a burn ticket, is not this fault's doing).
 """
 
 from __future__ import annotations
@@ -186,7 +187,9 @@ def _judge(scenario: Scenario, outcome: Outcome, configuration: dict[str, Any]) 
             name, link = a["labels"].get("alertname", ""), a["labels"].get("link")
             if link not in (None, scenario.link):
                 continue  # another link's business
-            paged_unexpectedly = note["kind"] == "page" and a.get("status") == "firing" and name not in scenario.pages
+            if a.get("status") != "firing" or _unix(a["startsAt"]) < outcome.started_at:
+                continue  # a resolution, or an alert firing since before the run (a young stack's burn ticket)
+            paged_unexpectedly = note["kind"] == "page" and name not in scenario.pages
             if (paged_unexpectedly or name in scenario.silent) and name not in outcome.unexpected:
                 outcome.unexpected.append(name)
     if injected is not None and outcome.method_done_at is not None and not outcome.failed_activities:

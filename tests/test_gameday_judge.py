@@ -1,12 +1,13 @@
 """How a game-day run is judged from what the pager sink received (a real sink, webhooks posted as
 Alertmanager sends them): expected pages and tickets give the time to detect; pages of the link or
 of the whole stack that were not expected, and any notification of an alert that must stay silent,
-are unexpected; another link's pages are none of the run's business."""
+are unexpected — when they started firing during the run; another link's pages are none of the run's business."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ def sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
     s.stop()
 
 
-def _deliver(sink: Sink, kind: str, alertname: str, link: str | None, status: str = "firing") -> None:
+def _deliver(sink: Sink, kind: str, alertname: str, link: str | None, status: str = "firing",
+             started_ago_s: float = 0.0) -> None:
     body = notification(alertname, link or "", status=status, severity=kind, receiver=f"pager-sink-{kind}")
+    starts_at = datetime.fromtimestamp(time.time() - started_ago_s, UTC).isoformat(timespec="milliseconds")
+    for alert in body["alerts"]:
+        alert["startsAt"] = starts_at.replace("+00:00", "Z")
     if link is None:  # a stack-wide alert (QKDExporterDown): job and instance, no link label
         for labels in (body["commonLabels"], body["groupLabels"], *(a["labels"] for a in body["alerts"])):
             labels.pop("link", None)
@@ -60,6 +65,15 @@ def test_unexpected_pages_of_the_link_or_the_stack_and_silent_alerts_fail_the_ru
                                     ("ticket", "QKDQBERHigh", "metro-bb84"), ("ticket", "QKDVisibilityLow", "metro-bb84")], sink)
     # QKDQBERHigh must stay silent (inhibited); QKDVisibilityLow is a ticket nobody promised silence for
     assert outcome.unexpected == ["QKDExporterDown", "QKDQBERHigh"] and not outcome.passed
+
+
+def test_alerts_firing_since_before_the_run_are_not_its_doing(sink: Sink) -> None:
+    outcome = _judged("fiber-cut", [("page", "QKDFiberCut", "metro-bb84"),
+                                    ("ticket", "QKDQBERBudgetBurn", "metro-bb84", "firing", 1800.0),  # a repeat
+                                    ("ticket", "QKDBlockSuccessBudgetBurn", "metro-bb84", "resolved", 1800.0)], sink)
+    assert outcome.unexpected == [] and outcome.passed
+    again = _judged("fiber-cut", [("page", "QKDFiberCut", "metro-bb84"), ("ticket", "QKDQBERBudgetBurn", "metro-bb84")], sink)
+    assert again.unexpected == ["QKDQBERBudgetBurn"]  # started during the run: it must stay silent
 
 
 def test_a_missing_page_is_never_detected(sink: Sink) -> None:
