@@ -142,15 +142,21 @@ def test_a_scheduler_does_not_outlive_a_killed_up(tmp_path: Path):
     """kill -9 of `qkdops up` alone: its scheduler stops by itself, so the next `up` finds the state lock free."""
     needs_scheduler()
     stack = RunningStack(e2e_profile(tmp_path))
+    children: dict[str, int] = {}
     try:
         stack.wait_up(90)
-        pid = json.loads((stack.state_dir / "up.json").read_text())["pids"][SCHEDULER]
+        children = json.loads((stack.state_dir / "up.json").read_text())["pids"]
+        pid = children[SCHEDULER]
         os.kill(stack.process.pid, signal.SIGKILL)
         stack.process.wait(10)
         wait_for(lambda: not _alive(pid), 15, "the orphaned scheduler to stop")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(stack.process.pid, signal.SIGKILL)  # whatever is left of the group
+        for name, child in children.items():  # Prometheus and Alertmanager run in sessions of their own
+            if name != "qkdops":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
         stack.process.wait(10)
         stack.log.close()
     log = (stack.state_dir / f"{SCHEDULER}.log").read_text(errors="replace")
