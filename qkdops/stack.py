@@ -485,6 +485,52 @@ def write_up_file(path: Path, endpoints: Mapping[str, str], pids: Mapping[str, i
     os.replace(tmp, path)
 
 
+def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0) -> list[str]:
+    """Stop what a killed (kill -9) `qkdops up` left running, as its ``up_file`` recorded it.
+
+    Prometheus and Alertmanager run in sessions of their own, so that Ctrl-C reaches only `up`,
+    which stops them in order; when `up` itself is killed they stay, holding their ports and the
+    state directory, and the next `up` could not start. A child is stopped only if `up` is gone and
+    the child's command line names ``state_dir`` (a recycled pid belongs to someone else). The
+    scheduler stops by itself when `up` is gone. Returns the names of the children stopped.
+    """
+    try:
+        pids = json.loads(up_file.read_text())["pids"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if _running(pids.get("qkdops", 0)):
+        return []  # a live `up` owns them (its ports tell the new one so)
+    stopped = []
+    for name, pid in pids.items():
+        if name != "qkdops" and _running(pid) and str(state_dir) in _command_line(pid):
+            log.warning("stopping %s (pid %d), left running by a `qkdops up` that was killed", name, pid)
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(name)
+    return stopped
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan reaped by init vanishes; a child of ours may linger as one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])

@@ -42,7 +42,7 @@ from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
 from qkdops.runtime.fleet import Fleet
-from qkdops.stack import SCHEDULER, Stack, StackError, write_up_file
+from qkdops.stack import SCHEDULER, Stack, StackError, stop_orphans, write_up_file
 
 log = logging.getLogger("qkdops.up")
 UP_FILE = "up.json"
@@ -93,6 +93,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     fleet = Fleet(config)
     servers: list[tuple[str, object, threading.Thread]] = []
     exporters: dict[str, ServedExporter] = {}  # control API name → exporter; stopped after the control API
+    stop_orphans(rt.state_dir / UP_FILE, rt.state_dir)
     stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind)
     status = 0
     try:

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check --quiet qkdlink qkdops exporters dashboards tests bench
+.venv/bin/ruff check --quiet qkdlink qkdops exporters dashboards calibration_jobs gameday tests bench
 exec .venv/bin/python -m pytest "$@"
