@@ -46,6 +46,7 @@ explicit way to run without it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -485,33 +486,31 @@ def write_up_file(path: Path, endpoints: Mapping[str, str], pids: Mapping[str, i
     os.replace(tmp, path)
 
 
-def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0) -> list[str]:
+def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0) -> None:
     """Stop what a killed (kill -9) `qkdops up` left running, as its ``up_file`` recorded it.
 
     Prometheus and Alertmanager run in sessions of their own, so that Ctrl-C reaches only `up`,
     which stops them in order; when `up` itself is killed they stay, holding their ports and the
     state directory, and the next `up` could not start. A child is stopped only if `up` is gone and
     the child's command line names ``state_dir`` (a recycled pid belongs to someone else). The
-    scheduler stops by itself when `up` is gone. Returns the names of the children stopped.
+    scheduler stops by itself when `up` is gone.
     """
     try:
         pids = json.loads(up_file.read_text())["pids"]
     except (OSError, ValueError, KeyError, TypeError):
-        return []
+        return
     if _running(pids.get("qkdops", 0)):
-        return []  # a live `up` owns them (its ports tell the new one so)
-    stopped = []
+        return  # a live `up` owns them (its ports tell the new one so)
     for name, pid in pids.items():
         if name != "qkdops" and _running(pid) and str(state_dir) in _command_line(pid):
             log.warning("stopping %s (pid %d), left running by a `qkdops up` that was killed", name, pid)
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while _running(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
-            stopped.append(name)
-    return stopped
+            with contextlib.suppress(ProcessLookupError):  # it may end on its own meanwhile
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace_s
+                while _running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:

@@ -47,14 +47,15 @@ def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_i
     """The shipped fleet (plus ``extra_links``) on free ports (KMEs too: SAE ``sae-<site>`` each),
     state in ``directory``, fast scrapes."""
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    control, device, pp, prom, am, sink, calibration = free_ports(7)
+    raw["links"].extend(extra_links or [])
+    sites = list(dict.fromkeys(link["sites"][end] for link in raw["links"] for end in ("alice", "bob")))
+    # one call, so no two ports coincide (two calls may each get a port the other just released)
+    control, device, pp, prom, am, sink, calibration, *kme_ports = free_ports(7 + len(sites))
     raw["runtime"].update(state_dir=str(directory / "state"), control_port=control, device_exporter_port=device,
                           postprocessing_exporter_port=pp, prometheus_port=prom, alertmanager_port=am,
                           pager_sink_port=sink, calibration_exporter_port=calibration, scrape_interval_s=scrape_interval_s)
-    raw["links"].extend(extra_links or [])
-    sites = list(dict.fromkeys(link["sites"][end] for link in raw["links"] for end in ("alice", "bob")))
     raw["key_delivery"] = {"kmes": [{"site": site, "port": port, "saes": [f"sae-{site}"]}
-                                    for site, port in zip(sites, free_ports(len(sites)))]}
+                                    for site, port in zip(sites, kme_ports)]}
     path = directory / "links.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
