@@ -99,12 +99,16 @@ def test_restart_after_kill_loses_no_job_and_never_overlaps_runs(tmp_path: Path)
             assert second.returncode == 1 and "already runs" in second.stderr, second.stderr
             api = ControlClient(f"http://127.0.0.1:{load_config(links).runtime.control_port}", TOKEN)
             api.inject("bb84-slow", "fiber_cut", {})
+            cut_at = time.time()
             store = CalibrationStore(state / "calibration.sqlite")
-            in_flight = wait_for(lambda: [r for r in store.runs("polarization_realign", "bb84-slow", 50)
-                                          if r["finished_at"] is None and r["report"] is None], 60, "a realignment mid-run",
-                                 interval_s=0.05)
+            # a run begun well into the cut waits for a clean block (a run begun before it can end in ms)
+            wait_for(lambda: [r for r in store.runs("polarization_realign", "bb84-slow", 50)
+                              if r["finished_at"] is None and r["started_at"] > cut_at + 1.0], 60, "a realignment mid-run",
+                     interval_s=0.05)
             first.send_signal(signal.SIGKILL)
             first.wait(10)
+            in_flight = [r for r in store.runs("polarization_realign", "bb84-slow", 50) if r["finished_at"] is None]
+            assert len(in_flight) == 1, in_flight  # the run the kill cut short
         finally:
             if first.poll() is None:
                 first.kill()

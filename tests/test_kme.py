@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kme_harness import kme_rig
 
-from qkdops.kme.client import EtsiClientError, client_context
+from qkdops.kme.client import EtsiClient, EtsiClientError, client_context
 from qkdops.kme.pki import Pki, init_pki
 
 ERROR_FIELDS = {"message", "details"}
@@ -152,3 +152,31 @@ def test_requests_are_counted_by_site_call_and_code(tmp_path: Path):
         assert stats.requests_total == {("a", "status", "200"): 1, ("a", "enc_keys", "200"): 1,
                                         ("a", "enc_keys", "400"): 1, ("b", "dec_keys", "400"): 1}
         assert stats.request_seconds[("a", "enc_keys")].count == 2
+
+
+def test_a_kme_dying_mid_answer_is_a_connection_error_and_is_not_retried() -> None:
+    """A truncated enc_keys answer (the KME killed while writing it) must read as the KME going away,
+    which SAEs handle, not as an HTTP library error; and it is not retried: the keys may be spent."""
+    sent: list[str] = []
+
+    class Truncated:
+        status, will_close = 200, False
+
+        def read(self) -> bytes:
+            raise http.client.IncompleteRead(b'{"keys": [', 824)
+
+    class Connection:
+        def request(self, method: str, path: str, **_: object) -> None:
+            sent.append(f"{method} {path}")
+
+        def getresponse(self) -> Truncated:
+            return Truncated()
+
+        def close(self) -> None:
+            pass
+
+    client = EtsiClient("https://127.0.0.1:9", ssl.create_default_context())
+    client._connection = Connection  # type: ignore[method-assign]
+    with pytest.raises(ConnectionResetError, match="10 bytes into its answer"):
+        client.enc_keys("sae-b", 1)
+    assert sent == ["POST /api/v1/keys/sae-b/enc_keys"]

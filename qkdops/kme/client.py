@@ -78,6 +78,9 @@ class EtsiClient:
                 self.close()
                 if attempt == 2:
                     raise
+            except http.client.IncompleteRead as exc:  # the KME died mid-answer: never retried (keys may be spent)
+                self.close()
+                raise ConnectionResetError(f"the KME closed the connection {len(exc.partial)} bytes into its answer") from None
         raise AssertionError("unreachable")
 
     def close(self) -> None:
