@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdops.runtime.durable import DurableStore
-from qkdops.status_cmd import pid_alive
+from qkdops.stack import pid_alive
 
 LEDGER_PER_JOB = 200
 LEASE_TTL_S = 900.0  # a lease older than this is broken even if its process looks alive (pid reuse)
@@ -94,7 +94,7 @@ class CalibrationStore(DurableStore):
             try:
                 dead = [(job, link, owner, run_id) for job, link, owner, pid, host, acquired_at, run_id
                         in self._db.execute("SELECT job, link, owner, pid, host, acquired_at, run_id FROM leases")
-                        if not _alive(pid, host) or now - acquired_at >= LEASE_TTL_S]
+                        if not _held(pid, host, acquired_at, now)]
                 for job, link, owner, run_id in dead:
                     self._record_interrupted(run_id, owner, now)
                     self._db.execute("DELETE FROM leases WHERE job=? AND link=? AND run_id=?", (job, link, run_id))
@@ -136,7 +136,7 @@ class CalibrationStore(DurableStore):
                                         (job, link)).fetchone()
                 if held is not None:
                     owner, pid, host, acquired_at, run_id = held
-                    if _alive(pid, host) and now - acquired_at < LEASE_TTL_S:
+                    if _held(pid, host, acquired_at, now):
                         raise RunBusy(f"{job} on {link} is already running (run {run_id}, {owner}, since "
                                       f"{time.strftime('%H:%M:%S', time.localtime(acquired_at))})")
                     self._record_interrupted(run_id, owner, now)
@@ -205,6 +205,7 @@ class CalibrationStore(DurableStore):
         return [{**dict(zip(keys, r)), "report": json.loads(r[9]) if r[9] else None} for r in rows]
 
 
-def _alive(pid: int, host: str) -> bool:
-    """Whether the lease holder's process still runs (a holder on another host is assumed alive)."""
-    return host != socket.gethostname() or pid_alive(pid)
+def _held(pid: int, host: str, acquired_at: float, now: float) -> bool:
+    """Whether a lease still binds: its holder's process runs (one on another host is assumed to)
+    and it is younger than LEASE_TTL_S (older ones are broken: pid reuse, a lost host)."""
+    return (host != socket.gethostname() or pid_alive(pid)) and now - acquired_at < LEASE_TTL_S

@@ -499,27 +499,40 @@ def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0) -> None:
         pids = json.loads(up_file.read_text())["pids"]
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if _running(pids.get("qkdops", 0)):
+    if pid_alive(pids.get("qkdops", 0)):
         return  # a live `up` owns them (its ports tell the new one so)
     for name, pid in pids.items():
-        if name != "qkdops" and _running(pid) and str(state_dir) in _command_line(pid):
+        if name != "qkdops" and pid_alive(pid) and str(state_dir) in _command_line(pid):
             log.warning("stopping %s (pid %d), left running by a `qkdops up` that was killed", name, pid)
             with contextlib.suppress(ProcessLookupError):  # it may end on its own meanwhile
                 os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + grace_s
-                while _running(pid) and time.monotonic() < deadline:
+                while pid_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                if _running(pid):
+                if pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan reaped by init vanishes; a child of ours may linger as one)."""
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine. A zombie (exited, not yet reaped: in a container
+    pid 1 may never reap an orphan) does not; without /proc, signal 0 says whether it exists."""
+    if pid <= 0:
+        return False
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        if os.path.isdir("/proc"):
+            return False
     except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _command_line(pid: int) -> str:

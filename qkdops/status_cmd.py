@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import urllib.request
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from qkdops.config import DEFAULT_CONFIG, load_config
-from qkdops.stack import SCHEDULER
+from qkdops.stack import SCHEDULER, pid_alive
 from qkdops.up_cmd import UP_FILE
 
 # Resolved against each recorded URL: "" probes it as is, an absolute path replaces its path.
@@ -74,17 +73,6 @@ def run(args: argparse.Namespace) -> int:
 def probe_url(name: str, url: str) -> str:
     """What to probe for a recorded endpoint (the scheduler's is recorded as its /metrics URL)."""
     return urljoin(url, PROBES.get(name, ""))
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (signal 0: nothing is sent)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def _probe(url: str) -> bool:

@@ -23,7 +23,7 @@ import pytest
 from qkdlink.keyrate import predict
 from qkdlink.protocols import get_protocol
 from qkdops.config import load_config
-from qkdops.stack import CALIBRATION_JOB, SCHEDULER
+from qkdops.stack import CALIBRATION_JOB, SCHEDULER, pid_alive
 from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
 
 pytestmark = pytest.mark.slow
@@ -52,14 +52,6 @@ def _calibration_args() -> list[str]:
 def _targets(stack: RunningStack) -> list[dict]:
     with urllib.request.urlopen(f"{stack.url('prometheus_port')}/api/v1/targets", timeout=5) as response:
         return json.loads(response.read())["data"]["activeTargets"]
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (orphans are reaped by whatever pid 1 is; in a container, maybe never)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @needs_servers
@@ -132,7 +124,7 @@ def test_up_supervises_the_calibration_scheduler_and_stops_it_on_shutdown(tmp_pa
     finally:
         code = stack.stop()
     assert code == 0, stack.output()[-3000:]
-    assert not _alive(pid)  # stopped with the stack, not left behind
+    assert not pid_alive(pid)  # stopped with the stack, not left behind
     log = (stack.state_dir / f"{SCHEDULER}.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
 
@@ -149,7 +141,7 @@ def test_a_scheduler_does_not_outlive_a_killed_up(tmp_path: Path):
         pid = children[SCHEDULER]
         os.kill(stack.process.pid, signal.SIGKILL)
         stack.process.wait(10)
-        wait_for(lambda: not _alive(pid), 15, "the orphaned scheduler to stop")
+        wait_for(lambda: not pid_alive(pid), 15, "the orphaned scheduler to stop")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(stack.process.pid, signal.SIGKILL)  # whatever is left of the group
@@ -175,13 +167,13 @@ def test_the_next_up_stops_what_a_killed_up_left_running(tmp_path: Path):
                 if n in ("prometheus", "alertmanager")}
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(10)
-        assert set(left) == {"prometheus", "alertmanager"} and all(_alive(p) for p in left.values())
+        assert set(left) == {"prometheus", "alertmanager"} and all(pid_alive(p) for p in left.values())
     finally:
         first.log.close()
     second = RunningStack(config_path)
     try:
         second.wait_up(90)
-        assert not any(_alive(p) for p in left.values())
+        assert not any(pid_alive(p) for p in left.values())
     finally:
         code = second.stop()
         for pid in left.values():
@@ -203,7 +195,7 @@ def test_up_restarts_a_killed_scheduler_and_key_production_goes_on(tmp_path: Pat
         os.kill(first, 9)
         second = wait_for(lambda: (p := json.loads(up_file.read_text())["pids"][SCHEDULER]) != first and p, 20,
                           "up.json to record the restarted scheduler", stack)
-        assert _alive(second) and stack.process.poll() is None
+        assert pid_alive(second) and stack.process.poll() is None
         wait_for(lambda: any(t["labels"]["job"] == CALIBRATION_JOB and t["health"] == "up" for t in _targets(stack)),
                  30, "qkd-calibration up again", stack)
         wait_for(lambda: stack.by_link('increase(qkd_secret_key_bits_total{link="e2e-fast"}[5s])').get("e2e-fast", 0) > 0,
