@@ -79,11 +79,9 @@ def test_finite_rate_rises_with_pulses_and_approaches_asymptotic():
     finite = [predict(BB84, p, "finite", n).key_rate_bits_per_pulse for n in (1e8, 1e9, 1e10, 1e11, 1e12, 1e14)]
     assert finite == sorted(finite)
     assert all(r < asym for r in finite)
-    # The vacuum events s_0 add a little key in finite mode, the sifting conventions differ (the
-    # asymptotic rate counts every sifted signal, the finite one only the key basis of all pulses):
-    # compare against the same key-basis share.
-    share = p["key_basis_probability"] ** 2 * p["p_mu"] / p["sifting_factor"]
-    assert finite[-1] / (asym * share) > 0.9
+    # Same conventions in both modes (sifting p_Z², all intensities, s_0 counted): the finite rate
+    # tends to the asymptotic one itself (tests/test_key_length_conventions.py checks how fast).
+    assert finite[-1] / asym > 0.98
 
 
 def _rate_at_key_detections(params: dict, n_key: float, kappa: float = 1e-15) -> float:

@@ -17,6 +17,7 @@ counts), so the numbers the CLI predicts are the numbers the running link produc
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -147,8 +148,16 @@ class SinglePhotonTruth:
 class KeyEstimate:
     """Outcome of one estimation: bounds, key length and rate, or an abort with its reason.
 
-    ``key_rate_bits_per_pulse`` is per signal pulse (times the sifting factor) in the asymptotic
-    modes, as in the papers those modes reproduce, and ``secret_key_bits / pulses`` in finite mode.
+    ``key_rate_bits_per_pulse`` is per pulse (MDI/TF: per pulse pair or time window) sent in every
+    mode — ``secret_key_bits / pulses`` in finite mode, its N → ∞ limit in the asymptotic modes —
+    except where a preset pins a paper's sifting factor q (``sifting_factor`` > 0): the asymptotic
+    modes then give that paper's rate per signal pulse times q, so published numbers are reproduced.
+    See docs/physics.md, "Key-length conventions".
+
+    Finite mode also reports ``details["leak_ec_bits"]`` (the modelled λ_EC = f·n·H2(E)) and, once
+    the bounds exist, ``details["key_budget_bits"]``: the key length before λ_EC is subtracted and
+    before flooring, so that post-processing can apply the leak its error correction measured
+    (``secret_key_length``).
     """
 
     analysis: str
@@ -226,3 +235,33 @@ class Protocol(ABC):
     @abstractmethod
     def estimate(self, counts: BlockCounts, p: Params, analysis: str) -> KeyEstimate:
         """Bounds and key from block counts; ``asymptotic-ideal`` uses the model's truth instead."""
+
+    @abstractmethod
+    def key_bits(self, counts: BlockCounts) -> tuple[int, int]:
+        """(n, errors): length of the sifted key string that enters error correction and privacy
+        amplification in finite mode, and the number of bit errors in it.
+
+        These are exactly the n and E·n of the finite estimate's λ_EC = f·n·H2(E), so that error
+        correction runs on the string the estimate budgeted for. Counts of real blocks are integers;
+        expected (float) counts are rounded.
+        """
+
+
+def secret_key_length(estimate: KeyEstimate, leak_ec_bits: float) -> int:
+    """ℓ = ⌊key_budget_bits − leak_ec_bits⌋ for the leak error correction really disclosed, or 0.
+
+    0 when that is ≤ 0, or when the finite estimate aborted before it had a budget (too few counts,
+    QBER above the threshold, no single-photon bound). With ``leak_ec_bits =
+    estimate.details["leak_ec_bits"]`` this is ``estimate.secret_key_bits``.
+
+    The verification tag (a hash of ⌈log2(1/ε_cor)⌉ bits, disclosed after error correction) is
+    not subtracted here: each paper's correctness term — log2(2/ε_cor) in Lim et al., PRA 89,
+    022307 (2014) and Jiang et al., PR Applied 12, 024061 (2019), log2(8/ε_cor) in Curty et al.,
+    Nat. Commun. 5, 3732 (2014) — is at least the tag length and stays in the budget, so it pays
+    for the tag; subtracting the tag again would count it twice.
+    """
+    budget = estimate.details.get("key_budget_bits")
+    if budget is None:
+        return 0
+    length = math.floor(budget - leak_ec_bits)
+    return length if length > 0 else 0

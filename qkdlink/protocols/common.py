@@ -28,21 +28,41 @@ EC_EFFICIENCY = Param("ec_efficiency", 1.16, "ratio", "error-correction ineffici
 QBER_ABORT = Param("qber_abort_threshold", 0.11, "ratio", "abort a block whose key-basis QBER exceeds this", 0.0, 0.5)
 EPS_SEC = Param("epsilon_sec", 1e-10, "ratio", "secrecy parameter ε_sec of the finite-key analysis", 1e-30, 0.1)
 EPS_COR = Param("epsilon_cor", 1e-15, "ratio", "correctness parameter ε_cor of the finite-key analysis", 1e-30, 0.1)
+# Asymptotic modes: 0 (default) derives the sifting from the basis (and intensity) probabilities of the
+# finite analysis; a preset that reproduces a paper pins that paper's q (docs/physics.md, "Key-length conventions").
+SIFTING = Param("sifting_factor", 0.0, "ratio",
+                "asymptotic modes: a paper's q, rate per signal pulse R = q[…]; 0 = derived, per pulse sent as in finite mode",
+                0.0, 1.0)
 
 
+def sifting(p: Params, key_share: float) -> float:
+    """Weight of the asymptotic rate: the preset's pinned q, or ``key_share`` when q is 0 (derived).
 
-def asymptotic_estimate(analysis: str, p: Params, gain: float, qber: float, single_gain: float,
-                        y1: float, e1: float, details: Mapping[str, float] | None = None) -> KeyEstimate:
-    """R = q [Q1 (1 − H2(e1)) − f Q H2(E)], or an abort with its reason.
+    ``key_share`` is the fraction of all pulses sent in the classes the finite analysis takes key
+    from (BB84: p_Z²; MDI: p_μ² p_Z²; TF: p_Z²), so the asymptotic rate is per pulse sent and is
+    the N → ∞ limit of the finite rate. A pinned q > 0 reproduces a paper's rate per signal pulse
+    (e.g. q = 1/2 of Ma et al. 2005) and breaks that correspondence on purpose.
+    """
+    q = p["sifting_factor"]
+    return q if q > 0.0 else key_share
+
+
+def asymptotic_estimate(analysis: str, p: Params, *, weight: float, gain: float, qber: float, key_gain: float,
+                        single_gain: float, y1: float, e1: float, vacuum_gain: float = 0.0,
+                        details: Mapping[str, float] | None = None) -> KeyEstimate:
+    """R = w [Q0 + Q1 (1 − H2(e1)) − f Q H2(E)], or an abort with its reason.
 
     The GLLP form every protocol here shares (Gottesman, Lo, Lütkenhaus, Preskill, QIC 4, 325
     (2004); Ma et al. PRA 72, 012326 (2005) eq. (1); MDI: Lo, Curty, Qi PRL 108, 130503 (2012);
     SNS-TF: Wang, Yu, Hu PRA 98, 062323 (2018)): privacy amplification removes what the phase error
     of the single-photon (pair, untagged) events Q1 can leak, error correction pays f H2(E) per
-    detection. q = ``sifting_factor``; ``y1``/``e1`` are reported as the bounds used.
+    detection of the key string (gain ``key_gain``, error rate ``qber``). Q0 (``vacuum_gain``): key
+    from vacuum events, which carry no information to Eve (Lo, QIC 5, 413 (2005)); 0 where the
+    protocol or preset does not count it. w = ``sifting(p, …)``. ``gain`` is the reported signal
+    gain; ``y1``/``e1`` are reported as the bounds used.
     """
-    rate = p["sifting_factor"] * (single_gain * (1.0 - binary_entropy(e1))
-                                  - p["ec_efficiency"] * gain * binary_entropy(qber))
+    rate = weight * (vacuum_gain + single_gain * (1.0 - binary_entropy(e1))
+                     - p["ec_efficiency"] * key_gain * binary_entropy(qber))
     reason = None
     if qber > p["qber_abort_threshold"]:
         reason, rate = ABORT_QBER, 0.0

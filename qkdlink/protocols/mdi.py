@@ -39,9 +39,12 @@ Analysis modes:
   on counts, every count of the intensity grid widened by multiplicative Chernoff bounds, the
   phase error sampled from the X basis, and the paper's key length with its security terms.
 
-The rate of the asymptotic modes is per signal pulse pair in the Z basis (times ``sifting_factor``,
-default 1 as in the papers); the finite rate is per pulse pair sent, so the two agree as the block
-grows when ``sifting_factor = p_mu² key_basis_probability²``.
+Key-length conventions (docs/physics.md), the same in every mode: the key string is the
+signal-signal Z class (Xu et al. 2013 eq. (1); Curty et al. 2014), λ_EC = f n H2(E) on it, and the
+single-pair part is that class's share μ² e^(−2μ) Y11 of it. No vacuum term is counted in any mode
+(neither paper counts one). Rates are per pulse pair sent: the asymptotic modes are the N → ∞ limit
+of ``finite`` (weight p_μ² p_Z²), unless a preset pins a paper's ``sifting_factor`` q — ``xu2013``:
+q = 1, Xu et al.'s rate per signal pulse pair in the Z basis.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class MDIQKD(Protocol):
         Param("p_mu", 0.6, "ratio", "probability of sending the signal intensity", 0.0, 1.0),
         Param("p_nu", 0.25, "ratio", "probability of sending the decoy intensity (ω gets the rest)", 0.0, 1.0),
         Param("key_basis_probability", 0.7, "ratio", "probability that each sender picks the key basis Z", 0.0, 1.0),
-        Param("sifting_factor", 1.0, "ratio", "asymptotic modes: key pairs kept per Z signal pulse pair (q)", 0.0, 1.0),
+        c.SIFTING,
         c.EC_EFFICIENCY, c.QBER_ABORT, c.EPS_SEC, c.EPS_COR,
     )
     presets = {
@@ -97,7 +100,8 @@ class MDIQKD(Protocol):
         # their Fig. 2 and Ma & Razavi (2012) for their Table 1: p_d = 3e-6 per detector,
         # η_d = 14.5 %, e_d = 1.5 %, f = 1.16, 0.2 dB/km. The intensities are an operating point
         # that maximises the finite-key rate for 50–100 km blocks of 1e13–1e14 pulse pairs (the papers
-        # optimise them per distance).
+        # optimise them per distance). q = 1 pinned: the asymptotic modes give Xu et al.'s rate per
+        # Z-basis signal pulse pair (their eq. (1)), not the per-pair-sent limit of finite mode.
         "xu2013": {
             "fiber_loss_db_per_km": 0.2, "detector_efficiency": 0.145, "dark_count_probability": 3e-6,
             "misalignment_error": 0.015, "ec_efficiency": 1.16, "sifting_factor": 1.0,
@@ -105,9 +109,10 @@ class MDIQKD(Protocol):
         },
         # Superconducting nanowire detectors at the relay (physics.md device ranges): 85 %
         # efficiency, 10 Hz dark counts in a 1 ns window, 1 % misalignment, optimised-code f = 1.1.
+        # Sifting derived: asymptotic rates per pulse pair sent, the limit of finite mode.
         "snspd": {
             "fiber_loss_db_per_km": 0.2, "detector_efficiency": 0.85, "dark_count_probability": 1e-8,
-            "misalignment_error": 0.01, "ec_efficiency": 1.1, "sifting_factor": 1.0,
+            "misalignment_error": 0.01, "ec_efficiency": 1.1,
             "mu": 0.4, "nu": 0.05, "omega": 0.0, "p_mu": 0.6, "p_nu": 0.25, "key_basis_probability": 0.7,
         },
     }
@@ -215,9 +220,17 @@ class MDIQKD(Protocol):
             y11_x = max(0.0, y11_lower_bound(gains[TEST_BASIS], gains[TEST_BASIS], mu, nu, om))
             e11 = e11_upper_bound(x_errors, x_errors, y11_x, nu, om)
             details = {"y11_x_lower": y11_x}
-        # Q11 = μ² e^(−2μ) Y11 (Xu et al. 2013, eq. (1)).
+        # Q11 = μ² e^(−2μ) Y11 (Xu et al. 2013, eq. (1)); derived weight p_μ² p_Z²: the key class's
+        # share of the pulse pairs sent, as in ``_finite``.
         q11 = poisson_probability(p["mu"], 1) ** 2 * y11
-        return c.asymptotic_estimate(analysis, p, key.gain, key.error_rate, q11, y11, e11, details)
+        weight = c.sifting(p, key.sent / counts.pulses if counts.pulses > 0 else 0.0)
+        return c.asymptotic_estimate(analysis, p, weight=weight, gain=key.gain, qber=key.error_rate,
+                                     key_gain=key.gain, single_gain=q11, y1=y11, e1=e11, details=details)
+
+    def key_bits(self, counts: BlockCounts) -> tuple[int, int]:
+        """Detections and errors of the signal-signal Z class, the key string of Curty et al. 2014."""
+        key = counts.get(KEY_CLASS, KEY_BASIS)
+        return round(key.detected), round(key.errors)
 
     @staticmethod
     def _rescale(p: Params, probabilities: bool = False) -> dict[str, float]:
@@ -238,7 +251,8 @@ class MDIQKD(Protocol):
 
         ℓ = s11_key [1 − H2(φ)] − λ_EC − log2(8/ε_cor) − 2 log2(2/(ε' ε̂)) − 2 log2(1/(2 ε_PA)),
 
-        λ_EC = f n_key H2(E_key) over the signal-signal Z class, s11_key and φ from ``_finite_bounds``.
+        λ_EC = f n_key H2(E_key) over the signal-signal Z class, s11_key and φ from ``_finite_bounds``;
+        everything but λ_EC is ``details["key_budget_bits"]``.
         """
         key = counts.get(KEY_CLASS, KEY_BASIS)
         n_key, qber = key.detected, key.error_rate
@@ -254,9 +268,10 @@ class MDIQKD(Protocol):
         leak = p["ec_efficiency"] * n_key * binary_entropy(qber)
         b = self._finite_bounds(counts, p, eps)
         security = math.log2(8.0 / p["epsilon_cor"]) + 2.0 * math.log2(2.0 / eps ** 2) + 2.0 * math.log2(1.0 / (2.0 * eps))
-        ell = b["s11_key_lower"] * (1.0 - binary_entropy(b["phase_error_upper"])) - leak - security
-        ell = float(math.floor(ell)) if ell > 0 and b["s11_key_lower"] > 0 else 0.0
-        details = {**b, "leak_ec_bits": leak, "security_bits": security}
+        budget = b["s11_key_lower"] * (1.0 - binary_entropy(b["phase_error_upper"])) - security
+        ell = float(math.floor(budget - leak))
+        ell = ell if ell > 0 else 0.0
+        details = {**b, "leak_ec_bits": leak, "security_bits": security, "key_budget_bits": budget}
         reason = None
         if ell <= 0:
             # Would the same block give key without statistical fluctuations? Then the block is too

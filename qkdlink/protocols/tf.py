@@ -36,11 +36,15 @@ the relative phase at Charlie. Single-photon X error: e1 = [η̄ − √(η_a η
 noise, i.e. e_d + (1 − 2 e_d) sin²(δ/2) for symmetric arms (physics.md: ≈ sin²(δ/2)); the
 post-selected class averages this over the slice with a fixed 8-point Gauss–Legendre rule.
 
-Rates: ``asymptotic``/``asymptotic-ideal`` report WYH's per-window rate
-R = 2ε(1−ε) μ e^(−μ) s1 [1 − H2(e1^ph)] − f S_Z H2(E_Z) (WYH's asymptotic key-rate formula),
-i.e. per time window (one pulse from each party) as if every window were a Z window, times
-``sifting_factor`` (set it to z_window_probability² for the rate per window actually sent).
-``finite`` reports ℓ / (all windows of the block). Rates compare with PLOB per use of the
+Key-length conventions (docs/physics.md), the same in every mode: the key string is every
+effective event of the Z windows (n_t, pooled over the four sending combinations), λ_EC =
+f n_t H2(E_Z) on it, and the untagged bits are the one-sided single-photon events,
+2ε(1−ε) μ e^(−μ) s1 per Z window. No vacuum term is counted in any mode (WYH and Jiang et al. 2019
+count none: a window where nobody sends is a bit error). Rates are per time window sent (one pulse
+from each party): ``finite`` reports ℓ / (all windows of the block) and the asymptotic modes its
+N → ∞ limit, WYH's R = 2ε(1−ε) μ e^(−μ) s1 [1 − H2(e1^ph)] − f S_Z H2(E_Z) times the Z-window
+share p_Z² — unless a preset pins a paper's ``sifting_factor`` q: ``wang-yu-hu-2018`` pins q = 1,
+WYH's rate per window as if every window were a Z window. Rates compare with PLOB per use of the
 Alice–Bob channel, ``geometry().fiber_transmittance``.
 """
 
@@ -97,7 +101,7 @@ class SendingOrNotSendingTF(Protocol):
         Param("p_nu2", 0.35, "ratio", "probability of μ2 in an X window", 0.0, 1.0),
         Param("phase_slices", 16.0, "count", "number M of phase slices; post-selection width Δ = 2π/M", 2.0, 1e4),
         Param("phase_mismatch_rad", 0.0, "rad", "residual phase mismatch δ between the two lasers at Charlie", -math.pi, math.pi),
-        Param("sifting_factor", 1.0, "ratio", "asymptotic modes: factor on the per-window rate (z_window_probability² = per window sent)", 0.0, 1.0),
+        c.SIFTING,
         c.EC_EFFICIENCY, c.QBER_ABORT, c.EPS_SEC, c.EPS_COR,
     )
     presets = {
@@ -107,13 +111,16 @@ class SendingOrNotSendingTF(Protocol):
         # reproduces the abstract's secure distances (700, 600, 500, 300 km at e_d = 15, 25, 35,
         # 45 %; checked in tests/test_tf.py) — not transcribed. ε, μ, μ1, μ2: near the optimum of
         # the decoy-bounded asymptotic rate at 300–500 km (e_d = 15 % forces a small ε and μ1).
+        # q = 1 pinned: the asymptotic modes give WYH's rate per window as if every window were a Z
+        # window (the paper's convention), not the per-window-sent limit of finite mode.
         "wang-yu-hu-2018": {
             "fiber_loss_db_per_km": 0.2, "detector_efficiency": 0.7, "dark_count_probability": 1e-11,
             "misalignment_error": 0.15, "ec_efficiency": 1.1, "mu": 0.45, "epsilon_send": 0.016,
-            "nu": 0.02, "nu2": 0.3, "phase_slices": 16.0,
+            "nu": 0.02, "nu2": 0.3, "phase_slices": 16.0, "sifting_factor": 1.0,
         },
         # A realistic deployment: SNSPDs (η 60 % incl. receiver loss, ~10 Hz dark counts in a 1 ns
         # gate, 50 ns dead time; physics.md device ranges), 3 % interference misalignment, 1 GHz.
+        # Sifting derived: asymptotic rates per window sent, the limit of finite mode.
         "snspd": {
             "fiber_loss_db_per_km": 0.2, "detector_efficiency": 0.6, "dark_count_probability": 1e-8,
             "dead_time_s": 50e-9, "repetition_rate_hz": 1e9, "misalignment_error": 0.03,
@@ -204,7 +211,7 @@ class SendingOrNotSendingTF(Protocol):
             return self._finite(counts, p)
         if analysis not in (ASYMPTOTIC, ASYMPTOTIC_IDEAL):
             raise ValueError(f"unknown analysis '{analysis}'")
-        s_z, e_z = _z_statistics(counts)[:2]
+        s_z, e_z, _, windows_z = _z_statistics(counts)
         if analysis == ASYMPTOTIC_IDEAL:
             truth = self.single_photon_truth(p)
             s1, e1 = truth.yield_, truth.phase_error_rate
@@ -214,7 +221,14 @@ class SendingOrNotSendingTF(Protocol):
             e1 = _e1_upper(p["nu"], gains["t"], gains["s00"], s1 * 2.0 * p["nu"] * math.exp(-2.0 * p["nu"]))
         eps, mu = p["epsilon_send"], p["mu"]
         untagged = 2.0 * eps * (1.0 - eps) * mu * math.exp(-mu) * s1
-        return c.asymptotic_estimate(analysis, p, s_z, e_z, untagged, s1, e1)
+        weight = c.sifting(p, windows_z / counts.pulses if counts.pulses > 0 else 0.0)
+        return c.asymptotic_estimate(analysis, p, weight=weight, gain=s_z, qber=e_z, key_gain=s_z,
+                                     single_gain=untagged, y1=s1, e1=e1)
+
+    def key_bits(self, counts: BlockCounts) -> tuple[int, int]:
+        """Effective Z events n_t and their errors, pooled over the four Z classes (WYH's key string)."""
+        rows = [counts.get(name, KEY_BASIS) for name in Z_CLASSES]
+        return round(sum(r.detected for r in rows)), round(sum(r.errors for r in rows))
 
     def _finite(self, counts: BlockCounts, p: Params) -> KeyEstimate:
         """Finite-size key length of SNS with Chernoff-bounded decoy estimation.
@@ -223,7 +237,8 @@ class SendingOrNotSendingTF(Protocol):
         expected values of the observed X-window counts are bounded (Chernoff), fed to WYH's decoy
         formulas, and the expected numbers of untagged bits and of their phase errors are turned
         back into bounds on the actual numbers (Chernoff again); then
-        ℓ = n1 [1 − H2(φ)] − f n_t H2(E_Z) − log2(2/ε_cor) − 2 log2(1/(√2 ε_PA ε̂)).
+        ℓ = n1 [1 − H2(φ)] − f n_t H2(E_Z) − log2(2/ε_cor) − 2 log2(1/(√2 ε_PA ε̂)); everything but
+        λ_EC = f n_t H2(E_Z) is ``details["key_budget_bits"]``.
         The Chernoff bounds are the multiplicative ones in closed form (``qkdlink.protocols.statistics``); they
         take the windows as independent, which is how the emulator samples them.
         """
@@ -260,10 +275,10 @@ class SendingOrNotSendingTF(Protocol):
                                secret_key_bits=0.0, s1_lower=0.0, abort_reason=reason, details=details)
         phi = min(0.5, m1 / n1)
         leak = p["ec_efficiency"] * n_t * binary_entropy(e_z)
-        ell = (n1 * (1.0 - binary_entropy(phi)) - leak - math.log2(2.0 / eps_cor)
-               - 2.0 * math.log2(1.0 / (math.sqrt(2.0) * xi * xi)))
-        ell = math.floor(ell) if ell > 0 else 0.0
-        details["leak_ec_bits"] = leak
+        budget = n1 * (1.0 - binary_entropy(phi)) - math.log2(2.0 / eps_cor) - 2.0 * math.log2(1.0 / (math.sqrt(2.0) * xi * xi))
+        details.update(leak_ec_bits=leak, key_budget_bits=budget)
+        ell = math.floor(budget - leak)
+        ell = ell if ell > 0 else 0.0
         return KeyEstimate(**base, y1_lower=y1, e1_upper=phi,
                            key_rate_bits_per_pulse=ell / counts.pulses if counts.pulses > 0 else 0.0,
                            secret_key_bits=float(ell), s1_lower=n1,
