@@ -33,6 +33,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from exporters import DeviceCollector, PostProcessingCollector, registry_for
 from qkdlink.emulator import BlockRecord, Link, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES
+from qkdops.runtime.pipeline import BlockResult
 from qkdops.runtime.state import STAGES, LinkSnapshot, LinkState
 
 SITES = {"alice": "site-a", "bob": "site-b"}
@@ -62,8 +63,9 @@ def fleet(links: int, frames: dict[str, list[BlockRecord]]) -> list[LinkState]:
             per_intensity = {k: sum(c.sent for (ki, _), c in r.counts.classes.items() if ki == k) for k in intensities}
             state.record_frame(r.telemetry, r.active_faults, r.counts.pulses, r.detected_total, per_intensity,
                                per_intensity, rng.normal(0.0, r.telemetry.timing_jitter_s, 32), 0)
-        state.record_block(0, 1.7e9, "none", {"Z": 1e6, "X": 1e5}, {"Z": 3e4, "X": 3e3}, 1e5, 4e5, 0.01, 0.05, 0.03,
-                           {s: 1e-3 for s in STAGES})
+        result = BlockResult(state.link, 0, "none", {"Z": 1e6, "X": 1e5}, {"Z": 3e4, "X": 3e3}, 0.03, 0.01, 0.05, 100_000, 2.2e5,
+                             0.03, "bits", 1_000_000, 30_000, 900, 300, 16, 0, 1.1)
+        state.record_block(result, 1.7e9, {s: 1e-3 for s in STAGES}, {s: 1e-3 for s in STAGES[:-1]}, 0.05)
         state.record_handoff("success", 1e-3, 1e5)
         state.record_calibration("relock_phase", True)
         states.append(state)

@@ -66,6 +66,11 @@ from qkdops.runtime.keybuffer import KeyBuffer  # noqa: E402
 
 HOST = "127.0.0.1"
 SITES = ("a", "b")
+
+
+def both_ends(material: bytes) -> dict[str, bytes]:
+    """The same key at both ends: what post-processing hands off once the key confirmation passed."""
+    return dict.fromkeys(SITES, material)
 LINKS = ("bb84-a", "mdi-a", "tf-a")
 MIB = 1 << 20
 
@@ -101,7 +106,7 @@ class KmeRig:
 
     def accept(self, link: str, block_bytes: int, blocks: int) -> None:
         for _ in range(blocks):
-            outcome = self.fleet.key_pool.accept(link, self.next_block, os.urandom(block_bytes), SITES)
+            outcome = self.fleet.key_pool.accept(link, self.next_block, both_ends(os.urandom(block_bytes)))
             if outcome != "success":
                 raise RuntimeError(f"pre-fill: accept → {outcome}")
             self.next_block += 1
@@ -236,9 +241,9 @@ def bench_handoff(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 if time.perf_counter() > deadline:
                     break
                 material = os.urandom(size)
-                buffer.deposit("link", index, material)
+                buffer.deposit("link", index, material, material)
                 c0, t0 = time.process_time(), time.perf_counter()
-                outcome = store.accept("link", index, material, SITES)
+                outcome = store.accept("link", index, both_ends(material))
                 t1 = time.perf_counter()
                 buffer.remove("link", index)
                 t2 = time.perf_counter()
@@ -311,7 +316,7 @@ def bench_handoff(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def fill(store: KeyPoolStore, link: str, blocks: int, block_bytes: int) -> None:
     """``blocks`` hand-offs of ``block_bytes`` each, through ``accept`` (one commit per block)."""
     for i in range(blocks):
-        store.accept(link, i, os.urandom(block_bytes), SITES)
+        store.accept(link, i, both_ends(os.urandom(block_bytes)))
 
 
 def timed(fn: Callable[[], Any], calls: int, seconds: float, after: Callable[[Any], None] = lambda _: None) -> dict[str, float]:
@@ -350,7 +355,7 @@ def bench_scaling(args: argparse.Namespace, tmp: Path, pki: Pki, config: FleetCo
 
             def accept_one() -> str:
                 rig.next_block += 1
-                return store.accept("mdi-a", rig.next_block, os.urandom(block_bytes), SITES)
+                return store.accept("mdi-a", rig.next_block, both_ends(os.urandom(block_bytes)))
 
             accept = timed(accept_one, max(1, args.scaling_calls // 5), args.scaling_seconds)
             etsi = etsi_cell(pool, rig, pki, 1, args.size, 1, args.scaling_seconds, args.scaling_calls * 5)

@@ -221,6 +221,15 @@ def oncall() -> dict:
         P("timeseries", "Aborts by reason", "Blocks aborted per interval, by reason (every reason is published, zeros included).",
           "short", [('sum by (reason) (increase(qkd_blocks_total{link="$link", outcome="aborted"}[$__rate_interval]))', "{{reason}}")],
           [(None, "green"), (1.0, "red")], w=8, min=0, trace_links=True),
+        P("timeseries", "Verification aborts and key mismatches", "Blocks aborted because the two ends' corrected strings "
+          "failed verification (error correction left residual errors: QKDVerificationFailing pages on 2 in 10 m), and blocks "
+          "whose two ends' keys differed at the key confirmation before hand-off, discarded and never served "
+          "(QKDKeyMismatch pages on the first). Both 0 on a healthy link; `qkdops replay --link $link` re-checks the key "
+          "fingerprints.", "short",
+          [('sum(increase(qkd_blocks_total{link="$link", outcome="aborted", reason="verification"}[$__rate_interval]))',
+            "verification aborts"),
+           (f"sum(increase(qkd_key_confirmation_failures_total{L}[$__rate_interval]))", "key-confirmation failures")],
+          [(None, "green"), (1.0, "red")], w=24, h=6, min=0),
         P("timeseries", "Calibration job runs by outcome (1 h)", "Runs of each calibration scheduler job on the link over the last "
           "hour, by outcome: healthy (in tolerance, nothing done), corrected (acted and verified), failed (acted, not effective), "
           "error (could not read or act), held (out of tolerance but backing off after failures). Outcomes without a run in the "
@@ -315,6 +324,7 @@ def debug() -> dict:
                  f"(rate(qkd_postprocessing_stage_duration_seconds_bucket{L}[$__rate_interval])))", "{{stage}}")], w=24, min=0,
           trace_links=True),
         *decoy_estimation_row(),
+        *postprocessing_row(),
         *debug_key_delivery(),
     ])
 
@@ -350,6 +360,60 @@ def debug_key_delivery() -> list[P]:
           "(buffered → held by both KMEs, retries included): healthy keys sit in the millisecond buckets, keys that waited "
           "for a KME in the seconds and beyond.", "s",
           [(f"sum by (le) (increase(qkd_key_handoff_duration_seconds_bucket{L}[$__rate_interval]))", "{{le}}")], w=12),
+    ]
+
+
+EC_F_TICKET = "clamp_min(1.1 * qkd_link:ec_model_efficiency:max10m{link=\"$link\"}, 1.25)"  # QKDECEfficiencyDegraded's threshold
+
+
+def postprocessing_row() -> list[P]:
+    """Post-processing on bits (issue 14): Cascade's measured efficiency and cost, privacy amplification, CPU, latency."""
+    def rate(metric: str, by: str = "") -> str:
+        return f"sum{f' by ({by})' if by else ''} (rate({metric}{L}[$__rate_interval]))"
+
+    def latency(q: float) -> str:
+        return f"histogram_quantile({q}, sum by (le) (rate(qkd_postprocessing_duration_seconds_bucket{L}[$__rate_interval])))"
+
+    per_block = f"({rate('qkd_blocks_total')} > 0)"
+    return [
+        row("Error correction & privacy amplification"),
+        P("timeseries", "EC efficiency f: measured vs model", "Error-correction efficiency f = bits disclosed (Cascade's "
+          "parities) / the Shannon limit n·H2(E) of the same blocks: per interval and over 30 m, against the f the link's "
+          "finite-key model assumes (qkd_ec_model_efficiency) and QKDECEfficiencyDegraded's threshold max(1.25, 1.1 × model), "
+          "which the 30-m f must exceed for 30 m to ticket. 1 is the limit no code beats. Empty on a link with "
+          "postprocessing.engine: model (no bits reconciled).", "short",
+          [(f"{rate('qkd_ec_leakage_bytes_total')} / ({rate('qkd_ec_shannon_limit_bytes_total')} > 0)", "measured f"),
+           (f"qkd_link:ec_efficiency:ratio30m{L}", "measured f (30 m)"),
+           (f"qkd_link:ec_model_efficiency:max10m{L}", "model f"),
+           (EC_F_TICKET, "ticket threshold")], [(None, "green")], w=8, min=1),
+        P("timeseries", "Disclosed vs Shannon limit", "Bytes per second error correction disclosed on the classical channel "
+          "(subtracted from the key by privacy amplification) against the least any code must disclose, n·H2(E); their ratio "
+          "is f.", "Bps",
+          [(rate("qkd_ec_leakage_bytes_total"), "disclosed"), (rate("qkd_ec_shannon_limit_bytes_total"), "Shannon limit")],
+          [(None, "green")], w=8, min=0),
+        P("timeseries", "EC messages and round trips per block", "Classical-channel messages (error correction, verification, "
+          "privacy amplification) and round trips per post-processed block: each round trip costs the channel's latency "
+          "twice, which is what makes error correction take time on a long link.", "short",
+          [(f"{rate('qkd_ec_messages_total')} / {per_block}", "messages"),
+           (f"{rate('qkd_ec_round_trips_total')} / {per_block}", "round trips")], [(None, "green")], w=8, min=0),
+        P("timeseries", "EC frames and frame failures", "Error-correction frames (up to 2^16 sifted bits each) reconciled per "
+          "interval, and those left with residual errors (emulator truth; a real link sees them only as verification aborts, "
+          "QKDVerificationFailing). The bits engine's target: at most one failed frame in 10^3.", "short",
+          [(f"sum(increase(qkd_ec_frames_total{L}[$__rate_interval]))", "frames"),
+           (f"sum(increase(qkd_ec_frame_failures_total{L}[$__rate_interval]))", "failed frames")],
+          [(None, "green")], w=8, min=0),
+        P("timeseries", "Privacy amplification: input vs output", "Reconciled, verified bits hashed by privacy amplification "
+          "(Toeplitz) per second, and the secret key bits it outputs: the gap is what the finite-key bound removes (the "
+          "disclosed bits, the phase-error bound, the security parameters).", "bps",
+          [(f"8 * {rate('qkd_privacy_amplification_input_bytes_total')}", "PA input"), (rate("qkd_secret_key_bits_total"), "secret key")],
+          [(None, "green")], w=8, min=0),
+        P("timeseries", "Post-processing CPU per stage", "CPU seconds per second the post-processing thread spends in each "
+          "stage (1 = one core busy): error correction and privacy amplification dominate on the bits engine.", "percentunit",
+          [(rate("qkd_postprocessing_cpu_seconds_total", "stage"), "{{stage}}")], [(None, "green")], w=8, min=0),
+        P("timeseries", "Per-block post-processing latency", "Time from a block complete to its key buffered (queueing and "
+          "classical-channel time included), median and 99th percentile of the blocks of the interval, against the M8 "
+          "real-time target of 1 s (the red line).", "s",
+          [(latency(0.5), "p50"), (latency(0.99), "p99")], [(None, "green"), (1.0, "red")], w=24, min=0, trace_links=True),
     ]
 
 

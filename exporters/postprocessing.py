@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from exporters.collector import SnapshotCollector
 from exporters.catalogue import POSTPROCESSING, Families
 from qkdops.kme.stats import KMEStatsSnapshot
-from qkdops.runtime.state import BLOCK_REASONS, HANDOFF_OUTCOMES, KME_CALLS, STAGES, LinkSnapshot
+from qkdops.runtime.state import BLOCK_REASONS, CPU_STAGES, HANDOFF_OUTCOMES, KME_CALLS, STAGES, LinkSnapshot
 
 SUCCESS_REASON = "none"  # LinkState's reason for a block that produced key
 
@@ -58,6 +58,17 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
         if Families.known("basis", basis, s.link):
             f.add("qkd_sifted_bit_errors_total", (*base, basis), errors)
     f.add("qkd_ec_leakage_bytes_total", base, s.ec_leak_bits_total / 8.0)
+    f.add("qkd_ec_shannon_limit_bytes_total", base, s.ec_shannon_limit_bits_total / 8.0)
+    f.add("qkd_ec_efficiency", base, s.ec_efficiency)
+    f.add("qkd_ec_messages_total", base, s.ec_messages_total)
+    f.add("qkd_ec_round_trips_total", base, s.ec_round_trips_total)
+    f.add("qkd_ec_frames_total", base, s.ec_frames_total)
+    f.add("qkd_ec_frame_failures_total", base, s.ec_frame_failures_total)
+    f.add("qkd_privacy_amplification_input_bytes_total", base, s.pa_input_bits_total / 8.0)
+    f.add("qkd_key_confirmation_failures_total", base, s.key_confirmation_failures_total)
+    for stage in CPU_STAGES:
+        f.add("qkd_postprocessing_cpu_seconds_total", (*base, stage), s.cpu_seconds_total.get(stage, 0.0))
+    f.add_histogram("qkd_postprocessing_duration_seconds", base, s.postprocessing_seconds)
     f.add("qkd_single_photon_yield_lower_bound_ratio", base, s.y1_lower)
     f.add("qkd_single_photon_phase_error_upper_bound_ratio", base, s.e1_upper)
     f.add("qkd_block_qber_ratio", base, s.block_qber)
@@ -84,3 +95,4 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
         f.add("qkd_block_duration_seconds", base, s.objectives.block_seconds)
         f.add("qkd_key_rate_target_bytes_per_second", base, s.objectives.key_rate_target_bps / 8.0)
         f.add("qkd_qber_threshold_ratio", base, s.objectives.qber_threshold)
+        f.add("qkd_ec_model_efficiency", base, s.objectives.model_ec_efficiency)

@@ -52,6 +52,28 @@ class Sites:
     charlie: str | None = None
 
 
+ENGINES = ("bits", "model")
+EC_METHODS = ("cascade",)
+
+
+@dataclass(frozen=True)
+class PostProcessingSpec:
+    """How a link's blocks are post-processed (``postprocessing:`` of a link in links.yaml).
+
+    ``bits``: both ends' sifted strings are built and really reconciled (Cascade over the emulated
+    classical channel), verified and privacy-amplified, each end on its own bits; the leak is the
+    parities disclosed. ``model``: no bits — the leak is f·n·H2(E) with the efficiency f the bits
+    engine measured for Cascade at that QBER (``qkdlink.postprocessing.cascade``), and the key is
+    random bytes given to both ends: for fleets too large to reconcile every link's bits in real
+    time. ``verification: false`` skips the verification hash (a misconfiguration the key-confirmation
+    check at hand-off must catch).
+    """
+
+    engine: str = "bits"
+    error_correction: str = "cascade"
+    verification: bool = True
+
+
 @dataclass(frozen=True)
 class LinkSpec:
     """One link of the fleet, resolved: protocol parameters complete and range-checked."""
@@ -66,6 +88,7 @@ class LinkSpec:
     key_rate_target_bps: float
     seed: int
     devices: DeviceSettings
+    postprocessing: PostProcessingSpec = field(default_factory=PostProcessingSpec)
 
     def emulator_config(self, frame_pulses: int) -> LinkConfig:
         """The emulator steps in frames; post-processing blocks are ``block_pulses`` long."""
@@ -277,7 +300,7 @@ def _runtime(reader: ConfigReader, raw: Any, path: Path) -> RuntimeSettings:
 
 LINK_FIELDS = {"id", "protocol", "preset", "sites", "distance_km", "distances_km", "fiber_loss_db_per_km",
                "detector", "source", "thresholds", "security", "parameters", "repetition_rate_hz",
-               "block_pulses", "key_rate_target_bps", "seed", "devices"}
+               "block_pulses", "key_rate_target_bps", "seed", "devices", "postprocessing"}
 
 
 def _link(reader: ConfigReader, raw: Any, where: str) -> LinkSpec:
@@ -353,7 +376,20 @@ def _link(reader: ConfigReader, raw: Any, where: str) -> LinkSpec:
     target = reader.number(data.get("key_rate_target_bps", 0.0), f"{where}.key_rate_target_bps", 0.0)
     seed = reader.integer(data.get("seed", 0), f"{where}.seed", 0, 2 ** 63)
     devices = _devices(reader, data.get("devices", {}), f"{where}.devices")
-    return LinkSpec(link_id, protocol, preset, sites, parameters, repetition, block_pulses, target, seed, devices)
+    postprocessing = _postprocessing(reader, data.get("postprocessing", {}), f"{where}.postprocessing")
+    return LinkSpec(link_id, protocol, preset, sites, parameters, repetition, block_pulses, target, seed, devices,
+                    postprocessing)
+
+
+def _postprocessing(reader: ConfigReader, raw: Any, where: str) -> PostProcessingSpec:
+    data = reader.mapping(raw, where, {"engine", "error_correction", "verification"})
+    default = PostProcessingSpec()
+    engine = reader.choice(data.get("engine", default.engine), f"{where}.engine", ENGINES)
+    method = reader.choice(data.get("error_correction", default.error_correction), f"{where}.error_correction", EC_METHODS)
+    verification = data.get("verification", default.verification)
+    if not isinstance(verification, bool):
+        reader.fail(f"{where}.verification", "true or false", verification)
+    return PostProcessingSpec(engine, method, verification)
 
 
 def _sites(reader: ConfigReader, raw: Any, where: str, relay: bool) -> Sites:

@@ -1,9 +1,11 @@
 """``qkdops replay``: re-run post-processing on archived blocks and check it reproduces the results.
 
-Post-processing is a deterministic function of the block, the link's nominal parameters and the
-previous block's QBER (``qkdops.runtime.pipeline``), so replaying the archive must give the recorded
-outcome, key length and bounds for every block — a check that the archive and the pipeline can be
-trusted after a crash, an upgrade or an incident. Nothing is written: no key is regenerated.
+Post-processing is a deterministic function of the block (its counts and its seed), the link's
+nominal parameters and post-processing settings and the previous block's QBER
+(``qkdops.runtime.pipeline``), so replaying the archive must give the recorded outcome, key length,
+bounds, error-correction figures and — for the bits engine — both ends' key fingerprints (SHA-256)
+for every block: a check that the archive and the pipeline can be trusted after a crash, an upgrade
+or an incident. The keys are rebuilt in memory to be fingerprinted, never printed nor written.
 Exit status 1 if any block differs.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.runtime.archive import BlockArchive
 from qkdops.runtime.fleet import previous_qber
-from qkdops.runtime.pipeline import BlockResult, PostProcessor
+from qkdops.runtime.pipeline import BlockResult, PostProcessor, replay_channel
 from qkdops.runtime.tracing import make_tracer
 from qkdlink.protocols.base import ParameterError
 from qkdlink.emulator import Link
@@ -48,14 +50,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         for spec in specs:
             nominal = Link(spec.emulator_config(1)).nominal
-            processor = PostProcessor(spec.id, spec.protocol, nominal, tracer)
+            processor = PostProcessor(spec.id, spec.protocol, nominal, tracer, spec.postprocessing)
             prev = previous_qber(archive, spec.id, args.first)
             for block in archive.blocks(spec.id, args.first, args.last):
-                replayed = processor.process(block, prev)[0].result
-                if replayed.qber is not None:
-                    prev = replayed.qber
                 recorded_body = archive.result(spec.id, block.index)
                 recorded = BlockResult.from_json(recorded_body) if recorded_body else None
+                failed_after = recorded.channel_failed_after if recorded is not None else None
+                replayed = processor.process(block, prev, channel_up=replay_channel(failed_after))[0].result
+                if replayed.qber_for_next_block is not None:
+                    prev = replayed.qber_for_next_block
                 same = recorded is not None and _same(recorded, replayed)
                 checked += 1
                 missing += recorded is None
@@ -85,7 +88,9 @@ def _print(as_json: bool, link: str, index: int, replayed: BlockResult, recorded
     status = "missing" if recorded is None else ("identical" if same else "DIFFERS")
     if as_json:
         print(json.dumps({"link": link, "block": index, "status": status, "reason": replayed.reason,
-                          "secret_key_bits": replayed.secret_key_bits,
-                          "recorded_secret_key_bits": None if recorded is None else recorded.secret_key_bits}))
+                          "secret_key_bits": replayed.secret_key_bits, "key_sha256": replayed.key_sha256,
+                          "recorded_secret_key_bits": None if recorded is None else recorded.secret_key_bits,
+                          "recorded_key_sha256": None if recorded is None else recorded.key_sha256}))
     else:
-        print(f"{link:<20} {index:>6} {replayed.reason:<18} {replayed.secret_key_bits:>12d}  {status}")
+        fingerprint = (replayed.key_sha256 or "-")[:16]
+        print(f"{link:<20} {index:>6} {replayed.reason:<18} {replayed.secret_key_bits:>12d}  {fingerprint:<16}  {status}")

@@ -210,7 +210,7 @@ def _duration(seconds: float) -> str:
 
 # Causes that stop a link's key outright and page within seconds: once one fires, QKDLinkDown (three
 # aborted blocks later) says nothing new, and neither do the link's symptoms.
-OUTAGE_CAUSES = ("QKDFiberCut", "QKDDetectorSaturated", "QKDClockDesync", "QKDClassicalChannelDown")
+OUTAGE_CAUSES = ("QKDFiberCut", "QKDDetectorSaturated", "QKDClockDesync", "QKDClassicalChannelDown", "QKDVerificationFailing")
 
 
 def _inhibit_rules() -> list[dict[str, Any]]:

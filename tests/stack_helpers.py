@@ -24,11 +24,22 @@ import yaml
 from qkdops.config import DEFAULT_CONFIG
 
 # A 10 km link whose post-processing block is one 1-s frame, so a fault shows within a scrape or two.
+# Its ~10 Mbit of sifted key a second is more than a post-processing thread reconciles and hashes
+# in real time on a test machine, and the alerting tests need its timing, not its bits: model engine.
 FAST_LINK = {
     "id": "e2e-fast", "protocol": "bb84-decoy", "preset": "lim2014", "sites": {"alice": "a", "bob": "b"},
     "distance_km": 10, "detector": {"dead_time_s": 1.0e-8},
     "source": {"key_basis_probability": 0.7, "p_mu": 0.6, "p_nu": 0.3}, "block_pulses": 1.0e9, "seed": 9,
+    "postprocessing": {"engine": "model"},
 }
+# The same link at a 100 MHz pulse rate, on the bits engine: 1-s blocks of ~1 Mbit of sifted key that
+# both ends really reconcile, verify and hash (~0.2 s of CPU a block).
+BITS_LINK = {**FAST_LINK, "id": "e2e-bits", "repetition_rate_hz": 1.0e8, "block_pulses": 1.0e8,
+             "postprocessing": {"engine": "bits"}}
+# Links of the shipped fleet run on the model engine in the end-to-end profile: metro-bb84's 44 Mbit
+# blocks cost a core of post-processing, which would slow every other test on a 2-core machine
+# (bench/bench_postprocessing.py measures the shipped fleet on bits); relay-mdi and longhaul-tf stay on bits.
+E2E_MODEL_LINKS = ("metro-bb84",)
 
 
 def free_ports(n: int) -> list[int]:
@@ -47,6 +58,9 @@ def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_i
     """The shipped fleet (plus ``extra_links``) on free ports (KMEs too: SAE ``sae-<site>`` each),
     state in ``directory``, fast scrapes."""
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    for link in raw["links"]:
+        if link["id"] in E2E_MODEL_LINKS:
+            link["postprocessing"] = {"engine": "model"}
     raw["links"].extend(extra_links or [])
     sites = list(dict.fromkeys(link["sites"][end] for link in raw["links"] for end in ("alice", "bob")))
     # one call, so no two ports coincide (two calls may each get a port the other just released)
@@ -62,13 +76,14 @@ def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_i
 
 
 def kme_profile(directory: Path, saes: dict[str, list[str]]) -> Path:
-    """FAST_LINK (sites a, b) alone on free ports, with a KME per site serving ``saes[site]``:
-    the runtime and its KMEs, for key-delivery tests run with ``--no-prometheus``."""
+    """FAST_LINK (sites a, b) alone on free ports, on the bits engine at BITS_LINK's pulse rate, with a
+    KME per site serving ``saes[site]``: the runtime and its KMEs, for key-delivery tests run with
+    ``--no-prometheus``."""
     control, device, pp, prom, am, sink, calibration, kme_a, kme_b = free_ports(9)
     raw = {"runtime": {"state_dir": str(directory / "state"), "control_port": control, "device_exporter_port": device,
                        "postprocessing_exporter_port": pp, "prometheus_port": prom, "alertmanager_port": am,
                        "pager_sink_port": sink, "calibration_exporter_port": calibration},
-           "links": [FAST_LINK],
+           "links": [{**BITS_LINK, "id": FAST_LINK["id"]}],
            "key_delivery": {"kmes": [{"site": "a", "port": kme_a, "saes": saes["a"]},
                                      {"site": "b", "port": kme_b, "saes": saes["b"]}]}}
     path = directory / "links.yaml"
@@ -150,7 +165,9 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, stack: R
 
 
 def metro_fleet_yaml(links: tuple[str, ...], control_port: int | None = None) -> str:
-    """25 km BB84 links whose 10 s frame is one 1e10-pulse block: ``run_frames(1)`` closes a block each."""
+    """25 km BB84 links whose 10 s frame is one 1e10-pulse block: ``run_frames(1)`` closes a block each.
+    On the model engine: 44 Mbit of sifted key a block would cost seconds of reconciliation and
+    hashing per ``run_frames`` in tests that exercise the control surface, not post-processing."""
     port = f"\n  control_port: {control_port}" if control_port is not None else ""
     entries = "".join(f"""
   - id: {link}
@@ -161,5 +178,6 @@ def metro_fleet_yaml(links: tuple[str, ...], control_port: int | None = None) ->
     repetition_rate_hz: 1.0e+9
     block_pulses: 1.0e+10
     seed: {seed}
+    postprocessing: {{engine: model}}
 """ for seed, link in enumerate(links, start=1))
     return f"runtime:\n  state_dir: state\n  frame_seconds: 10.0{port}\nlinks:{entries}"

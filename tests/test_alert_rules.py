@@ -26,7 +26,8 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not insta
 # here too); the test below makes sure that module still does.
 RUN_ELSEWHERE = {"slo_test.yml": REPO / "tests" / "test_slo.py"}
 
-# The hand-written alerts of the contract (issue 4, plus the scheduler's in issue 6 and the KMEs' in issue 7):
+# The hand-written alerts of the contract (issue 4, plus the scheduler's in issue 6, the KMEs' in issue 7 and
+# post-processing on bits in issue 14):
 # severity, class.
 CONTRACT = {
     "QKDLinkDown": ("page", "cause"),
@@ -47,6 +48,9 @@ CONTRACT = {
     "QKDExporterDown": ("page", "cause"),
     "QKDCalibrationSchedulerDown": ("ticket", "cause"),  # issue 6: the calibration scheduler's scrape target
     "QKDKMERequestsRefused": ("ticket", "cause"),  # issue 7: a site's KME refusing an SAE (401)
+    "QKDVerificationFailing": ("page", "cause"),  # issue 14: error correction leaves residual errors
+    "QKDKeyMismatch": ("page", "cause"),  # issue 14: the two ends' keys differ at hand-off
+    "QKDECEfficiencyDegraded": ("ticket", "cause"),  # issue 14: measured EC efficiency f above the model's
 }
 
 

@@ -70,7 +70,7 @@ def status_of(link: str, protocol: str) -> dict[str, Any]:
         "key_delivery": {"buffered_bits": 0, "stores": {"a": {"available_bytes": 1000, "pending_bytes": 0},
                                                          "b": {"available_bytes": 1000, "pending_bytes": 0}}},
         "objectives": {"block_seconds": 2.0, "key_rate_target_bps": 0.0, "qber_threshold": 0.11, "nominal_dark_count_rate_hz": 10.0,
-                       "nominal_channel_loss_db": 10.0},
+                       "nominal_channel_loss_db": 10.0, "model_ec_efficiency": 1.16},
     }
 
 

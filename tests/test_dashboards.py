@@ -224,3 +224,21 @@ def test_debug_decoy_estimation_row_compares_the_window_with_blocks_and_device()
     for window, other in pairs:  # each comparison in one panel
         assert any({window, other} <= {m for t in p["targets"] for m in metric_names(t["expr"])} for p in in_row), (window, other)
     assert {"qkd_decoy_estimate_state", "qkd_decoy_recommended_key_rate_gain_ratio"} <= used
+
+
+def test_debug_postprocessing_row_compares_measured_ec_with_the_model_and_latency_with_its_target():
+    """Issue 14: Cascade's measured f against the model's, its cost, PA in and out, CPU per stage, latency vs 1 s."""
+    in_row = _row("debug.json", "Error correction & privacy amplification")
+    metrics = [{m for t in p["targets"] for m in metric_names(t["expr"])} for p in in_row]
+    for together in ({"qkd_ec_leakage_bytes_total", "qkd_ec_shannon_limit_bytes_total", "qkd_link:ec_model_efficiency:max10m"},
+                     {"qkd_ec_messages_total", "qkd_ec_round_trips_total", "qkd_blocks_total"},
+                     {"qkd_ec_frames_total", "qkd_ec_frame_failures_total"},
+                     {"qkd_privacy_amplification_input_bytes_total", "qkd_secret_key_bits_total"},
+                     {"qkd_postprocessing_cpu_seconds_total"}):
+        assert any(together <= used for used in metrics), together
+    latency = next(p for p in in_row if p["title"] == "Per-block post-processing latency")
+    assert [t["expr"].split(",")[0] for t in latency["targets"]] == ["histogram_quantile(0.5", "histogram_quantile(0.99"]
+    assert [s["value"] for s in latency["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 1.0]  # M8: 1 s
+    oncall = _by_title("oncall.json")["Verification aborts and key mismatches"]
+    assert {"qkd_blocks_total", "qkd_key_confirmation_failures_total"} <= {m for t in oncall["targets"] for m in metric_names(t["expr"])}
+    assert any('reason="verification"' in t["expr"] for t in oncall["targets"])

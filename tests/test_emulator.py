@@ -135,7 +135,7 @@ def test_choice_and_intensity_parameters_are_found_in_every_protocol() -> None:
 def test_catalogue_names_and_specs() -> None:
     assert tuple(FAULTS) == ("fiber_cut", "loss_step", "phase_drift", "polarization_drift", "modulator_drift",
                              "dark_count_rise", "detector_saturation", "rng_bias", "clock_desync",
-                             "classical_channel_outage", "key_handoff_failure")
+                             "classical_channel_outage", "key_handoff_failure", "reconciliation_fault")
     for name, fault in FAULTS.items():
         assert fault.name == name and fault.description and fault.effect
         for p in fault.parameters:

@@ -26,7 +26,9 @@ from exporters.device import INTENSITY_OF_PARAMETER
 from qkdlink.emulator import FAULTS, BlockRecord, Link, LinkConfig
 from qkdlink.emulator.devices import intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
+from qkdlink.physics.entropy import binary_entropy
 from qkdlink.protocols.base import FINITE
+from qkdops.runtime.pipeline import BlockResult
 from qkdops.kme.stats import KMEStats
 from qkdops.runtime.state import BLOCK_REASONS, CALIBRATION_ACTIONS, HANDOFF_OUTCOMES, STAGES, LinkObjectives, LinkSnapshot, LinkState
 from tests.exposition_checks import assert_equals_catalogue, families
@@ -83,15 +85,19 @@ class FedLink:
                                 rng_failures=t.rng_apt_failures)
         stage_seconds = {s: 1e-4 * (i + 1) for i, s in enumerate(STAGES)}
         if not t.classical_channel_up:  # no sifting without the classical channel: nothing else to record
-            self.state.record_block(r.index, START_UNIX_S + r.end_s, "classical_channel", {}, {}, 0.0, 0.0,
-                                    None, None, None, {"sifting": stage_seconds["sifting"]})
+            result = BlockResult(self.link.config.link_id, r.index, "classical_channel", {}, {}, None, None, None, 0, 0.0, None)
+            self.state.record_block(result, START_UNIX_S + r.end_s, {"sifting": stage_seconds["sifting"]})
             return
         estimate = self.link.protocol.estimate(r.counts, r.nominal, FINITE)
         reason = estimate.abort_reason or "none"
-        key = estimate.secret_key_bits if reason == "none" and estimate.secret_key_bits else 0.0
-        self.state.record_block(r.index, START_UNIX_S + r.end_s, reason, sifted, errors, key,
-                                estimate.details.get("leak_ec_bits", 0.0), estimate.y1_lower, estimate.e1_upper,
-                                estimate.qber, stage_seconds)
+        key = int(estimate.secret_key_bits) if reason == "none" and estimate.secret_key_bits else 0
+        # What the bits engine reports for such a block: Cascade at f ≈ 1.1 on frames of 2^16 bits.
+        n, wrong = self.link.protocol.key_bits(r.counts)
+        leak = 1.1 * n * binary_entropy(wrong / n) if n and wrong else 0.0
+        result = BlockResult(self.link.config.link_id, r.index, reason, sifted, errors, estimate.qber, estimate.y1_lower,
+                             estimate.e1_upper, key, leak, estimate.qber, "bits", n, wrong, 120, 60, -(-n // 65536), 0,
+                             1.1 if wrong else None)
+        self.state.record_block(result, START_UNIX_S + r.end_s, stage_seconds, {s: 1e-3 for s in STAGES[:-1]}, 0.05)
         if key:
             self.store_bits += key
             self.state.record_handoff("success", 2e-3, self.store_bits)

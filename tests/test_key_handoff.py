@@ -131,18 +131,18 @@ def test_handoff_failure_parameters_are_checked(tmp_path: Path):
 def test_store_is_private_idempotent_and_bounded_per_end(tmp_path: Path):
     store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=100)
     assert stat.S_IMODE(os.stat(tmp_path / "kme.sqlite").st_mode) == 0o600
-    assert store.accept("l", 0, b"\x01" * 60, ("a", "b")) == "success"
-    assert store.accept("l", 0, b"\x01" * 60, ("a", "b")) == "success"   # a repeated hand-off: stored once
+    assert store.accept("l", 0, dict.fromkeys(("a", "b"), b"\x01" * 60)) == "success"
+    assert store.accept("l", 0, dict.fromkeys(("a", "b"), b"\x01" * 60)) == "success"   # a repeated hand-off: stored once
     assert store.level("a", "l").held_bytes == store.level("b", "l").held_bytes == 60
-    assert store.accept("l", 1, b"\x02" * 60, ("a", "b")) == "store_full"
-    assert store.accept("l", 1, b"\x02" * 60, ("a", "b"), capacity_bytes=200) == "success"
+    assert store.accept("l", 1, dict.fromkeys(("a", "b"), b"\x02" * 60)) == "store_full"
+    assert store.accept("l", 1, dict.fromkeys(("a", "b"), b"\x02" * 60), capacity_bytes=200) == "success"
     store.close()
 
 
 def test_store_issues_each_byte_once_and_only_to_its_addressee(tmp_path: Path):
     store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=10 ** 6)
-    store.accept("l", 0, bytes(range(10)), ("a", "b"))
-    store.accept("l", 1, bytes(range(10, 20)), ("a", "b"))
+    store.accept("l", 0, dict.fromkeys(("a", "b"), bytes(range(10))))
+    store.accept("l", 1, dict.fromkeys(("a", "b"), bytes(range(10, 20))))
     keys = store.issue(["l"], "a", "b", "sae-a", "sae-b", number=3, size_bytes=4)   # spans the two blocks
     assert [k for _, k in keys] == [bytes(range(0, 4)), bytes(range(4, 8)), bytes(range(8, 12))]
     assert store.level("a", "l").available_bytes == 8 and store.level("b", "l").pending_bytes == 12

@@ -117,7 +117,7 @@ def test_kill_9_mid_stream_loses_no_key_and_serves_none_twice(tmp_path: Path):
         (pending,) = kme.execute("SELECT COUNT(*) FROM pending").fetchone()
         (served,) = kme.execute("SELECT keys FROM served WHERE sae='sae-a' AND call='enc_keys'").fetchone()
     with sqlite3.connect(state / "keys.sqlite") as buffer:
-        (buffered,) = buffer.execute("SELECT COALESCE(SUM(bits), 0) / 8 FROM keys").fetchone()
+        (buffered,) = buffer.execute("SELECT COALESCE(SUM(bits), 0) / 8 FROM block_keys").fetchone()
     enc_cut_off = served - len(issued)
     assert pending == enc_cut_off and enc_cut_off in (0, KEYS_PER_REQUEST)
     assert len(stream.lost_in_flight) in (0, KEYS_PER_REQUEST) and not (enc_cut_off and stream.lost_in_flight)

@@ -6,8 +6,9 @@ the physics. Faults of the *drift* kind (``fixed_by`` set) wind up device state 
 angle, a modulator bias, a cooler offset, a lost phase lock — that the named calibration action
 removes even while the fault keeps drifting; clearing such a fault stops the drift but leaves the
 accumulated error for that action to fix. The others act while active and vanish when cleared.
-One fault is not optical: ``key_handoff_failure`` disturbs no device; the runtime's key hand-off
-reads its parameters (KME unavailable, slow, store full) from the link's active faults.
+Two faults are not optical: ``key_handoff_failure`` disturbs no device; the runtime's key hand-off
+reads its parameters (KME unavailable, slow, store full) from the link's active faults; and
+``reconciliation_fault`` (an error-correction bug) is read by post-processing from the block.
 
 ``FAULTS`` maps each name to its spec (description, typed parameters, physical effect) for listing.
 """
@@ -161,6 +162,17 @@ _CATALOGUE = (
         (Param("refused_ratio", 1.0, "ratio", "share of hand-off attempts that find the KME unavailable", 0.0, 1.0),
          Param("delay_s", 0.0, "s", "extra latency of each hand-off attempt", 0.0, 600.0),
          Param("store_capacity_ratio", 1.0, "ratio", "usable share of the KME stores' capacity", 0.0, 1.0)),
+        None, lambda p, t: Disturbance()),
+    FaultSpec(
+        "reconciliation_fault", "A bug in error correction: residual errors slip through reconciliation.",
+        "Nothing optical changes: with probability per block, error correction (qkdlink/postprocessing) "
+        "ends with residual_errors bits of Bob's corrected string still differing from Alice's, as a "
+        "reconciliation bug would leave them. Verification catches it (the block aborts with reason "
+        "verification, no key); on a link whose verification is switched off (a misconfiguration) "
+        "privacy amplification turns the two strings into different keys, which the key-confirmation "
+        "check at hand-off discards (QKDKeyMismatch). Cleared, the next block is clean.",
+        (Param("probability", 1.0, "ratio", "chance that a block's error correction leaves residual errors", 0.0, 1.0),
+         Param("residual_errors", 8.0, "bits", "bits left wrong in such a block", 1.0, 1e6)),
         None, lambda p, t: Disturbance()),
 )
 

@@ -1,13 +1,14 @@
 """The KMEs' key stores: each block's distilled key held at both ends until an SAE pair takes it.
 
 One SQLite file (WAL, ``synchronous=FULL``, created 0600) holds every site's store. A row of
-``pool`` is one end's copy of one block's key — its bytes in ``material`` under the same id, read
+``pool`` is one end's own key of one block (what that end's post-processing distilled) — its bytes in ``material`` under the same id, read
 at an offset through incremental blob I/O, so carving a key neither loads nor rewrites the block —
 with how many of its bytes are already used; ``levels`` keeps each end's totals per link, so the
 capacity check and the published levels cost one row, however many blocks are held. Both ends'
 rows of a block are written in one transaction, and an ETSI ``enc_keys`` call carves the same
-bytes from both in one transaction, leaving the slave end's copy in ``pending`` under the new key
-IDs until ``dec_keys``. So the two ends always hold the same bits, and the synchronisation a real
+range from both in one transaction — each end serves its own bytes — leaving the slave end's piece
+in ``pending`` under the new key IDs until ``dec_keys``. So the two ends hold the same range of
+keys they confirmed equal at hand-off, and the synchronisation a real
 KME pair does over its own channel is one atomic commit here. Because every change is one commit
 made before the HTTP answer is written, a crash (kill -9) never loses a stored key nor serves one
 twice; the only key a crash can cost is that of a request committed but not yet answered, which no
@@ -23,7 +24,7 @@ import heapq
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,20 +79,26 @@ class KeyPoolStore(DurableStore):
         super().__init__(path, SCHEMA, private=True)
 
     # ---- hand-off (post-processing → both ends) ---------------------------------------------------
-    def accept(self, link: str, block: int, material: bytes, sites: Sequence[str], capacity_bytes: int | None = None) -> str:
-        """Store a block's key at every end: ``success`` (also when already stored) or ``store_full``
-        when an end would exceed its capacity (``capacity_bytes`` overrides it: a store-full fault)."""
+    def accept(self, link: str, block: int, materials: Mapping[str, bytes], capacity_bytes: int | None = None) -> str:
+        """Store a block's key at every end — ``materials`` maps each end's site to that end's own
+        key (its post-processing's output; equal at both ends because the key confirmation at
+        hand-off checked it): ``success`` (also when already stored) or ``store_full`` when an end
+        would exceed its capacity (``capacity_bytes`` overrides it: a store-full fault)."""
+        sizes = {len(m) for m in materials.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"block {block} of link {link}: the ends' keys differ in length ({sorted(sizes)} bytes)")
+        (size,) = sizes
         limit = self.capacity_bytes if capacity_bytes is None else capacity_bytes
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM handed_off WHERE link=? AND block=?", (link, block)).fetchone():
                 return "success"
-            if any(self._level(site, link).held_bytes + len(material) > limit for site in sites):
+            if any(self._level(site, link).held_bytes + size > limit for site in materials):
                 return "store_full"
             db.execute("INSERT INTO handed_off (link, block) VALUES (?, ?)", (link, block))
-            for site in sites:
-                row = db.execute("INSERT INTO pool (site, link, block, size) VALUES (?, ?, ?, ?)", (site, link, block, len(material)))
+            for site, material in materials.items():
+                row = db.execute("INSERT INTO pool (site, link, block, size) VALUES (?, ?, ?, ?)", (site, link, block, size))
                 db.execute("INSERT INTO material (id, data) VALUES (?, ?)", (row.lastrowid, material))
-                self._add_level(site, link, available=len(material))
+                self._add_level(site, link, available=size)
         return "success"
 
     # ---- ETSI 014 (KME ← SAE) ------------------------------------------------------------------------

@@ -1,10 +1,15 @@
 """The fleet: every configured link stepping in real time, its blocks archived and post-processed.
 
 One thread steps all links: each link advances one emulator frame (``runtime.frame_seconds``) per
-frame of wall-clock time, sums frames into post-processing blocks, archives each block durably, then
-post-processes it and buffers its key; the same thread then hands buffered keys on to both ends'
-KME stores (``handoff.py``), where the sites' ETSI 014 KMEs (``qkdops/kme``) serve them. At 1,000 links a frame costs well under a
-second of CPU (docs/benchmarks.md), so one thread keeps up.
+frame of wall-clock time, sums frames into post-processing blocks and archives each block durably;
+the same thread then hands buffered keys on to both ends' KME stores (``handoff.py``), where the
+sites' ETSI 014 KMEs (``qkdops/kme``) serve them. At 1,000 links a frame costs well under a second
+of CPU (docs/benchmarks.md), so one thread keeps up. Post-processing — real error correction and
+privacy amplification on each block's bits, several seconds of CPU for a 10-s metro block — runs
+in a small pool of worker threads (``POSTPROCESSING_WORKERS``), in block order per link, so device
+telemetry never waits for it and a short-block link never waits behind a long one (NumPy's and
+SciPy's FFT kernels release the GIL, so two workers use both cores); a block archived but not yet
+post-processed when the process dies is post-processed at the next start.
 
 Everything outside (control API, calibration jobs, game days) acts through ``Fleet``'s methods;
 they take the link's lock, so they interleave safely with stepping.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,13 +37,14 @@ from qkdops.kme.store import KeyPoolStore
 from qkdops.runtime.handoff import FAULT as HANDOFF_FAULT
 from qkdops.runtime.handoff import HandoffQueue
 from qkdops.runtime.keybuffer import KeyBuffer
-from qkdops.runtime.pipeline import BlockResult, PostProcessor
+from qkdops.runtime.pipeline import RECONCILIATION_FAULT, BlockResult, PostProcessor
 from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkObjectives, LinkSnapshot, LinkState
 from qkdops.runtime.tracing import make_tracer
 
 log = logging.getLogger("qkdops.fleet")
 JITTER_SAMPLES_PER_FRAME = 64
 MAX_CATCH_UP_FRAMES = 10  # after a stall, step at most this many frames per link per tick
+POSTPROCESSING_WORKERS = 2  # post-processing threads (blocks of one link stay in order on one at a time)
 
 
 class UnknownLink(KeyError):
@@ -79,13 +86,15 @@ class LinkRuntime:
             block_seconds=self.builder.frames_per_block * self.frame_seconds, key_rate_target_bps=spec.key_rate_target_bps,
             qber_threshold=self.link.nominal["qber_abort_threshold"],
             nominal_dark_count_rate_hz=self.link.nominal["dark_count_probability"] * spec.repetition_rate_hz,
-            nominal_channel_loss_db=-10.0 * math.log10(self.link.protocol.geometry(self.link.nominal).fiber_transmittance))
+            nominal_channel_loss_db=-10.0 * math.log10(self.link.protocol.geometry(self.link.nominal).fiber_transmittance),
+            model_ec_efficiency=self.link.nominal["ec_efficiency"])
         self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, buffer.capacity_bits,
                                store_capacity_keys, objectives)
         self.state.set_backlog_bits(buffer.level_bits(spec.id))
         self.last_result: BlockResult | None = None
         self.last_block_end: float | None = None
         self.previous_qber = previous_qber(archive, spec.id, next_index)
+        self.channel_up = True   # the classical channel as of the last frame: post-processing's live view
 
     def frames_due(self, now: float) -> int:
         return int((now - self.started_at) / self.frame_seconds) - self.frames
@@ -106,27 +115,31 @@ class LinkRuntime:
             jitter = self._jitter_rng.normal(t.clock_offset_s, max(t.timing_jitter_s, 0.0), JITTER_SAMPLES_PER_FRAME)
             self.state.record_frame(t, record.active_faults, float(self.frame_pulses), float(record.detected_total),
                                     decoy_pulses, decoy_detections, jitter.tolist(), t.rng_apt_failures)
-            return self.builder.add(record, start, end, self.frame_pulses)
+            self.channel_up = t.classical_channel_up
+            in_force = {f.name: f.parameters for f in self.link.active_faults() if f.name == RECONCILIATION_FAULT}
+            return self.builder.add(record, start, end, self.frame_pulses, in_force)
 
     def process(self, block: Block) -> BlockResult:
         """Archive ``block`` (durably), post-process it, hand off its key, record the result."""
         self.archive.append(block)
-        return self._post_process(block)
+        return self.post_process(block)
 
-    def _post_process(self, block: Block) -> BlockResult:
+    def post_process(self, block: Block, completed_at: float | None = None) -> BlockResult:
+        """Post-process an archived block; ``completed_at`` (monotonic) starts its latency."""
+        started = time.monotonic() if completed_at is None else completed_at
         processed, outcome = self.processor.process(
-            block, self.previous_qber, lambda index, key: self.buffer.deposit(self.spec.id, index, key))
+            block, self.previous_qber, lambda index, alice, bob: self.buffer.deposit(self.spec.id, index, alice, bob),
+            channel_up=lambda: self.channel_up)
         result = processed.result
         self.archive.record_result(self.spec.id, block.index, result.to_json())
-        self.state.record_block(block.index, block.end_timestamp, result.reason, result.sifted_bits,
-                                result.sifted_errors, result.secret_key_bits, result.leak_ec_bits,
-                                result.y1_lower, result.e1_upper, result.qber, processed.stage_seconds)
+        self.state.record_block(result, block.end_timestamp, processed.stage_seconds, processed.cpu_seconds,
+                                time.monotonic() - started)
         if outcome == "buffer_full":
             self.state.record_handoff(outcome, None, self.buffer.level_bits(self.spec.id))
         elif outcome is not None:
             self.buffered(self.spec.id, block.index)
-        if result.qber is not None:
-            self.previous_qber = result.qber
+        if result.qber_for_next_block is not None:
+            self.previous_qber = result.qber_for_next_block
         self.last_result, self.last_block_end = result, block.end_timestamp
         return result
 
@@ -134,7 +147,7 @@ class LinkRuntime:
         """Post-process archived blocks a crash left without a result; returns how many."""
         pending = self.archive.unprocessed(self.spec.id)
         for block in pending:
-            self._post_process(block)
+            self.post_process(block)
         return len(pending)
 
 
@@ -154,10 +167,11 @@ class Fleet:
         now = clock()
         self.handoff = HandoffQueue(self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
                                     self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s, self.tracer,
-                                    clock)
+                                    clock, mismatch=lambda link_id: self.links[link_id].state.record_key_mismatch())
         self.links: dict[str, LinkRuntime] = {
             spec.id: LinkRuntime(spec, rt.frame_seconds, self.archive, self.buffer,
-                                 lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer), now,
+                                 lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer, s.postprocessing),
+                                 now,
                                  lambda link_id, index: self.handoff.buffered(link_id, index, self.clock()),
                                  delivery.max_key_count)
             for spec in config.links}
@@ -168,6 +182,7 @@ class Fleet:
                 log.info("link %s: post-processed %d archived block(s) left by a previous run", runtime.spec.id, n)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._postprocessing: _PostProcessingPool | None = None
 
     # ---- stepping -------------------------------------------------------------------------------
     def run_frames(self, frames: int = 1) -> list[BlockResult]:
@@ -181,12 +196,17 @@ class Fleet:
         return results
 
     def tick(self) -> None:
-        """Step every link by the frames wall-clock time has made due."""
+        """Step every link by the frames wall-clock time has made due; a finished block is archived
+        and post-processed — by the post-processing thread once ``start`` runs, here otherwise."""
         now = self.clock()
         for runtime in self.links.values():
             for _ in range(min(runtime.frames_due(now), MAX_CATCH_UP_FRAMES)):
                 if (block := runtime.step_frame()) is not None:
-                    runtime.process(block)
+                    if self._postprocessing is None:
+                        runtime.process(block)
+                    else:
+                        runtime.archive.append(block)
+                        self._postprocessing.submit(runtime, block)
         self.handoff.run_due(self.clock())
 
     def start(self, interval_s: float = 0.05) -> None:
@@ -197,6 +217,7 @@ class Fleet:
                 except Exception:  # a bug must not silently stop every link: log and keep going
                     log.exception("fleet tick failed")
 
+        self._postprocessing = _PostProcessingPool(POSTPROCESSING_WORKERS)
         self._thread = threading.Thread(target=loop, name="qkdops-fleet", daemon=True)
         self._thread.start()
 
@@ -204,6 +225,8 @@ class Fleet:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._postprocessing is not None:   # finish the blocks in hand; queued ones are recovered at the next start
+            self._postprocessing.stop(timeout_s=60)
         self._shutdown_tracer()
         self.archive.close()
         self.buffer.close()
@@ -310,12 +333,57 @@ class Fleet:
         return result
 
 
+class _PostProcessingPool:
+    """Worker threads that post-process archived blocks: any link's blocks on any worker, but one
+    block of a link at a time and in archive order (each block's EC is sized by the previous one's
+    QBER, and the hand-off takes keys in block order)."""
+
+    def __init__(self, workers: int) -> None:
+        self._ready: queue.Queue[LinkRuntime | None] = queue.Queue()   # links with blocks waiting and no worker on them
+        self._pending: dict[str, list[tuple[Block, float]]] = {}
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._work, name=f"qkdops-postprocess-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, runtime: LinkRuntime, block: Block) -> None:
+        with self._lock:
+            self._pending.setdefault(runtime.spec.id, []).append((block, time.monotonic()))
+            if runtime.spec.id not in self._busy:
+                self._busy.add(runtime.spec.id)
+                self._ready.put(runtime)
+
+    def _work(self) -> None:
+        while (runtime := self._ready.get()) is not None:
+            link = runtime.spec.id
+            while True:
+                with self._lock:
+                    if not self._pending.get(link):
+                        self._busy.discard(link)
+                        break
+                    block, completed_at = self._pending[link].pop(0)
+                try:
+                    runtime.post_process(block, completed_at)
+                except Exception:  # the block stays archived without a result: the next start retries it
+                    log.exception("link %s: post-processing block %d failed", link, block.index)
+
+    def stop(self, timeout_s: float) -> None:
+        with self._lock:
+            self._pending.clear()
+        for _ in self._threads:
+            self._ready.put(None)
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
 def previous_qber(archive: BlockArchive, link: str, index: int, lookback: int = 50) -> float | None:
-    """QBER of the latest block before ``index`` that has one: what the error-correction code of
-    block ``index`` is sized for (the pipeline's verification model). Replay uses the same rule."""
+    """QBER of the latest block before ``index`` that made key: what the error correction of block
+    ``index`` is sized for (``BlockResult.qber_for_next_block``). Replay uses the same rule."""
     for earlier in range(index - 1, max(-1, index - 1 - lookback), -1):
         body = archive.result(link, earlier)
-        if body is not None and (qber := BlockResult.from_json(body).qber) is not None:
+        if body is not None and (qber := BlockResult.from_json(body).qber_for_next_block) is not None:
             return qber
     return None
 

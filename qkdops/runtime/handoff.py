@@ -6,6 +6,12 @@ cut at ``handoff_timeout_s``), while other links carry on. Per link one attempt 
 block order; a failed attempt (``kme_unavailable``, ``kme_timeout``, ``store_full``) leaves the key
 in the buffer and retries after ``RETRY_S``, so nothing is lost while the buffer has room.
 
+Before a block's keys go anywhere, the two ends confirm them (key confirmation: each end's SHA-256
+of its own key, compared over the classical channel — the digests reveal nothing usable of a key
+they are equal for): keys that differ, which only an error-correction failure that verification
+did not catch can produce, are discarded at both ends, never stored at a KME nor served, and
+counted (``mismatch(link)``; alert QKDKeyMismatch).
+
 Each attempt is counted by outcome and traced (a ``kme_handoff`` span with the link, block and
 outcome, from the attempt's start to its answer); a success also records its latency, from the
 moment the key was buffered to the moment both ends' KMEs committed it (keys buffered before a
@@ -15,6 +21,7 @@ commit and the buffer's removal only repeats a hand-off.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,7 +39,7 @@ FAULT = "key_handoff_failure"
 @dataclass
 class _InFlight:
     index: int
-    material: bytes
+    materials: Mapping[str, bytes]  # site → that end's key
     started_at: float
     done_at: float
     timed_out: bool
@@ -53,14 +60,16 @@ class HandoffQueue:
     """Moves buffered keys of ``links`` (link → (alice site, bob site)) into ``store``.
 
     ``fault(link)`` gives the parameters of the link's active ``key_handoff_failure`` or None;
-    ``record(link, outcome, latency_s)`` is called once per attempt.
+    ``record(link, outcome, latency_s)`` is called once per attempt; ``mismatch(link)`` once per
+    block whose two keys failed the key confirmation (discarded).
     """
 
     def __init__(self, buffer: KeyBuffer, store: KeyPoolStore, links: Mapping[str, tuple[str, str]],
                  fault: Callable[[str], Mapping[str, float] | None], record: Outcome, timeout_s: float,
-                 tracer: Tracer, clock: Callable[[], float], rng: random.Random | None = None) -> None:
+                 tracer: Tracer, clock: Callable[[], float], rng: random.Random | None = None,
+                 mismatch: Callable[[str], None] = lambda link: None) -> None:
         self.buffer, self.store, self.tracer, self.clock = buffer, store, tracer, clock
-        self.fault, self.record, self.timeout_s = fault, record, timeout_s
+        self.fault, self.record, self.timeout_s, self.mismatch = fault, record, timeout_s, mismatch
         self._queues = {link: _LinkQueue(link, sites) for link, sites in links.items()}
         self._buffered_at: dict[tuple[str, int], float] = {}
         self._rng = rng or random.Random()
@@ -83,29 +92,36 @@ class HandoffQueue:
             flight, q.in_flight = q.in_flight, None
             if flight.timed_out:
                 return self._failed(q, flight.index, "kme_timeout", flight.started_at, now)
-            return self._commit(q, flight.index, flight.material, flight.started_at, now)
+            return self._commit(q, flight.index, flight.materials, flight.started_at, now)
         if now < q.retry_at:
             return False
         entry = self.buffer.oldest(q.link)
         if entry is None:
             return False
-        index, material = entry
+        index, alice, bob = entry
+        if hashlib.sha256(alice).digest() != hashlib.sha256(bob).digest():
+            self.buffer.remove(q.link, index)
+            self._buffered_at.pop((q.link, index), None)
+            self._trace(q, index, "key_mismatch", now, now)
+            self.mismatch(q.link)
+            return True
+        materials = dict(zip(q.sites, (alice, bob)))
         fault = self.fault(q.link)
         if fault is not None:
             if self._rng.random() < fault["refused_ratio"]:
                 return self._failed(q, index, "kme_unavailable", now, now)
             if fault["delay_s"] > 0:
                 timed_out = fault["delay_s"] >= self.timeout_s
-                q.in_flight = _InFlight(index, material, now, now + min(fault["delay_s"], self.timeout_s), timed_out)
+                q.in_flight = _InFlight(index, materials, now, now + min(fault["delay_s"], self.timeout_s), timed_out)
                 return False
-        return self._commit(q, index, material, now, now)
+        return self._commit(q, index, materials, now, now)
 
-    def _commit(self, q: _LinkQueue, index: int, material: bytes, started_at: float, now: float) -> bool:
+    def _commit(self, q: _LinkQueue, index: int, materials: Mapping[str, bytes], started_at: float, now: float) -> bool:
         fault = self.fault(q.link)
         capacity = None
         if fault is not None and fault["store_capacity_ratio"] < 1.0:
             capacity = int(self.store.capacity_bytes * fault["store_capacity_ratio"])
-        outcome = self.store.accept(q.link, index, material, q.sites, capacity)
+        outcome = self.store.accept(q.link, index, materials, capacity)
         if outcome != "success":
             return self._failed(q, index, outcome, started_at, now)
         self.buffer.remove(q.link, index)

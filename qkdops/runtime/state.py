@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from qkdlink.emulator import DeviceTelemetry
+from qkdlink.physics.entropy import binary_entropy
+from qkdops.runtime.pipeline import BlockResult
 
 # Abort reasons (closed set; `none` for a successful block) and key hand-off outcomes.
 BLOCK_REASONS = ("none", "qber", "low_counts", "estimation", "verification", "classical_channel")
@@ -33,6 +35,11 @@ CALIBRATION_ACTIONS = ("relock_phase", "retune_intensities", "realign_polarizati
 STAGE_BUCKETS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
 HANDOFF_BUCKETS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 JITTER_BUCKETS = (5e-12, 1e-11, 2e-11, 5e-11, 1e-10, 2e-10, 5e-10, 1e-9)
+# Post-processing latency of a block (complete → key buffered, queueing and time on the classical
+# channel's wire included): M8's real-time target is 1 s, so resolve around it.
+LATENCY_BUCKETS = (0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# Stages that run on the link's CPU (key_handoff is the buffer's disk write, timed as a stage only).
+CPU_STAGES = STAGES[:-1]
 
 
 class Histogram:
@@ -75,6 +82,7 @@ class LinkObjectives:
     qber_threshold: float                 # key-basis QBER above which a block aborts
     nominal_dark_count_rate_hz: float     # dark-count rate of a healthy detector (p_dc × gate rate)
     nominal_channel_loss_db: float        # design loss of the quantum channel (fibre length × attenuation)
+    model_ec_efficiency: float = 1.16     # f the finite-key model assumes (the link's ec_efficiency parameter)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,14 @@ class LinkSnapshot:
     sifted_bit_errors_total: Mapping[str, float]  # basis → errors among them
     secret_key_bits_total: float
     ec_leak_bits_total: float
+    ec_shannon_limit_bits_total: float            # n·H2(E) of the reconciled blocks (E: the QBER EC found)
+    ec_messages_total: float
+    ec_round_trips_total: float
+    ec_frames_total: float
+    ec_frame_failures_total: float
+    pa_input_bits_total: float                    # sifted key bits hashed into key (output: secret_key_bits_total)
+    key_confirmation_failures_total: float        # blocks whose two ends' keys differed at hand-off (discarded)
+    cpu_seconds_total: Mapping[str, float]        # stage → thread CPU seconds
     blocks_total: Mapping[str, float]             # reason (BLOCK_REASONS) → blocks
     handoffs_total: Mapping[str, float]           # outcome → hand-offs
     calibrations_total: Mapping[tuple[str, str], float]  # (action, outcome ok|failed) → actions
@@ -107,6 +123,7 @@ class LinkSnapshot:
     y1_lower: float | None
     e1_upper: float | None
     block_qber: float | None
+    ec_efficiency: float | None                   # measured f of the last reconciled block
     # key delivery: the link's buffer of distilled key awaiting hand-off, and its ends' KME stores
     handoff_backlog_bits: float
     handoff_buffer_capacity_bits: float
@@ -115,6 +132,7 @@ class LinkSnapshot:
     keys_served_total: Mapping[tuple[str, str], float]   # (SAE, call) → keys served to it
     # histograms
     stage_seconds: Mapping[str, HistogramSnapshot]
+    postprocessing_seconds: HistogramSnapshot
     handoff_seconds: HistogramSnapshot
     timing_jitter_seconds: HistogramSnapshot
 
@@ -137,6 +155,11 @@ class LinkState:
         self._telemetry: DeviceTelemetry | None = None
         self._faults: tuple[str, ...] = ()
         self._pulses = self._detections = self._key_bits = self._leak = self._rng_failures = 0.0
+        self._shannon = self._ec_messages = self._ec_round_trips = self._ec_frames = self._ec_frame_failures = 0.0
+        self._pa_in = self._mismatches = 0.0
+        self._cpu = dict.fromkeys(CPU_STAGES, 0.0)
+        self._efficiency: float | None = None
+        self._latency = Histogram(LATENCY_BUCKETS)
         self._decoy_pulses = dict.fromkeys(self.intensities, 0.0)
         self._decoy_detections = dict.fromkeys(self.intensities, 0.0)
         self._sifted = dict.fromkeys(self.bases, 0.0)
@@ -174,27 +197,47 @@ class LinkState:
                 self._jitter.observe(abs(sample))
             self._rng_failures += rng_failures
 
-    def record_block(self, index: int, end_timestamp: float, reason: str, sifted: Mapping[str, float],
-                     sifted_errors: Mapping[str, float], key_bits: float, leak_bits: float,
-                     y1_lower: float | None, e1_upper: float | None, qber: float | None,
-                     stage_seconds: Mapping[str, float]) -> None:
-        """A post-processed block: outcome, sifted counts, key, bounds and stage latencies."""
-        if reason not in BLOCK_REASONS:
-            raise ValueError(f"unknown block reason {reason!r}")
+    def record_block(self, r: BlockResult, end_timestamp: float, stage_seconds: Mapping[str, float],
+                     cpu_seconds: Mapping[str, float] | None = None, latency_s: float | None = None) -> None:
+        """A post-processed block: outcome, sifted counts, key, bounds, what error correction,
+        verification and privacy amplification did, stage latencies and CPU, and ``latency_s``
+        (block complete → key buffered)."""
+        if r.reason not in BLOCK_REASONS:
+            raise ValueError(f"unknown block reason {r.reason!r}")
         with self._lock:
-            self._blocks[reason] += 1
-            for b, v in sifted.items():
+            self._blocks[r.reason] += 1
+            for b, v in r.sifted_bits.items():
                 self._sifted[b] = self._sifted.get(b, 0.0) + v
-            for b, v in sifted_errors.items():
+            for b, v in r.sifted_errors.items():
                 self._sifted_errors[b] = self._sifted_errors.get(b, 0.0) + v
-            self._key_bits += key_bits
-            self._leak += leak_bits
-            self._last_index, self._last_end = index, end_timestamp
-            if reason == "none":
+            self._key_bits += r.secret_key_bits
+            self._leak += r.leak_ec_bits
+            if r.ec_frames:   # the bits engine reconciled this block
+                if r.ec_corrected_bits:
+                    self._shannon += r.key_string_bits * binary_entropy(r.ec_corrected_bits / r.key_string_bits)
+                self._ec_messages += r.ec_messages
+                self._ec_round_trips += r.ec_round_trips
+                self._ec_frames += r.ec_frames
+                self._ec_frame_failures += r.ec_frame_failures
+                self._efficiency = r.ec_efficiency if r.ec_efficiency is not None else self._efficiency
+            if r.reason == "none":
+                self._pa_in += r.key_string_bits
+            self._last_index, self._last_end = r.index, end_timestamp
+            if r.reason == "none":
                 self._last_success = end_timestamp
-            self._y1, self._e1, self._qber = y1_lower, e1_upper, qber
+            self._y1, self._e1, self._qber = r.y1_lower, r.e1_upper, r.qber
             for stage, seconds in stage_seconds.items():
                 self._stages[stage].observe(seconds)
+            for stage, seconds in (cpu_seconds or {}).items():
+                if stage in self._cpu:
+                    self._cpu[stage] += seconds
+            if latency_s is not None:
+                self._latency.observe(latency_s)
+
+    def record_key_mismatch(self) -> None:
+        """A block's two keys failed the key confirmation at hand-off and were discarded."""
+        with self._lock:
+            self._mismatches += 1
 
     def record_handoff(self, outcome: str, latency_s: float | None, backlog_bits: float) -> None:
         """One hand-off attempt; ``latency_s`` (distilled → held by both KMEs) for a success."""
@@ -228,6 +271,11 @@ class LinkState:
                 decoy_pulses_total=dict(self._decoy_pulses), decoy_detections_total=dict(self._decoy_detections),
                 sifted_bits_total=dict(self._sifted), sifted_bit_errors_total=dict(self._sifted_errors),
                 secret_key_bits_total=self._key_bits, ec_leak_bits_total=self._leak,
+                ec_shannon_limit_bits_total=self._shannon, ec_messages_total=self._ec_messages,
+                ec_round_trips_total=self._ec_round_trips, ec_frames_total=self._ec_frames,
+                ec_frame_failures_total=self._ec_frame_failures, pa_input_bits_total=self._pa_in,
+                key_confirmation_failures_total=self._mismatches,
+                cpu_seconds_total=dict(self._cpu), ec_efficiency=self._efficiency,
                 blocks_total=dict(self._blocks), handoffs_total=dict(self._handoffs),
                 calibrations_total=dict(self._calibrations), rng_health_failures_total=self._rng_failures,
                 last_block_index=self._last_index, last_block_end_timestamp_seconds=self._last_end,
@@ -236,5 +284,6 @@ class LinkState:
                 handoff_buffer_capacity_bits=self.handoff_buffer_capacity_bits, key_store_keys=dict(self._store_keys),
                 key_store_capacity_keys=self.key_store_capacity_keys, keys_served_total=dict(self._served),
                 stage_seconds={s: h.snapshot() for s, h in self._stages.items()},
+                postprocessing_seconds=self._latency.snapshot(),
                 handoff_seconds=self._handoff.snapshot(), timing_jitter_seconds=self._jitter.snapshot(),
             )
