@@ -36,10 +36,6 @@ FAST_LINK = {
 # both ends really reconcile, verify and hash (~0.2 s of CPU a block).
 BITS_LINK = {**FAST_LINK, "id": "e2e-bits", "repetition_rate_hz": 1.0e8, "block_pulses": 1.0e8,
              "postprocessing": {"engine": "bits"}}
-# Links of the shipped fleet run on the model engine in the end-to-end profile: metro-bb84's 44 Mbit
-# blocks cost a core of post-processing, which would slow every other test on a 2-core machine
-# (bench/bench_postprocessing.py measures the shipped fleet on bits); relay-mdi and longhaul-tf stay on bits.
-E2E_MODEL_LINKS = ("metro-bb84",)
 
 
 def free_ports(n: int) -> list[int]:
@@ -58,9 +54,6 @@ def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_i
     """The shipped fleet (plus ``extra_links``) on free ports (KMEs too: SAE ``sae-<site>`` each),
     state in ``directory``, fast scrapes."""
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    for link in raw["links"]:
-        if link["id"] in E2E_MODEL_LINKS:
-            link["postprocessing"] = {"engine": "model"}
     raw["links"].extend(extra_links or [])
     sites = list(dict.fromkeys(link["sites"][end] for link in raw["links"] for end in ("alice", "bob")))
     # one call, so no two ports coincide (two calls may each get a port the other just released)
@@ -120,6 +113,12 @@ class RunningStack:
 
     def by_link(self, query: str) -> dict[str, float]:
         return {r["metric"].get("link", ""): float(r["value"][1]) for r in self.prometheus(query)}
+
+    def notifications(self, **filters: str | float) -> list[dict[str, Any]]:
+        """What the pager sink recorded, filtered as its API filters (alertname, link, status, since…)."""
+        with urllib.request.urlopen(f"{self.url('pager_sink_port')}/api/v1/notifications?{urllib.parse.urlencode(filters)}",
+                                    timeout=5) as response:
+            return json.loads(response.read())["notifications"]
 
     def api(self, method: str, path: str, body: dict | None = None) -> Any:
         token = (self.state_dir / "api-token").read_text().strip()

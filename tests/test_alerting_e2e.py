@@ -39,10 +39,9 @@ def _get(url: str) -> Any:
 def test_fibre_cut_pages_inhibits_symptoms_and_resolves(tmp_path: Path):
     config_path = e2e_profile(tmp_path, [FAST_LINK])
     stack = RunningStack(config_path)
-    sink, am = stack.url("pager_sink_port"), stack.url("alertmanager_port")
+    am = stack.url("alertmanager_port")
 
-    def notifications(**filters: str | float) -> list[dict]:
-        return _get(f"{sink}/api/v1/notifications?{urllib.parse.urlencode(filters)}")["notifications"]
+    notifications = stack.notifications
 
     def symptoms(**flags: str) -> list[dict]:
         query = urllib.parse.urlencode([("filter", f'link="{LINK}"'), ("filter", 'class="symptom"'), *flags.items()])

@@ -14,10 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,18 +28,11 @@ UNVERIFIED = {**BITS_LINK, "id": "e2e-unverified", "seed": 11, "postprocessing":
 LINK = UNVERIFIED["id"]
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def test_key_mismatch_pages_and_no_mismatched_key_is_served(tmp_path: Path):
     config_path = e2e_profile(tmp_path, [UNVERIFIED])
     stack = RunningStack(config_path)
-    sink = stack.url("pager_sink_port")
 
-    def notifications(**filters: str | float) -> list[dict]:
-        return _get(f"{sink}/api/v1/notifications?{urllib.parse.urlencode(filters)}")["notifications"]
+    notifications = stack.notifications
 
     def fetch_keys() -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "qkdops.cli", "keys", "fetch", "--config", str(config_path),
