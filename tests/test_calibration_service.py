@@ -101,10 +101,17 @@ def test_restart_after_kill_loses_no_job_and_never_overlaps_runs(tmp_path: Path)
             api.inject("bb84-slow", "fiber_cut", {})
             cut_at = time.time()
             store = CalibrationStore(state / "calibration.sqlite")
-            # a run begun well into the cut waits for a clean block (a run begun before it can end in ms)
-            wait_for(lambda: [r for r in store.runs("polarization_realign", "bb84-slow", 50)
-                              if r["finished_at"] is None and r["started_at"] > cut_at + 1.0], 60, "a realignment mid-run",
-                     interval_s=0.05)
+            # a run begun well into the cut waits for a clean block (a run begun before it can end in ms);
+            # pick one begun in the first half of a 4-s block, so the block that ends it is seconds away
+            # (a run caught just before a block closes finished between the poll and the kill: CI flake)
+
+            def mid_run() -> list[dict]:
+                last_end = (api.status("bb84-slow")["last_block"] or {}).get("end_timestamp") or 0.0
+                if time.time() - last_end > 2.0:
+                    return []
+                return [r for r in store.runs("polarization_realign", "bb84-slow", 50)
+                        if r["finished_at"] is None and r["started_at"] > max(cut_at + 1.0, last_end)]
+            wait_for(mid_run, 60, "a realignment mid-run", interval_s=0.05)
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             in_flight = [r for r in store.runs("polarization_realign", "bb84-slow", 50) if r["finished_at"] is None]
