@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qkdlink.physics.entropy import binary_entropy  # noqa: E402
-from qkdlink.postprocessing.cascade import frame_size, reconcile  # noqa: E402
+from qkdlink.postprocessing.cascade import failed_frames, reconcile  # noqa: E402
 from qkdlink.postprocessing.channel import ClassicalChannel  # noqa: E402
 
 FER_FRAME_BITS = 1 << 16
@@ -56,13 +56,6 @@ def efficiency(disclosed: int, n: int, errors: int) -> float:
     return disclosed / limit if limit > 0 else float("nan")
 
 
-def failed_frames(alice: np.ndarray, corrected_packed: np.ndarray, n: int, frame_bits: int) -> int:
-    """Frames whose corrected bits differ from Alice's anywhere."""
-    diff = np.zeros(-(-n // frame_bits) * frame_bits, dtype=np.uint8)
-    diff[:n] = np.unpackbits(corrected_packed)[:n] ^ alice
-    return int(diff.reshape(-1, frame_bits).any(axis=1).sum())
-
-
 def run_ours(alice: np.ndarray, bob: np.ndarray, errors: int, qber: float, seed: int, latency: float) -> dict[str, Any]:
     """One ``reconcile`` call, timed; its numbers as a row."""
     n = alice.size
@@ -75,7 +68,7 @@ def run_ours(alice: np.ndarray, bob: np.ndarray, errors: int, qber: float, seed:
         "n": n, "qber": qber, "errors": errors, "cpu_s": cpu, "wall_s": wall, "mbit_per_s": n / max(cpu, 1e-9) / 1e6,
         "f": efficiency(result.disclosed_bits, n, errors), "disclosed_bits": result.disclosed_bits,
         "round_trips": result.round_trips, "messages": result.messages, "emulated_s": result.emulated_seconds,
-        "frames": result.frames, "failed_frames": failed_frames(alice, result.corrected, n, frame_size(n)),
+        "frames": result.frames, "failed_frames": failed_frames(packed_alice, result.corrected, n),
     }
 
 

@@ -82,6 +82,17 @@ def frame_size(n_bits: int, frame_bits: int = 65536) -> int:
     return min(frame_bits, max(_MIN_FRAME_BITS, 1 << max(0, n_bits - 1).bit_length()))
 
 
+def failed_frames(alice: np.ndarray, corrected: np.ndarray, n_bits: int) -> int:
+    """Frames (of ``frame_size(n_bits)``) whose corrected bits still differ from Alice's (both packed).
+
+    Truth only an emulator has: Cascade cannot know it failed (all its parities agree at the end);
+    a real link learns it only through verification."""
+    if n_bits == 0:
+        return 0
+    wrong = np.flatnonzero(np.unpackbits(alice ^ corrected, count=n_bits))
+    return int(np.unique(wrong // frame_size(n_bits)).size)
+
+
 def block_sizes(qber_estimate: float, frame_bits: int, passes: int = PASSES) -> tuple[int, ...]:
     """Block size per pass, Martinez-Mateo et al. (2015) opt. (8), clamped to ``[2, frame_bits/2]``."""
     p = min(max(qber_estimate, _MIN_QBER), 0.5)

@@ -83,7 +83,7 @@ class BlockResult:
     ec_messages: int = 0
     ec_round_trips: int = 0
     ec_frames: int = 0
-    ec_frame_failures: int = 0         # frames left different from Alice's (emulator truth, see ``_frame_failures``)
+    ec_frame_failures: int = 0         # frames left different from Alice's (emulator truth: ``cascade.failed_frames``)
     ec_efficiency: float | None = None  # f = λ_EC / (n·H2(E)), E = the QBER EC found
     channel_seconds: float = 0.0       # emulated time on the classical channel's wire
     verification_tag_bits: int = 0     # disclosed tag (covered by the ε_cor term of the key length)
@@ -266,7 +266,7 @@ class PostProcessor:
             wrong = np.zeros(w.n, dtype=bool)
             wrong[error_positions(fault_rng, w.n, min(int(fault["residual_errors"]), w.n))] = True
             w.ec = replace(w.ec, corrected=w.ec.corrected ^ np.packbits(wrong))
-        w.frame_failures = _frame_failures(w.alice, w.ec.corrected, w.n, cascade.frame_size(w.n))
+        w.frame_failures = cascade.failed_frames(w.alice, w.ec.corrected, w.n)
 
     def _verify(self, w: _Work, rng: np.random.Generator) -> bool:
         """Alice sends a Toeplitz tag of her string (and its seed); Bob compares his own."""
@@ -321,15 +321,3 @@ def replay_channel(failed_after: int | None) -> Callable[[], bool]:
         carried += 1
         return failed_after is None or carried <= failed_after
     return up
-
-
-def _frame_failures(alice: np.ndarray, corrected: np.ndarray, n: int, frame_bits: int) -> int:
-    """EC frames whose corrected bits still differ from Alice's.
-
-    Emulator truth: Cascade cannot know it failed (its parities all agree at the end); a real link
-    learns it only through verification. Published so the frame failure rate the benchmarks quote
-    can be watched in production."""
-    if n == 0:
-        return 0
-    wrong = np.flatnonzero(np.unpackbits(alice ^ corrected, count=n))
-    return int(np.unique(wrong // frame_bits).size)
