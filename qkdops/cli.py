@@ -16,6 +16,7 @@ from qkdops import dashboards_cmd
 from qkdops import calibration_cmd
 from qkdops import keys_cmd
 from qkdops import gameday_cmd
+from qkdops.runtime.memory import retain_freed_memory
 
 
 class UsageError(Exception):
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    retain_freed_memory()   # first, before any thread: see qkdops/runtime/memory.py
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

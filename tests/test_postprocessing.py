@@ -19,7 +19,7 @@ from qkdlink.physics.entropy import binary_entropy
 from qkdops.config import PostProcessingSpec, load_config
 from qkdops.runtime.blocks import Block
 from qkdops.runtime.fleet import Fleet
-from qkdops.runtime.pipeline import PostProcessor, replay_channel
+from qkdops.runtime.pipeline import BlockResult, PostProcessor, replay_channel
 
 
 # ---- the sifted strings -------------------------------------------------------------------------------
@@ -82,6 +82,21 @@ def test_a_clean_block_gives_both_ends_the_same_key_from_their_own_bits(tmp_path
     assert set(processed.stage_seconds) == {"sifting", "estimation", "error_correction", "verification",
                                             "privacy_amplification"}
     assert processed.stage_seconds["error_correction"] >= r.channel_seconds * 0.9
+    assert processed.cpu_seconds["privacy_amplification"] > 0               # both ends' hashes, each on its thread
+
+
+def test_a_blocks_latency_counts_its_time_on_the_classical_channels_wire(tmp_path: Path):
+    # the wire time is emulated (added, not slept): qkd_postprocessing_duration_seconds must still carry it
+    fleet = Fleet(kme_config(tmp_path))
+    try:
+        fleet.run_frames(6)
+        wire = [BlockResult.from_json(fleet.archive.result("bb84-a", b.index)).channel_seconds
+                for b in fleet.archive.blocks("bb84-a")]
+        latency = {s.link: s for s in fleet.snapshots()}["bb84-a"].postprocessing_seconds
+    finally:
+        fleet.stop()
+    assert latency.count == len(wire) >= 2 and min(wire) > 0
+    assert latency.sum >= sum(wire)
 
 
 def test_the_same_block_twice_gives_the_same_key_and_another_seed_another_key(tmp_path: Path):

@@ -37,6 +37,7 @@ from qkdops.kme.store import KeyPoolStore
 from qkdops.runtime.handoff import FAULT as HANDOFF_FAULT
 from qkdops.runtime.handoff import HandoffQueue
 from qkdops.runtime.keybuffer import KeyBuffer
+from qkdops.runtime.memory import retain_freed_memory
 from qkdops.runtime.pipeline import RECONCILIATION_FAULT, BlockResult, PostProcessor
 from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkObjectives, LinkSnapshot, LinkState
 from qkdops.runtime.tracing import make_tracer
@@ -132,8 +133,9 @@ class LinkRuntime:
             channel_up=lambda: self.channel_up)
         result = processed.result
         self.archive.record_result(self.spec.id, block.index, result.to_json())
+        # the classical channel's wire time is emulated, not slept: added, as a real link would wait for it
         self.state.record_block(result, block.end_timestamp, processed.stage_seconds, processed.cpu_seconds,
-                                time.monotonic() - started)
+                                time.monotonic() - started + result.channel_seconds)
         if outcome == "buffer_full":
             self.state.record_handoff(outcome, None, self.buffer.level_bits(self.spec.id))
         elif outcome is not None:
@@ -155,6 +157,7 @@ class Fleet:
     """All links of a ``FleetConfig``; real-time stepping in a background thread (``start``)."""
 
     def __init__(self, config: FleetConfig, clock: Callable[[], float] = time.time, span_exporter: Any = None) -> None:
+        retain_freed_memory()   # before this fleet starts any thread: block-sized buffers reused, not re-faulted
         self.config = config
         self.clock = clock
         rt = config.runtime
