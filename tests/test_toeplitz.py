@@ -69,10 +69,16 @@ def test_fft_segments_match_naive(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_plan_2d_is_coprime_and_large_enough() -> None:
-    for need in [1, 2, 300, 1000, 10**6 - 1, 10**7 - 1, 10**8 - 1, 3 * 10**9]:
+    for need in [1, 2, 300, 1000, 4096, 4097, 10**6 - 1, 10**7 - 1, 44_309_446, 10**8 - 1, 3 * 10**9]:
         rows, cols = tz._plan_2d(need)
-        assert rows * cols >= need and cols <= rows and cols % 2 == 1 and rows & (rows - 1) == 0
-        assert rows * cols < 1.2 * need + 64
+        assert rows * cols >= need and cols % 2 == 1 and rows & (rows - 1) == 0 and rows >= 1
+        assert cols == 1 or 512 <= rows <= 4096                   # the measured fast shapes
+        odd = cols
+        for prime in (3, 5):
+            while odd % prime == 0:
+                odd //= prime
+        assert odd == 1                                            # C = 3^a 5^b
+        assert rows * cols < 1.1 * need + 4096                     # at most 10 % padding beyond small sizes
 
 
 def test_large_input_matches_sparse_reference() -> None:

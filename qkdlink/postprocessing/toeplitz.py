@@ -165,37 +165,40 @@ def _hash_packed(bits: np.ndarray, n_in: int, n_out: int, seed: np.ndarray) -> n
 
 # ---- FFT kernel (privacy amplification) -------------------------------------------------------------
 def _odd_smooth(limit: int) -> np.ndarray:
-    """Odd 7-smooth numbers ``3^a 5^b 7^c ≤ limit``, sorted: the fast odd FFT lengths."""
+    """Odd 5-smooth numbers ``3^a 5^b ≤ limit``, sorted: the odd FFT lengths pocketfft does fastest."""
     values = [1]
-    for prime in (3, 5, 7):
+    for prime in (3, 5):
         values = [v * prime**e for v in values for e in range(64) if v * prime**e <= limit]
     return np.unique(np.array(values, dtype=np.int64))
 
 
 _ODD_LENGTHS = _odd_smooth(1 << 40)
 
+_PLAN_ROWS = (512, 1024, 2048, 4096)
+"""Row counts of the 2-D layout: short columns (one complex FFT of ``R`` points per column pair of
+the wide real rows) were fastest here, 512–4096 rows by 10⁵–10⁶ columns (docs/benchmarks.md)."""
+
 
 def _plan_2d(need: int) -> tuple[int, int]:
-    """``(R, C)``: ``R`` a power of two, ``C`` odd 7-smooth, ``C ≤ R``, ``R·C ≥ need``, smallest ``R·C``.
+    """``(R, C)``: ``R`` a power of two, ``C = 3^a 5^b``, ``R·C ≥ need``: the smallest such ``R·C``
+    with ``R`` in ``_PLAN_ROWS`` (``(2^⌈log2 need⌉, 1)`` up to 4096 points).
 
     Coprime sides make ``Z_L ≅ Z_R × Z_C`` (Good–Thomas prime-factor mapping, ``L = R·C``), so the
-    length-``L`` cyclic correlation becomes a 2-D one of rows and columns that fit in cache: 3–4×
-    faster than one long 1-D transform at 10⁷–10⁸ points (docs/benchmarks.md). ``R ≤ 16 C`` keeps
-    the sides balanced when possible (a long thin array is the slow 1-D case again).
+    length-``L`` cyclic correlation becomes a 2-D one whose rows and columns fit in cache: 3–4×
+    faster than one long 1-D transform at 10⁷–10⁸ points. Among 2-D shapes, pocketfft's speed
+    depends more on the factors than on ``L``: measured at 10⁸ points, 1024 × 3^9·5 took 4.6 s per
+    hash and 16384 × 5^3·7^2 5.6 s, 3 % more points at 2048 × 3^4·5^4 4.4 s; columns with a factor
+    7 and very tall or very wide arrays were slower (docs/benchmarks.md).
     """
+    if need <= _PLAN_ROWS[-1]:
+        return 1 << max(0, need - 1).bit_length(), 1
     best: tuple[int, int, int] | None = None
-    for balanced in (True, False):
-        for a in range(1, 63):
-            rows = 1 << a
-            k = int(np.searchsorted(_ODD_LENGTHS, -(-need // rows)))
-            cols = int(_ODD_LENGTHS[k])
-            if cols > rows or (balanced and rows > 16 * cols):
-                continue
-            if best is None or rows * cols < best[0]:
-                best = (rows * cols, rows, cols)
-        if best is not None:
-            return best[1], best[2]
-    raise AssertionError("unreachable: R = 2^a ≥ need with C = 1 always qualifies")
+    for rows in _PLAN_ROWS:
+        cols = int(_ODD_LENGTHS[int(np.searchsorted(_ODD_LENGTHS, -(-need // rows)))])
+        if best is None or rows * cols < best[0]:
+            best = (rows * cols, rows, cols)
+    assert best is not None
+    return best[1], best[2]
 
 
 def _skew(src: np.ndarray, sign: int, dtype: type) -> np.ndarray:

@@ -118,7 +118,7 @@ class Processed:
 _BOB_END = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qkdops-bob-end")
 """Bob's privacy amplification runs here while Alice's runs on the block's own thread: the two ends
 are two machines, and hashing both at once halves the stage's wall time on a multi-core host
-(metro-bb84: ≈ 4.4 s of CPU per end per 10-s block, docs/benchmarks.md). Two workers, as many as
+(metro-bb84: ≈ 2 s of CPU per end per 10-s block, docs/benchmarks.md). Two workers, as many as
 the post-processing pool has threads."""
 
 
