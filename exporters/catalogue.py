@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
 
-import yaml
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from qkdops.runtime.state import HistogramSnapshot
+from qkdops.yaml_input import YamlInputError, load_text
 
 DEVICE = "device"
 POSTPROCESSING = "postprocessing"
@@ -63,7 +63,10 @@ class Catalogue:
 
 def load(text: str, where: str = CATALOGUE_FILE) -> Catalogue:
     """Parse and check catalogue YAML; any error is a CatalogueError naming ``where`` and the field."""
-    data = yaml.safe_load(text)
+    try:
+        data = load_text(text, where)
+    except YamlInputError as exc:
+        raise CatalogueError(str(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("labels"), dict) or not isinstance(data.get("metrics"), dict):
         raise CatalogueError(f"{where}: expected a mapping with 'labels' and 'metrics' mappings")
     labels: dict[str, frozenset[str] | None] = {}

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from chaoslib.exceptions import ChaosException
 from chaoslib.experiment import ensure_experiment_is_valid
 
 from qkdlink.emulator.faults import FaultError, spec
+from qkdops.yaml_input import YamlInputError, load_file
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
@@ -101,7 +101,7 @@ def alert_severities(rules_dir: Path = ALERT_RULES) -> dict[str, str]:
     """Every alert the rules define → its severity."""
     out: dict[str, str] = {}
     for path in sorted(rules_dir.glob("*.yml")):
-        for group in (yaml.safe_load(path.read_text()) or {}).get("groups", []):
+        for group in (load_file(path) or {}).get("groups", []):
             for rule in group.get("rules", []):
                 if "alert" in rule:
                     out[rule["alert"]] = rule.get("labels", {}).get("severity", "")
@@ -127,9 +127,9 @@ def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
         return ScenarioError(f"{path}: {where}: {message}")
 
     try:
-        experiment = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"{path}: cannot read a YAML experiment: {exc}") from None
+        experiment = load_file(path)
+    except YamlInputError as exc:
+        raise ScenarioError(f"cannot read a YAML experiment: {exc}") from None
     if not isinstance(experiment, dict):
         raise fail("top level", "expected a Chaos Toolkit experiment (a mapping)")
     try:

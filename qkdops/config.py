@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from qkdlink.emulator import DeviceSettings, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import ParameterError
+from qkdops.yaml_input import YamlInputError, load_file
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "links.yaml"
 LINK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -173,13 +173,12 @@ class FleetConfig:
 
 
 def read_yaml(path: Path) -> Any:
-    """The parsed YAML of a config file, or ConfigError naming the file."""
+    """The parsed YAML of a config file (``qkdops.yaml_input``: no alias bombs, no deep nesting, no
+    duplicate keys), or ConfigError naming the file."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return load_file(path)
+    except YamlInputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG) -> FleetConfig:
@@ -422,6 +421,17 @@ def _devices(reader: ConfigReader, raw: Any, where: str) -> DeviceSettings:
     return dataclasses.replace(defaults, **replaced)
 
 
+def _short_repr() -> reprlib.Repr:
+    """Echoes a bad value in an error: a short excerpt however large or deep the value is."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 2, 60, 60
+    short.maxlist = short.maxdict = short.maxtuple = short.maxset = 4
+    return short
+
+
+_SHORT = _short_repr()
+
+
 class ConfigReader:
     """Typed access to parsed YAML that fails with FILE: FIELD: expected …, got …."""
 
@@ -429,7 +439,7 @@ class ConfigReader:
         self.path = path
 
     def fail(self, where: str, expected: str, got: Any) -> None:
-        raise ConfigError(f"{self.path}: {where or 'top level'}: expected {expected}, got {got!r}")
+        raise ConfigError(f"{self.path}: {where or 'top level'}: expected {expected}, got {_SHORT.repr(got)}")
 
     def mapping(self, raw: Any, where: str, allowed: set[str] | None) -> dict[str, Any]:
         if not isinstance(raw, dict):

@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from qkdops.yaml_input import YamlInputError, load_text
+
 SPEC_VERSION = "prometheus/v1"
 EXTENSION = "qkdops"
 DEFAULT_PERIOD = "30d"
@@ -163,19 +165,6 @@ class SLO:
 
 
 # ---- loading and validation ------------------------------------------------------------------------
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys, which PyYAML would otherwise silently overwrite."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_specs(paths: Iterable[Path], display: Mapping[Path, str] | None = None) -> list[SLO]:
     """Validate every spec file; raise one :class:`SpecError` listing every problem of every file.
 
@@ -200,13 +189,9 @@ def load_specs(paths: Iterable[Path], display: Mapping[Path, str] | None = None)
 def parse_spec(text: str, source: str) -> list[SLO]:
     """Validate one spec document; ``source`` names it in messages."""
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError([f"{source}: {where}invalid YAML: {exc.problem or exc.context}"]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([f"{source}: invalid YAML: {exc}"]) from None
+        raw = load_text(text, source)   # no alias bombs, deep nesting or duplicate keys
+    except YamlInputError as exc:
+        raise SpecError([str(exc)]) from None
     reader = _Reader(source)
     slos = reader.spec(raw)
     if reader.problems:

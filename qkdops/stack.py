@@ -64,7 +64,7 @@ from urllib.parse import urljoin
 
 import yaml
 
-from qkdops.config import RuntimeSettings, parse_config
+from qkdops.config import RuntimeSettings, parse_config, read_yaml
 from qkdops.control_client import WILDCARD_BINDS
 
 log = logging.getLogger("qkdops.stack")
@@ -282,7 +282,9 @@ def container_config(source: Path) -> str:
     once at build time from the ``links.yaml`` it copies, so the fleet cannot drift from it. Validated
     like any config (a ConfigError names the field).
     """
-    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    raw = read_yaml(source)
+    if not isinstance(raw, dict):
+        parse_config(raw, source)   # raises the ConfigError that names the file
     runtime = dict(raw.get("runtime") or {})
     state_dir = Path(runtime.get("state_dir", RuntimeSettings.state_dir))
     runtime.update(bind=CONTAINER_BIND, state_dir=str(state_dir if state_dir.is_absolute() else source.resolve().parent / state_dir))

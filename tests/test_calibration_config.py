@@ -178,7 +178,7 @@ def test_missing_jobs_section_and_unreadable_files(tmp_path: Path) -> None:
         load_jobs_config(tmp_path / "absent.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("jobs: {phase_relock: [\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(broken))}: not valid YAML"):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(broken))}: line \d+, column \d+: invalid YAML"):
         load_jobs_config(broken)
 
 

@@ -75,7 +75,7 @@ def test_unreadable_and_malformed_files_are_reported(tmp_path: Path):
         load_config(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("links: [\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken.yaml: line 2, column 1: invalid YAML: "):
         load_config(broken)
 
 
