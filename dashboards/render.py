@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, PercentFormatter  # noqa: E402
 
 from dashboards.generate import DIRECTORY  # noqa: E402
+from qkdops.config import finite_float  # noqa: E402
 
 # The panels worth a picture, in drawing order; dashboards not listed draw every time-series panel.
 KEY_PANELS: dict[str, list[str]] = {
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dashboard", default="oncall", help="dashboard in dashboards/ (default: oncall)")
     parser.add_argument("--since", default="10m", help="start, as a duration before --until (default: 10m)")
     parser.add_argument("--until", default=None, help="end, unix seconds (default: now)")
-    parser.add_argument("--step", type=float, default=None, help="query step in s (default: range/300, at least 5)")
+    parser.add_argument("--step", type=finite_float, default=None, help="query step in s (default: range/300, at least 5)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     try:

@@ -7,7 +7,9 @@ was expected, and nothing starts from a config that does not validate. See the s
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import re
 import reprlib
 from collections.abc import Mapping
@@ -421,6 +423,18 @@ def _devices(reader: ConfigReader, raw: Any, where: str) -> DeviceSettings:
     return dataclasses.replace(defaults, **replaced)
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type`` of every numeric command-line option: a finite number (``nan`` and ``inf``,
+    which ``float`` accepts, are refused like in the config files)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {_SHORT.repr(text)}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {_SHORT.repr(text)}")
+    return value
+
+
 def _short_repr() -> reprlib.Repr:
     """Echoes a bad value in an error: a short excerpt however large or deep the value is."""
     short = reprlib.Repr()
@@ -466,8 +480,8 @@ class ConfigReader:
                 raw = float(raw)
             except ValueError:
                 pass
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw:
-            self.fail(where, "a number", raw)
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            self.fail(where, "a finite number", raw)
         if (minimum is not None and raw < minimum) or (maximum is not None and raw > maximum):
             self.fail(where, f"a number in [{minimum}, {maximum}]", raw)
         return float(raw)

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dashboards
+from qkdops.config import finite_float
 
 DIRECTORY = Path(dashboards.__file__).resolve().parent
 DASHBOARD_NAMES = ("executive", "oncall", "debug", "slo")
@@ -58,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--url", required=True, help="Grafana base URL, e.g. http://grafana:3000")
         a.add_argument("--token-file", metavar="F",
                        help=f"file holding a Grafana API/service-account token (default: ${TOKEN_ENV})")
-        a.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+        a.add_argument("--timeout", type=finite_float, default=5.0, help="seconds per request (default 5)")
         a.add_argument("--json", action="store_true", help="print one JSON object")
         a.set_defaults(handler=run)
     r = actions.add_parser("render", help="render the key panels of a dashboard to PNG from Prometheus data")
@@ -66,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--link", required=True, help="link id, e.g. bb84-a")
     r.add_argument("--dashboard", default="oncall", choices=DASHBOARD_NAMES)
     r.add_argument("--since", default="15m", help="window ending now: N followed by s, m, h or d (default 15m)")
-    r.add_argument("--step", type=float, default=5.0, help="query step in seconds (default 5)")
+    r.add_argument("--step", type=finite_float, default=5.0, help="query step in seconds (default 5)")
     r.add_argument("--out", required=True, metavar="FILE.png")
     r.set_defaults(handler=run)
 

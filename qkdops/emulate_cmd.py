@@ -24,6 +24,7 @@ from qkdlink.emulator import FAULTS, BlockRecord, FaultError, Link, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES
 from qkdlink.protocols.base import FINITE, KeyEstimate, ParameterError
 from qkdops.keyrate_cmd import parse_overrides
+from qkdops.config import finite_float
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("emulate", help="run an emulated link and estimate each block",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=PROTOCOL_NAMES, default="bb84-decoy")
-    p.add_argument("--distance-km", dest="distance", type=float, default=25.0)
+    p.add_argument("--distance-km", dest="distance", type=finite_float, default=25.0)
     p.add_argument("--preset", help="protocol parameter preset (see qkdops keyrate --show-params)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
-    p.add_argument("--block-pulses", type=float, default=1e10, help="pulses per block (default 1e10)")
-    p.add_argument("--repetition-rate-hz", type=float, default=1e9)
+    p.add_argument("--block-pulses", type=finite_float, default=1e10, help="pulses per block (default 1e10)")
+    p.add_argument("--repetition-rate-hz", type=finite_float, default=1e9)
     p.add_argument("--blocks", type=int, default=10, help="blocks to run; 0 = until interrupted")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inject", action="append", default=[], metavar="FAULT[:NAME=VALUE,...]@START[-END]",

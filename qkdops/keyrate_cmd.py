@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from qkdlink.keyrate import KeyRatePoint, optimise, predict
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import ANALYSES, ASYMPTOTIC, ParameterError, Protocol
+from qkdops.config import finite_float
 
 MAX_SWEEP_POINTS = 10_000
 
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="override one parameter (repeatable)")
     p.add_argument("--analysis", choices=ANALYSES, default=ASYMPTOTIC)
-    p.add_argument("--pulses", type=float, default=None, help="pulses sent (finite analysis), default 1e12")
+    p.add_argument("--pulses", type=finite_float, default=None, help="pulses sent (finite analysis), default 1e12")
     p.add_argument("--optimize", metavar="NAME[,NAME...]",
                    help="maximise the key rate over these parameters at each distance (e.g. mu,nu,p_mu)")
     p.add_argument("--json", action="store_true", help="print JSON (one object, or a list for a sweep)")

@@ -37,7 +37,7 @@ from typing import TypeVar
 from exporters import DeviceCollector, PostProcessingCollector
 from exporters.server import ServedExporter
 from qkdops import control_api, pager_sink
-from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
+from qkdops.config import DEFAULT_CONFIG, FleetConfig, finite_float, load_config
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-calibration", action="store_true",
                    help="do not start the calibration scheduler (game days, manual operation: drift is then "
                         "only corrected by `qkdops action`)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until stopped)")
+    p.add_argument("--duration", type=finite_float, default=0.0, help="stop after this many seconds (0: run until stopped)")
     p.set_defaults(handler=run)
 
 

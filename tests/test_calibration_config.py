@@ -134,7 +134,7 @@ ERRORS = {
     "threshold below range": (_set("jobs.detector_regate.thresholds.dark_count_ratio", 1.0),
                               "jobs.detector_regate.thresholds.dark_count_ratio", "a number in [1.01, 1000.0], got 1.0"),
     "threshold not a number": (_set("jobs.polarization_realign.thresholds.angle_rad", "small"),
-                               "jobs.polarization_realign.thresholds.angle_rad", "a number"),
+                               "jobs.polarization_realign.thresholds.angle_rad", "a finite number"),
     "unknown threshold": (_set("jobs.polarization_realign.thresholds.angle_deg", 2.0),
                           "jobs.polarization_realign.thresholds.angle_deg", "one of the keys angle_rad, qber_alarm_ratio"),
     "threshold on the decoy job": (_set("jobs.decoy_estimation.thresholds", {"qber": 0.1}),

@@ -46,7 +46,10 @@ def _base() -> dict:
     (lambda c: c["runtime"].update(tracing="jaeger"), "runtime.tracing", "none, console, otlp"),
     (lambda c: c.update(links=[]), "links", "non-empty list"),
     (lambda c: c["links"][0].update(devices={"phase": {"loop_gain_rad_per_s": "fast"}}),
-     "links[0].devices.phase.loop_gain_rad_per_s", "a number"),
+     "links[0].devices.phase.loop_gain_rad_per_s", "a finite number"),
+    (lambda c: c["links"][0].update(devices={"phase": {"loop_gain_rad_per_s": float("inf")}}),
+     "links[0].devices.phase.loop_gain_rad_per_s", "a finite number, got inf"),
+    (lambda c: c["links"][0].update(distance_km=float("nan")), "links[0].distance_km", "a finite number, got nan"),
     (lambda c: c["key_delivery"].update(key_size_bits=100), "key_delivery.key_size_bits", "multiple of 8"),
     (lambda c: c["key_delivery"].update(key_size_bits=16), "key_delivery.key_size_bits", "[min_key_size_bits, max_key_size_bits]"),
     (lambda c: c["key_delivery"].update(max_key_count=0), "key_delivery.max_key_count", "number in"),
@@ -94,3 +97,21 @@ def test_sites_without_a_listed_kme_get_one_with_a_default_sae(tmp_path: Path):
     assert set(kmes) == {s for link in config.links for s in (link.sites.alice, link.sites.bob)}
     assert kmes["lab-south"].port == 9831 and kmes["lab-south"].saes == ("sae-lab-south",)
     assert config.key_delivery.site_of("sae-city-b") == "city-b" and config.key_delivery.site_of("nobody") is None
+
+
+@pytest.mark.parametrize("command, option, value", [
+    (["up"], "--duration", "inf"), (["emulate"], "--distance-km", "nan"), (["emulate"], "--block-pulses", "-inf"),
+    (["keyrate"], "--pulses", "NaN"), (["dashboards", "render"], "--step", "infinity"),
+])
+def test_numeric_cli_options_refuse_nan_and_inf(command: list[str], option: str, value: str,
+                                                capsys: pytest.CaptureFixture[str]):
+    from qkdops.cli import build_parser
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*command, f"{option}={value}"])
+    assert exited.value.code == 2
+    assert f"argument {option}: not a finite number: '{value}'" in capsys.readouterr().err
+
+
+def test_finite_float_reads_what_float_reads():
+    from qkdops.config import finite_float
+    assert finite_float("1e10") == 1e10 and finite_float(" -2.5 ") == -2.5
