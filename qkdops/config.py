@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 import re
 import reprlib
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from qkdlink.emulator import DeviceSettings, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
@@ -279,9 +281,9 @@ def _runtime(reader: ConfigReader, raw: Any, path: Path) -> RuntimeSettings:
         if name in data:
             values[name] = reader.integer(data[name], f"runtime.{name}", 1, 65535)
     if "bind" in data:
-        values["bind"] = reader.string(data["bind"], "runtime.bind")
+        values["bind"] = reader.host(data["bind"], "runtime.bind")
     if "state_dir" in data:
-        state = Path(reader.string(data["state_dir"], "runtime.state_dir"))
+        state = reader.fs_path(data["state_dir"], "runtime.state_dir")
         values["state_dir"] = state if state.is_absolute() else path.parent / state
     else:
         values["state_dir"] = path.parent / defaults.state_dir
@@ -292,7 +294,7 @@ def _runtime(reader: ConfigReader, raw: Any, path: Path) -> RuntimeSettings:
     if "tracing" in data:
         values["tracing"] = reader.choice(data["tracing"], "runtime.tracing", TRACING)
     if "otlp_endpoint" in data:
-        values["otlp_endpoint"] = reader.string(data["otlp_endpoint"], "runtime.otlp_endpoint")
+        values["otlp_endpoint"] = reader.http_url(data["otlp_endpoint"], "runtime.otlp_endpoint")
     if "key_store_capacity_bits" in data:
         values["key_store_capacity_bits"] = reader.integer(data["key_store_capacity_bits"],
                                                            "runtime.key_store_capacity_bits", 1, 2 ** 62)
@@ -435,6 +437,10 @@ def finite_float(text: str) -> float:
     return value
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+"""A host name of RFC 1123 labels (letters, digits, inner hyphens; ≤ 63 per label, ≤ 253 in all)."""
+
+
 def _short_repr() -> reprlib.Repr:
     """Echoes a bad value in an error: a short excerpt however large or deep the value is."""
     short = reprlib.Repr()
@@ -468,6 +474,35 @@ class ConfigReader:
         if not isinstance(raw, str) or not raw.strip():
             self.fail(where, "a non-empty string", raw)
         return raw
+
+    def host(self, raw: Any, where: str) -> str:
+        """An address to listen on: an IPv4/IPv6 literal or a host name (RFC 1123 labels)."""
+        text = self.string(raw, where)
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            if not _HOST_NAME.fullmatch(text):
+                self.fail(where, "an IP address or host name", raw)
+        return text
+
+    def http_url(self, raw: Any, where: str) -> str:
+        """An http(s) URL with a host (and a valid port, if any)."""
+        text = self.string(raw, where)
+        try:
+            parts = urlsplit(text)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+        except ValueError:  # a port that is not a number in 0…65535
+            valid = False
+        if not valid:
+            self.fail(where, "an http(s) URL such as http://127.0.0.1:4318/v1/traces", raw)
+        return text
+
+    def fs_path(self, raw: Any, where: str) -> Path:
+        """A file-system path (no NUL character, which no OS call accepts)."""
+        text = self.string(raw, where)
+        if "\0" in text:
+            self.fail(where, "a path (no NUL characters)", raw)
+        return Path(text)
 
     def choice(self, raw: Any, where: str, options: tuple[str, ...]) -> str:
         if raw not in options:
