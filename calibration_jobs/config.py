@@ -123,10 +123,7 @@ def _signals(r: ConfigReader, raw: Any) -> SignalSettings:
     if "source" in data:
         values["source"] = r.choice(data["source"], "signals.source", SIGNAL_SOURCES)
     if data.get("prometheus_url") is not None:
-        url = r.string(data["prometheus_url"], "signals.prometheus_url")
-        if not url.startswith(("http://", "https://")):
-            r.fail("signals.prometheus_url", "an http(s) URL", url)
-        values["prometheus_url"] = url.rstrip("/")
+        values["prometheus_url"] = r.http_url(data["prometheus_url"], "signals.prometheus_url").rstrip("/")
     for key, low, high in (("max_age_s", 0.5, 3600.0), ("timeout_s", 0.1, 120.0)):
         if key in data:
             values[key] = r.number(data[key], f"signals.{key}", low, high)

@@ -37,6 +37,8 @@ from qkdops.yaml_input import YamlInputError, load_file
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
 EXTENSION = "qkdops"
+MAX_RUN_S = 86400.0
+"""A game day is bounded in time: a day at most (the shipped ones run 10–20 minutes)."""
 RECOVERY = ("automatic", "runbook")
 MODULES = ("gameday.chaosqkd.actions", "gameday.chaosqkd.probes")
 
@@ -165,8 +167,9 @@ def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
         limits = Limits(*(float(limits_raw[k]) for k in ("detect_s", "recover_s", "run_s")))
     except (KeyError, TypeError, ValueError):
         raise fail(f"{where}.limits", "expected numbers detect_s, recover_s, run_s") from None
-    if not 0 < limits.detect_s <= limits.run_s or not 0 < limits.recover_s <= limits.run_s:
-        raise fail(f"{where}.limits", "expected 0 < detect_s, recover_s <= run_s")
+    if not 0 < limits.detect_s <= limits.run_s or not 0 < limits.recover_s <= limits.run_s \
+            or not limits.run_s <= MAX_RUN_S:
+        raise fail(f"{where}.limits", f"expected 0 < detect_s, recover_s <= run_s <= {MAX_RUN_S:g} (finite)")
     scenario = Scenario(path.stem, path, experiment, str(block["link"]), str(block["fault"]), parameters,
                         pages, tickets, silent, str(block["recovery"]), limits)
     _check_agreement(scenario, fail)
@@ -219,10 +222,12 @@ def _check_agreement(s: Scenario, fail: Any) -> None:
             undone = True
         if section == "rollbacks" and func == "clear_fault" and args.get("link") == s.link and args.get("fault") is None:
             rolled_back = True
-        if "timeout_s" in args:
-            waited += float(args["timeout_s"])
-        pauses = activity.get("pauses", {})
-        waited += float(pauses.get("before", 0)) + float(pauses.get("after", 0))
+        pauses = activity.get("pauses") or {}
+        for key, value in (("timeout_s", args.get("timeout_s", 0)), ("pauses.before", pauses.get("before", 0)),
+                           ("pauses.after", pauses.get("after", 0))):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_RUN_S:
+                raise fail(f"{section}[{activity.get('name')}].{key}", f"expected seconds in [0, {MAX_RUN_S:g}], got {value!r}")
+            waited += value
     if stack is not None:
         name = s.parameters[stack.parameter]
         if injects != [(stack.inject, {"name": name})]:

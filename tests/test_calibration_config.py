@@ -151,6 +151,7 @@ ERRORS = {
     "signals source": (_set("signals.source", "grafana"), "signals.source", "one of prometheus, status, got 'grafana'"),
     "prometheus url without scheme": (_set("signals.prometheus_url", "localhost:9090"), "signals.prometheus_url", "an http(s) URL"),
     "prometheus url ftp": (_set("signals.prometheus_url", "ftp://prom:9090"), "signals.prometheus_url", "an http(s) URL"),
+    "prometheus url bad port": (_set("signals.prometheus_url", "http://prom:9o90"), "signals.prometheus_url", "an http(s) URL"),
     "unknown signals key": (_set("signals.url", "http://x"), "signals.url", "one of the keys"),
     "max age out of range": (_set("signals.max_age_s", 0), "signals.max_age_s", "[0.5, 3600.0]"),
     "max workers zero": (_set("scheduler.max_workers", 0), "scheduler.max_workers", "[1, 64]"),
