@@ -63,11 +63,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from qkdlink.emulator import FAULTS, FaultError
 from qkdops.http_response import respond
+from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
 from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink, fault_catalogue
 
@@ -378,10 +379,6 @@ ROUTES: tuple[tuple[re.Pattern[str], tuple[str, ...], Mapping[str, Endpoint]], .
     ))
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 class ControlServer(ThreadingHTTPServer):
     """The HTTP server, holding the fleet and exporters it controls and the token it accepts."""
 
@@ -514,11 +511,9 @@ class ControlHandler(BaseHTTPRequestHandler):
         if not raw.strip():
             return None
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            raise _bad("request body is not UTF-8 text", "body", "invalid_json") from None
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError and NaN/Infinity are ValueErrors
-            raise _bad(f"request body is not valid JSON: {exc}", "body", "invalid_json") from None
+            return load_json(raw)
+        except JsonInputError as exc:
+            raise _bad(str(exc), "body", "invalid_json") from None
 
     def _discard_body(self) -> None:
         """Read an unread request body (bounded) before answering.

@@ -41,10 +41,11 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from qkdops.http_response import respond
+from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
 from qkdops.control_api import ApiError
 from qkdops.runtime.durable import DurableStore
@@ -81,11 +82,9 @@ def _bad(message: str, field_name: str) -> ApiError:
 def parse_notification(raw: bytes) -> dict[str, Any]:
     """An Alertmanager webhook payload (version 4), checked field by field so an error names one."""
     try:
-        payload = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise _bad("request body is not UTF-8 text", "body") from None
-    except (ValueError, RecursionError):
-        raise _bad("request body is not valid JSON", "body") from None
+        payload = load_json(raw)
+    except JsonInputError as exc:
+        raise _bad(str(exc), "body") from None
     body = _object(payload, "body")
     if body.get("version") != "4":
         raise _bad(f"version: expected \"4\" (Alertmanager webhook payload version 4), got {_describe(body.get('version'))}",
@@ -119,10 +118,6 @@ def parse_notification(raw: bytes) -> dict[str, Any]:
             if key in alert:
                 _string(alert[key], f"{where}.{key}", empty_ok=True)
     return body
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:

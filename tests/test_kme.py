@@ -91,6 +91,9 @@ def test_certificates_from_another_ca_or_none_fail_the_handshake(tmp_path: Path)
 
 @pytest.mark.parametrize(("method", "path", "body", "fragment"), [
     ("POST", "/api/v1/keys/sae-b/enc_keys", b"{not json", "not valid JSON"),
+    ("POST", "/api/v1/keys/sae-b/enc_keys", b'{"number": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested deeper than 32"),
+    ("POST", "/api/v1/keys/sae-b/enc_keys", b'{"number": NaN}', "NaN is not a JSON number"),
+    ("POST", "/api/v1/keys/sae-b/enc_keys", b"\xff\xfe", "not UTF-8"),
     ("POST", "/api/v1/keys/sae-b/enc_keys", b"[1, 2]", "JSON object"),
     ("POST", "/api/v1/keys/sae-b/enc_keys", b'{"number": "3"}', "number must be an integer"),
     ("POST", "/api/v1/keys/sae-b/enc_keys", b'{"number": 65}', "number must be within [1, 64]"),

@@ -21,7 +21,6 @@ refused (400), as clause 6.2 requires.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from qkdops.config import KeyDelivery, LinkSpec
+from qkdops.json_input import JsonInputError, load_json
 from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee
 
 PATH = re.compile(r"^/api/v1/keys/(?P<sae>[^/]+)/(?P<call>status|enc_keys|dec_keys)$")
@@ -203,9 +203,9 @@ def _json_object(body: bytes | None) -> dict[str, Any]:
     if not body:
         raise _bad("POST needs a JSON object body")
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise _bad("body is not valid JSON") from None
+        data = load_json(body)
+    except JsonInputError as exc:
+        raise _bad(str(exc)) from None
     if not isinstance(data, dict):
         raise _bad("body must be a JSON object")
     return data
