@@ -122,6 +122,8 @@ class KeyPoolStore(DurableStore):
                 planned += pieces[-1][2]
                 if planned == need:
                     break
+            for cursor in per_link:   # no read statement may stay open while the carve writes the blobs
+                cursor.close()
             for link, block, take in pieces:
                 sources.append((len(streams[master_site]), link))
                 for site, stream in streams.items():
@@ -186,14 +188,18 @@ class KeyPoolStore(DurableStore):
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._scrub()   # issued, redeemed and spent key bytes leave the files too (DurableStore)
 
     def _carve(self, site: str, link: str, block: int, take: int) -> bytes:
-        """The next ``take`` unused bytes of one end's copy of a block, marked used (row gone when spent)."""
+        """The next ``take`` unused bytes of one end's copy of a block, marked used and overwritten with
+        zeros in the blob (row gone when spent): a carved key is held only where it was issued to."""
         row_id, size, used = self._db.execute("SELECT id, size, used FROM pool WHERE site=? AND link=? AND block=?",
                                               (site, link, block)).fetchone()
-        with self._db.blobopen("material", "data", row_id) as blob:
+        with self._db.blobopen("material", "data", row_id, readonly=False) as blob:
             blob.seek(used)
             piece = blob.read(take)
+            blob.seek(used)
+            blob.write(bytes(take))
         if used + take == size:
             self._db.execute("DELETE FROM pool WHERE id=?", (row_id,))
             self._db.execute("DELETE FROM material WHERE id=?", (row_id,))

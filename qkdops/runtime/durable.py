@@ -27,7 +27,10 @@ class DurableStore:
     """Base of the runtime's SQLite stores: one durable connection shared by threads under a lock
     (writes are a few per second at most, so serialising them costs nothing). ``private``: the file
     holds key material, so it is created 0600 before SQLite opens it (never readable by others,
-    not even for a moment)."""
+    not even for a moment), and key bytes must not outlive their removal anywhere in its files:
+    ``secure_delete`` zeroes deleted rows and freed pages, and ``_scrub`` (after a commit that
+    removed key material) checkpoints the WAL into the database and truncates it to zero bytes —
+    otherwise the WAL keeps the page images that carried the key until SQLite reuses them."""
 
     def __init__(self, path: Path, schema: str, private: bool = False) -> None:
         if private:
@@ -37,6 +40,14 @@ class DurableStore:
         self.path = path
         self._lock = threading.Lock()
         self._db = open_durable(path, schema)
+        if private:
+            self._db.execute("PRAGMA secure_delete=ON")
+
+    def _scrub(self) -> None:
+        """Under the lock, after a commit that removed key material: WAL → database, WAL emptied. A
+        reader in another process holding an old snapshot makes it a partial checkpoint; the next
+        scrub finishes the job."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
     def close(self) -> None:
         with self._lock:

@@ -58,6 +58,7 @@ class KeyBuffer(DurableStore):
     def remove(self, link: str, index: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM block_keys WHERE link=? AND idx=?", (link, index))
+            self._scrub()
 
     def level_bits(self, link: str) -> int:
         with self._lock:
