@@ -111,11 +111,21 @@ def test_restart_after_kill_loses_no_job_and_never_overlaps_runs(tmp_path: Path)
                     return []
                 return [r for r in store.runs("polarization_realign", "bb84-slow", 50)
                         if r["finished_at"] is None and r["started_at"] > max(cut_at + 1.0, last_end)]
-            wait_for(mid_run, 60, "a realignment mid-run", interval_s=0.05)
+            # freeze the scheduler, then check the run is still in flight: a run seen by the poll can
+            # still finish before a plain kill lands (CI flake); frozen, it cannot, so kill it there
+            in_flight: list[dict] = []
+            for _ in range(5):
+                wait_for(mid_run, 60, "a realignment mid-run", interval_s=0.05)
+                first.send_signal(signal.SIGSTOP)
+                in_flight = [r for r in store.runs("polarization_realign", "bb84-slow", 50) if r["finished_at"] is None]
+                if in_flight:
+                    break
+                first.send_signal(signal.SIGCONT)
             first.send_signal(signal.SIGKILL)
             first.wait(10)
-            in_flight = [r for r in store.runs("polarization_realign", "bb84-slow", 50) if r["finished_at"] is None]
             assert len(in_flight) == 1, in_flight  # the run the kill cut short
+            assert [r["id"] for r in store.runs("polarization_realign", "bb84-slow", 50) if r["finished_at"] is None] \
+                == [in_flight[0]["id"]]
         finally:
             if first.poll() is None:
                 first.kill()
