@@ -1,15 +1,16 @@
-"""Error correction cost: our vectorised two-party Cascade beside TNO's Cascade and Winnow (run on demand, not a test).
+"""Error correction cost: our Cascade and blind LDPC beside TNO's Cascade and Winnow (run on demand, not a test).
 
     .venv/bin/python bench/bench_ec.py [--sizes 1e6,1e7] [--qbers 0.01,0.02,0.05] [--fer-frames 2048]
-        [--fer-qber 0.02] [--tno-bits 20000] [--latency 0.001] [--seed 1] [--smoke] [--json PATH]
+        [--fer-qber 0.02] [--tno-bits 20000] [--latency 0.001] [--methods cascade,ldpc] [--seed 1] [--smoke] [--json PATH]
 
 1. Throughput. Random keys of n bits, Bob's copy with i.i.d. errors at the QBER (the estimate handed
-   to ``reconcile`` is the true QBER); one call of ``reconcile`` each. Mbit/s is n over the process CPU
-   time of the call (numpy runs single-threaded here, so this is per core); wall time beside it. f is
+   to ``reconcile`` is the true QBER); one call of each method's ``reconcile`` (``--methods``). Mbit/s is
+   n over the process CPU time of the call (all threads: Cascade runs on one, the LDPC decoder on two),
+   so it is per core; wall time beside it. For LDPC, blind rounds and discarded frames are shown. f is
    ``disclosed_bits / (n·h(e))`` with e the realised error fraction; round trips, messages and the
    emulated time on the wire at ``--latency`` per leg.
-2. Frame failure rate. ``--fer-frames`` frames of 2^16 bits at ``--fer-qber``, reconciled in calls of
-   256 frames; a frame fails when its corrected bits still differ from Alice's anywhere.
+2. Frame failure rate (Cascade). ``--fer-frames`` frames of 2^16 bits at ``--fer-qber``, reconciled in
+   calls of 256 frames; a frame fails when its corrected bits still differ from Alice's anywhere.
 3. Side by side with TNO's Cascade and Winnow (PyPI ``tno-quantum-communication-qkd-key-rate``, the
    ``bench`` extra; skipped with a message when absent): pure-Python list-of-bits implementations, so
    ``--tno-bits`` is small. Their Cascade runs its documented example set-up (8 passes, sampling
@@ -36,8 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qkdlink.physics.entropy import binary_entropy  # noqa: E402
+from qkdlink.postprocessing import ldpc  # noqa: E402
 from qkdlink.postprocessing.cascade import failed_frames, reconcile  # noqa: E402
 from qkdlink.postprocessing.channel import ClassicalChannel  # noqa: E402
+
+METHODS = {"cascade": ("qkdops Cascade", reconcile), "ldpc": ("qkdops LDPC", ldpc.reconcile)}
 
 FER_FRAME_BITS = 1 << 16
 FER_FRAMES_PER_CALL = 256
@@ -56,29 +60,33 @@ def efficiency(disclosed: int, n: int, errors: int) -> float:
     return disclosed / limit if limit > 0 else float("nan")
 
 
-def run_ours(alice: np.ndarray, bob: np.ndarray, errors: int, qber: float, seed: int, latency: float) -> dict[str, Any]:
-    """One ``reconcile`` call, timed; its numbers as a row."""
+def run_ours(alice: np.ndarray, bob: np.ndarray, errors: int, qber: float, seed: int, latency: float,
+             method: str = "cascade") -> dict[str, Any]:
+    """One ``reconcile`` call of ``method``, timed; its numbers as a row."""
     n = alice.size
     channel = ClassicalChannel(latency)
     packed_alice, packed_bob = np.packbits(alice), np.packbits(bob)
+    impl, run = METHODS[method]
     cpu, wall = time.process_time(), time.perf_counter()
-    result = reconcile(packed_alice, packed_bob, n, qber, seed, channel)
+    result = run(packed_alice, packed_bob, n, qber, seed, channel)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    reference = getattr(result, "alice", packed_alice)  # LDPC: discarded frames are public zeros at both ends
     return {
-        "n": n, "qber": qber, "errors": errors, "cpu_s": cpu, "wall_s": wall, "mbit_per_s": n / max(cpu, 1e-9) / 1e6,
+        "impl": impl, "n": n, "qber": qber, "errors": errors, "cpu_s": cpu, "wall_s": wall, "mbit_per_s": n / max(cpu, 1e-9) / 1e6,
         "f": efficiency(result.disclosed_bits, n, errors), "disclosed_bits": result.disclosed_bits,
         "round_trips": result.round_trips, "messages": result.messages, "emulated_s": result.emulated_seconds,
-        "frames": result.frames, "failed_frames": failed_frames(packed_alice, result.corrected, n),
+        "frames": result.frames, "failed_frames": failed_frames(reference, result.corrected, n, result.frame_key_bits),
+        "rounds": getattr(result, "rounds", 0), "discarded": getattr(result, "dropped_frames", 0),
     }
 
 
-def throughput(sizes: list[int], qbers: list[float], seed: int, latency: float) -> list[dict[str, Any]]:
+def throughput(sizes: list[int], qbers: list[float], seed: int, latency: float, methods: list[str]) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     rows = []
     for n in sizes:
         for qber in qbers:
             alice, bob, errors = key_pair(n, qber, rng)
-            rows.append(run_ours(alice, bob, errors, qber, seed, latency))
+            rows += [run_ours(alice, bob, errors, qber, seed, latency, method) for method in methods]
     return rows
 
 
@@ -141,14 +149,15 @@ def run_tno(tno: dict[str, Any], kind: str, alice: np.ndarray, bob: np.ndarray, 
             "correct": out.output_alice == out.output_bob}
 
 
-def side_by_side(n: int, qbers: list[float], seed: int) -> list[dict[str, Any]] | None:
+def side_by_side(n: int, qbers: list[float], seed: int, methods: list[str]) -> list[dict[str, Any]] | None:
     tno = tno_classes()
     rng = np.random.default_rng(seed + 2)
     rows = []
     for qber in qbers:
         alice, bob, errors = key_pair(n, qber, rng)
-        ours = run_ours(alice, bob, errors, qber, seed, 0.0)
-        rows.append({"impl": "qkdops Cascade", **ours, "output_bits": n, "correct": ours["failed_frames"] == 0})
+        for method in methods:
+            ours = run_ours(alice, bob, errors, qber, seed, 0.0, method)
+            rows.append({**ours, "output_bits": n, "correct": ours["failed_frames"] == 0})
         if tno is not None:
             np.random.seed(seed)  # TNO's permutations draw from numpy's global generator
             rows += [run_tno(tno, kind, alice, bob, errors, qber) for kind in ("cascade", "winnow")]
@@ -182,30 +191,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fer-qber", type=float, default=0.02)
     parser.add_argument("--tno-bits", type=int, default=20000)
     parser.add_argument("--latency", type=float, default=0.001, help="one-way latency of the classical channel, seconds")
+    parser.add_argument("--methods", default="cascade,ldpc", help="our EC methods to run, comma-separated")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs, measures nothing")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     qbers = parse_floats(args.qbers)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(METHODS)})")
     fer_frames, tno_bits = args.fer_frames, args.tno_bits
     if args.smoke:
         sizes, qbers, fer_frames, tno_bits = [5000], [0.02], 2, 600
 
-    results: dict[str, Any] = {"throughput": throughput(sizes, qbers, args.seed, args.latency)}
+    results: dict[str, Any] = {"throughput": throughput(sizes, qbers, args.seed, args.latency, methods)}
     print(f"## Throughput (one core; latency {args.latency * 1e3:g} ms per leg for the emulated time)\n")
     print(table(results["throughput"], [
-        ("n bits", "n", count), ("QBER", "qber", fixed(3)), ("CPU s", "cpu_s", fixed(3)), ("wall s", "wall_s", fixed(3)),
+        ("implementation", "impl", str), ("n bits", "n", count), ("QBER", "qber", fixed(3)), ("CPU s", "cpu_s", fixed(3)),
+        ("wall s", "wall_s", fixed(3)),
         ("Mbit/s", "mbit_per_s", fixed(1)), ("f", "f", fixed(3)), ("disclosed", "disclosed_bits", count),
         ("round trips", "round_trips", count), ("emulated s", "emulated_s", fixed(2)), ("frames", "frames", count),
-        ("failed frames", "failed_frames", count)]))
+        ("failed frames", "failed_frames", count), ("blind rounds", "rounds", count), ("discarded", "discarded", count)]))
 
     results["fer"] = frame_failure(fer_frames, args.fer_qber, args.seed)
     print(f"\n## Frame failure rate (frames of {FER_FRAME_BITS} bits)\n")
     print(table([results["fer"]], [("frames", "frames", count), ("QBER", "qber", fixed(3)), ("failed", "failed_frames", count),
                                    ("FER", "fer", fixed(5)), ("f", "f", fixed(3)), ("Mbit/s", "mbit_per_s", fixed(1))]))
 
-    results["side_by_side"] = side_by_side(tno_bits, qbers, args.seed)
+    results["side_by_side"] = side_by_side(tno_bits, qbers, args.seed, methods)
     print(f"\n## Side by side, n = {tno_bits:,} bits\n")
     if results["side_by_side"] is None:
         print("TNO's package is not installed (pip install -e .[bench]); side-by-side comparison skipped.")

@@ -1,6 +1,7 @@
 """Post-processing of the shipped fleet on real bits: does it keep real time, and how late is each block?
 
-    .venv/bin/python bench/bench_postprocessing.py [--config links.yaml] [--seconds 60] [--engine bits|model] [--smoke]
+    .venv/bin/python bench/bench_postprocessing.py [--config links.yaml] [--seconds 60] [--engine bits|model]
+        [--error-correction cascade|ldpc] [--links a,b] [--smoke]
 
 Runs the fleet of ``--config`` (default: the shipped links.yaml, every link on the ``bits`` engine)
 for ``--seconds`` of emulated time, stepping frames as fast as the CPU allows (``Fleet.run_frames``:
@@ -12,7 +13,8 @@ emulator, archive, post-processing and hand-off in this one thread), and reports
   wire (round trips × the link's latency), p50 and p99 — the M8 real-time figure (target < 1 s);
 * the real-time factor: post-processing CPU per second of emulated link time, against the 2 cores.
 
-Prints Markdown tables for docs/benchmarks.md. ``--smoke``: one short MDI-free run, measures nothing.
+``--error-correction`` sets every link's reconciliation (default: each link's own), ``--links`` keeps only
+the named links. Prints Markdown tables for docs/benchmarks.md. ``--smoke``: one short MDI-free run, measures nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qkdops.config import PostProcessingSpec, load_config  # noqa: E402
+from qkdops.config import EC_METHODS, load_config  # noqa: E402
 from qkdops.runtime.fleet import Fleet  # noqa: E402
 from qkdops.runtime.pipeline import BlockResult  # noqa: E402
 from qkdops.runtime.state import CPU_STAGES  # noqa: E402
@@ -45,9 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "links.yaml")
     parser.add_argument("--seconds", type=float, default=60.0, help="emulated seconds of the fleet to run")
     parser.add_argument("--engine", choices=("bits", "model"), default="bits")
+    parser.add_argument("--error-correction", choices=EC_METHODS, default=None, help="every link's reconciliation")
+    parser.add_argument("--links", default=None, help="only these links (comma-separated ids)")
     parser.add_argument("--smoke", action="store_true", help="a few emulated seconds: checks the benchmark runs")
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    if args.links:
+        wanted = set(args.links.split(","))
+        unknown = sorted(wanted - {s.id for s in config.links})
+        if unknown:
+            parser.error(f"--links: no link {', '.join(unknown)} in {args.config}")
+        config = dataclasses.replace(config, links=tuple(s for s in config.links if s.id in wanted))
     if args.smoke:
         config = dataclasses.replace(config, links=tuple(dataclasses.replace(s, block_pulses=int(s.repetition_rate_hz * 1))
                                                          for s in config.links if s.protocol == "bb84-decoy"))
@@ -55,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = dataclasses.replace(
             config, runtime=dataclasses.replace(config.runtime, state_dir=Path(tmp) / "state"),
-            links=tuple(dataclasses.replace(s, postprocessing=PostProcessingSpec(engine=args.engine)) for s in config.links))
+            links=tuple(dataclasses.replace(s, postprocessing=dataclasses.replace(
+                s.postprocessing, engine=args.engine, error_correction=args.error_correction or s.postprocessing.error_correction))
+                for s in config.links))
         fleet = Fleet(config)
         latency: dict[str, list[float]] = defaultdict(list)
         cpu_total: dict[str, list[float]] = defaultdict(list)

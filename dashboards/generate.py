@@ -396,11 +396,14 @@ def postprocessing_row() -> list[P]:
           "twice, which is what makes error correction take time on a long link.", "short",
           [(f"{rate('qkd_ec_messages_total')} / {per_block}", "messages"),
            (f"{rate('qkd_ec_round_trips_total')} / {per_block}", "round trips")], [(None, "green")], w=8, min=0),
-        P("timeseries", "EC frames and frame failures", "Error-correction frames (up to 2^16 sifted bits each) reconciled per "
-          "interval, and those left with residual errors (emulator truth; a real link sees them only as verification aborts, "
-          "QKDVerificationFailing). The bits engine's target: at most one failed frame in 10^3.", "short",
+        P("timeseries", "EC frames and frame failures", "Error-correction frames (Cascade: up to 2^16 sifted bits; LDPC: "
+          "codewords of up to 2^14 symbols) reconciled per interval; those left with residual errors (emulator truth; a real "
+          "link sees them only as verification aborts, QKDVerificationFailing); and LDPC frames discarded after every blind "
+          "round (their key bits made public and counted as leak). The bits engine's target: at most one failed frame in 10^3.",
+          "short",
           [(f"sum(increase(qkd_ec_frames_total{L}[$__rate_interval]))", "frames"),
-           (f"sum(increase(qkd_ec_frame_failures_total{L}[$__rate_interval]))", "failed frames")],
+           (f"sum(increase(qkd_ec_frame_failures_total{L}[$__rate_interval]))", "failed frames"),
+           (f"sum(increase(qkd_ec_frames_discarded_total{L}[$__rate_interval]))", "discarded frames (LDPC)")],
           [(None, "green")], w=8, min=0),
         P("timeseries", "Privacy amplification: input vs output", "Reconciled, verified bits hashed by privacy amplification "
           "(Toeplitz) per second, and the secret key bits it outputs: the gap is what the finite-key bound removes (the "

@@ -64,6 +64,7 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
     f.add("qkd_ec_round_trips_total", base, s.ec_round_trips_total)
     f.add("qkd_ec_frames_total", base, s.ec_frames_total)
     f.add("qkd_ec_frame_failures_total", base, s.ec_frame_failures_total)
+    f.add("qkd_ec_frames_discarded_total", base, s.ec_frames_discarded_total)
     f.add("qkd_privacy_amplification_input_bytes_total", base, s.pa_input_bits_total / 8.0)
     f.add("qkd_key_confirmation_failures_total", base, s.key_confirmation_failures_total)
     for stage in CPU_STAGES:

@@ -57,17 +57,19 @@ class Sites:
 
 
 ENGINES = ("bits", "model")
-EC_METHODS = ("cascade",)
+EC_METHODS = ("cascade", "ldpc")
 
 
 @dataclass(frozen=True)
 class PostProcessingSpec:
     """How a link's blocks are post-processed (``postprocessing:`` of a link in links.yaml).
 
-    ``bits``: both ends' sifted strings are built and really reconciled (Cascade over the emulated
-    classical channel), verified and privacy-amplified, each end on its own bits; the leak is the
-    parities disclosed. ``model``: no bits — the leak is f·n·H2(E) with the efficiency f the bits
-    engine measured for Cascade at that QBER (``qkdlink.postprocessing.cascade``), and the key is
+    ``bits``: both ends' sifted strings are built and really reconciled over the emulated classical
+    channel by ``error_correction`` — ``cascade`` (interactive; f ≈ 1.05, a thousand-odd round trips)
+    or ``ldpc`` (blind syndrome decoding; one round trip per blind round, higher f) — then verified
+    and privacy-amplified, each end on its own bits; the leak is what was disclosed. ``model``: no
+    bits — the leak is f·n·H2(E) with the efficiency f the bits engine measured for the link's
+    ``error_correction`` at that QBER (``qkdlink.postprocessing.efficiency``), and the key is
     random bytes given to both ends: for fleets too large to reconcile every link's bits in real
     time. ``verification: false`` skips the verification hash (a misconfiguration the key-confirmation
     check at hand-off must catch).

@@ -10,7 +10,7 @@ import pytest
 
 from qkdlink.physics.entropy import binary_entropy
 from qkdlink.postprocessing.cascade import CascadeResult, block_sizes, frame_size, reconcile
-from qkdlink.postprocessing.efficiency import MEASURED, cascade_efficiency, measure
+from qkdlink.postprocessing.efficiency import CASCADE as MEASURED, measure, measured_efficiency
 from qkdlink.postprocessing.channel import ChannelDown, ClassicalChannel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,12 +197,12 @@ def test_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_model_engines_table_is_what_cascade_measures(n_bits: int, qber: float, strings: int):
     """The model engine charges f from a table; if Cascade changes, the table must be measured again
     (``python -m qkdlink.postprocessing.efficiency``). Tolerance: several standard errors of the cell."""
-    table = cascade_efficiency(qber, n_bits)
+    table = measured_efficiency("cascade", qber, n_bits)
     assert measure(qber, n_bits, strings, seed=11) == pytest.approx(table, abs=0.012)
 
 
 def test_model_efficiency_interpolates_and_clamps():
-    assert cascade_efficiency(0.02, 1e6) == pytest.approx(MEASURED[2][2])
-    assert MEASURED[1][2] > cascade_efficiency(0.02, 10 ** 5.5) > MEASURED[2][2]        # between n = 1e5 and 1e6
-    assert cascade_efficiency(0.02, 1e9) == cascade_efficiency(0.02, 1e7)                # frames are 2^16 from 1e7 on
-    assert cascade_efficiency(0.5, 1e6) == MEASURED[2][-1] and cascade_efficiency(0.0, 1e6) == MEASURED[2][0]
+    assert measured_efficiency("cascade", 0.02, 1e6) == pytest.approx(MEASURED[2][2])
+    assert MEASURED[1][2] > measured_efficiency("cascade", 0.02, 10 ** 5.5) > MEASURED[2][2]        # between n = 1e5 and 1e6
+    assert measured_efficiency("cascade", 0.02, 1e9) == measured_efficiency("cascade", 0.02, 1e7)                # frames are 2^16 from 1e7 on
+    assert measured_efficiency("cascade", 0.5, 1e6) == MEASURED[2][-1] and measured_efficiency("cascade", 0.0, 1e6) == MEASURED[2][0]

@@ -72,6 +72,7 @@ class CascadeResult:
     frames: int
     flipped_bits: int
     emulated_seconds: float
+    frame_key_bits: int = 0   # bits per frame (:func:`frame_size`); the last frame is padded with public zeros
 
 
 def frame_size(n_bits: int, frame_bits: int = 65536) -> int:
@@ -82,15 +83,16 @@ def frame_size(n_bits: int, frame_bits: int = 65536) -> int:
     return min(frame_bits, max(_MIN_FRAME_BITS, 1 << max(0, n_bits - 1).bit_length()))
 
 
-def failed_frames(alice: np.ndarray, corrected: np.ndarray, n_bits: int) -> int:
-    """Frames (of ``frame_size(n_bits)``) whose corrected bits still differ from Alice's (both packed).
+def failed_frames(alice: np.ndarray, corrected: np.ndarray, n_bits: int, frame_bits: int | None = None) -> int:
+    """Frames (of ``frame_bits`` key bits; default Cascade's ``frame_size(n_bits)``) whose corrected bits still
+    differ from Alice's (both packed).
 
-    Truth only an emulator has: Cascade cannot know it failed (all its parities agree at the end);
-    a real link learns it only through verification."""
+    Truth only an emulator has: Cascade cannot know it failed (all its parities agree at the end), nor can
+    a syndrome decoder that converged to the wrong word; a real link learns it only through verification."""
     if n_bits == 0:
         return 0
     wrong = np.flatnonzero(np.unpackbits(alice ^ corrected, count=n_bits))
-    return int(np.unique(wrong // frame_size(n_bits)).size)
+    return int(np.unique(wrong // (frame_bits or frame_size(n_bits))).size)
 
 
 def block_sizes(qber_estimate: float, frame_bits: int, passes: int = PASSES) -> tuple[int, ...]:
@@ -399,4 +401,5 @@ def reconcile(alice: np.ndarray, bob: np.ndarray, n_bits: int, qber_estimate: fl
         frames=frames,
         flipped_bits=bob_party.flipped,
         emulated_seconds=after.emulated_seconds - before.emulated_seconds,
+        frame_key_bits=n,
     )

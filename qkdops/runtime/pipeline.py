@@ -8,9 +8,12 @@ optics is the real computation on real bit strings, each end on its own:
   uniform, Bob's with exactly the block's sampled key-basis errors), from the block's seed;
 * estimation — the finite-key decoy analysis of the block's counts (``qkdlink.protocols``): bounds
   on the single-photon counts and phase error, and the key-length budget before the EC leak;
-* error correction — two-party Cascade over the emulated classical channel
-  (``qkdlink.postprocessing.cascade``), sized for the previous block's QBER; the leak λ_EC is the
-  parities Alice actually disclosed, and the channel's latency makes it take time;
+* error correction — over the emulated classical channel, sized for the previous block's QBER, by the
+  link's ``error_correction``: two-party Cascade (``qkdlink.postprocessing.cascade``; the leak λ_EC is
+  the parities Alice disclosed, its thousand-odd round trips make it take time on a long wire) or
+  one-way blind LDPC syndrome decoding (``qkdlink.postprocessing.ldpc``; λ_EC counts syndromes and
+  revealed symbols, one round trip per blind round; frames that never decode are discarded: public
+  zeros at both ends, counted as leak);
 * verification — a Toeplitz hash tag of ⌈log2(1/ε_cor)⌉ bits of Alice's string, compared with Bob's
   (ε_cor-correctness: Tomamichel, Lim, Gisin, Renner, Nat. Commun. 3, 634 (2012)); a mismatch aborts;
 * privacy amplification — Toeplitz hashing of each end's string to ℓ = ⌊budget − λ_EC⌋ bits (the
@@ -50,9 +53,9 @@ from opentelemetry.trace import Span, Tracer
 
 from qkdlink.emulator.sifted import error_positions, sifted_strings
 from qkdlink.physics.entropy import binary_entropy
-from qkdlink.postprocessing import cascade
+from qkdlink.postprocessing import cascade, ldpc
 from qkdlink.postprocessing.channel import ChannelDown, ClassicalChannel
-from qkdlink.postprocessing.efficiency import cascade_efficiency
+from qkdlink.postprocessing.efficiency import measured_efficiency
 from qkdlink.postprocessing.toeplitz import random_seed, seed_bits, toeplitz_hash
 from qkdlink.protocols import get_protocol
 from qkdlink.protocols.base import FINITE, BlockCounts, KeyEstimate, secret_key_length
@@ -91,6 +94,8 @@ class BlockResult:
     key_sha256: str | None = None      # fingerprint of Alice's key
     key_sha256_bob: str | None = None  # fingerprint of Bob's key (differs only if EC failed unverified)
     channel_failed_after: int | None = None  # messages the classical channel carried before it failed
+    ec_frames_discarded: int = 0       # LDPC frames that never decoded: key bits made public zeros, counted as leak
+    ec_method: str = "cascade"         # the link's error_correction when the block was processed
 
     @property
     def qber_for_next_block(self) -> float | None:
@@ -139,8 +144,9 @@ class _Work:
     n: int = 0
     alice: np.ndarray | None = None
     bob: np.ndarray | None = None
-    ec: cascade.CascadeResult | None = None
+    ec: cascade.CascadeResult | ldpc.LdpcResult | None = None
     frame_failures: int = 0
+    frames_discarded: int = 0
     tag_bits: int = 0
     channel: ClassicalChannel | None = None
     failed_after: int | None = None
@@ -244,10 +250,12 @@ class PostProcessor:
                 return Processed(result, key, key, stages, cpu)
             w.channel = ClassicalChannel(block.classical_latency_s, channel_up)
             with self._timed("error_correction", stages, cpu, w) as span:
-                self._correct(w, rngs[0], rngs[1])
+                decoder_cpu = self._correct(w, rngs[0], rngs[1])
                 span.set_attribute("qkd.leak_ec_bits", w.ec.disclosed_bits)
                 span.set_attribute("qkd.design_qber", w.design)
                 span.set_attribute("qkd.ec_round_trips", w.ec.round_trips)
+                span.set_attribute("qkd.ec_method", self.settings.error_correction)
+            cpu["error_correction"] += decoder_cpu
             if self.settings.verification:
                 with self._timed("verification", stages, cpu, w) as span:
                     verified = self._verify(w, rngs[2])
@@ -274,16 +282,26 @@ class PostProcessor:
                               hashlib.sha256(bob_key).hexdigest())
         return Processed(result, alice_key, bob_key, stages, cpu)
 
-    def _correct(self, w: _Work, ec_rng: np.random.Generator, fault_rng: np.random.Generator) -> None:
-        """Cascade between the two ends, then the reconciliation fault (an EC bug) if it is in force."""
+    def _correct(self, w: _Work, ec_rng: np.random.Generator, fault_rng: np.random.Generator) -> float:
+        """The link's error correction between the two ends, then the reconciliation fault (an EC bug) if it is in
+        force. Returns CPU seconds spent on other threads (the LDPC decoder's), to add to the stage's."""
         assert w.alice is not None and w.bob is not None and w.channel is not None and w.design is not None
-        w.ec = cascade.reconcile(w.alice, w.bob, w.n, w.design, int(ec_rng.integers(2 ** 63)), w.channel)
+        seed = int(ec_rng.integers(2 ** 63))
+        elsewhere = 0.0
+        if self.settings.error_correction == "ldpc":
+            result = ldpc.reconcile(w.alice, w.bob, w.n, w.design, seed, w.channel)
+            w.alice = result.alice   # discarded frames are public zeros at Alice's end too
+            w.frames_discarded, elsewhere = result.dropped_frames, result.decoder_cpu_seconds
+            w.ec = result
+        else:
+            w.ec = cascade.reconcile(w.alice, w.bob, w.n, w.design, seed, w.channel)
         fault = w.block.postprocessing_faults.get(RECONCILIATION_FAULT)
         if fault is not None and w.n > 0 and fault_rng.random() < fault["probability"]:
             wrong = np.zeros(w.n, dtype=bool)
             wrong[error_positions(fault_rng, w.n, min(int(fault["residual_errors"]), w.n))] = True
             w.ec = replace(w.ec, corrected=w.ec.corrected ^ np.packbits(wrong))
-        w.frame_failures = cascade.failed_frames(w.alice, w.ec.corrected, w.n)
+        w.frame_failures = cascade.failed_frames(w.alice, w.ec.corrected, w.n, w.ec.frame_key_bits)
+        return elsewhere
 
     def _verify(self, w: _Work, rng: np.random.Generator) -> bool:
         """Alice sends a Toeplitz tag of her string (and its seed); Bob compares his own."""
@@ -294,9 +312,10 @@ class PostProcessor:
         return bool(np.array_equal(tag, toeplitz_hash(w.ec.corrected, w.n, w.tag_bits, seed)))
 
     def _model(self, w: _Work, sifted: Mapping[str, int], errors: Mapping[str, int]) -> tuple[BlockResult, bytes]:
-        """The model engine: leak from the measured Cascade efficiency, random key at both ends."""
+        """The model engine: leak from the efficiency the link's EC method measured, random key at both ends."""
         assert w.estimate is not None
-        leak = cascade_efficiency(w.estimate.qber, w.n) * w.n * binary_entropy(w.estimate.qber)
+        f = measured_efficiency(self.settings.error_correction, w.estimate.qber, w.n)
+        leak = f * w.n * binary_entropy(w.estimate.qber)
         ell = secret_key_length(w.estimate, leak) // 8 * 8
         if ell <= 0:
             return self._aborted(w, "estimation", sifted, errors, leak), b""
@@ -317,7 +336,8 @@ class PostProcessor:
             float(ec.disclosed_bits) if ec is not None else (leak or 0.0), w.design, self.settings.engine, w.n,
             ec.flipped_bits if ec else 0, stats.messages if stats else 0, stats.round_trips if stats else 0,
             ec.frames if ec else 0, w.frame_failures, efficiency, stats.emulated_seconds if stats else 0.0,
-            w.tag_bits, alice_sha, bob_sha, w.failed_after)
+            w.tag_bits, alice_sha, bob_sha, w.failed_after, ec_frames_discarded=w.frames_discarded,
+            ec_method=self.settings.error_correction)
 
     def _aborted(self, w: _Work, reason: str, sifted: Mapping[str, int], errors: Mapping[str, int],
                  leak: float | None = None) -> BlockResult:

@@ -109,6 +109,7 @@ class LinkSnapshot:
     ec_round_trips_total: float
     ec_frames_total: float
     ec_frame_failures_total: float
+    ec_frames_discarded_total: float              # LDPC frames that never decoded (key bits made public, counted as leak)
     pa_input_bits_total: float                    # sifted key bits hashed into key (output: secret_key_bits_total)
     key_confirmation_failures_total: float        # blocks whose two ends' keys differed at hand-off (discarded)
     cpu_seconds_total: Mapping[str, float]        # stage → thread CPU seconds
@@ -156,6 +157,7 @@ class LinkState:
         self._faults: tuple[str, ...] = ()
         self._pulses = self._detections = self._key_bits = self._leak = self._rng_failures = 0.0
         self._shannon = self._ec_messages = self._ec_round_trips = self._ec_frames = self._ec_frame_failures = 0.0
+        self._ec_discarded = 0.0
         self._pa_in = self._mismatches = 0.0
         self._cpu = dict.fromkeys(CPU_STAGES, 0.0)
         self._efficiency: float | None = None
@@ -219,6 +221,7 @@ class LinkState:
                 self._ec_round_trips += r.ec_round_trips
                 self._ec_frames += r.ec_frames
                 self._ec_frame_failures += r.ec_frame_failures
+                self._ec_discarded += r.ec_frames_discarded
                 self._efficiency = r.ec_efficiency if r.ec_efficiency is not None else self._efficiency
             if r.reason == "none":
                 self._pa_in += r.key_string_bits
@@ -273,7 +276,8 @@ class LinkState:
                 secret_key_bits_total=self._key_bits, ec_leak_bits_total=self._leak,
                 ec_shannon_limit_bits_total=self._shannon, ec_messages_total=self._ec_messages,
                 ec_round_trips_total=self._ec_round_trips, ec_frames_total=self._ec_frames,
-                ec_frame_failures_total=self._ec_frame_failures, pa_input_bits_total=self._pa_in,
+                ec_frame_failures_total=self._ec_frame_failures, ec_frames_discarded_total=self._ec_discarded,
+                pa_input_bits_total=self._pa_in,
                 key_confirmation_failures_total=self._mismatches,
                 cpu_seconds_total=dict(self._cpu), ec_efficiency=self._efficiency,
                 blocks_total=dict(self._blocks), handoffs_total=dict(self._handoffs),
