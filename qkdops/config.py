@@ -12,7 +12,6 @@ import dataclasses
 import ipaddress
 import math
 import re
-import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 from qkdlink.emulator import DeviceSettings, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import ParameterError
-from qkdops.yaml_input import YamlInputError, load_file
+from qkdops.yaml_input import YamlInputError, excerpt, load_file
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "links.yaml"
 LINK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -433,25 +432,14 @@ def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {_SHORT.repr(text)}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {excerpt(text)}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {_SHORT.repr(text)}")
+        raise argparse.ArgumentTypeError(f"not a finite number: {excerpt(text)}")
     return value
 
 
 _HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 """A host name of RFC 1123 labels (letters, digits, inner hyphens; ≤ 63 per label, ≤ 253 in all)."""
-
-
-def _short_repr() -> reprlib.Repr:
-    """Echoes a bad value in an error: a short excerpt however large or deep the value is."""
-    short = reprlib.Repr()
-    short.maxlevel, short.maxstring, short.maxother = 2, 60, 60
-    short.maxlist = short.maxdict = short.maxtuple = short.maxset = 4
-    return short
-
-
-_SHORT = _short_repr()
 
 
 class ConfigReader:
@@ -461,7 +449,7 @@ class ConfigReader:
         self.path = path
 
     def fail(self, where: str, expected: str, got: Any) -> None:
-        raise ConfigError(f"{self.path}: {where or 'top level'}: expected {expected}, got {_SHORT.repr(got)}")
+        raise ConfigError(f"{self.path}: {where or 'top level'}: expected {expected}, got {excerpt(got)}")
 
     def mapping(self, raw: Any, where: str, allowed: set[str] | None) -> dict[str, Any]:
         if not isinstance(raw, dict):

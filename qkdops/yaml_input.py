@@ -16,6 +16,7 @@ never quotes more than a short excerpt of the input.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ class _Loader(yaml.SafeLoader):
             except TypeError:  # unhashable: SafeLoader's own message says so
                 continue
             if duplicate:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_excerpt(key)}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {excerpt(key)}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -73,11 +74,16 @@ def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _excerpt(value: Any) -> str:
-    """A short description of a value from the input: its repr if a scalar (clipped), else its type."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return _clip(repr(value), 60)
-    return f"a {type(value).__name__}"
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 2, 60, 60
+    short.maxlist = short.maxdict = short.maxtuple = short.maxset = 4
+    return short
+
+
+excerpt = _short_repr().repr
+"""A value from the input, echoed in an error message: a short repr however large or deep the value is
+(strings and other scalars cut at 60 characters, containers at 4 items and 2 levels)."""
 
 
 def _expanded_nodes(root: yaml.Node) -> int:
