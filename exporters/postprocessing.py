@@ -92,6 +92,7 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
     for (sae, call), keys in sorted(s.keys_served_total.items()):
         if call in KME_CALLS:
             f.add("qkd_kme_keys_served_total", (*base, sae, call), keys)
+    f.add("qkd_kme_keys_expired_total", base, s.keys_expired_total)
     if s.objectives is not None:
         f.add("qkd_block_duration_seconds", base, s.objectives.block_seconds)
         f.add("qkd_key_rate_target_bytes_per_second", base, s.objectives.key_rate_target_bps / 8.0)

@@ -142,7 +142,9 @@ class KeyDelivery:
 
     ``max_key_count`` bounds each end's store per link, counted in keys of ``key_size_bits`` (the
     ETSI Status object's ``max_key_count``); ``handoff_timeout_s`` is how long post-processing waits
-    for a KME to take a block's key before counting the attempt ``kme_timeout``.
+    for a KME to take a block's key before counting the attempt ``kme_timeout``; ``pending_key_ttl_s``
+    how long a key issued by ``enc_keys`` waits for the slave's ``dec_keys`` before it expires (deleted
+    at the slave's KME, counted in ``qkd_kme_keys_expired_total``).
     """
 
     kmes: tuple[KMESpec, ...] = ()
@@ -152,6 +154,7 @@ class KeyDelivery:
     max_key_per_request: int = 1024
     max_key_count: int = 100_000_000
     handoff_timeout_s: float = 5.0
+    pending_key_ttl_s: float = 3600.0
 
     def kme(self, site: str) -> KMESpec | None:
         return next((k for k in self.kmes if k.site == site), None)
@@ -223,7 +226,7 @@ DELIVERY_INTEGERS = {"key_size_bits": (8, 2 ** 16), "min_key_size_bits": (8, 2 *
 def _key_delivery(reader: ConfigReader, raw: Any, links: tuple[LinkSpec, ...]) -> KeyDelivery:
     """Every site at an end of a link gets a KME: listed ones as given, the others on
     ``KME_PORT_BASE + i`` with one SAE ``sae-<site>``; sizes are whole bytes."""
-    data = reader.mapping(raw, "key_delivery", {*DELIVERY_INTEGERS, "handoff_timeout_s", "kmes"})
+    data = reader.mapping(raw, "key_delivery", {*DELIVERY_INTEGERS, "handoff_timeout_s", "pending_key_ttl_s", "kmes"})
     values: dict[str, Any] = {}
     for name, (low, high) in DELIVERY_INTEGERS.items():
         if name in data:
@@ -232,6 +235,8 @@ def _key_delivery(reader: ConfigReader, raw: Any, links: tuple[LinkSpec, ...]) -
                 reader.fail(f"key_delivery.{name}", "a multiple of 8 bits (keys are whole bytes)", data[name])
     if "handoff_timeout_s" in data:
         values["handoff_timeout_s"] = reader.number(data["handoff_timeout_s"], "key_delivery.handoff_timeout_s", 0.01, 600.0)
+    if "pending_key_ttl_s" in data:
+        values["pending_key_ttl_s"] = reader.number(data["pending_key_ttl_s"], "key_delivery.pending_key_ttl_s", 1.0, 30 * 86400.0)
     delivery = dataclasses.replace(KeyDelivery(), **values)
     if not delivery.min_key_size_bits <= delivery.key_size_bits <= delivery.max_key_size_bits:
         reader.fail("key_delivery.key_size_bits", f"a size within [min_key_size_bits, max_key_size_bits] = "

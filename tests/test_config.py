@@ -60,6 +60,8 @@ def _base() -> dict:
     (lambda c: c["key_delivery"].update(key_size_bits=16), "key_delivery.key_size_bits", "[min_key_size_bits, max_key_size_bits]"),
     (lambda c: c["key_delivery"].update(max_key_count=0), "key_delivery.max_key_count", "number in"),
     (lambda c: c["key_delivery"].update(vendor="x"), "key_delivery.vendor", "one of the keys"),
+    (lambda c: c["key_delivery"].update(pending_key_ttl_s=0), "key_delivery.pending_key_ttl_s", "number in"),
+    (lambda c: c["key_delivery"].update(pending_key_ttl_s=float("nan")), "key_delivery.pending_key_ttl_s", "finite"),
     (lambda c: c["key_delivery"]["kmes"][1].update(site="lab-north"), "key_delivery.kmes[1].site", "one KME per site"),
     (lambda c: c["key_delivery"]["kmes"][1].update(port=9830), "key_delivery.kmes", "distinct port per KME"),
     (lambda c: c["key_delivery"]["kmes"][1].update(port=9811), "key_delivery.kmes", "distinct from the runtime's ports"),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from kme_harness import kme_config
 
-from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee
+from qkdops.kme.etsi import KMEService
+from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee, StoreUnavailable
 from qkdops.runtime.fleet import Fleet
 
 
@@ -158,4 +161,61 @@ def test_store_issues_each_byte_once_and_only_to_its_addressee(tmp_path: Path):
     assert store.redeem("b", "sae-a", "sae-b", ids) == keys         # the refusals took nothing
     assert store.level("b", "l").held_bytes == 8
     assert store.served("l") == {("sae-a", "enc_keys"): 3, ("sae-b", "dec_keys"): 3}
+    store.close()
+
+
+def test_keys_issued_but_never_fetched_expire_and_are_counted(tmp_path: Path):
+    store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=10 ** 6, pending_ttl_s=0.2)
+    store.accept("l", 0, dict.fromkeys(("a", "b"), bytes(range(1, 41))))
+    kept = store.issue(["l"], "a", "b", "sae-a", "sae-b", number=2, size_bytes=4)
+    assert store.expire() == 0 and store.level("b", "l").pending_bytes == 8
+    time.sleep(0.3)
+    fresh = store.issue(["l"], "a", "b", "sae-a", "sae-b", number=1, size_bytes=4)   # this write expires the first two
+    assert store.expired("l") == 2 and store.level("b", "l").pending_bytes == 4
+    with pytest.raises(KeyNotFound):
+        store.redeem("b", "sae-a", "sae-b", [kept[0][0]])                             # gone: never served
+    assert store.redeem("b", "sae-a", "sae-b", [fresh[0][0]]) == fresh
+    assert store.served("l") == {("sae-a", "enc_keys"): 3, ("sae-b", "dec_keys"): 1}  # expiry is not a call
+    store.close()
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("kme.sqlite"))
+    assert all(key not in blob for _, key in kept)                                    # nor on disk
+
+
+class _FailingCommit:
+    """A connection whose next COMMIT fails as a full disk would (SQLite may leave the transaction open)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db, self.fail = db, True
+
+    def execute(self, sql: str, *args):
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._db, name)
+
+
+def test_a_failed_commit_rolls_back_changes_nothing_and_the_store_keeps_working(tmp_path: Path):
+    store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=10 ** 6)
+    store.accept("l", 0, dict.fromkeys(("a", "b"), bytes(range(1, 41))))
+    store._db = _FailingCommit(store._db)  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailable, match="disk is full.*nothing was changed"):
+        store.issue(["l"], "a", "b", "sae-a", "sae-b", number=2, size_bytes=4)
+    assert store.level("a", "l").available_bytes == 40 and store.level("b", "l").pending_bytes == 0
+    keys = store.issue(["l"], "a", "b", "sae-a", "sae-b", number=2, size_bytes=4)    # no transaction left open
+    assert [k for _, k in keys] == [bytes(range(1, 5)), bytes(range(5, 9))]         # the same bytes: none lost
+    store.close()
+
+
+def test_a_store_that_cannot_commit_answers_503_with_an_error_object(tmp_path: Path):
+    config = kme_config(tmp_path)
+    store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=10 ** 6)
+    store.accept("bb84-a", 0, dict.fromkeys(("a", "b"), bytes(64)))
+    service = KMEService("a", config.key_delivery, config.links, store)
+    store._db = _FailingCommit(store._db)  # type: ignore[assignment]
+    answer = service.handle("POST", "/api/v1/keys/sae-b/enc_keys", b'{"number": 1}', "sae-a")
+    assert answer.status == 503 and "could not commit" in answer.body["message"]
+    assert service.handle("POST", "/api/v1/keys/sae-b/enc_keys", b'{"number": 1}', "sae-a").status == 200
     store.close()

@@ -9,7 +9,7 @@ Endpoints (clause 5): ``GET /api/v1/keys/{slave_SAE_ID}/status`` → Status (6.1
 /api/v1/keys/{master_SAE_ID}/dec_keys`` (``key_ID`` / ``key_IDs``) → Key container (6.3); every
 error → Error (6.4: ``message`` and optional ``details``), with the codes of clause 5: 400 for a
 malformed request, 401 for an SAE that may not have what it asks, 503 when the KME cannot serve it
-(here: not enough key stored).
+(here: not enough key stored, or the key store could not commit — rolled back, nothing served).
 
 Who may ask: the caller must be an SAE registered at this KME's site; ``enc_keys`` names a slave SAE
 at the other end of a link from here; ``dec_keys`` returns only keys issued to the caller by the
@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 
 from qkdops.config import KeyDelivery, LinkSpec
 from qkdops.json_input import JsonInputError, load_json
-from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee
+from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee, StoreUnavailable
 
 PATH = re.compile(r"^/api/v1/keys/(?P<sae>[^/]+)/(?P<call>status|enc_keys|dec_keys)$")
 ENC_FIELDS = {"number", "size", "additional_slave_SAE_IDs", "extension_mandatory", "extension_optional"}
@@ -127,6 +127,8 @@ class KMEService:
             keys = self.store.issue(links, self.site, slave_site, caller, slave, number, size // 8)
         except InsufficientKey as exc:
             raise EtsiError(HTTPStatus.SERVICE_UNAVAILABLE, f"not enough key stored for {caller} → {slave}: {exc}") from None
+        except StoreUnavailable as exc:
+            raise EtsiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
         self._changed(links)
         return _container(keys)
 
@@ -139,6 +141,8 @@ class KMEService:
             raise EtsiError(HTTPStatus.UNAUTHORIZED, str(exc)) from None
         except KeyNotFound as exc:
             raise _bad(str(exc), parameter="key_ID") from None
+        except StoreUnavailable as exc:
+            raise EtsiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
         self._changed(links)
         return _container(keys)
 

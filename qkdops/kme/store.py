@@ -9,7 +9,10 @@ rows of a block are written in one transaction, and an ETSI ``enc_keys`` call ca
 range from both in one transaction — each end serves its own bytes — leaving the slave end's piece
 in ``pending`` under the new key IDs until ``dec_keys``. So the two ends hold the same range of
 keys they confirmed equal at hand-off, and the synchronisation a real
-KME pair does over its own channel is one atomic commit here. Because every change is one commit
+KME pair does over its own channel is one atomic commit here. A key issued but not fetched by its slave
+within ``pending_ttl_s`` expires: every write transaction first deletes such keys (their bytes leave the
+files with the commit) and counts them, so an SAE pair that never calls ``dec_keys`` cannot hold the
+slave's store forever. Because every change is one commit
 made before the HTTP answer is written, a crash (kill -9) never loses a stored key nor serves one
 twice; the only key a crash can cost is that of a request committed but not yet answered, which no
 SAE received and which is never served again.
@@ -39,6 +42,7 @@ CREATE TABLE IF NOT EXISTS material (id INTEGER PRIMARY KEY, data BLOB NOT NULL)
 CREATE TABLE IF NOT EXISTS pending (key_id TEXT PRIMARY KEY, site TEXT NOT NULL, link TEXT NOT NULL,
                                     master TEXT NOT NULL, slave TEXT NOT NULL, size INTEGER NOT NULL,
                                     material BLOB NOT NULL, issued_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS pending_age ON pending (issued_at);
 CREATE TABLE IF NOT EXISTS levels (site TEXT NOT NULL, link TEXT NOT NULL, available INTEGER NOT NULL DEFAULT 0,
                                    pending INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (site, link));
 CREATE TABLE IF NOT EXISTS served (link TEXT NOT NULL, sae TEXT NOT NULL, call TEXT NOT NULL,
@@ -52,6 +56,10 @@ class InsufficientKey(RuntimeError):
 
 class KeyNotFound(LookupError):
     """A requested key ID is not held at this end (ETSI 014: 400)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not commit (disk full, I/O error): the transaction was rolled back, nothing changed."""
 
 
 class NotAddressee(PermissionError):
@@ -70,12 +78,18 @@ class StoreLevel:
         return self.available_bytes + self.pending_bytes
 
 
+EXPIRED = "expired"   # the ``served`` row kind that counts expired keys (per link and slave SAE)
+
+
 class KeyPoolStore(DurableStore):
     """The stores of every KME site (see module docstring). ``capacity_bytes`` bounds what one end
-    holds for one link (``max_key_count`` × ``key_size_bits`` / 8)."""
+    holds for one link (``max_key_count`` × ``key_size_bits`` / 8); ``pending_ttl_s`` is how long an
+    issued key waits for its slave's ``dec_keys``."""
 
-    def __init__(self, path: Path, capacity_bytes: int) -> None:
+    def __init__(self, path: Path, capacity_bytes: int, pending_ttl_s: float = 3600.0) -> None:
         self.capacity_bytes = capacity_bytes
+        self.pending_ttl_s = pending_ttl_s
+        self._expired_now = 0   # pending keys the current transaction expired
         super().__init__(path, SCHEMA, private=True)
 
     # ---- hand-off (post-processing → both ends) ---------------------------------------------------
@@ -174,20 +188,57 @@ class KeyPoolStore(DurableStore):
     def served(self, link: str) -> dict[tuple[str, str], int]:
         """(SAE, call) → keys of ``link`` served since the store was created (monotonic across restarts)."""
         with self._lock:
-            return {(sae, call): n for sae, call, n in self._db.execute("SELECT sae, call, keys FROM served WHERE link=?", (link,))}
+            return {(sae, call): n for sae, call, n in self._db.execute(
+                "SELECT sae, call, keys FROM served WHERE link=? AND call != ?", (link, EXPIRED))}
+
+    def expired(self, link: str) -> int:
+        """Keys of ``link`` issued but never fetched within ``pending_ttl_s``, since the store was created."""
+        with self._lock:
+            row = self._db.execute("SELECT SUM(keys) FROM served WHERE link=? AND call=?", (link, EXPIRED)).fetchone()
+            return int(row[0] or 0)
+
+    def expire(self) -> int:
+        """Delete the pending keys older than ``pending_ttl_s`` now (every write does it first); how many."""
+        with self._transaction():
+            return self._expired_now
+
+    def _expire(self, db: sqlite3.Connection) -> int:
+        cutoff = time.time() - self.pending_ttl_s
+        rows = db.execute("SELECT site, link, slave, size FROM pending WHERE issued_at < ?", (cutoff,)).fetchall()
+        if not rows:
+            return 0
+        db.execute("DELETE FROM pending WHERE issued_at < ?", (cutoff,))
+        totals: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for site, link, slave, size in rows:
+            totals[site, link] = totals.get((site, link), 0) + size
+            counts[link, slave] = counts.get((link, slave), 0) + 1
+        for (site, link), size in totals.items():
+            self._add_level(site, link, pending=-size)
+        for (link, slave), n in counts.items():
+            self._count(link, slave, EXPIRED, n)
+        return len(rows)
 
     # ---- internals ------------------------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock: committed on return, rolled back on any exception."""
+        """One write transaction under the lock: committed on return, rolled back on any exception. A database
+        error (a failed statement or a failed COMMIT: disk full, I/O error) rolls back — SQLite may leave the
+        transaction open after a failed COMMIT, and the next BEGIN would then fail for every caller — and
+        raises StoreUnavailable: the caller answers 503 or retries, nothing is lost or served twice."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._expired_now = self._expire(self._db)
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"the key store could not commit ({type(exc).__name__}: {exc}); nothing was changed") from None
             self._scrub()   # issued, redeemed and spent key bytes leave the files too (DurableStore)
 
     def _carve(self, site: str, link: str, block: int, take: int) -> bytes:

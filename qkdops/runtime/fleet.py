@@ -165,7 +165,8 @@ class Fleet:
         self.kme_stats = KMEStats()  # requests of the sites' KMEs (qkdops/kme/server.py), published by the exporter
         self.buffer = KeyBuffer(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits)
         delivery = config.key_delivery
-        self.key_pool = KeyPoolStore(rt.state_dir / "kme.sqlite", delivery.max_key_count * delivery.key_size_bits // 8)
+        self.key_pool = KeyPoolStore(rt.state_dir / "kme.sqlite", delivery.max_key_count * delivery.key_size_bits // 8,
+                                     delivery.pending_key_ttl_s)
         self.tracer, self._shutdown_tracer = make_tracer(rt.tracing, rt.otlp_endpoint, span_exporter)
         now = clock()
         self.handoff = HandoffQueue(self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
@@ -252,7 +253,7 @@ class Fleet:
         key_bytes = self.config.key_delivery.key_size_bits // 8
         held = {site: self.key_pool.level(site, link_id).held_bytes // key_bytes for site in (r.spec.sites.alice, r.spec.sites.bob)}
         served = {key: float(n) for key, n in self.key_pool.served(link_id).items()}
-        r.state.set_key_stores(held, served)
+        r.state.set_key_stores(held, served, float(self.key_pool.expired(link_id)))
 
     # ---- reading ----------------------------------------------------------------------------------
     def runtime(self, link_id: str) -> LinkRuntime:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Tracer
 
-from qkdops.kme.store import KeyPoolStore
+from qkdops.kme.store import KeyPoolStore, StoreUnavailable
 from qkdops.runtime.keybuffer import KeyBuffer
 
 RETRY_S = 1.0               # wait after a failed attempt before retrying the same key
@@ -121,7 +121,10 @@ class HandoffQueue:
         capacity = None
         if fault is not None and fault["store_capacity_ratio"] < 1.0:
             capacity = int(self.store.capacity_bytes * fault["store_capacity_ratio"])
-        outcome = self.store.accept(q.link, index, materials, capacity)
+        try:
+            outcome = self.store.accept(q.link, index, materials, capacity)
+        except StoreUnavailable:   # could not commit (disk full?): rolled back, the key stays buffered and is retried
+            outcome = "kme_unavailable"
         if outcome != "success":
             return self._failed(q, index, outcome, started_at, now)
         self.buffer.remove(q.link, index)

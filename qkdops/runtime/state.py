@@ -131,6 +131,7 @@ class LinkSnapshot:
     key_store_keys: Mapping[str, float]                  # site → keys (of the default size) held
     key_store_capacity_keys: float                       # max_key_count of each end
     keys_served_total: Mapping[tuple[str, str], float]   # (SAE, call) → keys served to it
+    keys_expired_total: float                            # keys issued but never fetched within the TTL
     # histograms
     stage_seconds: Mapping[str, HistogramSnapshot]
     postprocessing_seconds: HistogramSnapshot
@@ -178,6 +179,7 @@ class LinkState:
         self._backlog_bits = 0.0
         self._store_keys = {site: 0.0 for role, site in self.sites.items() if role in ("alice", "bob")}
         self._served: dict[tuple[str, str], float] = {}
+        self._expired = 0.0
         self._stages = {s: Histogram(STAGE_BUCKETS) for s in STAGES}
         self._handoff = Histogram(HANDOFF_BUCKETS)
         self._jitter = Histogram(JITTER_BUCKETS)
@@ -260,11 +262,13 @@ class LinkState:
         with self._lock:
             self._backlog_bits = bits
 
-    def set_key_stores(self, keys_by_site: Mapping[str, float], served: Mapping[tuple[str, str], float]) -> None:
-        """What the ends' KMEs hold for this link and have served (read from the KME store)."""
+    def set_key_stores(self, keys_by_site: Mapping[str, float], served: Mapping[tuple[str, str], float],
+                       expired: float = 0.0) -> None:
+        """What the ends' KMEs hold for this link, have served and let expire (read from the KME store)."""
         with self._lock:
             self._store_keys.update(keys_by_site)
             self._served = dict(served)
+            self._expired = expired
 
     def snapshot(self) -> LinkSnapshot:
         with self._lock:
@@ -286,7 +290,7 @@ class LinkState:
                 last_success_timestamp_seconds=self._last_success, y1_lower=self._y1, e1_upper=self._e1,
                 block_qber=self._qber, handoff_backlog_bits=self._backlog_bits,
                 handoff_buffer_capacity_bits=self.handoff_buffer_capacity_bits, key_store_keys=dict(self._store_keys),
-                key_store_capacity_keys=self.key_store_capacity_keys, keys_served_total=dict(self._served),
+                key_store_capacity_keys=self.key_store_capacity_keys, keys_served_total=dict(self._served), keys_expired_total=self._expired,
                 stage_seconds={s: h.snapshot() for s, h in self._stages.items()},
                 postprocessing_seconds=self._latency.snapshot(),
                 handoff_seconds=self._handoff.snapshot(), timing_jitter_seconds=self._jitter.snapshot(),
