@@ -8,13 +8,20 @@ Endpoints (JSON in and out)::
 
     POST /webhook/{kind}           kind: page | ticket | unrouted; body: Alertmanager webhook payload
                                    version 4 → 200 {"id", "duplicate"}; malformed → 400 naming the field
-    GET  /api/v1/notifications     ?receiver= &kind= &alertname= &link= &status= &severity= &since= &limit=
-                                   → {"notifications": [{"id", "received_at", "kind", <payload>}], "truncated"}
+    GET  /api/v1/notifications     ?receiver= &kind= &alertname= &link= &status= &severity= &since= &after= &limit=
+                                   → {"notifications": [{"id", "received_at", "kind", <payload>}], "truncated",
+                                      "next_after"}
     GET  /healthz                  200 {"status": "ok", "notifications": N}
 
 A notification matches ``alertname``, ``link``, ``status`` and ``severity`` when one of its alerts
 carries all of them (an alert's ``status`` is firing or resolved); ``since`` is Unix seconds or RFC 3339
-and compares with the time the sink received the notification; results are oldest first.
+and compares with the time the sink received the notification; results are oldest first. A read returns
+at most ``limit`` notifications and about ``MAX_READ_BYTES`` of them; when more matched, ``truncated``
+is true and ``next_after`` is the last id returned: ask again with ``after=`` it for the next page.
+
+Retention: the store keeps the newest ``MAX_KEPT`` notifications, at most ``MAX_KEPT_BYTES`` of bodies,
+none older than ``RETAIN_S`` (30 days); older ones are deleted as new ones arrive. So neither the
+disk nor a read grows without bound, whatever is posted.
 
 Durability: each notification is committed to ``<state_dir>/pager-sink.sqlite`` (SQLite, WAL,
 ``synchronous=FULL``) before the 200 goes back, so one acknowledged is never lost, and one refused
@@ -60,7 +67,10 @@ MAX_DRAIN_BYTES = 4 * MAX_BODY_BYTES  # a refused body up to this size is read a
 RETRY_WINDOW_S = 60.0  # Alertmanager's retries of one notification fall within this (backoff ≤ 1 min)
 REQUEST_TIMEOUT_S = 10.0
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
-FILTERS = ("receiver", "kind", "alertname", "link", "status", "severity", "since", "limit")
+MAX_READ_BYTES = 16 * 1024 * 1024       # bodies per read (at least one notification is always returned)
+MAX_KEPT, MAX_KEPT_BYTES = 100_000, 256 * 1024 * 1024
+RETAIN_S = 30 * 86400.0
+FILTERS = ("receiver", "kind", "alertname", "link", "status", "severity", "since", "after", "limit")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
@@ -69,9 +79,12 @@ CREATE TABLE IF NOT EXISTS notifications (
     kind TEXT NOT NULL,
     receiver TEXT NOT NULL,
     digest TEXT NOT NULL,
-    body TEXT NOT NULL);
+    body TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS notifications_digest ON notifications (digest, received_at);
+CREATE INDEX IF NOT EXISTS notifications_received ON notifications (received_at);
 """
+_SIZE_INDEX = "CREATE INDEX IF NOT EXISTS notifications_size ON notifications (id, size)"  # count, sum, oldest first
 
 
 def _bad(message: str, field_name: str) -> ApiError:
@@ -165,39 +178,71 @@ class Query:
     status: str | None = None
     severity: str | None = None
     since: float = 0.0
+    after: int = 0
     limit: int = DEFAULT_LIMIT
 
 
 class NotificationStore(DurableStore):
-    """Append-only, thread-safe (notifications are rare)."""
+    """Append-only within the retention limits, thread-safe (notifications are rare)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA)
+        with self._lock:
+            if "size" not in {row[1] for row in self._db.execute("PRAGMA table_info(notifications)")}:  # a store from before
+                self._db.execute("ALTER TABLE notifications ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+                self._db.execute("UPDATE notifications SET size = length(CAST(body AS BLOB))")
+            self._db.execute(_SIZE_INDEX)
 
     def record(self, kind: str, payload: Mapping[str, Any], raw: bytes, now: float | None = None) -> tuple[int, bool]:
-        """Commit one notification; (id, False), or (id of the first, True) for a retry of it."""
+        """Commit one notification (and the retention that makes room for it); (id, False), or (id of the
+        first, True) for a retry of it."""
         now = time.time() if now is None else now
         digest = hashlib.sha256(kind.encode() + b"\0" + raw).hexdigest()
+        body = json.dumps(payload, separators=(",", ":"))
         with self._lock:
             row = self._db.execute("SELECT id FROM notifications WHERE digest = ? AND received_at >= ? ORDER BY id LIMIT 1",
                                    (digest, now - RETRY_WINDOW_S)).fetchone()
             if row is not None:
                 return row[0], True
-            cursor = self._db.execute("INSERT INTO notifications (received_at, kind, receiver, digest, body) VALUES (?, ?, ?, ?, ?)",
-                                      (now, kind, payload["receiver"], digest, json.dumps(payload, separators=(",", ":"))))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute("INSERT INTO notifications (received_at, kind, receiver, digest, body, size) "
+                                          "VALUES (?, ?, ?, ?, ?, ?)",
+                                          (now, kind, payload["receiver"], digest, body, len(body.encode())))
+                self._retain(now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             return int(cursor.lastrowid or 0), False
+
+    def _retain(self, now: float) -> None:
+        """Delete what is past the age, count or size limits, oldest first (the newest is always kept)."""
+        self._db.execute("DELETE FROM notifications WHERE received_at < ?", (now - RETAIN_S,))
+        count, total = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM notifications").fetchone()
+        if count <= MAX_KEPT and total <= MAX_KEPT_BYTES:
+            return
+        last = None
+        for nid, size in self._db.execute("SELECT id, size FROM notifications ORDER BY id"):
+            if (count <= MAX_KEPT and total <= MAX_KEPT_BYTES) or count == 1:
+                break
+            count, total, last = count - 1, total - size, nid
+        if last is not None:
+            self._db.execute("DELETE FROM notifications WHERE id <= ?", (last,))
 
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM notifications").fetchone()[0])
 
     def query(self, q: Query) -> tuple[list[dict[str, Any]], bool]:
-        """Matching notifications oldest first, and whether more than ``q.limit`` matched."""
+        """Matching notifications oldest first — at most ``q.limit`` of them and about MAX_READ_BYTES of bodies —
+        and whether more matched."""
         alert_filters = [(f"json_extract(a.value, '$.{path}')", value) for path, value in
                          (("labels.alertname", q.alertname), ("labels.link", q.link), ("status", q.status),
                           ("labels.severity", q.severity)) if value is not None]
-        where = ["received_at >= ?"]
-        args: list[Any] = [q.since]
+        where = ["received_at >= ?", "id > ?"]
+        args: list[Any] = [q.since, q.after]
         for column, value in (("receiver", q.receiver), ("kind", q.kind)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -207,11 +252,17 @@ class NotificationStore(DurableStore):
                          + " AND ".join(f"{expr} = ?" for expr, _ in alert_filters) + ")")
             args.extend(value for _, value in alert_filters)
         sql = f"SELECT id, received_at, kind, body FROM notifications n WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        out: list[dict[str, Any]] = []
+        read = 0
+        truncated = False
         with self._lock:
-            rows = self._db.execute(sql, (*args, q.limit + 1)).fetchall()
-        out = [{"id": nid, "received_at": _rfc3339(received), "kind": kind, **json.loads(body)}
-               for nid, received, kind, body in rows[: q.limit]]
-        return out, len(rows) > q.limit
+            for nid, received, kind, body in self._db.execute(sql, (*args, q.limit + 1)):
+                if len(out) == q.limit or (out and read + len(body) > MAX_READ_BYTES):
+                    truncated = True
+                    break
+                read += len(body)
+                out.append({"id": nid, "received_at": _rfc3339(received), "kind": kind, **json.loads(body)})
+        return out, truncated
 
 
 def _rfc3339(unix_s: float) -> str:
@@ -234,6 +285,11 @@ def parse_query(raw_query: str) -> Query:
         raise _bad("status: expected firing or resolved", "status")
     if "since" in values:
         values["since"] = _since(values["since"])
+    if "after" in values:
+        text = values["after"]
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            raise _bad("after: expected a notification id (a whole number ≥ 0)", "after")
+        values["after"] = int(text)
     if "limit" in values:
         text = values["limit"]
         if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
@@ -308,7 +364,8 @@ class SinkHandler(BaseHTTPRequestHandler):
         if path == "/api/v1/notifications":
             self._require("GET", path)
             notifications, truncated = self.server.store.query(parse_query(url.query))
-            return HTTPStatus.OK, {"notifications": notifications, "truncated": truncated}
+            return HTTPStatus.OK, {"notifications": notifications, "truncated": truncated,
+                                   "next_after": notifications[-1]["id"] if truncated else None}
         prefix, _, kind = path.rpartition("/")
         if prefix == "/webhook" and kind in KINDS:
             self._require("POST", path)

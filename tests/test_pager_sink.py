@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -200,3 +201,54 @@ def test_up_serves_it_on_the_runtime_port(tmp_path: Path):
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_reads_come_in_pages_bounded_in_count_and_bytes(sink: Sink, monkeypatch):
+    for i in range(5):
+        assert sink.post("page", notification(link=f"link-{i}"))[0] == 200
+    status, body = request(f"{sink.url}/api/v1/notifications?limit=2")
+    assert [n["id"] for n in body["notifications"]] == [1, 2] and body["truncated"] and body["next_after"] == 2
+    status, body = request(f"{sink.url}/api/v1/notifications?limit=2&after=4")
+    assert [n["id"] for n in body["notifications"]] == [5] and not body["truncated"] and body["next_after"] is None
+    one = len(json.dumps(notification(link="link-0"), separators=(",", ":")))
+    monkeypatch.setattr(pager_sink, "MAX_READ_BYTES", 2 * one + 10)          # two bodies fit, the third does not
+    status, body = request(f"{sink.url}/api/v1/notifications")
+    assert [n["id"] for n in body["notifications"]] == [1, 2] and body["truncated"] and body["next_after"] == 2
+    monkeypatch.setattr(pager_sink, "MAX_READ_BYTES", 1)                      # a page always holds at least one
+    assert [n["id"] for n in request(f"{sink.url}/api/v1/notifications?after=2")[1]["notifications"]] == [3]
+    for bad in ("after=-1", "after=x", "after=1&after=2", "after=" + "9" * 30):
+        assert request(f"{sink.url}/api/v1/notifications?{bad}")[0] == 400, bad
+
+
+def test_retention_bounds_the_store_by_count_bytes_and_age(tmp_path: Path, monkeypatch):
+    store = pager_sink.NotificationStore(tmp_path / "sink.sqlite")
+    raw = json.dumps(notification()).encode()
+    monkeypatch.setattr(pager_sink, "MAX_KEPT", 3)
+    for i in range(5):
+        store.record("page", notification(link=f"l{i}"), raw + bytes([i]), now=1000.0 + i)
+    assert [n["id"] for n in store.query(pager_sink.Query())[0]] == [3, 4, 5]       # the newest three
+    size = len(json.dumps(notification(link="l0"), separators=(",", ":")))
+    monkeypatch.setattr(pager_sink, "MAX_KEPT_BYTES", 2 * size)
+    store.record("page", notification(link="l5"), raw + b"5", now=1005.0)
+    assert [n["id"] for n in store.query(pager_sink.Query())[0]] == [5, 6]
+    monkeypatch.setattr(pager_sink, "MAX_KEPT_BYTES", 1)
+    store.record("page", notification(link="l6"), raw + b"6", now=1006.0)
+    assert [n["id"] for n in store.query(pager_sink.Query())[0]] == [7]             # the newest is always kept
+    store.record("page", notification(link="l7"), raw + b"7", now=1006.0 + pager_sink.RETAIN_S + 1)
+    assert store.count() == 1                                                        # older than 30 days: gone
+    store.close()
+
+
+def test_a_store_from_before_retention_is_upgraded_in_place(tmp_path: Path):
+    path = tmp_path / "sink.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL, "
+                     "kind TEXT NOT NULL, receiver TEXT NOT NULL, digest TEXT NOT NULL, body TEXT NOT NULL);")
+    db.execute("INSERT INTO notifications (received_at, kind, receiver, digest, body) VALUES (?, 'page', 'r', 'd', ?)",
+               (time.time(), json.dumps(notification())))
+    db.commit()
+    db.close()
+    store = pager_sink.NotificationStore(path)
+    assert [n["id"] for n in store.query(pager_sink.Query())[0]] == [1]
+    assert store.record("page", notification(link="x"), b"x")[0] == 2
+    store.close()
