@@ -103,8 +103,19 @@ class KMEHandler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if size > MAX_BODY_BYTES else HTTPStatus.BAD_REQUEST,
                            {"message": f"Content-Length must be 0 … {MAX_BODY_BYTES} bytes"}, "other", caller, started, close=True)
                 return
-            body = self.rfile.read(size)
-        answer = service.handle(self.command, self.path, body, caller)
+            try:
+                body = self.rfile.read(size)
+            except TimeoutError:
+                self._send(HTTPStatus.REQUEST_TIMEOUT, {"message": f"body not received within {REQUEST_TIMEOUT_S:g} s"}, "other",
+                           caller, started, close=True)
+                return
+        try:
+            answer = service.handle(self.command, self.path, body, caller)
+        except Exception:   # a bug must still get an answer (and a count), not a dropped connection
+            log.exception("%s: %s request from SAE %s failed", kme_id(service.site), self.command, caller)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "internal error: the KME could not answer; see its log"},
+                       "other", caller, started, close=True)
+            return
         self._send(answer.status, answer.body, answer.call, caller, started)
 
     def _send(self, status: HTTPStatus, body: dict[str, Any], call: str, caller: str | None, started: float,
