@@ -23,7 +23,7 @@ claim one thing and do another. Errors name the file and field.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from chaoslib.exceptions import ChaosException
 from chaoslib.experiment import ensure_experiment_is_valid
 
 from qkdlink.emulator.faults import FaultError, spec
-from qkdops.yaml_input import YamlInputError, load_file
+from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
@@ -125,8 +125,9 @@ def load_all(selector: str, directory: Path = SCENARIOS_DIR) -> list[Scenario]:
 
 
 def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
-    def fail(where: str, message: str) -> ScenarioError:
-        return ScenarioError(f"{path}: {where}: {message}")
+    """The scenario in ``path``, validated; ScenarioError naming the file and the part that is wrong."""
+    def fail(where: str, message: str) -> ScenarioError:   # parts of both may come from the file: bounded
+        return ScenarioError(f"{path}: {clip(where, 200)}: {clip(message, 600)}")
 
     try:
         experiment = load_file(path)
@@ -137,7 +138,19 @@ def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
     try:
         ensure_experiment_is_valid(experiment)
     except ChaosException as exc:
-        raise fail("experiment", f"not a valid Chaos Toolkit experiment: {exc}") from None
+        raise fail("experiment", f"not a valid Chaos Toolkit experiment: {excerpt(str(exc))}") from None
+    except Exception as exc:  # chaoslib assumes well-formed sections: a malformed one surfaces as a TypeError or so
+        raise fail("experiment", f"not a valid Chaos Toolkit experiment ({type(exc).__name__}: {excerpt(str(exc))})") from None
+    try:
+        return _scenario(path, experiment, severities, fail)
+    except ScenarioError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:   # a section of the wrong shape
+        raise fail("extensions[qkdops]", f"malformed ({type(exc).__name__}: {excerpt(str(exc))})") from None
+
+
+def _scenario(path: Path, experiment: dict[str, Any], severities: Mapping[str, str] | None,
+              fail: Callable[[str, str], ScenarioError]) -> Scenario:
     blocks = [e for e in experiment.get("extensions", []) if isinstance(e, dict) and e.get("name") == EXTENSION]
     if len(blocks) != 1:
         raise fail("extensions", f"expected exactly one extension named {EXTENSION!r}")
@@ -148,14 +161,14 @@ def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
             raise fail(f"{where}.{key}", "missing")
     parameters = _parameters(block, fail)
     if block["recovery"] not in RECOVERY:
-        raise fail(f"{where}.recovery", f"expected one of {', '.join(RECOVERY)}, got {block['recovery']!r}")
+        raise fail(f"{where}.recovery", f"expected one of {', '.join(RECOVERY)}, got {excerpt(block['recovery'])}")
     severities = alert_severities() if severities is None else severities
     expect = block["expect"] if isinstance(block["expect"], dict) else {}
     pages, tickets, silent = (tuple(expect.get(k) or ()) for k in ("pages", "tickets", "silent"))
     for key, alerts in (("pages", pages), ("tickets", tickets), ("silent", silent)):
         for alert in alerts:
             if alert not in severities:
-                raise fail(f"{where}.expect.{key}", f"no alert named {alert!r} in alert_rules/")
+                raise fail(f"{where}.expect.{key}", f"no alert named {excerpt(alert)} in alert_rules/")
     for key, severity, alerts in (("pages", "page", pages), ("tickets", "ticket", tickets)):
         for alert in alerts:
             if severities[alert] != severity:
@@ -215,7 +228,7 @@ def _check_agreement(s: Scenario, fail: Any) -> None:
             for key, value in (args.get("parameters") or {}).items():
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise fail(f"{section}[{activity.get('name')}].parameters.{key}",
-                               f"expected a number, got {value!r} (YAML reads 1e-10 as text: write 1.0e-10)")
+                               f"expected a number, got {excerpt(value)} (YAML reads 1e-10 as text: write 1.0e-10)")
             injects.append((func, args))
         if stack is not None and section == "rollbacks" and func == stack.undo \
                 and args.get("name") == s.parameters[stack.parameter]:
@@ -226,7 +239,7 @@ def _check_agreement(s: Scenario, fail: Any) -> None:
         for key, value in (("timeout_s", args.get("timeout_s", 0)), ("pauses.before", pauses.get("before", 0)),
                            ("pauses.after", pauses.get("after", 0))):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_RUN_S:
-                raise fail(f"{section}[{activity.get('name')}].{key}", f"expected seconds in [0, {MAX_RUN_S:g}], got {value!r}")
+                raise fail(f"{section}[{excerpt(activity.get('name'))}].{key}", f"expected seconds in [0, {MAX_RUN_S:g}], got {excerpt(value)}")
             waited += value
     if stack is not None:
         name = s.parameters[stack.parameter]

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from qkdops.yaml_input import YamlInputError, load_text
+from qkdops.yaml_input import YamlInputError, excerpt, load_text
 
 SPEC_VERSION = "prometheus/v1"
 EXTENSION = "qkdops"
@@ -249,7 +249,7 @@ class _Reader:
             self.fail(path, f"expected a non-empty string, got {_describe(raw)}")
             return None
         if pattern is not None and not pattern.match(raw):
-            self.fail(path, f"expected {what}, got {raw!r}")
+            self.fail(path, f"expected {what}, got {excerpt(raw)}")
             return None
         return raw
 
@@ -264,10 +264,10 @@ class _Reader:
         if text is None:
             return None
         if not _DURATION_RE.match(text) or duration_seconds(text) <= 0:
-            self.fail(path, f"expected a Prometheus duration such as 5m, 30d or 1h30m, got {text!r}")
+            self.fail(path, f"expected a Prometheus duration such as 5m, 30d or 1h30m, got {excerpt(text)}")
             return None
         if minimum is not None and duration_seconds(text) < duration_seconds(minimum):
-            self.fail(path, f"expected at least {minimum} (the longest alert window), got {text!r}")
+            self.fail(path, f"expected at least {minimum} (the longest alert window), got {excerpt(text)}")
             return None
         return text
 
@@ -327,7 +327,7 @@ class _Reader:
         if windowed:
             for action in _TEMPLATE_RE.finditer(text):
                 if not _WINDOW_RE.fullmatch(action.group(0)):
-                    self.fail(path, f"unsupported template action {action.group(0)!r}: only {{{{.window}}}} is substituted")
+                    self.fail(path, f"unsupported template action {excerpt(action.group(0))}: only {{{{.window}}}} is substituted")
                     return None
             if not _WINDOW_RE.search(text):
                 self.fail(path, "the query must use the {{.window}} template variable (e.g. rate(x[{{.window}}])): "
@@ -363,7 +363,7 @@ class _Reader:
             slo = self.slo(raw_slo, f"slos[{i}]", service or "", labels, defaults)
             if slo is not None:
                 if slo.name in names:
-                    self.fail(f"slos[{i}].name", f"duplicate SLO name {slo.name!r} (also slos[{names[slo.name]}])")
+                    self.fail(f"slos[{i}].name", f"duplicate SLO name {excerpt(slo.name)} (also slos[{names[slo.name]}])")
                 names.setdefault(slo.name, i)
                 slos.append(slo)
         return slos
@@ -687,9 +687,9 @@ def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
     if isinstance(value, int | float):
-        return str(value)
+        return excerpt(value)
     if isinstance(value, str):
-        return f"{value!r} (a string)"
+        return f"{excerpt(value)} (a string)"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):

@@ -70,7 +70,8 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _clip(text: str, limit: int = 200) -> str:
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis marks the cut): for messages built from input."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -118,7 +119,10 @@ def load_text(text: str, source: str) -> Any:
     """The one YAML document in ``text`` as plain Python data; ``source`` names it in errors."""
     if len(text) > MAX_BYTES:
         raise YamlInputError(f"{source}: refused: larger than {MAX_BYTES >> 20} MiB")
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)   # reads (and checks) the first characters already
+    except yaml.YAMLError as exc:
+        raise YamlInputError(f"{source}: invalid YAML: {clip(str(exc))}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -130,9 +134,13 @@ def load_text(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise YamlInputError(f"{source}: {where}invalid YAML: {_clip(exc.problem or exc.context or 'unreadable')}") from None
+        raise YamlInputError(f"{source}: {where}invalid YAML: {clip(exc.problem or exc.context or 'unreadable')}") from None
     except yaml.YAMLError as exc:
-        raise YamlInputError(f"{source}: invalid YAML: {_clip(str(exc))}") from None
+        raise YamlInputError(f"{source}: invalid YAML: {clip(str(exc))}") from None
+    except YamlInputError:
+        raise
+    except (ValueError, OverflowError) as exc:   # a scalar the constructor cannot convert: an int of 5,000 digits
+        raise YamlInputError(f"{source}: refused: {clip(str(exc), 120)}") from None
     finally:
         loader.dispose()
 

@@ -93,3 +93,9 @@ def test_a_config_error_echoes_a_short_excerpt_of_a_huge_value(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value).startswith(f"{path}: links[0]: expected a mapping, got [") and len(str(caught.value)) < 400
+
+
+def test_a_number_too_long_to_convert_is_refused_with_a_short_error() -> None:
+    with pytest.raises(YamlInputError, match=r"^x.yaml: refused: .*digits") as caught:
+        load_text("a: " + "1" * 5000, "x.yaml")
+    assert len(str(caught.value)) < 200
