@@ -1,4 +1,6 @@
-"""Property-based tests (hypothesis) of every parser that reads operator or network input: whatever
+"""Property-based tests (hypothesis) of every parser that reads operator or network input (links.yaml, SLO
+specs, calibration jobs, game-day scenarios; the pager sink's webhook and query, the KMEs' ETSI 014
+requests, the control API's fault injection): whatever
 it is given, it answers with the value or with its documented error — never another exception, never
 a 500, never an error message that echoes a huge value. Bounded: a fixed number of examples each,
 derandomised, so CI runs the same cases in a few seconds."""
@@ -196,3 +198,17 @@ def test_any_etsi_request_is_answered_with_a_status_and_an_error_object(kme, met
     assert isinstance(answer.body, dict)
     if answer.status != 200:
         assert isinstance(answer.body.get("message"), str) and len(json.dumps(answer.body)) < MAX_MESSAGE
+
+
+def _inject_request() -> dict[str, Any]:
+    return {"fault": "fiber_cut", "parameters": {"loss_db": 40.0}}
+
+
+@FUZZ
+@given(data=st.data())
+def test_fault_injection_bodies_with_any_value_anywhere_parse_or_are_a_400_or_404(data):
+    from qkdops.control_api import _inject_body
+    try:
+        _inject_body(_mutated(data, _inject_request()))
+    except ApiError as exc:
+        assert exc.status in (400, 404) and len(json.dumps(exc.body())) < MAX_MESSAGE
