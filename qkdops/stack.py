@@ -378,7 +378,7 @@ class Stack:
             f"--web.external-url=http://{bind}:{self.rt.alertmanager_port}/"])
         self._spawn("prometheus", f"http://{bind}:{self.rt.prometheus_port}", [
             prometheus, f"--config.file={config_path}", f"--storage.tsdb.path={self.state_dir / 'prometheus'}",
-            f"--web.listen-address={bind}:{self.rt.prometheus_port}", "--web.enable-lifecycle",
+            f"--web.listen-address={bind}:{self.rt.prometheus_port}",   # no lifecycle API: /-/quit would let anyone stop it
             f"--web.external-url=http://{bind}:{self.rt.prometheus_port}/"])
 
     def start_scheduler(self, argv: list[str] | None = None, timeout_s: float = SCHEDULER_READY_TIMEOUT_S) -> None:

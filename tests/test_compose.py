@@ -27,6 +27,12 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 IMAGE_SERVICES = ("api-token", "qkdops", "calibration")  # built from the Dockerfile
 
 
+def test_no_service_exposes_an_http_lifecycle_api():
+    """/-/quit and /-/reload would let anyone who reaches the port stop Prometheus; reload with SIGHUP instead."""
+    for name, service in SERVICES.items():
+        assert "--web.enable-lifecycle" not in service.get("command", []), name
+
+
 def test_committed_prometheus_config_is_the_rendered_one():
     assert COMPOSE_PROMETHEUS_CONFIG.read_text() == render_compose_prometheus_config()
 

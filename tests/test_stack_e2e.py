@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def test_stack_comes_up_scrapes_every_link_and_a_fibre_cut_shows_within_two_scra
             expected = predict(protocol, spec.parameters, "finite", float(spec.block_pulses)).secret_key_bits
             assert 0.5 * expected <= per_block[spec.id] <= 1.25 * expected, (spec.id, per_block[spec.id], expected)
         assert all(v > 0 for v in rates.values())
+        # no lifecycle API: nobody on the host can stop Prometheus (and with it the alerting) over HTTP
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{stack.url('prometheus_port')}/-/quit", method="POST"), timeout=5)
+        assert refused.value.code == 403
 
         # fibre cut through the control API: detections and key of that link stop within two scrapes
         stack.api("POST", "/api/v1/links/e2e-fast/faults", {"fault": "fiber_cut"})
