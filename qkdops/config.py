@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from qkdlink.emulator import DeviceSettings, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import ParameterError
-from qkdops.yaml_input import YamlInputError, excerpt, load_file
+from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "links.yaml"
 LINK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -320,7 +320,7 @@ def _link(reader: ConfigReader, raw: Any, where: str) -> LinkSpec:
     protocol = reader.choice(data.get("protocol"), f"{where}.protocol", PROTOCOL_NAMES)
     model = get_protocol(protocol)
     preset = data.get("preset")
-    if preset is not None and preset not in model.presets:
+    if preset is not None and (not isinstance(preset, str) or preset not in model.presets):
         reader.fail(f"{where}.preset", f"one of {', '.join(sorted(model.presets))} for {protocol}", preset)
     sites = _sites(reader, data.get("sites"), f"{where}.sites", relay=protocol != "bb84-decoy")
 
@@ -376,11 +376,11 @@ def _link(reader: ConfigReader, raw: Any, where: str) -> LinkSpec:
         try:
             spec.check(value)
         except ParameterError as exc:
-            raise ConfigError(f"{reader.path}: {field_name}: {exc}") from None
+            raise ConfigError(f"{reader.path}: {clip(field_name, 200)}: {clip(str(exc), 400)}") from None
     try:
         parameters = model.resolve({k: v for k, (v, _) in overrides.items()}, preset)
     except ParameterError as exc:
-        raise ConfigError(f"{reader.path}: {where}: {exc}") from None
+        raise ConfigError(f"{reader.path}: {clip(where, 200)}: {clip(str(exc), 400)}") from None
     block_pulses = reader.integer(data.get("block_pulses", 10 ** 10), f"{where}.block_pulses", 1, 2 ** 62)
     target = reader.number(data.get("key_rate_target_bps", 0.0), f"{where}.key_rate_target_bps", 0.0)
     seed = reader.integer(data.get("seed", 0), f"{where}.seed", 0, 2 ** 63)
@@ -427,7 +427,7 @@ def _devices(reader: ConfigReader, raw: Any, where: str) -> DeviceSettings:
         try:
             replaced[name] = dataclasses.replace(current, **numbers)
         except ValueError as exc:
-            raise ConfigError(f"{reader.path}: {where}.{name}: {exc}") from None
+            raise ConfigError(f"{reader.path}: {clip(f'{where}.{name}', 200)}: {clip(str(exc), 400)}") from None
     return dataclasses.replace(defaults, **replaced)
 
 
@@ -454,7 +454,9 @@ class ConfigReader:
         self.path = path
 
     def fail(self, where: str, expected: str, got: Any) -> None:
-        raise ConfigError(f"{self.path}: {where or 'top level'}: expected {expected}, got {excerpt(got)}")
+        """ConfigError naming the file and field; ``where`` and ``expected`` may quote the input (a key, a
+        site name), so they are clipped too: the message stays short whatever the file holds."""
+        raise ConfigError(f"{self.path}: {clip(where or 'top level', 200)}: expected {clip(expected, 400)}, got {excerpt(got)}")
 
     def mapping(self, raw: Any, where: str, allowed: set[str] | None) -> dict[str, Any]:
         if not isinstance(raw, dict):

@@ -71,6 +71,7 @@ from qkdops.http_response import respond
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
 from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink, fault_catalogue
+from qkdops.yaml_input import clip
 
 log = logging.getLogger("qkdops.control_api")
 
@@ -184,6 +185,8 @@ class ApiError(Exception):
 
     def __init__(self, status: HTTPStatus, code: str, message: str, field_name: str | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
+        message = clip(message, 600)   # messages and field names may quote the request: an answer stays short
+        field_name = None if field_name is None else clip(field_name, 200)
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field_name
         self.headers = dict(headers or {})

@@ -8,6 +8,7 @@ derandomised, so CI runs the same cases in a few seconds."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from qkdops.slo import SpecError, parse_spec
 from qkdops.yaml_input import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# QKDOPS_FUZZ_EXAMPLES=N runs N random examples per test instead of CI's fixed 150 (a deeper search, on demand)
+DEEP = int(os.environ.get("QKDOPS_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=DEEP or 150, deadline=None, derandomize=not DEEP,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 MAX_MESSAGE = 2_000   # an error names the field and a short excerpt, whatever was sent
 
 # JSON-like values: what YAML and JSON documents can hold, non-finite floats and odd strings included
