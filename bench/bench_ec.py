@@ -37,11 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qkdlink.physics.entropy import binary_entropy  # noqa: E402
-from qkdlink.postprocessing import ldpc  # noqa: E402
-from qkdlink.postprocessing.cascade import failed_frames, reconcile  # noqa: E402
+from qkdlink.postprocessing.efficiency import RECONCILE  # noqa: E402
+from qkdlink.postprocessing.cascade import failed_frames  # noqa: E402
 from qkdlink.postprocessing.channel import ClassicalChannel  # noqa: E402
 
-METHODS = {"cascade": ("qkdops Cascade", reconcile), "ldpc": ("qkdops LDPC", ldpc.reconcile)}
+LABELS = {"cascade": "qkdops Cascade", "ldpc": "qkdops LDPC"}
+METHODS = {method: (LABELS[method], run) for method, run in RECONCILE.items()}
 
 FER_FRAME_BITS = 1 << 16
 FER_FRAMES_PER_CALL = 256

@@ -361,6 +361,20 @@ class _Bob:
             self._flips_since[j][block[found_here]] = 0
 
 
+def check_arguments(alice: np.ndarray, bob: np.ndarray, n_bits: int, qber_estimate: float, seed: int) -> None:
+    """The arguments every reconciliation method takes (``reconcile`` here and in ``ldpc``), checked alike:
+    ValueError naming the one that is wrong."""
+    if n_bits < 1:
+        raise ValueError("n_bits must be >= 1")
+    if not 0.0 <= qber_estimate < 0.5:
+        raise ValueError(f"qber_estimate must be in [0, 0.5), got {qber_estimate}")
+    if seed < 0:
+        raise ValueError("seed must be >= 0")
+    need = (n_bits + 7) // 8
+    if np.asarray(alice).size < need or np.asarray(bob).size < need:
+        raise ValueError(f"keys must hold at least {need} bytes for {n_bits} bits")
+
+
 def _unpack(packed: np.ndarray, n_bits: int, total: int) -> np.ndarray:
     """Bit-packed (big-endian) key → one uint8 per bit, padded with public zeros to ``total`` bits."""
     bits = np.zeros(total, dtype=np.uint8)
@@ -378,15 +392,7 @@ def reconcile(alice: np.ndarray, bob: np.ndarray, n_bits: int, qber_estimate: fl
     ``alice`` is read only by the Alice party, ``bob`` only by the Bob party. Raises
     :class:`~qkdlink.postprocessing.channel.ChannelDown` if the channel goes down mid-protocol.
     """
-    if n_bits < 1:
-        raise ValueError("n_bits must be >= 1")
-    if not 0.0 <= qber_estimate < 0.5:
-        raise ValueError(f"qber_estimate must be in [0, 0.5), got {qber_estimate}")
-    if seed < 0:
-        raise ValueError("seed must be >= 0")
-    need = (n_bits + 7) // 8
-    if np.asarray(alice).size < need or np.asarray(bob).size < need:
-        raise ValueError(f"keys must hold at least {need} bytes for {n_bits} bits")
+    check_arguments(alice, bob, n_bits, qber_estimate, seed)
     n = frame_size(n_bits, frame_bits)
     frames = -(-n_bits // n)
     sizes = block_sizes(qber_estimate, n)

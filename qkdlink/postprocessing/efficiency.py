@@ -46,7 +46,7 @@ LDPC = (   # blind LDPC, qkdlink.postprocessing.ldpc: frames of ≤ 2^14 symbols
 )
 
 MEASURED = {"cascade": CASCADE, "ldpc": LDPC}
-_RECONCILE = {"cascade": cascade.reconcile, "ldpc": ldpc.reconcile}
+RECONCILE = {"cascade": cascade.reconcile, "ldpc": ldpc.reconcile}   # error_correction → its reconcile()
 
 
 def measured_efficiency(method: str, qber: float, n_bits: float) -> float:
@@ -62,7 +62,7 @@ def measure(qber: float, n_bits: int, strings: int, seed: int = 7, method: str =
     values = []
     for i in range(strings):
         s = sifted_strings(seed * 1_000 + i, n_bits, errors)
-        result = _RECONCILE[method](s.alice, s.bob, n_bits, qber, seed + i, ClassicalChannel())
+        result = RECONCILE[method](s.alice, s.bob, n_bits, qber, seed + i, ClassicalChannel())
         values.append(result.disclosed_bits / (n_bits * binary_entropy(errors / n_bits)))
     return float(np.mean(values))
 

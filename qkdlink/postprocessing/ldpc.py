@@ -60,6 +60,7 @@ import numba
 import numpy as np
 
 from qkdlink.physics.entropy import binary_entropy
+from qkdlink.postprocessing.cascade import check_arguments
 from qkdlink.postprocessing.channel import ClassicalChannel
 
 FRAME_BITS = 16384                      # largest mother code: longer frames gain little efficiency and cost latency
@@ -347,9 +348,10 @@ class _Frames:
         self.words = np.zeros((layout.frames, layout.code.n), dtype=np.uint8)
         self.words[:, layout.carriers] = padded.reshape(layout.frames, layout.key_per_frame)
 
-    def key(self, words: np.ndarray, layout: Plan, n_bits: int, keep: np.ndarray) -> np.ndarray:
-        """The key bits held in ``words`` (one uint8 per bit), frames not kept zeroed."""
-        return (words[:, layout.carriers] * keep[:, None]).reshape(-1)[:n_bits]
+
+def _key(words: np.ndarray, layout: Plan, n_bits: int, keep: np.ndarray) -> np.ndarray:
+    """The key bits held in ``words`` (one uint8 per bit), the frames not kept zeroed."""
+    return (words[:, layout.carriers] * keep[:, None]).reshape(-1)[:n_bits]
 
 
 def _reveal_order(layout: Plan, seed: int) -> np.ndarray:
@@ -386,15 +388,7 @@ def reconcile(alice: np.ndarray, bob: np.ndarray, n_bits: int, qber_estimate: fl
     order. Alice's array is read only by the Alice side, Bob's only by the Bob side; what crosses is counted
     by ``channel``. Raises :class:`~qkdlink.postprocessing.channel.ChannelDown` if the channel goes down.
     """
-    if n_bits < 1:
-        raise ValueError("n_bits must be >= 1")
-    if not 0.0 <= qber_estimate < 0.5:
-        raise ValueError(f"qber_estimate must be in [0, 0.5), got {qber_estimate}")
-    if seed < 0:
-        raise ValueError("seed must be >= 0")
-    need = (n_bits + 7) // 8
-    if np.asarray(alice).size < need or np.asarray(bob).size < need:
-        raise ValueError(f"keys must hold at least {need} bytes for {n_bits} bits")
+    check_arguments(alice, bob, n_bits, qber_estimate, seed)
     layout = plan(n_bits, qber_estimate)
     code, frames, k = layout.code, layout.frames, layout.key_per_frame
     before = channel.stats()
@@ -450,9 +444,9 @@ def reconcile(alice: np.ndarray, bob: np.ndarray, n_bits: int, qber_estimate: fl
     keep = np.ones(frames, dtype=bool)
     keep[failed] = False
     disclosed += int(failed.size) * k
-    alice_key = a.key(a.words, layout, n_bits, keep)
-    bob_key = b.key(decoded, layout, n_bits, keep)
-    own = b.key(b.words, layout, n_bits, np.ones(frames, dtype=bool))
+    alice_key = _key(a.words, layout, n_bits, keep)
+    bob_key = _key(decoded, layout, n_bits, keep)
+    own = _key(b.words, layout, n_bits, np.ones(frames, dtype=bool))
     flipped = int(np.count_nonzero((bob_key != own) & np.repeat(keep, k)[:n_bits]))
     after = channel.stats()
     return LdpcResult(np.packbits(bob_key), np.packbits(alice_key), disclosed, after.messages - before.messages,
