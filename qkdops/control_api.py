@@ -53,9 +53,7 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import re
-import secrets
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -67,6 +65,9 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from qkdlink.emulator import FAULTS, FaultError
+from qkdops import credentials
+from qkdops.credentials import API_TOKEN, CredentialError, SecretValue
+from qkdops.credentials import TOKEN_SYNTAX as TOKEN_SYNTAX  # noqa: F401 (re-exported: RFC 6750 b64token)
 from qkdops.http_response import respond
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
@@ -88,11 +89,9 @@ RUNBOOKS_DIR = Path(__file__).resolve().parent.parent / "runbooks"
 # short enough that the file system never sees an over-long name.
 RUNBOOK_NAME = re.compile(r"[A-Za-z0-9]{1,100}")
 MARKDOWN = "text/markdown; charset=utf-8"
-TOKEN_ENV = "QKDOPS_API_TOKEN"
-TOKEN_FILE_ENV = "QKDOPS_API_TOKEN_FILE"
-TOKEN_FILE_NAME = "api-token"
-# RFC 6750 b64token: what can travel in an Authorization header unchanged.
-TOKEN_SYNTAX = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+TOKEN_ENV = API_TOKEN.value_env
+TOKEN_FILE_ENV = API_TOKEN.file_env
+TOKEN_FILE_NAME = API_TOKEN.file_name
 INJECT_FIELDS = ("fault", "parameters")
 REDACTED = "[redacted]"
 CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes '²'
@@ -112,71 +111,22 @@ class Exporter(Protocol):
     def stop(self) -> bool: ...
 
 
-class TokenError(ValueError):
-    """No usable API token; the message names where it looked, never a token value."""
-
-
-@dataclass(frozen=True)
-class ApiToken:
-    """The bearer token and where it came from (for messages); ``repr`` leaves the value out."""
-
-    value: str = field(repr=False)
-    source: str
+TokenError = CredentialError  # no usable API token; the message names where it looked, never a token value
+ApiToken = SecretValue  # the bearer token and where it came from; ``repr`` leaves the value out
 
 
 def token_from_environment() -> ApiToken | None:
     """The token env ``QKDOPS_API_TOKEN`` holds or env ``QKDOPS_API_TOKEN_FILE`` names; None if neither is set."""
-    if (value := os.environ.get(TOKEN_ENV)) is not None:
-        return ApiToken(_checked(value, f"environment variable {TOKEN_ENV}"), f"environment variable {TOKEN_ENV}")
-    if (named := os.environ.get(TOKEN_FILE_ENV)) is not None:
-        if not named.strip():
-            raise TokenError(f"environment variable {TOKEN_FILE_ENV} is set but empty")
-        return _read_token_file(Path(named), f"file {named} (from {TOKEN_FILE_ENV})")
-    return None
+    return credentials.from_environment(API_TOKEN)
 
 
 def load_token(state_dir: Path, create: bool) -> ApiToken:
     """Token from the environment, else ``state_dir/api-token`` (created there when ``create``)."""
-    if (token := token_from_environment()) is not None:
-        return token
-    path = Path(state_dir) / TOKEN_FILE_NAME
-    if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: two starting processes cannot both write; 0600 before any byte is written.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(secrets.token_urlsafe(32) + "\n")
-            log.info("created control API token file %s (mode 0600)", path)
-    elif not path.exists():
-        raise TokenError(f"no control API token: set {TOKEN_ENV} or {TOKEN_FILE_ENV}, or start `qkdops up`, "
-                         f"which creates {path}")
-    return _read_token_file(path, f"file {path}")
-
-
-def _read_token_file(path: Path, where: str) -> ApiToken:
-    try:
-        text = path.read_text(encoding="utf-8")
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise TokenError(f"cannot read the control API token from {where}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise TokenError(f"control API token {where} is not text") from None
-    if mode & 0o077:
-        log.warning("control API token %s is readable by group or others (mode %o): chmod 600 it", where, mode & 0o777)
-    return ApiToken(_checked(text.strip(), where), where)
+    return credentials.load_secret(API_TOKEN, state_dir, create)
 
 
 def _checked(value: str, where: str) -> str:
-    if not value:
-        raise TokenError(f"control API token from {where} is empty")
-    if not TOKEN_SYNTAX.match(value):
-        raise TokenError(f"control API token from {where} has characters a bearer token cannot carry "
-                         "(allowed: letters, digits and -._~+/ with trailing =)")
-    return value
+    return credentials._checked(API_TOKEN, value, where)
 
 
 # ---- errors ---------------------------------------------------------------------------------------

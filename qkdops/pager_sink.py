@@ -29,13 +29,19 @@ is retried by Alertmanager. Alertmanager retries after a timeout even when the f
 committed; the same body on the same endpoint within ``RETRY_WINDOW_S`` is that retry and is
 acknowledged without a second record. Bodies are never logged, only what the notification is about.
 
-No authentication: bind it to loopback (the default); in docker-compose only Alertmanager reaches it
-on the compose network and the published port is on 127.0.0.1.
+Authentication: every request but ``GET /healthz`` needs ``Authorization: Bearer TOKEN`` (the pager
+sink token, ``qkdops.credentials.PAGER_SINK_TOKEN``: ``<state_dir>/pager-sink-token`` or the file
+env ``QKDOPS_PAGER_SINK_TOKEN_FILE`` names; Alertmanager sends it from ``credentials_file``); without
+it, or with another, the answer is 401 ``{"error": {...}}`` with ``WWW-Authenticate: Bearer``, and
+nothing is read or recorded. The token is compared in constant time and never logged. There is no
+TLS: bind it to loopback (the default); in docker-compose only Alertmanager reaches it on the compose
+network and the published port is on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -55,6 +61,7 @@ from qkdops.http_response import respond
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
 from qkdops.control_api import ApiError
+from qkdops.credentials import TOKEN_SYNTAX
 from qkdops.runtime.durable import DurableStore
 
 log = logging.getLogger("qkdops.pager_sink")
@@ -318,8 +325,9 @@ class SinkServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], store: NotificationStore) -> None:
+    def __init__(self, address: tuple[str, int], store: NotificationStore, token: str) -> None:
         self.store = store
+        self.token = token.encode("ascii")  # credentials.TOKEN_SYNTAX: ASCII only
         super().__init__(address, SinkHandler)
 
     def server_close(self) -> None:
@@ -361,6 +369,14 @@ class SinkHandler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._require("GET", path)
             return HTTPStatus.OK, {"status": "ok", "notifications": self.server.store.count()}
+        try:
+            check_bearer(self.headers.get("Authorization"), self.server.token)
+        except ApiError:
+            self.close_connection = True  # an unread body must not be parsed as the next request
+            text = self.headers.get("Content-Length", "").strip()
+            if text.isascii() and text.isdigit():
+                self._drain(int(text))  # so the client, still sending, reads the 401, not a reset
+            raise
         if path == "/api/v1/notifications":
             self._require("GET", path)
             notifications, truncated = self.server.store.query(parse_query(url.query))
@@ -422,20 +438,39 @@ class SinkHandler(BaseHTTPRequestHandler):
         log.info("pager sink: %s %s", self.address_string(), format % args)
 
 
-def serve(settings: RuntimeSettings) -> tuple[SinkServer, threading.Thread]:
-    """Start the sink on ``settings.bind:settings.pager_sink_port`` (0: any free port) in a daemon thread.
+def check_bearer(header: str | None, token: bytes) -> None:
+    """Raise a 401 ApiError unless ``header`` is ``Bearer <token>`` (constant-time compare)."""
+    if header is None:
+        raise _unauthorized("missing Authorization header: expected 'Authorization: Bearer TOKEN' (the pager sink token)", False)
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise _unauthorized("malformed Authorization header: expected 'Bearer TOKEN'", True)
+    if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), token):
+        raise _unauthorized("invalid bearer token", True)
+
+
+def _unauthorized(message: str, invalid: bool) -> ApiError:
+    challenge = 'Bearer realm="qkdops-pager-sink"' + (', error="invalid_token"' if invalid else "")
+    return ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", message, "Authorization", {"WWW-Authenticate": challenge})
+
+
+def serve(settings: RuntimeSettings, token: str) -> tuple[SinkServer, threading.Thread]:
+    """Start the sink on ``settings.bind:settings.pager_sink_port`` (0: any free port) in a daemon thread,
+    accepting ``token`` as its bearer token (``credentials.load_secret(PAGER_SINK_TOKEN, ...)``).
 
     Stop with ``server.shutdown(); server.server_close()``, which also closes the store.
     """
+    if not token or not TOKEN_SYNTAX.match(token):
+        raise ValueError("pager sink: the token passed to serve() is empty or not a bearer token")
     store = NotificationStore(settings.state_dir / DB_NAME)
     host = settings.bind
     try:
-        server = (SinkServer6 if ":" in host else SinkServer)((host, settings.pager_sink_port), store)
+        server = (SinkServer6 if ":" in host else SinkServer)((host, settings.pager_sink_port), store, token)
     except OSError:
         store.close()
         raise
     if host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("pager sink listens on %s, not loopback: whoever reaches it can read the alerts and add notifications", host)
+        log.warning("pager sink listens on %s, not loopback: the token crosses the network in clear text", host)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="qkdops-pager-sink", daemon=True)
     thread.start()
     log.info("pager sink listening on http://%s:%d (store %s)", *server.server_address[:2], store.path)

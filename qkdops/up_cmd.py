@@ -36,7 +36,7 @@ from typing import TypeVar
 
 from exporters import DeviceCollector, PostProcessingCollector
 from exporters.server import ServedExporter
-from qkdops import control_api, pager_sink
+from qkdops import control_api, credentials, pager_sink
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, finite_float, load_config
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
@@ -107,7 +107,8 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         token = control_api.load_token(rt.state_dir, create=True)
         servers.append(("control API", *_listen("control API", rt.bind, rt.control_port,
                                                 lambda: control_api.serve(fleet, rt, token.value, exporters=exporters))))
-        servers.append(("pager sink", *_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt))))
+        sink_token = credentials.load_secret(credentials.PAGER_SINK_TOKEN, rt.state_dir, create=True)
+        servers.append(("pager sink", *_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt, sink_token.value))))
         pki = Pki(rt.state_dir / "pki")
         if issued := init_pki(pki, config.key_delivery):
             log.info("development PKI: issued %d certificate/key file(s) under %s", len(issued), pki.root)

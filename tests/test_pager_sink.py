@@ -42,7 +42,7 @@ def notification(alertname: str = "QKDLinkDown", link: str = "metro-bb84", statu
 class Sink:
     def __init__(self, state_dir: Path) -> None:
         self.settings = RuntimeSettings(state_dir=state_dir, pager_sink_port=0)
-        self.server, self.thread = pager_sink.serve(self.settings)
+        self.server, self.thread = pager_sink.serve(self.settings, TOKEN)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def stop(self) -> None:
@@ -60,8 +60,14 @@ class Sink:
         return body["notifications"]
 
 
+TOKEN = "pager-sink-test-token_0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 def request(url: str, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    """With the sink's token unless ``headers`` say otherwise (``{"Authorization": ""}``: none at all)."""
+    merged = {"Content-Type": "application/json", **AUTH, **(headers or {})}
+    req = urllib.request.Request(url, method=method, data=data, headers={k: v for k, v in merged.items() if v})
     try:
         with urllib.request.urlopen(req, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -173,7 +179,7 @@ def test_kill_9_loses_no_acknowledged_notification(tmp_path: Path):
     port = free_ports(1)[0]
     state = tmp_path / "state"
     code = ("import time; from pathlib import Path; from qkdops import pager_sink; from qkdops.config import RuntimeSettings; "
-            f"pager_sink.serve(RuntimeSettings(state_dir=Path({str(state)!r}), pager_sink_port={port})); time.sleep(60)")
+            f"pager_sink.serve(RuntimeSettings(state_dir=Path({str(state)!r}), pager_sink_port={port}), {TOKEN!r}); time.sleep(60)")
     process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -193,7 +199,7 @@ def test_kill_9_loses_no_acknowledged_notification(tmp_path: Path):
 
 def test_up_serves_it_on_the_runtime_port(tmp_path: Path):
     port = free_ports(1)[0]
-    server, thread = pager_sink.serve(dataclasses.replace(RuntimeSettings(), state_dir=tmp_path, pager_sink_port=port))
+    server, thread = pager_sink.serve(dataclasses.replace(RuntimeSettings(), state_dir=tmp_path, pager_sink_port=port), TOKEN)
     try:
         assert server.server_address[:2] == ("127.0.0.1", port)
         assert (tmp_path / pager_sink.DB_NAME).exists()
@@ -252,3 +258,40 @@ def test_a_store_from_before_retention_is_upgraded_in_place(tmp_path: Path):
     assert [n["id"] for n in store.query(pager_sink.Query())[0]] == [1]
     assert store.record("page", notification(link="x"), b"x")[0] == 2
     store.close()
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer wrong-token", "Basic cWtkb3BzOng=", "Bearer", TOKEN + "x"])
+def test_writes_and_reads_need_the_bearer_token(tmp_path: Path, authorization: str):
+    """Unauthenticated webhooks and reads are refused (401, WWW-Authenticate, nothing recorded); /healthz stays open."""
+    sink = Sink(tmp_path)
+    try:
+        headers = {"Authorization": authorization}
+        req = urllib.request.Request(f"{sink.url}/webhook/page", method="POST", data=json.dumps(notification()).encode(),
+                                     headers={k: v for k, v in {"Content-Type": "application/json", **headers}.items() if v})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=5)
+        with refused.value as answer:
+            assert answer.code == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer")
+            error = json.loads(answer.read())["error"]
+        assert error["code"] == "unauthorized" and error["field"] == "Authorization" and TOKEN not in json.dumps(error)
+        assert request(f"{sink.url}/api/v1/notifications", headers=headers)[0] == 401
+        assert request(f"{sink.url}/api/v1/notifications?limit=x", headers=headers)[0] == 401  # before any parsing
+        assert request(f"{sink.url}/healthz", headers=headers) == (200, {"status": "ok", "notifications": 0})
+        assert sink.notifications() == []
+    finally:
+        sink.stop()
+
+
+def test_the_token_authenticates(tmp_path: Path):
+    sink = Sink(tmp_path)
+    try:
+        assert sink.post("page", notification(link="l1"))[0] == 200
+        assert [n["alerts"][0]["labels"]["link"] for n in sink.notifications()] == ["l1"]
+    finally:
+        sink.stop()
+
+
+@pytest.mark.parametrize("token", ["", "two words"])
+def test_serve_refuses_an_unusable_token(tmp_path: Path, token: str):
+    with pytest.raises(ValueError, match="token"):
+        pager_sink.serve(RuntimeSettings(state_dir=tmp_path, pager_sink_port=0), token)
