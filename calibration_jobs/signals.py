@@ -26,6 +26,7 @@ from typing import Any
 
 from exporters.device import INTENSITY_OF_PARAMETER
 from qkdops.control_client import ApiResponseError, ApiUnreachable, ControlClient
+from qkdops.http_client import Auth, open_url
 
 PROMETHEUS = "prometheus"
 STATUS = "status"
@@ -134,21 +135,20 @@ def from_prometheus(link: str, protocol: str, samples: Mapping[str, list[tuple[M
 
 
 class PrometheusQuery:
-    """Instant queries against Prometheus's HTTP API (``/api/v1/query``), stdlib only."""
+    """Instant queries against Prometheus's HTTP API (``/api/v1/query``), stdlib only; ``auth``: the
+    basic auth it wants (``qkdops.http_client.StackAuth(state_dir).prometheus``)."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
-        self.url, self.timeout_s = url.rstrip("/"), timeout_s
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    def __init__(self, url: str, timeout_s: float, auth: Auth | None = None) -> None:
+        self.url, self.timeout_s, self._auth = url.rstrip("/"), timeout_s, auth
 
     def __repr__(self) -> str:
         return f"PrometheusQuery({self.url!r})"
 
     def query(self, promql: str) -> dict[str, Any]:
         """The ``data`` of a successful answer; OSError or ValueError saying what went wrong."""
-        request = urllib.request.Request(f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}",
-                                         headers={"Accept": "application/json"})
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
+            with open_url(f"{self.url}/api/v1/query", self._auth, self.timeout_s, query={"query": promql},
+                          headers={"Accept": "application/json"}) as response:
                 body = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             with exc:

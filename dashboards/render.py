@@ -6,6 +6,10 @@ drawn with matplotlib in a grid with the panel's unit, thresholds and legend, an
 alert for the link was firing shaded on every panel (plus a timeline of the firing alerts).
 
     python -m dashboards.render --prometheus http://127.0.0.1:9090 --link metro-a --since 10m --out incident.png
+
+Prometheus wants basic auth: ``render_panels(..., auth=StackAuth(state_dir).prometheus)``; the command
+line reads the password ``qkdops up`` generated in the state dir of ``--config`` (default ``links.yaml``),
+or the file env ``QKDOPS_PROMETHEUS_PASSWORD_FILE`` names.
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ import re
 import sys
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +34,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, PercentFormatter  # noqa: E402
 
 from dashboards.generate import DIRECTORY  # noqa: E402
-from qkdops.config import finite_float  # noqa: E402
+from qkdops.config import DEFAULT_CONFIG, finite_float, load_config  # noqa: E402
+from qkdops.credentials import CredentialError  # noqa: E402
+from qkdops.http_client import Auth, StackAuth, open_url  # noqa: E402
 
 # The panels worth a picture, in drawing order; dashboards not listed draw every time-series panel.
 KEY_PANELS: dict[str, list[str]] = {
@@ -69,10 +73,9 @@ class PanelData:
 
 # --- Prometheus -------------------------------------------------------------------------------------
 
-def _get(url: str, params: dict[str, Any], timeout_s: float = 15.0) -> Any:
-    full = f"{url.rstrip('/')}{'' if not params else '?' + urllib.parse.urlencode(params)}"
+def _get(url: str, params: dict[str, Any], timeout_s: float = 15.0, auth: Auth | None = None) -> Any:
     try:
-        with urllib.request.urlopen(full, timeout=timeout_s) as response:
+        with open_url(url.rstrip("/"), auth, timeout_s, query=params) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:  # Prometheus explains a bad query in a JSON 400/422 body
         try:
@@ -87,10 +90,10 @@ def _get(url: str, params: dict[str, Any], timeout_s: float = 15.0) -> Any:
     return body["data"]
 
 
-def scrape_interval_s(prometheus_url: str) -> float:
+def scrape_interval_s(prometheus_url: str, auth: Auth | None = None) -> float:
     """The global scrape interval from Prometheus's loaded configuration (what Grafana's datasource would know)."""
     try:
-        config = _get(f"{prometheus_url}/api/v1/status/config", {}, timeout_s=5)["yaml"]
+        config = _get(f"{prometheus_url}/api/v1/status/config", {}, timeout_s=5, auth=auth)["yaml"]
     except (RenderError, KeyError, TypeError):
         return DEFAULT_SCRAPE_INTERVAL_S
     match = re.search(r"^\s*scrape_interval:\s*(\S+)", config, re.MULTILINE)
@@ -100,9 +103,9 @@ def scrape_interval_s(prometheus_url: str) -> float:
         return DEFAULT_SCRAPE_INTERVAL_S
 
 
-def query_range(prometheus_url: str, expr: str, start: float, end: float, step_s: float) -> list[Series]:
+def query_range(prometheus_url: str, expr: str, start: float, end: float, step_s: float, auth: Auth | None = None) -> list[Series]:
     data = _get(f"{prometheus_url}/api/v1/query_range", {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
-                                                         "step": f"{step_s:g}"})
+                                                         "step": f"{step_s:g}"}, auth=auth)
     if data.get("resultType") != "matrix":
         raise RenderError(f"expected a matrix, got {data.get('resultType')!r}")
     out = []
@@ -172,22 +175,23 @@ def key_panels(dashboard_name: str, dashboard: dict[str, Any]) -> list[dict[str,
 
 
 def fetch_panel(prometheus_url: str, panel: dict[str, Any], link: str, start: float, end: float, step_s: float,
-                scrape_s: float) -> PanelData:
+                scrape_s: float, auth: Auth | None = None) -> PanelData:
     data = PanelData(panel)
     for target in panel.get("targets", []):
         expr = substitute(target["expr"], link, step_s, scrape_s)
         try:
-            data.targets.append((target, query_range(prometheus_url, expr, start, end, step_s)))
+            data.targets.append((target, query_range(prometheus_url, expr, start, end, step_s, auth)))
         except RenderError as exc:
             raise RenderError(f"panel {panel['title']!r} target {target.get('refId')}: query {expr!r} failed: {exc}") from exc
     return data
 
 
-def alert_spans(prometheus_url: str, link: str, start: float, end: float, step_s: float) -> dict[str, list[tuple[float, float]]]:
+def alert_spans(prometheus_url: str, link: str, start: float, end: float, step_s: float,
+                auth: Auth | None = None) -> dict[str, list[tuple[float, float]]]:
     """alertname → [(from, to)] in which ``ALERTS{link, alertstate="firing"}`` had a sample."""
     expr = f'ALERTS{{link="{link}", alertstate="firing"}}'
     try:
-        series = query_range(prometheus_url, expr, start, end, step_s)
+        series = query_range(prometheus_url, expr, start, end, step_s, auth)
     except RenderError as exc:
         raise RenderError(f"panel 'firing alerts' (shading): query {expr!r} failed: {exc}") from exc
     spans: dict[str, list[tuple[float, float]]] = {}
@@ -318,11 +322,12 @@ def _draw_alerts(ax, spans: dict[str, list[tuple[float, float]]], link: str, sta
 
 
 def render_panels(prometheus_url: str, dashboard: str, link: str, start: float, end: float, out: Path,
-                  step_s: float = 5.0) -> Path:
+                  step_s: float = 5.0, auth: Auth | None = None) -> Path:
     """Draw ``dashboard``'s key time-series panels for ``link`` over [start, end] (unix s) to the PNG ``out``.
 
     The PNG's text chunks ``qkdops:panels`` (JSON list of drawn panel titles) and ``qkdops:axes`` record what
-    was drawn. Raises :class:`RenderError`, naming the panel, when a query fails.
+    was drawn. Raises :class:`RenderError`, naming the panel, when a query fails. ``auth``: Prometheus's
+    basic auth (``StackAuth(state_dir).prometheus``).
     """
     if end <= start:
         raise RenderError(f"empty time range: start {start} ≥ end {end}")
@@ -331,9 +336,9 @@ def render_panels(prometheus_url: str, dashboard: str, link: str, start: float, 
     name = dashboard.removesuffix(".json")
     spec = load_dashboard(name)
     panels = key_panels(name, spec)
-    scrape_s = scrape_interval_s(prometheus_url)
-    data = [fetch_panel(prometheus_url, panel, link, start, end, step_s, scrape_s) for panel in panels]
-    spans = alert_spans(prometheus_url, link, start, end, step_s)
+    scrape_s = scrape_interval_s(prometheus_url, auth)
+    data = [fetch_panel(prometheus_url, panel, link, start, end, step_s, scrape_s, auth) for panel in panels]
+    spans = alert_spans(prometheus_url, link, start, end, step_s, auth)
 
     n_axes = len(data) + 1  # + the firing-alerts timeline
     ncols = 2
@@ -370,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", default=None, help="end, unix seconds (default: now)")
     parser.add_argument("--step", type=finite_float, default=None, help="query step in s (default: range/300, at least 5)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="links.yaml whose state dir holds Prometheus's password (default: the shipped one)")
     args = parser.parse_args(argv)
     try:
         end = float(args.until) if args.until else time.time()
@@ -378,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     step = args.step if args.step else max(5.0, (end - start) / 300)
     try:
-        out = render_panels(args.prometheus, args.dashboard, args.link, start, end, args.out, step)
-    except RenderError as exc:
+        auth = StackAuth(load_config(args.config).runtime.state_dir).prometheus
+        out = render_panels(args.prometheus, args.dashboard, args.link, start, end, args.out, step, auth=auth)
+    except (RenderError, CredentialError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(out)

@@ -176,8 +176,9 @@ def _undo(scenario: Scenario, configuration: dict[str, Any], say: Callable[[str]
 
 
 def _judge(scenario: Scenario, outcome: Outcome, configuration: dict[str, Any]) -> None:
-    sink = endpoints(configuration).pager_sink
-    notes = get_json(f"{sink}/api/v1/notifications", since=f"{outcome.started_at:.3f}", limit=1000)["notifications"]
+    where = endpoints(configuration)
+    notes = get_json(f"{where.pager_sink}/api/v1/notifications", where.auth.pager_sink,
+                     since=f"{outcome.started_at:.3f}", limit=1000)["notifications"]
     injected = outcome.injected_at
     for kind, alert in scenario.expected:
         times = [_unix(n["received_at"]) for n in notes if n["kind"] == kind and _has(n, alert, "firing")]

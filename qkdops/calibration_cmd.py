@@ -16,7 +16,9 @@ or corrected, 1 when the run failed or errored (or the job is running elsewhere)
 
 Signals come from Prometheus (``--prometheus``, else ``signals.prometheus_url``, else the config's
 bind and Prometheus port) with the control API's link status as fallback; actions go through the
-control API (``--api`` and the token as for ``qkdops fault``).
+control API (``--api`` and the token as for ``qkdops fault``). Prometheus wants basic auth: the
+password is read from the file env ``QKDOPS_PROMETHEUS_PASSWORD_FILE`` names (``qkdops up`` sets it
+for the scheduler it starts; compose points it at a secret), else ``<state_dir>/prometheus-password``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from calibration_jobs.store import CalibrationStore
 from exporters import server as exporter_server
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
 from qkdops.control_client import WILDCARD_BINDS, ApiResponseError, ApiUnreachable, ControlClient, resolve_token, resolve_url
+from qkdops.http_client import StackAuth
 
 STORE_FILE = "calibration.sqlite"
 API_WAIT_S = 60.0  # the scheduler starts beside the runtime: give the control API this long to answer
@@ -93,7 +96,8 @@ def wire(args: argparse.Namespace) -> Wiring:
     if jobs.signals.source == "prometheus":
         host = WILDCARD_BINDS.get(rt.bind, rt.bind)
         url = args.prometheus or jobs.signals.prometheus_url or f"http://{host}:{rt.prometheus_port}"
-        prometheus = PrometheusQuery(url, jobs.signals.timeout_s)
+        # basic auth from <state_dir>/prometheus-password, or the file $QKDOPS_PROMETHEUS_PASSWORD_FILE names
+        prometheus = PrometheusQuery(url, jobs.signals.timeout_s, StackAuth(rt.state_dir).prometheus)
     store = CalibrationStore(Path(rt.state_dir) / STORE_FILE)
     collector = CalibrationCollector(store)
     reader = SignalReader(api, prometheus, jobs.signals.max_age_s)

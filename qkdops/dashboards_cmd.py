@@ -13,8 +13,10 @@ created/updated/unchanged per uid. Running it twice changes nothing the second t
 
 The API token comes from ``--token-file`` or the environment variable GRAFANA_TOKEN; it is never printed.
 
-``qkdops dashboards render --prometheus URL --link LINK [--dashboard oncall] [--since 15m] --out FILE.png``
-draws the key panels of a dashboard from Prometheus data (``dashboards.render``).
+``qkdops dashboards render --prometheus URL --link LINK [--dashboard oncall] [--since 15m] [--config links.yaml] --out FILE.png``
+draws the key panels of a dashboard from Prometheus data (``dashboards.render``), with the basic auth
+``qkdops up`` generated in the config's state dir (``<state_dir>/prometheus-password``, or the file env
+``QKDOPS_PROMETHEUS_PASSWORD_FILE`` names).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dashboards
-from qkdops.config import finite_float
+from qkdops.config import DEFAULT_CONFIG, finite_float, load_config
+from qkdops.http_client import StackAuth
 
 DIRECTORY = Path(dashboards.__file__).resolve().parent
 DASHBOARD_NAMES = ("executive", "oncall", "debug", "slo")
@@ -69,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--since", default="15m", help="window ending now: N followed by s, m, h or d (default 15m)")
     r.add_argument("--step", type=finite_float, default=5.0, help="query step in seconds (default 5)")
     r.add_argument("--out", required=True, metavar="FILE.png")
+    r.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="links.yaml whose state dir holds Prometheus's basic-auth password (default: the shipped one)")
     r.set_defaults(handler=run)
 
 
@@ -274,10 +279,11 @@ def _render(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"qkdops dashboards render: dashboards.render is not available: {exc}", file=sys.stderr)
         return 1
+    auth = StackAuth(load_config(args.config).runtime.state_dir).prometheus  # CredentialError names the file
     end = time.time()
     try:
         out = render_panels(args.prometheus, args.dashboard, args.link, end - window, end, Path(args.out),
-                            step_s=args.step)
+                            step_s=args.step, auth=auth)
     except (OSError, RuntimeError) as exc:  # Prometheus unreachable or answering errors
         print(f"qkdops dashboards render: {exc}", file=sys.stderr)
         return 1

@@ -55,7 +55,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +63,10 @@ from urllib.parse import urljoin
 
 import yaml
 
+from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
 from qkdops.control_client import WILDCARD_BINDS
+from qkdops.http_client import Auth, StackAuth, open_url
 
 log = logging.getLogger("qkdops.stack")
 
@@ -110,11 +111,17 @@ def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None) -> Hos
 
 
 COMPOSE_HOSTS = Hosts("qkdops:9810", "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812")
+# docker-compose's `secrets:` (files written by `qkdops credentials --compose-dir compose-secrets`), as the
+# containers see them.
+COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
+    credentials.PAGER_SINK_TOKEN.file_name, credentials.PROMETHEUS_PASSWORD.file_name, credentials.ALERTMANAGER_PASSWORD.file_name,
+    credentials.PROMETHEUS_WEB_CONFIG, credentials.ALERTMANAGER_WEB_CONFIG)}
 
 
-def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float) -> dict[str, Any]:
+def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float, *, alertmanager_password_file: str) -> dict[str, Any]:
     """Scrape both exporters and the calibration scheduler (job names are what rules and dashboards
-    select on), send alerts."""
+    select on), send alerts to Alertmanager with basic auth (its password read from
+    ``alertmanager_password_file`` at each reload)."""
     interval = f"{scrape_interval_s:g}s"
     jobs = [("qkd-device", hosts.device), ("qkd-postprocessing", hosts.postprocessing)]
     if hosts.calibration is not None:
@@ -123,7 +130,8 @@ def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float) ->
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
                    "external_labels": {"stack": "qkdops"}},
         "rule_files": [rule_glob],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [hosts.alertmanager]}]}]},
+        "alerting": {"alertmanagers": [{"basic_auth": {"username": credentials.USER, "password_file": alertmanager_password_file},
+                                        "static_configs": [{"targets": [hosts.alertmanager]}]}]},
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs],
     }
 
@@ -131,7 +139,8 @@ def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float) ->
 def render_compose_prometheus_config() -> str:
     header = ("# Rendered by qkdops.stack.prometheus_config for docker-compose (service names);\n"
               "# `qkdops up` renders the same with local addresses. Do not edit: a test keeps it current.\n")
-    return header + yaml.safe_dump(prometheus_config(COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", COMPOSE_INTERVAL_S),
+    return header + yaml.safe_dump(prometheus_config(COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", COMPOSE_INTERVAL_S,
+                                                     alertmanager_password_file=COMPOSE_SECRET_FILES["alertmanager-password"]),
                                    sort_keys=False)
 
 
@@ -226,11 +235,13 @@ def _inhibit_rules() -> list[dict[str, Any]]:
                "equal": ["slo", "link"]} for i, fast in enumerate(tiers[:-1]))]
 
 
-def alertmanager_config(pager_sink: str, secrets: SecretFiles, evaluation_interval_s: float) -> dict[str, Any]:
-    """Routing tree, receivers and inhibition (see the module docstring); ``pager_sink`` is host:port."""
+def alertmanager_config(pager_sink: str, secrets: SecretFiles, evaluation_interval_s: float, *, sink_token_file: str) -> dict[str, Any]:
+    """Routing tree, receivers and inhibition (see the module docstring); ``pager_sink`` is host:port,
+    ``sink_token_file`` the file holding its bearer token (read by Alertmanager at each notification)."""
     def sink(kind: str) -> dict[str, Any]:
         return {"name": SINK_RECEIVER.format(kind=kind),
-                "webhook_configs": [{"url": f"http://{pager_sink}/webhook/{kind}", "send_resolved": True, "max_alerts": 0}]}
+                "webhook_configs": [{"url": f"http://{pager_sink}/webhook/{kind}", "send_resolved": True, "max_alerts": 0,
+                                     "http_config": {"authorization": {"type": "Bearer", "credentials_file": sink_token_file}}}]}
 
     pagers: list[dict[str, Any]] = []
     if secrets.pagerduty_routing_key:
@@ -269,7 +280,8 @@ def render_compose_alertmanager_config() -> str:
               "# service, every external receiver with its key file under /etc/alertmanager/secrets/ (see\n"
               "# alertmanager/secrets/README.md). `qkdops up` renders the same with local addresses and only the\n"
               "# receivers whose key files are configured. Do not edit: a test keeps it current.\n")
-    return header + yaml.safe_dump(alertmanager_config(COMPOSE_HOSTS.pager_sink, COMPOSE_SECRETS, COMPOSE_INTERVAL_S),
+    return header + yaml.safe_dump(alertmanager_config(COMPOSE_HOSTS.pager_sink, COMPOSE_SECRETS, COMPOSE_INTERVAL_S,
+                                                       sink_token_file=COMPOSE_SECRET_FILES["pager-sink-token"]),
                                    sort_keys=False, width=200)
 
 
@@ -330,6 +342,7 @@ class Child:
     log_path: Path
     argv: list[str] = field(default_factory=list)
     ready_url: str = ""
+    auth: Auth | None = None  # what its readiness check presents (Prometheus and Alertmanager: basic auth)
     essential: bool = True  # its death stops the stack; otherwise it is restarted (module docstring)
     env: dict[str, str] | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -364,22 +377,28 @@ class Stack:
         prometheus = find_binary(("prometheus",))
         alertmanager = find_binary(ALERTMANAGER_BINARIES)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        creds = credentials.prepare_server_credentials(self.state_dir)
+        auth = StackAuth(self.state_dir)
         hosts = local_hosts(self.rt, self.scheduler_bind)
         config_path = self.state_dir / "prometheus.yml"
-        config = prometheus_config(hosts, str(RULES_DIR / "*.yml"), self.rt.scrape_interval_s)
+        config = prometheus_config(hosts, str(RULES_DIR / "*.yml"), self.rt.scrape_interval_s,
+                                   alertmanager_password_file=str(creds.alertmanager_password_file))
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         am_config_path = self.state_dir / "alertmanager.yml"
-        am_config = alertmanager_config(hosts.pager_sink, secret_files_from_env(os.environ), self.rt.scrape_interval_s)
+        am_config = alertmanager_config(hosts.pager_sink, secret_files_from_env(os.environ), self.rt.scrape_interval_s,
+                                        sink_token_file=str(creds.pager_sink_token_file))
         am_config_path.write_text(yaml.safe_dump(am_config, sort_keys=False, width=200))
         bind = self.rt.bind
         self._spawn("alertmanager", f"http://{bind}:{self.rt.alertmanager_port}", [
             alertmanager, f"--config.file={am_config_path}", f"--storage.path={self.state_dir / 'alertmanager'}",
             f"--web.listen-address={bind}:{self.rt.alertmanager_port}", "--cluster.listen-address=",
-            f"--web.external-url=http://{bind}:{self.rt.alertmanager_port}/"])
+            f"--web.config.file={creds.alertmanager_web_config}",   # basic auth on every endpoint
+            f"--web.external-url=http://{bind}:{self.rt.alertmanager_port}/"], auth=auth.alertmanager)
         self._spawn("prometheus", f"http://{bind}:{self.rt.prometheus_port}", [
             prometheus, f"--config.file={config_path}", f"--storage.tsdb.path={self.state_dir / 'prometheus'}",
             f"--web.listen-address={bind}:{self.rt.prometheus_port}",   # no lifecycle API: /-/quit would let anyone stop it
-            f"--web.external-url=http://{bind}:{self.rt.prometheus_port}/"])
+            f"--web.config.file={creds.prometheus_web_config}",   # basic auth on every endpoint
+            f"--web.external-url=http://{bind}:{self.rt.prometheus_port}/"], auth=auth.prometheus)
 
     def start_scheduler(self, argv: list[str] | None = None, timeout_s: float = SCHEDULER_READY_TIMEOUT_S) -> None:
         """Start the calibration scheduler and wait for its ``/healthz``; StackError if it cannot start.
@@ -390,7 +409,8 @@ class Stack:
             raise StackError("no scheduler configured for this stack")
         argv = argv or scheduler_argv(self.scheduler_config, self.rt)
         # Unbuffered: the tail of its log, quoted when it fails, is then what it last said.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # and the credential files this stack uses, whatever the state dir of its --config says
+        env = {**os.environ, **credentials.client_environment(self.state_dir), "PYTHONUNBUFFERED": "1"}
         child = self._spawn(SCHEDULER, url, argv, ready_url=urljoin(url, "/healthz"), essential=False, env=env)
         try:
             self._wait(child, time.monotonic() + timeout_s, timeout_s)
@@ -400,9 +420,9 @@ class Stack:
             raise StackError(f"{exc}{hint}; `qkdops up --no-calibration` runs the stack without it") from None
 
     def _spawn(self, name: str, url: str, argv: list[str], ready_url: str = "", essential: bool = True,
-               env: dict[str, str] | None = None) -> Child:
+               env: dict[str, str] | None = None, auth: Auth | None = None) -> Child:
         child = Child(name, url, self._popen(name, argv, env), self.state_dir / f"{name}.log", argv,
-                      ready_url or f"{url}/-/ready", essential, env)
+                      ready_url or f"{url}/-/ready", auth, essential, env)
         self.children.append(child)
         return child
 
@@ -422,7 +442,7 @@ class Stack:
             if child.process.poll() is not None:
                 raise StackError(f"{child.name} exited with status {child.process.returncode}: {_tail(child.log_path)}")
             try:
-                with urllib.request.urlopen(child.ready_url, timeout=1) as response:
+                with open_url(child.ready_url, child.auth, timeout_s=1) as response:
                     if response.status == 200:
                         return
             except OSError:

@@ -2,7 +2,8 @@
 
 Reads ``<state_dir>/up.json`` written by ``qkdops up``, probes every endpoint (control API, pager
 sink and calibration scheduler ``/healthz``, exporters ``/metrics``, Prometheus and Alertmanager
-``/-/ready``, the KMEs' HTTPS listeners) and, when the control API answers, prints each link's last
+``/-/ready``, with the basic auth ``qkdops up`` generated in the state dir, the KMEs' HTTPS
+listeners) and, when the control API answers, prints each link's last
 block and how much key waits for hand-off and sits in its two KME stores. Parts left out on purpose
 (``qkdops up --no-calibration``) are listed as ``off`` with the option and do not count as down. Exit 0
 when everything started answers, 1 when something does not (a scheduler waiting to be restarted
@@ -19,12 +20,16 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from qkdops.config import DEFAULT_CONFIG, load_config
+from qkdops.credentials import CredentialError
+from qkdops.http_client import Auth, StackAuth, open_url
 from qkdops.stack import SCHEDULER, pid_alive
 from qkdops.up_cmd import UP_FILE
 
 # Resolved against each recorded URL: "" probes it as is, an absolute path replaces its path.
 PROBES = {"control_api": "/healthz", "device_exporter": "", "postprocessing_exporter": "", "pager_sink": "/healthz",
           "prometheus": "/-/ready", "alertmanager": "/-/ready", SCHEDULER: "/healthz"}
+# Endpoints whose probe needs credentials (StackAuth's attribute); the others' probes are open.
+AUTHENTICATED = {"prometheus": "prometheus", "alertmanager": "alertmanager"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"running": False, "stale": str(up_file)}) if args.json
               else f"qkdops is not running ({up_file} is left from a process that died)")
         return 3
-    rows = {name: _probe(probe_url(name, url)) for name, url in recorded["endpoints"].items()}
+    auth = StackAuth(config.runtime.state_dir)
+    rows = {name: _probe(probe_url(name, url), _auth(auth, name)) for name, url in recorded["endpoints"].items()}
     disabled = recorded.get("disabled", {})
     links = _links(recorded["endpoints"].get("control_api"), config.runtime.state_dir) if rows.get("control_api") else []
     if args.json:
@@ -75,7 +81,16 @@ def probe_url(name: str, url: str) -> str:
     return urljoin(url, PROBES.get(name, ""))
 
 
-def _probe(url: str) -> bool:
+def _auth(auth: StackAuth, name: str) -> Auth | None:
+    """The credentials a probe of ``name`` presents; None when it needs none or they cannot be read
+    (the probe then answers 401: DOWN, which is what a client without them would see)."""
+    try:
+        return getattr(auth, AUTHENTICATED[name]) if name in AUTHENTICATED else None
+    except CredentialError:
+        return None
+
+
+def _probe(url: str, auth: Auth | None = None) -> bool:
     """HTTP endpoints answer 200; a KME (HTTPS, client certificate required) is up when it accepts a
     connection — this command holds no SAE certificate, and needs none to see a listener."""
     try:
@@ -83,7 +98,7 @@ def _probe(url: str) -> bool:
             parts = urlsplit(url)
             with socket.create_connection((parts.hostname, parts.port or 443), timeout=2):
                 return True
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with open_url(url, auth, timeout_s=2) as response:
             return response.status == 200
     except OSError:
         return False

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from qkdops.config import DEFAULT_CONFIG
+from qkdops.http_client import StackAuth, open_url
 
 # A 10 km link whose post-processing block is one 1-s frame, so a fault shows within a scrape or two.
 # Its ~10 Mbit of sifted key a second is more than a post-processing thread reconciles and hashes
@@ -89,6 +90,8 @@ class RunningStack:
         self.config_path = config_path
         raw = yaml.safe_load(config_path.read_text())["runtime"]
         self.state_dir = Path(raw["state_dir"])
+        # Prometheus, Alertmanager and pager sink credentials, as every client reads them: from the state dir
+        self.auth = StackAuth(self.state_dir, environ={})
         self.ports = {k: raw[k] for k in ("control_port", "device_exporter_port", "postprocessing_exporter_port",
                                           "prometheus_port", "alertmanager_port", "pager_sink_port",
                                           "calibration_exporter_port")}
@@ -108,7 +111,7 @@ class RunningStack:
 
     def prometheus(self, query: str) -> list[dict[str, Any]]:
         data = urllib.parse.urlencode({"query": query}).encode()
-        with urllib.request.urlopen(f"{self.url('prometheus_port')}/api/v1/query", data, timeout=5) as response:
+        with open_url(f"{self.url('prometheus_port')}/api/v1/query", self.auth.prometheus, data=data) as response:
             return json.loads(response.read())["data"]["result"]
 
     def by_link(self, query: str) -> dict[str, float]:
@@ -116,8 +119,7 @@ class RunningStack:
 
     def notifications(self, **filters: str | float) -> list[dict[str, Any]]:
         """What the pager sink recorded, filtered as its API filters (alertname, link, status, since…)."""
-        with urllib.request.urlopen(f"{self.url('pager_sink_port')}/api/v1/notifications?{urllib.parse.urlencode(filters)}",
-                                    timeout=5) as response:
+        with open_url(f"{self.url('pager_sink_port')}/api/v1/notifications", self.auth.pager_sink, query=filters) as response:
             return json.loads(response.read())["notifications"]
 
     def api(self, method: str, path: str, body: dict | None = None) -> Any:
@@ -126,6 +128,13 @@ class RunningStack:
                                          data=None if body is None else json.dumps(body).encode(),
                                          headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def get_json(self, port_key: str, path: str, **query: Any) -> Any:
+        """GET from Prometheus, Alertmanager or the pager sink with its credentials."""
+        auth = {"prometheus_port": self.auth.prometheus, "alertmanager_port": self.auth.alertmanager,
+                "pager_sink_port": self.auth.pager_sink}[port_key]
+        with open_url(f"{self.url(port_key)}{path}", auth, query=query) as response:
             return json.loads(response.read())
 
     def kill9(self) -> None:

@@ -11,13 +11,9 @@ fibre cut (the block-success SLO's 1h burn tier, `for: 2m`) takes over two minut
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,21 +27,13 @@ LINK = FAST_LINK["id"]
 SYMPTOM_WAIT_S = 180.0  # from the cut: 2 min of `for` after the burn windows fill (~130 s measured), and slack
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def test_fibre_cut_pages_inhibits_symptoms_and_resolves(tmp_path: Path):
     config_path = e2e_profile(tmp_path, [FAST_LINK])
     stack = RunningStack(config_path)
-    am = stack.url("alertmanager_port")
-
     notifications = stack.notifications
 
-    def symptoms(**flags: str) -> list[dict]:
-        query = urllib.parse.urlencode([("filter", f'link="{LINK}"'), ("filter", 'class="symptom"'), *flags.items()])
-        return _get(f"{am}/api/v2/alerts?{query}")
+    def symptoms(**flags: str) -> list[dict]:   # Alertmanager with its basic auth, as every client reads it
+        return stack.get_json("alertmanager_port", "/api/v2/alerts", filter=[f'link="{LINK}"', 'class="symptom"'], **flags)
 
     try:
         stack.wait_up(30)
@@ -63,8 +51,8 @@ def test_fibre_cut_pages_inhibits_symptoms_and_resolves(tmp_path: Path):
         assert [a["labels"]["severity"] for a in page["alerts"]] == ["page"]
 
         # QKDLinkDown (three aborted 1-s blocks) fires too, but the cut explains it: inhibited.
-        down = wait_for(lambda: _get(f"{am}/api/v2/alerts?" + urllib.parse.urlencode(
-            [("filter", f'link="{LINK}"'), ("filter", 'alertname="QKDLinkDown"')])), 30, "QKDLinkDown in Alertmanager", stack)
+        down = wait_for(lambda: stack.get_json("alertmanager_port", "/api/v2/alerts", filter=[f'link="{LINK}"', 'alertname="QKDLinkDown"']),
+                        30, "QKDLinkDown in Alertmanager", stack)
         assert all(a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"] for a in down), down
 
         # The link's symptoms: in Alertmanager, inhibited, and never at the sink. The first to fire

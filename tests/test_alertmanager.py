@@ -7,8 +7,7 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.parse
-import urllib.request
+import urllib.error
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from qkdops import pager_sink
+from qkdops import credentials, pager_sink
 from qkdops.config import RuntimeSettings
+from qkdops.http_client import StackAuth, get_json, open_url
 from qkdops.stack import (
     ALERTMANAGER_BINARIES, COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS, SECRET_FILE_ENV, SecretFiles, StackError,
     alertmanager_config, find_binary, render_compose_alertmanager_config, secret_files_from_env,
@@ -26,6 +26,7 @@ from qkdops.stack import (
 from stack_helpers import free_ports, wait_for
 
 CASES = yaml.safe_load((COMPOSE_ALERTMANAGER_CONFIG.parent / "route-tests.yml").read_text())
+SINK_TOKEN_FILE = "/state/pager-sink-token"
 needs_amtool = pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed: `bash scripts/setup.sh`")
 
 
@@ -35,7 +36,7 @@ def _write(path: Path, config: dict[str, Any]) -> Path:
 
 
 def _local(tmp_path: Path, secrets: SecretFiles, interval_s: float = 1.0, name: str = "alertmanager.yml") -> Path:
-    return _write(tmp_path / name, alertmanager_config("127.0.0.1:9820", secrets, interval_s))
+    return _write(tmp_path / name, alertmanager_config("127.0.0.1:9820", secrets, interval_s, sink_token_file=SINK_TOKEN_FILE))
 
 
 def _key_files(tmp_path: Path) -> dict[str, str]:
@@ -53,6 +54,14 @@ def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_committed_config_is_the_rendered_one():
     assert COMPOSE_ALERTMANAGER_CONFIG.read_text() == render_compose_alertmanager_config()
+
+
+def test_every_pager_sink_webhook_sends_the_bearer_token_from_its_file():
+    for config, token_file in ((alertmanager_config("h:1", SecretFiles(), 5.0, sink_token_file=SINK_TOKEN_FILE), SINK_TOKEN_FILE),
+                               (yaml.safe_load(COMPOSE_ALERTMANAGER_CONFIG.read_text()), "/run/secrets/pager-sink-token")):
+        hooks = [w for r in config["receivers"] for w in r.get("webhook_configs", [])]
+        assert len(hooks) == 3 and all(w["http_config"] == {"authorization": {"type": "Bearer", "credentials_file": token_file}}
+                                       for w in hooks)
 
 
 @needs_amtool
@@ -82,14 +91,14 @@ def test_routes(case: dict[str, Any], tmp_path: Path):
 
 def test_receivers_come_and_go_with_their_key_files_and_never_carry_a_key(tmp_path: Path):
     env = _key_files(tmp_path)
-    keyed = alertmanager_config("127.0.0.1:9820", secret_files_from_env(env), 5.0)
+    keyed = alertmanager_config("127.0.0.1:9820", secret_files_from_env(env), 5.0, sink_token_file=SINK_TOKEN_FILE)
     assert {r["name"] for r in keyed["receivers"]} == {"pager-sink-page", "pager-sink-ticket", "pager-sink-unrouted",
                                                        "pagerduty", "opsgenie", "slack-tickets"}
     text = yaml.safe_dump(keyed)
     assert "placeholder-not-a-key" not in text and all(path in text for path in env.values())
     assert secret_files_from_env({}) == SecretFiles()
     only_pd = secret_files_from_env({SECRET_FILE_ENV["pagerduty_routing_key"]: env[SECRET_FILE_ENV["pagerduty_routing_key"]]})
-    assert [r["name"] for r in alertmanager_config("h:1", only_pd, 5.0)["receivers"]][3:] == ["pagerduty"]
+    assert [r["name"] for r in alertmanager_config("h:1", only_pd, 5.0, sink_token_file=SINK_TOKEN_FILE)["receivers"]][3:] == ["pagerduty"]
     # committed: every key is a file under the mounted secrets directory, no key field holds a value
     committed = yaml.safe_load(COMPOSE_ALERTMANAGER_CONFIG.read_text())
     fields = {k: v for r in committed["receivers"] for kind, configs in r.items() if kind != "name" for c in configs for k, v in c.items()}
@@ -109,7 +118,7 @@ def test_a_named_key_file_that_is_missing_or_empty_stops_the_stack(tmp_path: Pat
 
 def test_timers_follow_the_evaluation_interval():
     def timers(interval_s: float) -> dict[str, dict[str, str]]:
-        route = alertmanager_config("h:1", SecretFiles(), interval_s)["route"]
+        route = alertmanager_config("h:1", SecretFiles(), interval_s, sink_token_file=SINK_TOKEN_FILE)["route"]
         return {r["matchers"][0]: {k: r[k] for k in ("group_wait", "group_interval", "repeat_interval")} for r in route["routes"]}
     assert timers(5.0) == {'severity="page"': {"group_wait": "10s", "group_interval": "1m", "repeat_interval": "1h"},
                            'severity="ticket"': {"group_wait": "1m", "group_interval": "10m", "repeat_interval": "24h"}}
@@ -119,27 +128,28 @@ def test_timers_follow_the_evaluation_interval():
 
 
 # ---- inhibition, on a real Alertmanager -------------------------------------------------------------
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 @pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(Alertmanager URL, pager sink URL): the local rendering with 0.5-s timers, its sink in-process."""
+def alertmanager(tmp_path: Path) -> Iterator[tuple[str, str, StackAuth]]:
+    """(Alertmanager URL, pager sink URL, credentials): the local rendering with 0.5-s timers, its sink
+    in-process, both with the authentication `qkdops up` gives them."""
     binary = find_binary(ALERTMANAGER_BINARIES)
-    sink, sink_thread = pager_sink.serve(RuntimeSettings(state_dir=tmp_path / "sink", pager_sink_port=0))
+    creds = credentials.prepare_server_credentials(tmp_path / "state", environ={})
+    auth = StackAuth(tmp_path / "state", environ={})
+    sink_token = credentials.load_secret(credentials.PAGER_SINK_TOKEN, tmp_path / "state", create=False, environ={})
+    sink, sink_thread = pager_sink.serve(RuntimeSettings(state_dir=tmp_path / "sink", pager_sink_port=0), sink_token.value)
     sink_host = f"127.0.0.1:{sink.server_port}"
-    config = _write(tmp_path / "alertmanager.yml", alertmanager_config(sink_host, SecretFiles(), 0.5))
+    config = _write(tmp_path / "alertmanager.yml",
+                    alertmanager_config(sink_host, SecretFiles(), 0.5, sink_token_file=str(creds.pager_sink_token_file)))
     port = free_ports(1)[0]
     log = open(tmp_path / "alertmanager.log", "wb")
     process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
-                                f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                                f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+                                f"--web.config.file={creds.alertmanager_web_config}"],
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: urllib.request.urlopen(f"{url}/-/ready", timeout=1).status == 200, 20, "Alertmanager ready")
-        yield url, f"http://{sink_host}"
+        wait_for(lambda: open_url(f"{url}/-/ready", auth.alertmanager, timeout_s=1).status == 200, 20, "Alertmanager ready")
+        yield url, f"http://{sink_host}", auth
     finally:
         process.terminate()
         process.wait(10)
@@ -156,14 +166,21 @@ def _key(labels: dict[str, str]) -> tuple[str, str, str]:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("prometheus-alertmanager") is None and shutil.which("alertmanager") is None,
                     reason="Alertmanager not installed: `bash scripts/setup.sh`")
-def test_inhibition_on_a_real_alertmanager(alertmanager: tuple[str, str]):
-    am, sink = alertmanager
+def test_inhibition_on_a_real_alertmanager(alertmanager: tuple[str, str, StackAuth]):
+    am, sink, auth = alertmanager
+
+    def _get(url: str, **query: Any) -> Any:
+        return get_json(url, auth.pager_sink if url.startswith(sink) else auth.alertmanager, **query)
+
     now = datetime.now(UTC)
     alerts = [{"labels": case["labels"], "annotations": {"summary": "test"}, "startsAt": now.isoformat(),
                "endsAt": (now + timedelta(minutes=10)).isoformat()} for case in CASES["inhibition"]]
-    request = urllib.request.Request(f"{am}/api/v2/alerts", data=json.dumps(alerts).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=5).close()
+    body = json.dumps(alerts).encode()
+    with pytest.raises(urllib.error.HTTPError) as refused:   # no basic auth: refused, nothing accepted
+        open_url(f"{am}/api/v2/alerts", None, data=body, method="POST", headers={"Content-Type": "application/json"})
+    assert refused.value.code == 401
+    refused.value.close()
+    open_url(f"{am}/api/v2/alerts", auth.alertmanager, data=body, method="POST", headers={"Content-Type": "application/json"}).close()
     expected_inhibited = {_key(c["labels"]) for c in CASES["inhibition"] if c["inhibited"]}
     expected_through = {_key(c["labels"]) for c in CASES["inhibition"] if not c["inhibited"]}
 
@@ -172,7 +189,7 @@ def test_inhibition_on_a_real_alertmanager(alertmanager: tuple[str, str]):
     every = {_key(a["labels"]): a for a in accepted}
     assert {k for k, a in every.items() if a["status"]["inhibitedBy"]} == expected_inhibited
     assert all(every[k]["status"]["state"] == "suppressed" for k in expected_inhibited)
-    assert {_key(a["labels"]) for a in _get(f"{am}/api/v2/alerts?inhibited=false")} == expected_through
+    assert {_key(a["labels"]) for a in _get(f"{am}/api/v2/alerts", inhibited="false")} == expected_through
 
     # What reaches the pager sink: every alert that is not inhibited (pages and tickets), none that is
     def received() -> set[tuple[str, str, str]]:
@@ -183,5 +200,5 @@ def test_inhibition_on_a_real_alertmanager(alertmanager: tuple[str, str]):
     assert received() == expected_through
     for n in notifications:
         assert {a["labels"]["severity"] for a in n["alerts"]} == {n["kind"]} and n["receiver"] == f"pager-sink-{n['kind']}"
-    page = _get(f"{sink}/api/v1/notifications?{urllib.parse.urlencode({'alertname': 'QKDLinkDown', 'link': 'inh-a'})}")
+    page = _get(f"{sink}/api/v1/notifications", alertname="QKDLinkDown", link="inh-a")
     assert [n["status"] for n in page["notifications"]] == ["firing"]

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qkdops import dashboards_cmd
+from qkdops import credentials, dashboards_cmd
 from qkdops.cli import main
+from stack_helpers import metro_fleet_yaml
 
 TOKEN = "glsa_test-secret-token-0123456789"
 UIDS = ["qkdops-executive", "qkdops-oncall", "qkdops-debug", "qkdops-slo"]
@@ -258,15 +259,19 @@ def test_render_calls_render_panels_with_the_window(capsys, monkeypatch, tmp_pat
 
     calls = []
 
-    def fake(prometheus_url, dashboard, link, start, end, out, step_s=5.0):
+    def fake(prometheus_url, dashboard, link, start, end, out, step_s=5.0, auth=None):
         calls.append((prometheus_url, dashboard, link, start, end, out, step_s))
+        assert auth is not None and auth.header.startswith("Basic ")  # read from the config's state dir
         Path(out).write_bytes(b"\x89PNG")
         return Path(out)
 
     monkeypatch.setattr(dashboards.render, "render_panels", fake)
     out_file = tmp_path / "oncall.png"
+    config = tmp_path / "links.yaml"
+    config.write_text(metro_fleet_yaml(("bb84-a",)))
+    credentials.prepare_server_credentials(tmp_path / "state", environ={})
     code, _, out = run(capsys, "render", "--prometheus", "http://prom:9090", "--link", "bb84-a",
-                       "--since", "15m", "--out", str(out_file))
+                       "--since", "15m", "--config", str(config), "--out", str(out_file))
     assert code == 0 and str(out_file) in out
     (url, dash, link, start, end, path, step), = calls
     assert (url, dash, link, path, step) == ("http://prom:9090", "oncall", "bb84-a", out_file, 5.0)

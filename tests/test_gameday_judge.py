@@ -16,13 +16,17 @@ import pytest
 from gameday import runner
 from gameday.chaosqkd import Endpoints
 from gameday.scenario import SCENARIOS_DIR, load
-from test_pager_sink import Sink, notification
+from qkdops.http_client import StackAuth
+from test_pager_sink import TOKEN, Sink, notification
 
 
 @pytest.fixture
 def sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
     s = Sink(tmp_path / "state")
-    monkeypatch.setattr(runner, "endpoints", lambda configuration: Endpoints("", s.url, "", "", ""))
+    token_file = tmp_path / "state" / "pager-sink-token"   # where the runner's StackAuth reads it
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    monkeypatch.setattr(runner, "endpoints", lambda configuration: Endpoints("", s.url, "", "", "", StackAuth(tmp_path / "state", {})))
     yield s
     s.stop()
 

@@ -20,6 +20,7 @@ import pytest
 
 from qkdops import stack as stack_module
 from qkdops.config import RuntimeSettings, load_config
+from qkdops.http_client import StackAuth, get_json
 from qkdops.stack import (
     CALIBRATION_JOB,
     RESTART_BACKOFF_MAX_S,
@@ -97,15 +98,21 @@ def stacks():
 # ---- rendering ------------------------------------------------------------------------------------------
 def test_the_calibration_scrape_job_targets_the_scheduler_and_only_when_it_runs():
     rt = RuntimeSettings(bind="127.0.0.1", calibration_exporter_port=9999)
-    with_it = prometheus_config(local_hosts(rt, "127.0.0.1"), "rules/*.yml", 1.0)
+    with_it = prometheus_config(local_hosts(rt, "127.0.0.1"), "rules/*.yml", 1.0, alertmanager_password_file="/s/am")
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in with_it["scrape_configs"]}
     assert jobs == {"qkd-device": ["127.0.0.1:9810"], "qkd-postprocessing": ["127.0.0.1:9811"], CALIBRATION_JOB: ["127.0.0.1:9999"]}
     assert CALIBRATION_JOB == "qkd-calibration"
-    without = prometheus_config(local_hosts(rt), "rules/*.yml", 1.0)
+    without = prometheus_config(local_hosts(rt), "rules/*.yml", 1.0, alertmanager_password_file="/s/am")
     assert [j["job_name"] for j in without["scrape_configs"]] == ["qkd-device", "qkd-postprocessing"]
     # `qkdops up --bind X` moves its own servers, not the scheduler (which listens at its file's bind)
     moved = local_hosts(RuntimeSettings(bind="10.0.0.5", calibration_exporter_port=9999), "127.0.0.1")
     assert moved.device == "10.0.0.5:9810" and moved.calibration == "127.0.0.1:9999"
+
+
+def test_prometheus_sends_alerts_with_basic_auth_from_the_password_file():
+    config = prometheus_config(local_hosts(RuntimeSettings()), "rules/*.yml", 1.0, alertmanager_password_file="/state/alertmanager-password")
+    (alertmanager,) = config["alerting"]["alertmanagers"]
+    assert alertmanager["basic_auth"] == {"username": "qkdops", "password_file": "/state/alertmanager-password"}
 
 
 def test_the_scheduler_is_told_every_address_explicitly(tmp_path: Path):
@@ -238,8 +245,7 @@ needs_servers = pytest.mark.skipif(
 
 
 def _target_health(rt: RuntimeSettings, job: str) -> str | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{rt.prometheus_port}/api/v1/targets", timeout=5) as response:
-        targets = json.loads(response.read())["data"]["activeTargets"]
+    targets = get_json(f"http://127.0.0.1:{rt.prometheus_port}/api/v1/targets", StackAuth(rt.state_dir, {}).prometheus)["data"]["activeTargets"]
     return next((t["health"] for t in targets if t["labels"]["job"] == job), None)
 
 
@@ -258,6 +264,14 @@ def test_up_starts_the_scheduler_last_restarts_it_and_stops_it_first(tmp_path: P
         return _stand_in(tmp_path, runtime, "term", f"http://127.0.0.1:{runtime.control_port}/healthz", 0.0)
 
     monkeypatch.setattr(stack_module, "scheduler_argv", stand_in_argv)
+    stacks_seen: list[stack_module.Stack] = []
+    real_stack = up_cmd.Stack
+
+    def recording_stack(*args, **kwargs):
+        stacks_seen.append(made := real_stack(*args, **kwargs))
+        return made
+
+    monkeypatch.setattr(up_cmd, "Stack", recording_stack)
     stopping = threading.Event()
     result: list[int] = []
     runner = threading.Thread(target=lambda: result.append(up_cmd._run(config, True, stopping, 0.0, {}, rt.bind)))
@@ -272,6 +286,9 @@ def test_up_starts_the_scheduler_last_restarts_it_and_stops_it_first(tmp_path: P
                               "--api", f"http://127.0.0.1:{rt.control_port}", "--prometheus", f"http://127.0.0.1:{rt.prometheus_port}",
                               "--exit-with-parent"]]
         wait_for(lambda: _target_health(rt, CALIBRATION_JOB) == "up", 30, "Prometheus to scrape qkd-calibration")
+        # the scheduler reads the credentials of this stack's state dir, named explicitly
+        scheduler_env = next(c.env for c in stacks_seen[0].children if c.name == SCHEDULER)
+        assert scheduler_env["QKDOPS_PROMETHEUS_PASSWORD_FILE"] == str((rt.state_dir / "prometheus-password").resolve())
         # killed: restarted, up.json follows, key production never stopped
         first = recorded["pids"][SCHEDULER]
         os.kill(first, signal.SIGKILL)

@@ -12,6 +12,7 @@ import signal
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ import pytest
 
 from qkdlink.keyrate import predict
 from qkdlink.protocols import get_protocol
+from qkdops import credentials
 from qkdops.config import load_config
+from qkdops.http_client import Auth, open_url
 from qkdops.stack import CALIBRATION_JOB, SCHEDULER, pid_alive
 from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
 
@@ -51,8 +54,45 @@ def _calibration_args() -> list[str]:
 
 
 def _targets(stack: RunningStack) -> list[dict]:
-    with urllib.request.urlopen(f"{stack.url('prometheus_port')}/api/v1/targets", timeout=5) as response:
-        return json.loads(response.read())["data"]["activeTargets"]
+    return stack.get_json("prometheus_port", "/api/v1/targets")["data"]["activeTargets"]
+
+
+def _status(url: str, method: str, body: bytes | None = None, auth: Auth | None = None) -> int:
+    """The HTTP status ``method url`` answers (with ``auth``'s header, if any)."""
+    try:
+        with open_url(url, auth, method=method, data=body, headers={"Content-Type": "application/json"}) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code
+
+
+def _assert_writes_need_credentials(stack: RunningStack) -> None:
+    """Unauthenticated (or wrongly authenticated) writes to Prometheus, Alertmanager and the pager sink
+    are refused with 401; with the credentials from the state dir they work."""
+    prometheus, am, sink = stack.url("prometheus_port"), stack.url("alertmanager_port"), stack.url("pager_sink_port")
+    wrong_basic = Auth(credentials.basic(credentials.USER, "not-the-password"), "test")
+    silence = json.dumps({"matchers": [{"name": "alertname", "value": "QKDNoSuchAlert", "isRegex": False}],
+                          "startsAt": "2020-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z",
+                          "createdBy": "test", "comment": "auth check"}).encode()
+    query = b"query=up"
+    page = json.dumps({"version": "4", "status": "firing", "receiver": "x", "alerts": []}).encode()
+    for auth in (None, wrong_basic):
+        assert _status(f"{prometheus}/api/v1/query", "POST", query, auth) == 401
+        assert _status(f"{prometheus}/api/v1/admin/tsdb/snapshot", "POST", b"", auth) == 401
+        assert _status(f"{prometheus}/-/ready", "GET", None, auth) == 401
+        assert _status(f"{am}/api/v2/silences", "POST", silence, auth) == 401
+        assert _status(f"{am}/api/v2/alerts", "POST", b"[]", auth) == 401
+        assert _status(f"{sink}/webhook/page", "POST", page, auth) == 401
+        assert _status(f"{sink}/api/v1/notifications", "GET", None, auth) == 401
+    assert _status(f"{sink}/webhook/page", "POST", page, Auth("Bearer not-the-token", "test")) == 401
+    assert _status(f"{prometheus}/api/v1/query", "POST", query, stack.auth.prometheus) == 200
+    assert _status(f"{am}/api/v2/silences", "POST", silence, stack.auth.alertmanager) == 200
+    assert _status(f"{am}/api/v2/silences", "POST", silence, stack.auth.prometheus) == 401  # each its own password
+    assert _status(f"{sink}/api/v1/notifications", "GET", None, stack.auth.pager_sink) == 200
+    assert _status(f"{sink}/healthz", "GET") == 200  # liveness stays open
+    for name in ("prometheus-web.yml", "alertmanager-web.yml", "prometheus-password", "alertmanager-password", "pager-sink-token"):
+        assert stat.S_IMODE((stack.state_dir / name).stat().st_mode) == 0o600, name
 
 
 @needs_servers
@@ -80,10 +120,11 @@ def test_stack_comes_up_scrapes_every_link_and_a_fibre_cut_shows_within_two_scra
             expected = predict(protocol, spec.parameters, "finite", float(spec.block_pulses)).secret_key_bits
             assert 0.5 * expected <= per_block[spec.id] <= 1.25 * expected, (spec.id, per_block[spec.id], expected)
         assert all(v > 0 for v in rates.values())
-        # no lifecycle API: nobody on the host can stop Prometheus (and with it the alerting) over HTTP
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(f"{stack.url('prometheus_port')}/-/quit", method="POST"), timeout=5)
-        assert refused.value.code == 403
+        # no lifecycle API: nobody on the host can stop Prometheus (and with it the alerting) over HTTP,
+        # not even with its password
+        assert _status(f"{stack.url('prometheus_port')}/-/quit", "POST") == 401
+        assert _status(f"{stack.url('prometheus_port')}/-/quit", "POST", auth=stack.auth.prometheus) == 403
+        _assert_writes_need_credentials(stack)
 
         # fibre cut through the control API: detections and key of that link stop within two scrapes
         stack.api("POST", "/api/v1/links/e2e-fast/faults", {"fault": "fiber_cut"})
@@ -126,6 +167,9 @@ def test_up_supervises_the_calibration_scheduler_and_stops_it_on_shutdown(tmp_pa
         status = subprocess.run([sys.executable, "-m", "qkdops.cli", "status", "--config", str(config_path)],
                                 capture_output=True, text=True, timeout=30)
         assert any(line.split()[:2] == [SCHEDULER, "up"] for line in status.stdout.splitlines()), status.stdout
+        # Prometheus's and Alertmanager's /-/ready want basic auth: status reads it from the state dir
+        for name in ("prometheus", "alertmanager", "pager_sink"):
+            assert any(line.split()[:2] == [name, "up"] for line in status.stdout.splitlines()), status.stdout
     finally:
         code = stack.stop()
     assert code == 0, stack.output()[-3000:]

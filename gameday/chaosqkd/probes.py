@@ -34,8 +34,9 @@ def open_pages(link: str, configuration: dict[str, Any] | None = None) -> list[s
     """Alert names paging for ``link`` now (active in Alertmanager, neither silenced nor inhibited),
     and stack-wide pages without a link label (QKDExporterDown): they blind the link's alerts."""
     found: set[str] = set()
+    where = endpoints(configuration)
     for link_matcher in (f'link="{link}"', 'link=""'):
-        alerts = get_json(f"{endpoints(configuration).alertmanager}/api/v2/alerts", active="true", silenced="false",
+        alerts = get_json(f"{where.alertmanager}/api/v2/alerts", where.auth.alertmanager, active="true", silenced="false",
                           inhibited="false", filter=[link_matcher, 'severity="page"'])
         found.update(a["labels"]["alertname"] for a in alerts)
     return sorted(found)
@@ -60,12 +61,12 @@ def ticket_delivered(alertname: str, timeout_s: float, link: str | None = None,
 
 def _delivered(kind: str, alertname: str, timeout_s: float, link: str | None,
                configuration: dict[str, Any] | None) -> dict[str, Any]:
-    sink = endpoints(configuration).pager_sink
+    sink, auth = endpoints(configuration).pager_sink, endpoints(configuration).auth.pager_sink
     since = started_at(configuration)
     where = {"link": link} if link is not None else {}
 
     def delivered() -> dict[str, Any] | None:
-        found = get_json(f"{sink}/api/v1/notifications", kind=kind, alertname=alertname, status="firing",
+        found = get_json(f"{sink}/api/v1/notifications", auth, kind=kind, alertname=alertname, status="firing",
                          since=f"{since:.3f}", **where)["notifications"]
         return {"alertname": alertname, "received_at": found[0]["received_at"]} if found else None
 
@@ -83,13 +84,13 @@ def recovered(link: str, timeout_s: float, configuration: dict[str, Any] | None 
 def calibration_corrected(link: str, job_name: str, timeout_s: float, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Wait until Prometheus shows a ``corrected`` run of calibration job ``job_name`` on ``link``
     since the run began (the automatic recovery a drift scenario expects)."""
-    prometheus = endpoints(configuration).prometheus
+    prometheus, auth = endpoints(configuration).prometheus, endpoints(configuration).auth.prometheus
     since = started_at(configuration)
 
     def corrected() -> dict[str, Any] | None:
         window = max(1, int(time.time() - since) + 1)
         query = f'increase(qkd_calibration_runs_total{{link="{link}", job_name="{job_name}", outcome="corrected"}}[{window}s]) > 0'
-        result = get_json(f"{prometheus}/api/v1/query", query=query)["data"]["result"]
+        result = get_json(f"{prometheus}/api/v1/query", auth, query=query)["data"]["result"]
         return {"job_name": job_name, "seen_at": time.time()} if result else None
 
     return _wait(corrected, timeout_s, f"a corrected {job_name} run on {link}")
