@@ -16,6 +16,7 @@ from qkdops import dashboards_cmd
 from qkdops import calibration_cmd
 from qkdops import keys_cmd
 from qkdops import gameday_cmd
+from qkdops import credentials_cmd
 from qkdops.runtime.memory import retain_freed_memory
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibration_cmd.register(sub)
     keys_cmd.register(sub)
     gameday_cmd.register(sub)
+    credentials_cmd.register(sub)
     return parser
 
 

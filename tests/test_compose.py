@@ -7,12 +7,14 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from qkdops import credentials
 from qkdops.config import DEFAULT_CONFIG, load_config, parse_config
 from qkdops.control_api import TOKEN_FILE_ENV, TOKEN_FILE_NAME
 from qkdops.stack import (
     CALIBRATION_JOB,
     COMPOSE_ALERTMANAGER_CONFIG,
     COMPOSE_PROMETHEUS_CONFIG,
+    COMPOSE_SECRET_FILES,
     COMPOSE_SECRETS,
     CONTAINER_BIND,
     CONTAINER_CONFIG,
@@ -170,3 +172,59 @@ def test_every_kme_is_published_on_loopback_and_its_certificate_names_the_servic
     ports = COMPOSE["services"]["qkdops"]["ports"]
     assert all(f"127.0.0.1:{k.port}:{k.port}" in ports for k in config.key_delivery.kmes)
     assert "qkdops" in SERVER_NAMES  # SAEs on the compose network reach https://qkdops:PORT with hostname checks on
+
+
+# ---- authentication: compose secrets ----------------------------------------------------------------
+SECRETS_DIR = ROOT / "compose-secrets"
+
+
+def _secrets(service: str) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in SERVICES[service].get("secrets", [])}
+
+
+def test_every_generated_credential_is_a_compose_secret_in_the_ignored_directory(tmp_path: Path):
+    declared = COMPOSE["secrets"]
+    assert set(declared) == set(COMPOSE_SECRET_FILES)   # names as the rendered configs and the services see them
+    for name, spec in declared.items():
+        assert spec == {"file": f"./compose-secrets/{name}"} and COMPOSE_SECRET_FILES[name] == f"/run/secrets/{name}", name
+    # what `qkdops credentials --compose-dir` writes is exactly what compose mounts
+    assert {p.name for p in credentials.write_compose_secrets(tmp_path / "s")} == set(declared)
+    assert {p.name for p in SECRETS_DIR.iterdir()} & {".gitignore", "README.md"} == {".gitignore", "README.md"}
+    ignore = (SECRETS_DIR / ".gitignore").read_text().split()
+    assert "*" in ignore and "!.gitignore" in ignore and "!README.md" in ignore
+    assert all(s in {*declared} for name in SERVICES for s in _secrets(name))
+
+
+def test_prometheus_and_alertmanager_run_with_basic_auth_and_health_checks_that_log_in():
+    for name, web, password in (("prometheus", "prometheus-web.yml", "prometheus-password"),
+                                ("alertmanager", "alertmanager-web.yml", "alertmanager-password")):
+        service = SERVICES[name]
+        assert f"--web.config.file={COMPOSE_SECRET_FILES[web]}" in service["command"], name
+        assert {web, password} <= _secrets(name), name
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD-SHELL" and f"qkdops:$$(cat {COMPOSE_SECRET_FILES[password]})@127.0.0.1" in test[1], name
+
+
+def test_each_client_gets_the_credential_file_its_rendered_config_or_environment_names():
+    prom = yaml.safe_load(COMPOSE_PROMETHEUS_CONFIG.read_text())
+    (alerting,) = prom["alerting"]["alertmanagers"]
+    assert alerting["basic_auth"] == {"username": credentials.USER, "password_file": COMPOSE_SECRET_FILES["alertmanager-password"]}
+    assert "alertmanager-password" in _secrets("prometheus")
+    am = yaml.safe_load(COMPOSE_ALERTMANAGER_CONFIG.read_text())
+    files = {w["http_config"]["authorization"]["credentials_file"] for r in am["receivers"] for w in r.get("webhook_configs", [])}
+    assert files == {COMPOSE_SECRET_FILES["pager-sink-token"]} and "pager-sink-token" in _secrets("alertmanager")
+    # the pager sink (qkdops) and the scheduler read theirs through the variables qkdops.credentials honours
+    assert SERVICES["qkdops"]["environment"][credentials.PAGER_SINK_TOKEN.file_env] == COMPOSE_SECRET_FILES["pager-sink-token"]
+    assert _secrets("qkdops") == {"pager-sink-token"}
+    assert SERVICES["calibration"]["environment"][credentials.PROMETHEUS_PASSWORD.file_env] == COMPOSE_SECRET_FILES["prometheus-password"]
+    assert _secrets("calibration") == {"prometheus-password"}
+    # nobody gets a secret it does not use: the web configs only to their server
+    assert {name for name in SERVICES if "prometheus-web.yml" in _secrets(name)} == {"prometheus"}
+    assert {name for name in SERVICES if "alertmanager-web.yml" in _secrets(name)} == {"alertmanager"}
+
+
+def test_grafana_queries_prometheus_with_basic_auth_from_the_secret():
+    (datasource,) = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["basicAuth"] is True and datasource["basicAuthUser"] == credentials.USER
+    assert datasource["secureJsonData"] == {"basicAuthPassword": f"$__file{{{COMPOSE_SECRET_FILES['prometheus-password']}}}"}
+    assert "prometheus-password" in _secrets("grafana")

@@ -58,9 +58,11 @@ def _targets(stack: RunningStack) -> list[dict]:
 
 
 def _status(url: str, method: str, body: bytes | None = None, auth: Auth | None = None) -> int:
-    """The HTTP status ``method url`` answers (with ``auth``'s header, if any)."""
+    """The HTTP status ``method url`` answers (with ``auth``'s header, if any); a body that is not JSON is a form."""
+    form = body is not None and not body.startswith((b"{", b"["))
+    content_type = "application/x-www-form-urlencoded" if form else "application/json"
     try:
-        with open_url(url, auth, method=method, data=body, headers={"Content-Type": "application/json"}) as response:
+        with open_url(url, auth, method=method, data=body, headers={"Content-Type": content_type}) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         with exc:
