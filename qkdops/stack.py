@@ -29,6 +29,16 @@ nothing calibrates; silence it for a game day).
 Shutdown stops it first — SIGTERM, ``SCHEDULER_STOP_GRACE_S``, then SIGKILL — so no calibration action
 is in flight while Prometheus, the control API and the fleet go away.
 
+Authentication (``qkdops.credentials``, docs/security.md): ``start`` creates what is missing in the
+state dir — the pager sink token and the Prometheus and Alertmanager passwords (0600) — and writes
+``prometheus-web.yml`` / ``alertmanager-web.yml`` (bcrypt, user ``qkdops``), which both servers get as
+``--web.config.file``, so every endpoint, ``/-/ready`` included, wants basic auth; the readiness checks
+log in. Prometheus sends alerts with ``basic_auth.password_file`` (Alertmanager's password file) and
+Alertmanager its webhooks to the pager sink with ``http_config.authorization.credentials_file`` (the
+token file). The scheduler is started with ``QKDOPS_*_FILE`` naming these files
+(``credentials.client_environment``). Compose: the same rendering with ``/run/secrets/`` paths
+(``COMPOSE_SECRET_FILES``).
+
 Supervision differs by what a child is for. Prometheus and Alertmanager are *essential*: without them
 nothing is measured or paged, so when one dies ``qkdops up`` stops with status 1 and the operator sees
 it at once. The scheduler is not essential to key production: the links keep producing key without it

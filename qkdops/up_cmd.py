@@ -12,6 +12,10 @@ the servers, then the fleet, whose archive, key buffer, KME store and pager sink
 The control API can stop and start either exporter (``/api/v1/exporters``: the "exporter crash"
 game day); stopping the stack works whether an exporter is stopped or not.
 
+Authentication: the control API and the pager sink want bearer tokens, Prometheus and Alertmanager
+basic auth; every credential is generated on first start in the state dir (``qkdops.credentials``;
+``qkdops credentials --rotate`` replaces them, then restart).
+
 If Prometheus or Alertmanager dies, the stack stops with status 1. If the scheduler dies it is
 restarted with backoff and key production goes on (``qkdops.stack`` says why); if it cannot start
 at all, nothing starts. ``--no-calibration`` runs without it (game days, manual operation);

@@ -90,3 +90,26 @@ def test_stack_auth_headers(tmp_path: Path) -> None:
     with pytest.raises(CredentialError, match=str(tmp_path / "nowhere" / "alertmanager-password")):
         StackAuth(tmp_path / "nowhere", environ={}).alertmanager  # noqa: B018
     assert ALERTMANAGER_PASSWORD.file_name == "alertmanager-password"
+
+
+def test_the_credentials_command_creates_rotates_and_never_prints_a_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qkdops.cli import main
+    from stack_helpers import metro_fleet_yaml
+
+    config = tmp_path / "links.yaml"
+    config.write_text(metro_fleet_yaml(("metro-a",)))
+    state = tmp_path / "state"
+    assert main(["credentials", "--config", str(config)]) == 0
+    first = capsys.readouterr().out
+    names = {"pager-sink-token", "prometheus-password", "alertmanager-password", "prometheus-web.yml", "alertmanager-web.yml"}
+    assert {Path(line).name for line in first.split()} == names
+    values = {name: (state / name).read_text() for name in names}
+    assert main(["credentials", "--config", str(config)]) == 0 and "unchanged" in capsys.readouterr().out
+    assert main(["credentials", "--config", str(config), "--rotate"]) == 0
+    rotated = capsys.readouterr().out
+    assert all((state / name).read_text() != values[name] for name in names) and "restart" in rotated
+    printed = first + rotated
+    assert not any((state / name).read_text().strip() in printed or values[name].strip() in printed for name in names if "web" not in name)
+    assert credentials.web_config_matches(state / "prometheus-web.yml", (state / "prometheus-password").read_text().strip())
+    assert main(["credentials", "--compose-dir", str(tmp_path / "compose")]) == 0
+    assert {Path(line).name for line in capsys.readouterr().out.split()} == names
