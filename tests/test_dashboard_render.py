@@ -159,7 +159,7 @@ def demo_incident(tmp_path: Path, out: Path, cut_s: float = 25.0, after_s: float
         stack.api("DELETE", f"/api/v1/links/{link}/faults/fiber_cut")
         time.sleep(after_s)
         end = time.time()
-        return render_panels(stack.url("prometheus_port"), "oncall", link, start, end, out, step_s=2.0)
+        return render_panels(stack.url("prometheus_port"), "oncall", link, start, end, out, step_s=2.0, auth=stack.auth.prometheus)
     finally:
         stack.stop()
 
