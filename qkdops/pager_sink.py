@@ -71,6 +71,7 @@ DB_NAME = "pager-sink.sqlite"
 STATUSES = ("firing", "resolved")
 MAX_BODY_BYTES = 4 * 1024 * 1024  # Alertmanager sends whole groups (max_alerts: 0)
 MAX_DRAIN_BYTES = 4 * MAX_BODY_BYTES  # a refused body up to this size is read and dropped before the 413
+MAX_UNAUTHENTICATED_DRAIN_BYTES = 1024 * 1024  # what a client without the token can make the sink read
 RETRY_WINDOW_S = 60.0  # Alertmanager's retries of one notification fall within this (backoff ≤ 1 min)
 REQUEST_TIMEOUT_S = 10.0
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
@@ -374,7 +375,7 @@ class SinkHandler(BaseHTTPRequestHandler):
         except ApiError:
             self.close_connection = True  # an unread body must not be parsed as the next request
             text = self.headers.get("Content-Length", "").strip()
-            if text.isascii() and text.isdigit():
+            if text.isascii() and text.isdigit() and len(text) <= 18 and int(text) <= MAX_UNAUTHENTICATED_DRAIN_BYTES:
                 self._drain(int(text))  # so the client, still sending, reads the 401, not a reset
             raise
         if path == "/api/v1/notifications":
