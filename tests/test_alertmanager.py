@@ -128,7 +128,7 @@ def _get(url: str) -> Any:
 def alertmanager(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(Alertmanager URL, pager sink URL): the local rendering with 0.5-s timers, its sink in-process."""
     binary = find_binary(ALERTMANAGER_BINARIES)
-    sink, sink_thread = pager_sink.serve(RuntimeSettings(state_dir=tmp_path / "sink", pager_sink_port=0))
+    sink = pager_sink.serve(RuntimeSettings(state_dir=tmp_path / "sink", pager_sink_port=0))
     sink_host = f"127.0.0.1:{sink.server_port}"
     config = _write(tmp_path / "alertmanager.yml", alertmanager_config(sink_host, SecretFiles(), 0.5))
     port = free_ports(1)[0]
@@ -144,9 +144,7 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, str]]:
         process.terminate()
         process.wait(10)
         log.close()
-        sink.shutdown()
-        sink.server_close()
-        sink_thread.join(5)
+        sink.stop()
 
 
 def _key(labels: dict[str, str]) -> tuple[str, str, str]:
