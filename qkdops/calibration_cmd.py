@@ -178,7 +178,7 @@ def _scheduler(args: argparse.Namespace) -> int:
         print(f"qkdops scheduler: {exc}", file=sys.stderr)
         return 1
     w.collector.expect(service.scheduled())
-    server, _ = exporter_server.serve(w.collector, rt.bind, rt.calibration_exporter_port)
+    server = exporter_server.serve(w.collector, rt.bind, rt.calibration_exporter_port, name="calibration")
     log.info("calibration scheduler: %d job(s) on %d link(s); metrics on http://%s:%d/metrics; signals from %s",
              len(ids), len(links), rt.bind, server.server_port, w.prometheus.url if w.prometheus else "link status")
     stop = threading.Event()
@@ -193,8 +193,7 @@ def _scheduler(args: argparse.Namespace) -> int:
     finally:
         log.info("calibration scheduler: stopping (waiting for running jobs)")
         service.stop(wait=True)
-        server.shutdown()
-        server.server_close()
+        server.stop()
         w.store.close()
     return 0
 

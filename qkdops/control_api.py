@@ -32,10 +32,10 @@ can reach a file outside the runbooks directory; anything else is a 404.
 Every other request needs ``Authorization: Bearer TOKEN``. Errors are
 ``{"error": {"code", "message", "field"?}}``: 401 (token; with ``WWW-Authenticate: Bearer``),
 404 (unknown link, fault, action, exporter, runbook or path), 400 (bad JSON, wrong type, bad parameter), 405
-(method; with ``Allow``), 408 (body not sent in time), 409 (exporter's port taken), 411 (chunked body), 413 (body
-over 64 KiB), 500
-(logged here, never detailed to the client). A bad request never reaches the link, so the link keeps
-stepping and producing blocks.
+(method; with ``Allow``), 408 (request not sent in time), 409 (exporter's port taken), 413 (body over 64 KiB),
+414 / 431 (request line / headers too large), 503 (too many connections), 500 (logged here, never detailed
+to the client). A bad request never reaches the link, so the link keeps stepping and producing blocks. The
+serving (limits, deadlines, HEAD, protocol errors) is the one HTTP layer's, ``qkdops.http_server``.
 
 Token (``load_token``), first found: env ``QKDOPS_API_TOKEN``; the file named by env
 ``QKDOPS_API_TOKEN_FILE``; ``<state_dir>/api-token``, which the server creates (mode 0600, 256 random
@@ -54,21 +54,18 @@ import json
 import logging
 import math
 import re
-import socket
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from qkdlink.emulator import FAULTS, FaultError
 from qkdops import credentials
 from qkdops.credentials import API_TOKEN, CredentialError, SecretValue
 from qkdops.credentials import TOKEN_SYNTAX as TOKEN_SYNTAX  # noqa: F401 (re-exported: RFC 6750 b64token)
-from qkdops.http_response import respond
+from qkdops.http_server import HttpServer, Limits, Response, Route, Service, json_response
+from qkdops.http_server import Request as HttpRequest
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
 from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink, fault_catalogue
@@ -78,11 +75,8 @@ log = logging.getLogger("qkdops.control_api")
 
 API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
+LIMITS = Limits(max_body_bytes=MAX_BODY_BYTES)
 MAX_BLOCKS = 1000  # blocks one /blocks request may ask for
-# An over-long or unauthenticated body is read and dropped (up to this much) before the error
-# response, so the client, still sending, reads the response instead of a connection reset.
-MAX_DRAIN_BYTES = 1024 * 1024
-REQUEST_TIMEOUT_S = 10.0  # a stalled client frees its handler thread after this
 RUNBOOKS_PREFIX = "/runbooks"
 RUNBOOKS_DIR = Path(__file__).resolve().parent.parent / "runbooks"
 # An alert name: the runbook's file name without .md; nothing that could leave the directory, and
@@ -94,7 +88,6 @@ TOKEN_FILE_ENV = API_TOKEN.file_env
 TOKEN_FILE_NAME = API_TOKEN.file_name
 INJECT_FIELDS = ("fault", "parameters")
 REDACTED = "[redacted]"
-CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes '²'
 
 
 class Exporter(Protocol):
@@ -148,12 +141,19 @@ class ApiError(Exception):
         return {"error": error}
 
 
-@dataclass(frozen=True)
-class Document:
-    """A non-JSON response body (a runbook), sent as is with its content type."""
+# The codes and fields of the errors the HTTP layer answers itself (see ``error_body``).
+LAYER_ERRORS: Mapping[int, tuple[str, str | None]] = {
+    400: ("invalid_request", None), 404: ("not_found", "path"), 405: ("method_not_allowed", "method"),
+    408: ("request_timeout", "body"), 411: ("length_required", "Content-Length"), 413: ("payload_too_large", "body"),
+    414: ("uri_too_long", "path"), 431: ("header_fields_too_large", "headers"), 500: ("internal", None),
+    501: ("not_implemented", "method"), 503: ("unavailable", None)}
 
-    text: str
-    content_type: str
+
+def error_body(status: HTTPStatus, message: str) -> dict[str, Any]:
+    """The ``{"error": …}`` body for an error the HTTP layer answers (unknown path, method, sizes,
+    deadlines), with the same codes as the API's own errors; the pager sink shares it."""
+    code, field_name = LAYER_ERRORS.get(int(status), (status.phrase.lower().replace(" ", "_").replace("-", "_"), None))
+    return ApiError(status, code, message, field_name).body()
 
 
 def _bad(message: str, field_name: str, code: str = "invalid_request") -> ApiError:
@@ -317,209 +317,115 @@ def _start_exporter(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, {"name": exporter.name, "serving": exporter.serving}
 
 
-_SEGMENT = r"([^/]+)"
-ROUTES: tuple[tuple[re.Pattern[str], tuple[str, ...], Mapping[str, Endpoint]], ...] = tuple(
-    (re.compile(f"^{pattern}$"), names, handlers) for pattern, names, handlers in (
-        (f"{API_PREFIX}/links", (), {"GET": _links}),
-        (f"{API_PREFIX}/links/{_SEGMENT}", ("link",), {"GET": _link_status}),
-        (f"{API_PREFIX}/faults", (), {"GET": _faults}),
-        (f"{API_PREFIX}/links/{_SEGMENT}/faults", ("link",), {"GET": _active_faults, "POST": _inject, "DELETE": _clear}),
-        (f"{API_PREFIX}/links/{_SEGMENT}/faults/{_SEGMENT}", ("link", "fault"), {"DELETE": _clear}),
-        (f"{API_PREFIX}/links/{_SEGMENT}/actions/{_SEGMENT}", ("link", "action"), {"POST": _act}),
-        (f"{API_PREFIX}/links/{_SEGMENT}/blocks", ("link",), {"GET": _blocks}),
-        (f"{API_PREFIX}/exporters", (), {"GET": _exporters}),
-        (f"{API_PREFIX}/exporters/{_SEGMENT}", ("exporter",), {"POST": _start_exporter, "DELETE": _stop_exporter}),
-    ))
+API_ROUTES: tuple[tuple[str, Mapping[str, Endpoint]], ...] = (
+    (f"{API_PREFIX}/links", {"GET": _links}),
+    (f"{API_PREFIX}/links/{{link}}", {"GET": _link_status}),
+    (f"{API_PREFIX}/faults", {"GET": _faults}),
+    (f"{API_PREFIX}/links/{{link}}/faults", {"GET": _active_faults, "POST": _inject, "DELETE": _clear}),
+    (f"{API_PREFIX}/links/{{link}}/faults/{{fault}}", {"DELETE": _clear}),
+    (f"{API_PREFIX}/links/{{link}}/actions/{{action}}", {"POST": _act}),
+    (f"{API_PREFIX}/links/{{link}}/blocks", {"GET": _blocks}),
+    (f"{API_PREFIX}/exporters", {"GET": _exporters}),
+    (f"{API_PREFIX}/exporters/{{exporter}}", {"POST": _start_exporter, "DELETE": _stop_exporter}),
+)
 
 
-class ControlServer(ThreadingHTTPServer):
-    """The HTTP server, holding the fleet and exporters it controls and the token it accepts."""
+class ControlService:
+    """The control API's routes over one fleet: authenticate, parse, call the fleet, answer JSON."""
 
-    daemon_threads = True  # a hung client must not keep the process from exiting
-
-    def __init__(self, address: tuple[str, int], fleet: Fleet, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
+    def __init__(self, fleet: Fleet, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
                  exporters: Mapping[str, Exporter] | None = None) -> None:
         self.fleet = fleet
         self.token = token.encode("ascii")  # TOKEN_SYNTAX: ASCII only
         self.runbooks_dir = runbooks_dir
         self.exporters = dict(exporters or {})
-        super().__init__(address, ControlHandler)
 
+    def service(self) -> Service:
+        routes = [Route("/healthz", {"GET": self._healthz}, public=True),
+                  Route(f"{RUNBOOKS_PREFIX}{{*name}}", {"GET": self._runbook}, public=True)]
+        routes += [Route(path, {method: self._endpoint(endpoint) for method, endpoint in methods.items()})
+                   for path, methods in API_ROUTES]
+        return Service("control-api", routes, error_body, LIMITS, authenticate=self._authenticate)
 
-class ControlServer6(ControlServer):
-    address_family = socket.AF_INET6
+    def _healthz(self, request: HttpRequest) -> Response:
+        return json_response(HTTPStatus.OK, {"status": "ok"})
 
-
-class ControlHandler(BaseHTTPRequestHandler):
-    """One request: authenticate, route, parse, call the fleet, answer JSON (errors too)."""
-
-    server: ControlServer
-    server_version = "qkdops-control/1"
-    sys_version = ""  # don't advertise the Python version
-    timeout = REQUEST_TIMEOUT_S
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._handle()
-
-    do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = do_OPTIONS = do_GET  # noqa: N815
-
-    def _handle(self) -> None:
-        self._body_read = False
-        headers: Mapping[str, str] = {}
-        try:
-            status, payload = self._dispatch()
-        except ApiError as exc:
-            status, payload, headers = exc.status, exc.body(), exc.headers
-        except Exception:  # the client learns only that it failed; the log has the traceback (no body)
-            log.exception("control API: %s %s failed", self.command, self._redact(urlsplit(self.path).path))
-            status = HTTPStatus.INTERNAL_SERVER_ERROR
-            payload = {"error": {"code": "internal", "message": "internal error in the control API; see the runtime's log"}}
-        self._discard_body()
-        self._send(status, payload, headers)
-
-    def _dispatch(self) -> tuple[HTTPStatus, Any]:
-        path = urlsplit(self.path).path
-        route = path.rstrip("/") or "/"
-        if route == "/healthz":
-            self._require_method(path, ("GET",))
-            return HTTPStatus.OK, {"status": "ok"}
-        if route == RUNBOOKS_PREFIX or route.startswith(RUNBOOKS_PREFIX + "/"):
-            self._require_method(path, ("GET", "HEAD"))
-            return HTTPStatus.OK, self._runbook(route[len(RUNBOOKS_PREFIX) + 1:])
-        self._authenticate()
-        length = self._content_length()
-        for pattern, names, handlers in ROUTES:
-            if (match := pattern.match(route)) is None:
-                continue
-            self._require_method(path, tuple(handlers))
-            params = dict(zip(names, (unquote(g) for g in match.groups())))
-            try:
-                query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
-                request = Request(params, lambda: self._json_body(length), query, self.server.exporters)
-                return handlers[self.command](self.server.fleet, request)
-            except UnknownLink as exc:
-                raise ApiError(HTTPStatus.NOT_FOUND, "unknown_link", f"link: {exc}", "link") from None
-            except UnknownAction as exc:
-                raise ApiError(HTTPStatus.NOT_FOUND, "unknown_action", f"action: {exc}", "action") from None
-            except FaultError as exc:  # the endpoints check first; this covers a catalogue/fleet mismatch
-                raise _bad(str(exc), "parameters", "invalid_parameter") from None
-        raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no endpoint {path} (API root: {API_PREFIX})", "path")
-
-    def _runbook(self, segment: str) -> Document:
+    def _runbook(self, request: HttpRequest) -> Response:
         """``runbooks/<name>.md`` for a letters-and-digits ``name`` (percent-decoded), else 404.
 
         The name is checked after decoding, so ``..%2F`` and friends never reach the file system;
         the file is read per request, so an edited runbook is served at once.
         """
-        name = unquote(segment)
-        if RUNBOOK_NAME.fullmatch(name) is not None and (path := self.server.runbooks_dir / f"{name}.md").is_file():
-            return Document(path.read_text(encoding="utf-8"), MARKDOWN)
-        shown = name if len(name) <= 80 else name[:80] + "…"
-        raise ApiError(HTTPStatus.NOT_FOUND, "unknown_runbook",
-                       f"no runbook named '{shown}' (GET {RUNBOOKS_PREFIX}/<AlertName>: an alert name, "
-                       "letters and digits only)", "name")
+        name = request.params["name"].removeprefix("/")
+        if RUNBOOK_NAME.fullmatch(name) is not None and (path := self.runbooks_dir / f"{name}.md").is_file():
+            return Response(HTTPStatus.OK, path.read_text(encoding="utf-8").encode("utf-8"), MARKDOWN)
+        return self._answer(request, ApiError(HTTPStatus.NOT_FOUND, "unknown_runbook",
+                            f"no runbook named '{clip(name, 80)}' (GET {RUNBOOKS_PREFIX}/<AlertName>: an alert name, "
+                            "letters and digits only)", "name"))
 
-    def _require_method(self, path: str, methods: tuple[str, ...]) -> None:
-        if self.command not in methods:
-            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
-                           f"method {self.command} not allowed on {path} (allowed: {', '.join(methods)})",
-                           "method", {"Allow": ", ".join(methods)})
+    def _endpoint(self, endpoint: Endpoint) -> Callable[[HttpRequest], Response]:
+        def handle(request: HttpRequest) -> Response:
+            try:
+                req = Request(request.params, lambda: _json_body(request.body), request.query, self.exporters)
+                try:
+                    status, payload = endpoint(self.fleet, req)
+                except UnknownLink as exc:
+                    raise ApiError(HTTPStatus.NOT_FOUND, "unknown_link", f"link: {exc}", "link") from None
+                except UnknownAction as exc:
+                    raise ApiError(HTTPStatus.NOT_FOUND, "unknown_action", f"action: {exc}", "action") from None
+                except FaultError as exc:  # the endpoints check first; this covers a catalogue/fleet mismatch
+                    raise _bad(str(exc), "parameters", "invalid_parameter") from None
+            except ApiError as exc:
+                return self._answer(request, exc)
+            return self._answer(request, None, status, payload)
+        return handle
 
-    def _authenticate(self) -> None:
-        header = self.headers.get("Authorization")
+    def _answer(self, request: HttpRequest, error: ApiError | None, status: HTTPStatus = HTTPStatus.OK,
+                payload: Any = None) -> Response:
+        """The JSON answer, logged: every change and refusal at INFO (an audit trail of who did what to
+        which link), successful reads at DEBUG. Messages echo names the client sent (an unknown link or
+        fault); a token pasted there by mistake is not sent back, so no answer ever carries it."""
+        headers: Mapping[str, str] = {}
+        if error is not None:
+            status, payload, headers = error.status, error.body(), error.headers
+        data = json.dumps(_json_safe(payload), allow_nan=False).encode("utf-8") + b"\n"
+        data = data.replace(self.token, REDACTED.encode("ascii"))
+        quiet = request.method in ("GET", "HEAD") and status < 400
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s \"%s %s\" %d", request.peer, request.method,
+                self._redact(clip(request.path, 300)), status)
+        return Response(status, data, "application/json; charset=utf-8", headers)
+
+    def _authenticate(self, headers: Mapping[str, str]) -> Response | None:
+        """None for the right bearer token, else the 401 (before the body is read)."""
+        try:
+            self._check_token(headers)
+        except ApiError as exc:
+            log.info("control API: refused a request without a valid token: %s", exc.message)
+            return json_response(exc.status, exc.body(), exc.headers)
+        return None
+
+    def _check_token(self, headers: Mapping[str, str]) -> None:
+        header = headers.get("Authorization")
         if header is None:
             raise _unauthorized("missing Authorization header: expected 'Authorization: Bearer TOKEN'", invalid=False)
         scheme, _, presented = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             raise _unauthorized("malformed Authorization header: expected 'Bearer TOKEN'", invalid=True)
         # Headers arrive as latin-1 text; compare bytes so any input is comparable in constant time.
-        if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), self.server.token):
+        if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), self.token):
             raise _unauthorized("invalid bearer token", invalid=True)
 
-    def _content_length(self) -> int:
-        """The declared body size, refused (413) over the limit before a byte of it is read."""
-        if self.headers.get("Transfer-Encoding") is not None:
-            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "length_required", "send the body with Content-Length, not chunked",
-                           "Content-Length")
-        if (length := self._declared_length()) is None:
-            raise _bad("Content-Length must be a whole number of bytes", "Content-Length")
-        if length > MAX_BODY_BYTES:
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
-                           f"request body of {length} bytes is over the limit of {MAX_BODY_BYTES} bytes", "body")
-        return length
-
-    def _declared_length(self) -> int | None:
-        """Content-Length (0 when absent), or None when it is not plain ASCII digits."""
-        text = self.headers.get("Content-Length", "0").strip()
-        return int(text) if CONTENT_LENGTH.fullmatch(text) else None
-
-    def _json_body(self, length: int) -> Any:
-        try:
-            raw = self.rfile.read(length) if length else b""
-        except TimeoutError:
-            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, "request_timeout",
-                           f"request body not received within {self.timeout:g} s", "body") from None
-        finally:
-            self._body_read = True
-        if not raw.strip():
-            return None
-        try:
-            return load_json(raw)
-        except JsonInputError as exc:
-            raise _bad(str(exc), "body", "invalid_json") from None
-
-    def _discard_body(self) -> None:
-        """Read an unread request body (bounded) before answering.
-
-        Closing a socket with unread input makes the kernel reset the connection, and a client still
-        sending would see the reset instead of our response.
-        """
-        if self._body_read:
-            return
-        self._body_read = True
-        length = self._declared_length()
-        if length is not None and 0 < length <= MAX_DRAIN_BYTES:
-            try:
-                self.rfile.read(length)
-            except OSError:
-                pass  # the client went away or stalled; the response write will tell
-
-    def _send(self, status: HTTPStatus, payload: Any, headers: Mapping[str, str]) -> None:
-        if isinstance(payload, Document):
-            data, content_type = payload.text.encode("utf-8"), payload.content_type
-        else:
-            data = json.dumps(_json_safe(payload), allow_nan=False).encode("utf-8") + b"\n"
-            content_type = "application/json; charset=utf-8"
-        # Messages echo names the client sent (an unknown link or fault); a token pasted there by
-        # mistake is not sent back, so no response ever carries it.
-        data = data.replace(self.server.token, REDACTED.encode("ascii"))
-        respond(self, status, data, content_type, headers)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol-level errors (malformed request line, unsupported method, huge headers) as JSON too."""
-        status = HTTPStatus(code)
-        self.close_connection = True
-        self.log_error("code %d, message %s", code, message)
-        self._body_read = True  # nothing trustworthy to drain from a request we could not parse
-        self._send(status, {"error": {"code": status.phrase.lower().replace(" ", "_").replace("-", "_"),
-                                      "message": message or status.phrase}}, {"Connection": "close"})
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Access log, request line and status only (no headers, no body).
-
-        Every change and every refusal at INFO, an audit trail of who did what to which link;
-        successful reads (status polling) at DEBUG, so they don't drown it.
-        """
-        quiet = self.command == "GET" and isinstance(code, int) and code < 400
-        log.log(logging.DEBUG if quiet else logging.INFO, "%s \"%s\" %s", self.address_string(),
-                self._redact(self.requestline), code)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-        """Protocol-level events (timeouts, unparseable requests) go to logging, not stderr."""
-        log.info("%s %s", self.address_string(), self._redact(format % args))
-
     def _redact(self, text: str) -> str:
-        return text.replace(self.server.token.decode("ascii"), REDACTED)
+        return text.replace(self.token.decode("ascii"), REDACTED)
+
+
+def _json_body(raw: bytes) -> Any:
+    if not raw.strip():
+        return None
+    try:
+        return load_json(raw)
+    except JsonInputError as exc:
+        raise _bad(str(exc), "body", "invalid_json") from None
 
 
 def _json_safe(value: Any) -> Any:
@@ -534,32 +440,21 @@ def _json_safe(value: Any) -> Any:
 
 
 def serve(fleet: Fleet, settings: RuntimeSettings, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
-          exporters: Mapping[str, Exporter] | None = None) -> tuple[ControlServer, threading.Thread]:
-    """Start the control API on ``settings.bind:settings.control_port`` in a daemon thread.
+          exporters: Mapping[str, Exporter] | None = None) -> HttpServer:
+    """Start the control API on ``settings.bind:settings.control_port``; stop with ``server.stop()``.
 
-    Port 0 picks a free port (tests); ``server.server_address`` tells which. Stop with ``shutdown``.
-    Runbooks are served from ``runbooks_dir`` (the repository's ``runbooks/``); ``exporters`` (name →
-    exporter) are the ones ``/api/v1/exporters`` lists, stops and starts (none: an empty list).
+    Port 0 picks a free port (tests); ``server.server_port`` tells which. Runbooks are served from
+    ``runbooks_dir`` (the repository's ``runbooks/``); ``exporters`` (name → exporter) are the ones
+    ``/api/v1/exporters`` lists, stops and starts (none: an empty list). OSError if the port is taken.
     """
     _checked(token, "the token passed to serve()")
     host = settings.bind
-    server_class = ControlServer6 if ":" in host else ControlServer
-    server = server_class((host, settings.control_port), fleet, token, runbooks_dir, exporters)
+    server = HttpServer(ControlService(fleet, token, runbooks_dir, exporters).service(), host, settings.control_port)
     if not _is_loopback(host):
         log.warning("control API listens on %s, not loopback: the bearer token crosses the network in clear text "
                     "(no TLS); put it behind a TLS proxy or bind 127.0.0.1", host)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="qkdops-control-api", daemon=True)
-    thread.start()
-    log.info("control API listening on http://%s:%d%s", *server.server_address[:2], API_PREFIX)
-    return server, thread
-
-
-def shutdown(server: ControlServer, thread: threading.Thread, timeout_s: float = 5.0) -> None:
-    """Stop accepting requests, close the socket and wait for the serving thread."""
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout_s)
+    log.info("control API listening on http://%s:%d%s", *server.server_address, API_PREFIX)
+    return server
 
 
 def _is_loopback(host: str) -> bool:

@@ -32,10 +32,10 @@ acknowledged without a second record. Bodies are never logged, only what the not
 Authentication: every request but ``GET /healthz`` needs ``Authorization: Bearer TOKEN`` (the pager
 sink token, ``qkdops.credentials.PAGER_SINK_TOKEN``: ``<state_dir>/pager-sink-token`` or the file
 env ``QKDOPS_PAGER_SINK_TOKEN_FILE`` names; Alertmanager sends it from ``credentials_file``); without
-it, or with another, the answer is 401 ``{"error": {...}}`` with ``WWW-Authenticate: Bearer``, and
-nothing is read or recorded. The token is compared in constant time and never logged. There is no
-TLS: bind it to loopback (the default); in docker-compose only Alertmanager reaches it on the compose
-network and the published port is on 127.0.0.1.
+it, or with another, the answer is 401 ``{"error": {...}}`` with ``WWW-Authenticate: Bearer`` before
+any body is read, and nothing is recorded. The token is compared in constant time and never logged.
+There is no TLS: bind it to loopback (the default); in docker-compose only Alertmanager reaches it on
+the compose network and the published port is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -45,24 +45,22 @@ import hmac
 import json
 import logging
 import math
-import socket
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
-from qkdops.http_response import respond
+from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service, json_response
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
-from qkdops.control_api import ApiError
+from qkdops.control_api import ApiError, error_body
 from qkdops.credentials import TOKEN_SYNTAX
 from qkdops.runtime.durable import DurableStore
+from qkdops.yaml_input import clip
 
 log = logging.getLogger("qkdops.pager_sink")
 
@@ -70,10 +68,7 @@ KINDS = ("page", "ticket", "unrouted")  # one webhook endpoint per kind of Alert
 DB_NAME = "pager-sink.sqlite"
 STATUSES = ("firing", "resolved")
 MAX_BODY_BYTES = 4 * 1024 * 1024  # Alertmanager sends whole groups (max_alerts: 0)
-MAX_DRAIN_BYTES = 4 * MAX_BODY_BYTES  # a refused body up to this size is read and dropped before the 413
-MAX_UNAUTHENTICATED_DRAIN_BYTES = 1024 * 1024  # what a client without the token can make the sink read
 RETRY_WINDOW_S = 60.0  # Alertmanager's retries of one notification fall within this (backoff ≤ 1 min)
-REQUEST_TIMEOUT_S = 10.0
 DEFAULT_LIMIT, MAX_LIMIT = 1000, 10000
 MAX_READ_BYTES = 16 * 1024 * 1024       # bodies per read (at least one notification is always returned)
 MAX_KEPT, MAX_KEPT_BYTES = 100_000, 256 * 1024 * 1024
@@ -321,122 +316,67 @@ def _since(text: str) -> float:
 
 
 # ---- the server -------------------------------------------------------------------------------------
-class SinkServer(ThreadingHTTPServer):
-    """The HTTP server and the store it writes to; ``server_close`` closes both."""
+class SinkService:
+    """The sink's routes over one store (see the module docstring)."""
 
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], store: NotificationStore, token: str) -> None:
+    def __init__(self, store: NotificationStore, token: str) -> None:
         self.store = store
         self.token = token.encode("ascii")  # credentials.TOKEN_SYNTAX: ASCII only
-        super().__init__(address, SinkHandler)
 
-    def server_close(self) -> None:
-        super().server_close()
-        self.store.close()
+    def service(self) -> Service:
+        return Service("pager-sink", (
+            Route("/healthz", {"GET": self._healthz}, public=True),
+            Route("/api/v1/notifications", {"GET": self._notifications}),
+            Route("/webhook/{kind}", {"POST": self._receive}),
+        ), error_body, Limits(max_body_bytes=MAX_BODY_BYTES), authenticate=self._authenticate)
 
-
-class SinkServer6(SinkServer):
-    address_family = socket.AF_INET6
-
-
-class SinkHandler(BaseHTTPRequestHandler):
-    server: SinkServer
-    server_version = "qkdops-pager-sink/1"
-    sys_version = ""
-    timeout = REQUEST_TIMEOUT_S
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._handle()
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_GET  # noqa: N815
-
-    def _handle(self) -> None:
-        headers: Mapping[str, str] = {}
+    def _authenticate(self, headers: Mapping[str, str]) -> Response | None:
+        """None for the right bearer token, else the 401 (before the body is read)."""
         try:
-            status, payload = self._dispatch()
+            check_bearer(headers.get("Authorization"), self.token)
         except ApiError as exc:
-            status, payload, headers = exc.status, exc.body(), exc.headers
-            if exc.status == HTTPStatus.BAD_REQUEST and self.command == "POST":
-                log.warning("pager sink: refused a notification on %s: %s", urlsplit(self.path).path, exc.message)
-        except Exception:
-            log.exception("pager sink: %s %s failed", self.command, urlsplit(self.path).path)
-            status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": {"code": "internal", "message": "see the runtime's log"}}
-        self._send(status, payload, headers)
+            return json_response(exc.status, exc.body(), exc.headers)
+        return None
 
-    def _dispatch(self) -> tuple[HTTPStatus, Any]:
-        url = urlsplit(self.path)
-        path = url.path.rstrip("/") or "/"
-        if path == "/healthz":
-            self._require("GET", path)
-            return HTTPStatus.OK, {"status": "ok", "notifications": self.server.store.count()}
+    def _healthz(self, request: Request) -> Response:
+        return json_response(HTTPStatus.OK, {"status": "ok", "notifications": self.store.count()})
+
+    def _notifications(self, request: Request) -> Response:
         try:
-            check_bearer(self.headers.get("Authorization"), self.server.token)
-        except ApiError:
-            self.close_connection = True  # an unread body must not be parsed as the next request
-            text = self.headers.get("Content-Length", "").strip()
-            if text.isascii() and text.isdigit() and len(text) <= 18 and int(text) <= MAX_UNAUTHENTICATED_DRAIN_BYTES:
-                self._drain(int(text))  # so the client, still sending, reads the 401, not a reset
-            raise
-        if path == "/api/v1/notifications":
-            self._require("GET", path)
-            notifications, truncated = self.server.store.query(parse_query(url.query))
-            return HTTPStatus.OK, {"notifications": notifications, "truncated": truncated,
-                                   "next_after": notifications[-1]["id"] if truncated else None}
-        prefix, _, kind = path.rpartition("/")
-        if prefix == "/webhook" and kind in KINDS:
-            self._require("POST", path)
-            return self._receive(kind)
-        raise ApiError(HTTPStatus.NOT_FOUND, "not_found",
-                       f"no endpoint {url.path} (POST /webhook/{{{'|'.join(KINDS)}}}, GET /api/v1/notifications, GET /healthz)", "path")
+            notifications, truncated = self.store.query(parse_query(request.query_string))
+        except ApiError as exc:
+            return json_response(exc.status, exc.body(), exc.headers)
+        return json_response(HTTPStatus.OK, {"notifications": notifications, "truncated": truncated,
+                                             "next_after": notifications[-1]["id"] if truncated else None})
 
-    def _require(self, method: str, path: str) -> None:
-        if self.command != method:
-            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", f"{path} takes {method} only", "method",
-                           {"Allow": method})
-
-    def _receive(self, kind: str) -> tuple[HTTPStatus, Any]:
-        text = self.headers.get("Content-Length", "").strip()
-        if self.headers.get("Transfer-Encoding") is not None or not (text.isascii() and text.isdigit()):
-            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "length_required", "send the body with Content-Length", "Content-Length")
-        length = int(text)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True  # the unread body must not be parsed as the next request
-            self._drain(length)
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "payload_too_large",
-                           f"body of {length} bytes is over the limit of {MAX_BODY_BYTES}", "body")
+    def _receive(self, request: Request) -> Response:
+        kind = request.params["kind"]
         try:
-            raw = self.rfile.read(length)
-        except TimeoutError:
-            self.close_connection = True
-            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, "request_timeout", "body not received in time", "body") from None
-        payload = parse_notification(raw)
-        nid, duplicate = self.server.store.record(kind, payload, raw)
+            if kind not in KINDS:
+                raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no endpoint /webhook/{clip(kind, 80)} "
+                               f"(POST /webhook/{{{'|'.join(KINDS)}}})", "path")
+            payload = parse_notification(request.body)
+        except ApiError as exc:
+            log.warning("pager sink: refused a notification on /webhook/%s: %s", clip(kind, 80), exc.message)
+            return json_response(exc.status, exc.body(), exc.headers)
+        nid, duplicate = self.store.record(kind, payload, request.body)
         alerts = payload["alerts"]
         log.info("pager sink: %s %s notification #%d for %s, %d alert(s): %s", "retried" if duplicate else "recorded",
                  kind, nid, payload["receiver"], len(alerts),
                  ", ".join(f"{a['labels']['alertname']}{{link={a['labels'].get('link', '')}}} {a['status']}" for a in alerts[:5]))
-        return HTTPStatus.OK, {"id": nid, "duplicate": duplicate}
+        return json_response(HTTPStatus.OK, {"id": nid, "duplicate": duplicate})
 
-    def _drain(self, length: int) -> None:
-        """Read a refused body (bounded) so the client, still sending, gets the response, not a reset."""
-        if length <= MAX_DRAIN_BYTES:
-            try:
-                while length > 0 and (chunk := self.rfile.read(min(65536, length))):
-                    length -= len(chunk)
-            except OSError:
-                pass
 
-    def _send(self, status: HTTPStatus, payload: Any, headers: Mapping[str, str]) -> None:
-        data = json.dumps(payload).encode("utf-8") + b"\n"
-        respond(self, status, data, "application/json; charset=utf-8", headers)
+class SinkServer(HttpServer):
+    """The sink's HTTP server; ``stop`` closes the store too."""
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Request line and status at DEBUG: the notification itself is logged once, by ``_receive``."""
-        log.debug("%s \"%s\" %s", self.address_string(), self.requestline, code)
+    def __init__(self, store: NotificationStore, host: str, port: int, token: str) -> None:
+        self.store = store
+        super().__init__(SinkService(store, token).service(), host, port)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-        log.info("pager sink: %s %s", self.address_string(), format % args)
+    def stop(self, timeout_s: float = 5.0) -> None:
+        super().stop(timeout_s)
+        self.store.close()
 
 
 def check_bearer(header: str | None, token: bytes) -> None:
@@ -455,24 +395,22 @@ def _unauthorized(message: str, invalid: bool) -> ApiError:
     return ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", message, "Authorization", {"WWW-Authenticate": challenge})
 
 
-def serve(settings: RuntimeSettings, token: str) -> tuple[SinkServer, threading.Thread]:
-    """Start the sink on ``settings.bind:settings.pager_sink_port`` (0: any free port) in a daemon thread,
-    accepting ``token`` as its bearer token (``credentials.load_secret(PAGER_SINK_TOKEN, ...)``).
+def serve(settings: RuntimeSettings, token: str) -> SinkServer:
+    """Start the sink on ``settings.bind:settings.pager_sink_port`` (0: any free port), accepting
+    ``token`` as its bearer token (``credentials.load_secret(PAGER_SINK_TOKEN, ...)``).
 
-    Stop with ``server.shutdown(); server.server_close()``, which also closes the store.
+    Stop with ``server.stop()``, which also closes the store. OSError if the port is taken.
     """
     if not token or not TOKEN_SYNTAX.match(token):
         raise ValueError("pager sink: the token passed to serve() is empty or not a bearer token")
     store = NotificationStore(settings.state_dir / DB_NAME)
     host = settings.bind
     try:
-        server = (SinkServer6 if ":" in host else SinkServer)((host, settings.pager_sink_port), store, token)
+        server = SinkServer(store, host, settings.pager_sink_port, token)
     except OSError:
         store.close()
         raise
     if host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("pager sink listens on %s, not loopback: the token crosses the network in clear text", host)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="qkdops-pager-sink", daemon=True)
-    thread.start()
-    log.info("pager sink listening on http://%s:%d (store %s)", *server.server_address[:2], store.path)
-    return server, thread
+    log.info("pager sink listening on http://%s:%d (store %s)", *server.server_address, store.path)
+    return server

@@ -42,6 +42,7 @@ from exporters import DeviceCollector, PostProcessingCollector
 from exporters.server import ServedExporter
 from qkdops import control_api, credentials, pager_sink
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, finite_float, load_config
+from qkdops.http_server import HttpServer
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
@@ -95,7 +96,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         disabled.setdefault(SCHEDULER, "--no-prometheus")
     with_scheduler = SCHEDULER not in disabled
     fleet = Fleet(config)
-    servers: list[tuple[str, object, threading.Thread]] = []
+    servers: list[HttpServer] = []
     exporters: dict[str, ServedExporter] = {}  # control API name → exporter; stopped after the control API
     stop_orphans(rt.state_dir / UP_FILE, rt.state_dir)
     stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind)
@@ -109,16 +110,15 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             _listen(name, rt.bind, port, exporter.start)
             exporters[key] = exporter
         token = control_api.load_token(rt.state_dir, create=True)
-        servers.append(("control API", *_listen("control API", rt.bind, rt.control_port,
-                                                lambda: control_api.serve(fleet, rt, token.value, exporters=exporters))))
+        servers.append(_listen("control API", rt.bind, rt.control_port,
+                               lambda: control_api.serve(fleet, rt, token.value, exporters=exporters)))
         sink_token = credentials.load_secret(credentials.PAGER_SINK_TOKEN, rt.state_dir, create=True)
-        servers.append(("pager sink", *_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt, sink_token.value))))
+        servers.append(_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt, sink_token.value)))
         pki = Pki(rt.state_dir / "pki")
         if issued := init_pki(pki, config.key_delivery):
             log.info("development PKI: issued %d certificate/key file(s) under %s", len(issued), pki.root)
         for spec in config.key_delivery.kmes:
-            servers.append((kme_id(spec.site), *_listen(kme_id(spec.site), rt.bind, spec.port,
-                                                        lambda s=spec: serve_kme(fleet, s, pki))))
+            servers.append(_listen(kme_id(spec.site), rt.bind, spec.port, lambda s=spec: serve_kme(fleet, s, pki)))
         if with_servers:
             stack.start()
             stack.wait_ready()
@@ -162,8 +162,8 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         status = 1
     finally:
         stack.stop()
-        for _name, server, thread in reversed(servers):
-            _close(server, thread)
+        for server in reversed(servers):
+            server.stop()
         for exporter in exporters.values():  # after the control API, which could start one again
             exporter.stop()
         fleet.stop()
@@ -178,9 +178,3 @@ def _listen(name: str, host: str, port: int, start: Callable[[], T]) -> T:
         return start()
     except OSError as exc:
         raise StackError(f"{name} cannot listen on {host}:{port}: {exc.strerror} (another `qkdops up`?)") from None
-
-
-def _close(server: object, thread: threading.Thread) -> None:
-    server.shutdown()  # type: ignore[attr-defined]
-    server.server_close()  # type: ignore[attr-defined]
-    thread.join(timeout=5)

@@ -100,7 +100,7 @@ def running_fleet(directory: Path, links: list[dict[str, Any]], jobs: JobsConfig
     config = parse_config({"runtime": {"state_dir": str(directory / "state")}, "links": links}, directory / "links.yaml")
     t0 = time.time()
     fleet = Fleet(config, clock=lambda: t0 + SPEED * (time.time() - t0))
-    server, thread = control_api.serve(fleet, dataclasses.replace(config.runtime, control_port=0), TOKEN)
+    server = control_api.serve(fleet, dataclasses.replace(config.runtime, control_port=0), TOKEN)
     api = ControlClient(f"http://127.0.0.1:{server.server_address[1]}", TOKEN)
     store = CalibrationStore(directory / "state" / "calibration.sqlite")
     runner = JobRunner(jobs, api, SignalReader(api, None, 30.0), store)
@@ -112,6 +112,6 @@ def running_fleet(directory: Path, links: list[dict[str, Any]], jobs: JobsConfig
         yield LoopRig(fleet, api, runner, store, jobs, directory / "state")
     finally:
         service.stop(wait=True)
-        control_api.shutdown(server, thread)
+        server.stop()
         fleet.stop()
         store.close()

@@ -54,14 +54,14 @@ class KmeRig:
 def kme_rig(directory: Path, frames: int = 4, extra: str = "", span_exporter: Any = None) -> Iterator[KmeRig]:
     config = kme_config(directory, extra)
     fleet = Fleet(config, span_exporter=span_exporter)
-    servers = []
+    servers: dict = {}
     try:
         fleet.run_frames(frames)
         pki = Pki(config.runtime.state_dir / "pki")
         init_pki(pki, config.key_delivery)
         servers = serve_kmes(fleet, pki)
-        urls = {server.service.site: f"https://127.0.0.1:{server.server_address[1]}" for server, _ in servers}
+        urls = {site: f"https://127.0.0.1:{server.server_port}" for site, server in servers.items()}
         yield KmeRig(fleet, pki, urls)
     finally:
-        shutdown_kmes(servers)
+        shutdown_kmes(servers.values())
         fleet.stop()

@@ -136,7 +136,7 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, str, StackAuth]]:
     creds = credentials.prepare_server_credentials(tmp_path / "state", environ={})
     auth = StackAuth(tmp_path / "state", environ={})
     sink_token = credentials.load_secret(credentials.PAGER_SINK_TOKEN, tmp_path / "state", create=False, environ={})
-    sink, sink_thread = pager_sink.serve(RuntimeSettings(state_dir=tmp_path / "sink", pager_sink_port=0), sink_token.value)
+    sink = pager_sink.serve(RuntimeSettings(state_dir=tmp_path / "sink", pager_sink_port=0), sink_token.value)
     sink_host = f"127.0.0.1:{sink.server_port}"
     config = _write(tmp_path / "alertmanager.yml",
                     alertmanager_config(sink_host, SecretFiles(), 0.5, sink_token_file=str(creds.pager_sink_token_file)))
@@ -154,9 +154,7 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, str, StackAuth]]:
         process.terminate()
         process.wait(10)
         log.close()
-        sink.shutdown()
-        sink.server_close()
-        sink_thread.join(5)
+        sink.stop()
 
 
 def _key(labels: dict[str, str]) -> tuple[str, str, str]:

@@ -184,7 +184,7 @@ def test_no_series_leaves_the_catalogues_closed_label_sets(store_path: Path) -> 
 
 def test_exporter_serves_healthz_and_metrics(store_path: Path) -> None:
     store = CalibrationStore(store_path, clock=lambda: NOW)
-    server, thread = serve(CalibrationCollector(store), "127.0.0.1", 0)
+    server = serve(CalibrationCollector(store), "127.0.0.1", 0)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(f"http://127.0.0.1:{server.server_port}/healthz", timeout=10) as response:
@@ -195,10 +195,9 @@ def test_exporter_serves_healthz_and_metrics(store_path: Path) -> None:
         assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         exposed = set(families(body))
         assert "qkd_calibration_runs_total" in exposed and exposed <= {m.name for m in CATALOGUE.for_exporter(CALIBRATION)}
-        assert thread.is_alive()
+        assert server.serving
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
         store.close()
 
 

@@ -57,12 +57,12 @@ def write_configs(directory: Path) -> tuple[Path, Path]:
 def fleet_and_api(links: Path) -> Iterator[None]:
     config = load_config(links)
     fleet = Fleet(config)
-    server, thread = control_api.serve(fleet, config.runtime, TOKEN)
+    server = control_api.serve(fleet, config.runtime, TOKEN)
     fleet.start(0.05)
     try:
         yield
     finally:
-        control_api.shutdown(server, thread)
+        server.stop()
         fleet.stop()
 
 

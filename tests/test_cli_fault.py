@@ -40,10 +40,10 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     config = tmp_path / "links.yaml"
     config.write_text(metro_fleet_yaml(("metro-a",), control_port=free_ports(1)[0]), encoding="utf-8")
     fleet = Fleet(load_config(config))
-    server, thread = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN)
+    server = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN)
     monkeypatch.setenv(control_api.TOKEN_ENV, TOKEN)
     yield Stack(fleet, f"http://127.0.0.1:{server.server_address[1]}", config)
-    control_api.shutdown(server, thread)
+    server.stop()
     fleet.stop()
 
 
@@ -195,12 +195,12 @@ def test_url_and_generated_token_from_the_config(tmp_path: Path, capsys: pytest.
     config.write_text(metro_fleet_yaml(("metro-a",), control_port=free_ports(1)[0]), encoding="utf-8")
     fleet = Fleet(load_config(config))
     token = control_api.load_token(fleet.config.runtime.state_dir, create=True)
-    server, thread = control_api.serve(fleet, fleet.config.runtime, token.value)
+    server = control_api.serve(fleet, fleet.config.runtime, token.value)
     try:
         assert run_json(capsys, "action", "metro-a", "retune_intensities", "--config", str(config))["ok"] is True
         assert run_json(capsys, "fault", "list", "--config", str(config))["source"] == "api"
     finally:
-        control_api.shutdown(server, thread)
+        server.stop()
         fleet.stop()
     code, _, err = run(capsys, "fault", "clear", "metro-a", "--config", str(tmp_path / "missing.yaml"))
     assert code == 2 and "missing.yaml" in err

@@ -7,11 +7,14 @@ the exporters' text exposition is parsed and checked against ``exporters/catalog
 
 from __future__ import annotations
 
+import gzip
+
 import dataclasses
 import logging
 import re
 import shutil
 import subprocess
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -318,15 +321,26 @@ def test_no_key_material_in_metrics_or_logs(fleet: list[FedLink], caplog: pytest
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_server_binds_loopback_and_serves_text(fleet: list[FedLink], exporter: str) -> None:
     """(g) Own registry on 127.0.0.1, ephemeral port; text/plain (even when OpenMetrics is preferred), catalogue names."""
-    server, thread = serve(COLLECTORS[exporter](snapshots_of(fleet)), "127.0.0.1", 0)
+    server = serve(COLLECTORS[exporter](snapshots_of(fleet)), "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.server_port}"
     try:
-        assert server.server_address[0] == "127.0.0.1" and thread.is_alive()
-        request = urllib.request.Request(f"http://127.0.0.1:{server.server_port}/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+        assert server.server_address[0] == "127.0.0.1" and server.serving
+        request = urllib.request.Request(f"{base}/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
         with urllib.request.urlopen(request, timeout=10) as response:
             content_type = response.headers["Content-Type"]
             body = response.read().decode()
         assert content_type == "text/plain; version=0.0.4; charset=utf-8"  # the format promtool checked
         assert set(families(body)) == {m.name for m in CATALOGUE.for_exporter(exporter)}  # no process_* etc.
+        # gzip when asked (Prometheus asks), the same exposition inside
+        request = urllib.request.Request(f"{base}/metrics", headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert set(families(gzip.decompress(response.read()).decode())) == set(families(body))
+        # ?name[]= restricts the scrape to those families
+        one = sorted(families(body))[0]
+        with urllib.request.urlopen(f"{base}/metrics?{urllib.parse.urlencode({'name[]': one})}", timeout=10) as response:
+            assert set(families(response.read().decode())) == {one}
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
+    with pytest.raises(OSError):   # stopped: the port refuses, as a crashed exporter's would
+        urllib.request.urlopen(f"{base}/healthz", timeout=5)

@@ -188,13 +188,13 @@ def test_a_kme_dying_mid_answer_is_a_connection_error_and_is_not_retried() -> No
 def test_an_internal_error_is_answered_500_with_an_error_object_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from qkdops.kme.etsi import KMEService
 
-    def broken(self, method, target, body, caller):
+    def broken(self, method, call, sae, query, body, caller):
         raise RuntimeError("a bug")
     with kme_rig(tmp_path, frames=2) as rig:
         client = rig.client("sae-a")
-        monkeypatch.setattr(KMEService, "handle", broken)
+        monkeypatch.setattr(KMEService, "answer", broken)
         message = _error(client.request("GET", "/api/v1/keys/sae-b/status"), 500)
         assert "internal error" in message and "a bug" not in message
         monkeypatch.undo()
         assert rig.client("sae-a").status("sae-b")["stored_key_count"] > 0      # the KME still serves
-        assert rig.fleet.kme_stats.snapshot().requests_total[("a", "other", "500")] == 1
+        assert rig.fleet.kme_stats.snapshot().requests_total[("a", "status", "500")] == 1   # counted under its call

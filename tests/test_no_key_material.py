@@ -42,7 +42,7 @@ def test_keys_appear_only_in_the_key_stores_and_in_the_saes_answers(tmp_path: Pa
     texts: list[str] = []
     with kme_rig(tmp_path, frames=4, span_exporter=spans) as rig:
         fleet = rig.fleet
-        server, thread = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), token)
+        server = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), token)
         base = f"http://127.0.0.1:{server.server_port}/api/v1"
         try:
             fleet.inject("bb84-a", "classical_channel_outage", {})
@@ -70,7 +70,7 @@ def test_keys_appear_only_in_the_key_stores_and_in_the_saes_answers(tmp_path: Pa
                       _request(f"{base}/links/bb84-a/faults", token, "POST", b"{not json"),
                       _request(f"{base}/links", "wrong-token")]
         finally:
-            control_api.shutdown(server, thread)
+            server.stop()
         state = fleet.config.runtime.state_dir
     texts += [json.dumps(s.to_json()) for s in spans.get_finished_spans()]
     texts += [record.getMessage() for record in caplog.records]

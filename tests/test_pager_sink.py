@@ -42,13 +42,11 @@ def notification(alertname: str = "QKDLinkDown", link: str = "metro-bb84", statu
 class Sink:
     def __init__(self, state_dir: Path) -> None:
         self.settings = RuntimeSettings(state_dir=state_dir, pager_sink_port=0)
-        self.server, self.thread = pager_sink.serve(self.settings, TOKEN)
+        self.server = pager_sink.serve(self.settings, TOKEN)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.server.stop()
 
     def post(self, kind: str, body: bytes | dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -199,14 +197,12 @@ def test_kill_9_loses_no_acknowledged_notification(tmp_path: Path):
 
 def test_up_serves_it_on_the_runtime_port(tmp_path: Path):
     port = free_ports(1)[0]
-    server, thread = pager_sink.serve(dataclasses.replace(RuntimeSettings(), state_dir=tmp_path, pager_sink_port=port), TOKEN)
+    server = pager_sink.serve(dataclasses.replace(RuntimeSettings(), state_dir=tmp_path, pager_sink_port=port), TOKEN)
     try:
         assert server.server_address[:2] == ("127.0.0.1", port)
         assert (tmp_path / pager_sink.DB_NAME).exists()
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        server.stop()
 
 
 def test_reads_come_in_pages_bounded_in_count_and_bytes(sink: Sink, monkeypatch):

@@ -160,10 +160,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def port(fleet: Fleet) -> Iterator[int]:
-    server, thread = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN)
+    server = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN)
     yield server.server_address[1]
-    control_api.shutdown(server, thread)
-    assert not thread.is_alive()
+    server.stop()
+    assert not server.serving
 
 
 @pytest.mark.parametrize("name", sorted(runbooks()))
@@ -222,7 +222,7 @@ def test_only_files_inside_the_runbooks_directory_are_reachable(fleet: Fleet, tm
     books.mkdir()
     (books / "QKDExample.md").write_text("# QKDExample\n", encoding="utf-8")
     (tmp_path / "Secret.md").write_text("not a runbook\n", encoding="utf-8")
-    server, thread = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN,
+    server = control_api.serve(fleet, dataclasses.replace(fleet.config.runtime, control_port=0), TOKEN,
                                        runbooks_dir=books)
     try:
         port = server.server_address[1]
@@ -230,4 +230,4 @@ def test_only_files_inside_the_runbooks_directory_are_reachable(fleet: Fleet, tm
         for path in ("/runbooks/Secret", "/runbooks/..%2FSecret", "/runbooks/../Secret", "/runbooks/%2E%2E%2FSecret"):
             assert _request(port, "GET", path).status == 404, path
     finally:
-        control_api.shutdown(server, thread)
+        server.stop()

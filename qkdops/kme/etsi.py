@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from qkdops.config import KeyDelivery, LinkSpec
 from qkdops.json_input import JsonInputError, load_json
@@ -82,21 +82,25 @@ class KMEService:
 
     # ---- entry point ----------------------------------------------------------------------------------
     def handle(self, method: str, target: str, body: bytes | None, caller: str | None) -> Answer:
+        """One request by its target (``path?query``), as sent: the transport-free form tests use."""
         path, _, query = target.partition("?")
         match = PATH.match(path)
-        call = match["call"] if match else "other"
+        if match is None:
+            return Answer(HTTPStatus.NOT_FOUND, EtsiError(HTTPStatus.NOT_FOUND, f"no such resource {path!r}: the API is "
+                                                          "/api/v1/keys/{SAE_ID}/status|enc_keys|dec_keys").body(), "other")
+        return self.answer(method, match["call"], unquote(match["sae"]), query, body, caller)
+
+    def answer(self, method: str, call: str, sae: str, query: str, body: bytes | None, caller: str | None) -> Answer:
+        """``call`` (status | enc_keys | dec_keys) about the URL-decoded SAE ID of the path, by ``caller``
+        (its verified certificate's common name)."""
         try:
-            if match is None:
-                raise EtsiError(HTTPStatus.NOT_FOUND, f"no such resource {path!r}: the API is /api/v1/keys/{{SAE_ID}}/"
-                                "status|enc_keys|dec_keys")
             allowed = ("GET",) if call == "status" else ("GET", "POST")
             if method not in allowed:
                 raise EtsiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on {call} (use {' or '.join(allowed)})")
             if caller not in self.local_saes:
                 raise EtsiError(HTTPStatus.UNAUTHORIZED, f"SAE {caller!r} is not registered with {kme_id(self.site)}")
             params = self._params(method, query, body, call)
-            peer = match["sae"]
-            result = getattr(self, f"_{call}")(caller, peer, params)
+            result = getattr(self, f"_{call}")(caller, sae, params)
             return Answer(HTTPStatus.OK, result, call)
         except EtsiError as exc:
             return Answer(exc.status, exc.body(), call)

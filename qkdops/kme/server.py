@@ -1,35 +1,31 @@
 """The sites' KMEs on HTTPS with mutual TLS: one listener per site, in the runtime's process.
 
-A client must present a certificate issued by the PKI's CA (``pki.py``); the handshake runs in the
-request's own thread (a stalled client cannot block the listener) and a refused handshake is
-logged, not answered. The verified certificate's common name is the calling SAE's ID, handed to
-``etsi.KMEService`` with the request. Logs name the SAE, the call, the status and the number of
-keys — never a key, a request body or a response body.
+Served by the one HTTP layer (``qkdops.http_server``): limits, deadlines, 404/405/413/414/431 and the
+rest, every one answered with an ETSI Error object (``{"message"}``). A client must present a
+certificate issued by the PKI's CA (``pki.py``); the handshake runs on the event loop, bounded by
+the layer's deadline, so a stalled client holds no thread. The verified certificate's common name
+is the calling SAE's ID, handed to ``etsi.KMEService`` with the request; the SAE ID in the path is
+URL-decoded first (ETSI GS QKD 014 defines it URL-encoded). Every answer — refusals included — is
+counted in ``KMEStats`` per call and status. Logs name the SAE, the call, the status and the number
+of keys — never a key, a request body or a response body.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
 import ssl
-import sys
-import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from qkdops.config import KMESpec
-from qkdops.http_response import respond
+from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service, json_response
 from qkdops.kme.etsi import MAX_BODY_BYTES, KMEService, kme_id
 from qkdops.kme.pki import Pki
-from qkdops.kme.stats import KMEStats
 from qkdops.runtime.fleet import Fleet
 
 log = logging.getLogger("qkdops.kme")
-REQUEST_TIMEOUT_S = 10.0
+CALLS = {"status": ("GET",), "enc_keys": ("GET", "POST"), "dec_keys": ("GET", "POST")}
 
 
 def server_context(pki: Pki, site: str) -> ssl.SSLContext:
@@ -43,102 +39,30 @@ def server_context(pki: Pki, site: str) -> ssl.SSLContext:
     return context
 
 
-class KMEServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], service: KMEService, context: ssl.SSLContext, stats: KMEStats) -> None:
-        self.service, self.context, self.stats = service, context, stats
-        super().__init__(address, KMEHandler)
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = super().get_request()
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A refused handshake or a client gone mid-request: one line, no traceback."""
-        log.info("%s: %s: connection dropped (%s)", kme_id(self.service.site), client_address[0], type(sys.exc_info()[1]).__name__)
+def etsi_error(status: HTTPStatus, message: str) -> dict[str, Any]:
+    """ETSI GS QKD 014 clause 6.4's Error object, for the errors the HTTP layer answers itself."""
+    return {"message": message}
 
 
-class KMEServer6(KMEServer):
-    address_family = socket.AF_INET6
+def kme_service(service: KMEService, context: ssl.SSLContext, fleet: Fleet) -> Service:
+    """The HTTP routes of one site's KME, each handing the request to ``service``."""
+    site = service.site
 
+    def call(name: str) -> Any:
+        def handle(request: Request) -> Response:
+            caller = _common_name(request.peer_cert)
+            method = "GET" if request.method == "HEAD" else request.method
+            answer = service.answer(method, name, request.params["sae"], request.query_string, request.body or None, caller)
+            keys = len(answer.body.get("keys", ())) if answer.status == HTTPStatus.OK else 0
+            log.log(logging.DEBUG if answer.status == HTTPStatus.OK and name == "status" else logging.INFO,
+                    "%s: SAE %s %s %s → %d%s", kme_id(site), caller, method, name, int(answer.status),
+                    f" ({keys} key(s))" if keys else "")
+            return json_response(answer.status, answer.body)
+        return handle
 
-class KMEHandler(BaseHTTPRequestHandler):
-    server: KMEServer
-    server_version = "qkdops-kme/1"
-    sys_version = ""
-    timeout = REQUEST_TIMEOUT_S
-    protocol_version = "HTTP/1.1"
-    # Headers and body leave as separate TLS records; with Nagle on, the body waits for the client's
-    # delayed ACK (~40 ms a request on Linux, bench/bench_kme.py), so keep-alive SAEs would crawl.
-    disable_nagle_algorithm = True
-
-    def setup(self) -> None:
-        self.request.settimeout(REQUEST_TIMEOUT_S)
-        try:
-            self.request.do_handshake()
-        except (ssl.SSLError, OSError) as exc:
-            log.info("%s: TLS handshake refused for %s: %s", kme_id(self.server.service.site), self.client_address[0],
-                     getattr(exc, "reason", None) or type(exc).__name__)
-            raise
-        super().setup()
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._handle()
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_GET  # noqa: N815
-
-    def _handle(self) -> None:
-        started = time.perf_counter()
-        caller = _common_name(self.connection.getpeercert())
-        service = self.server.service
-        body: bytes | None = None
-        length = self.headers.get("Content-Length")
-        if length is not None:
-            try:
-                size = int(length)
-            except ValueError:
-                size = -1
-            if not 0 <= size <= MAX_BODY_BYTES:
-                self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if size > MAX_BODY_BYTES else HTTPStatus.BAD_REQUEST,
-                           {"message": f"Content-Length must be 0 … {MAX_BODY_BYTES} bytes"}, "other", caller, started, close=True)
-                return
-            try:
-                body = self.rfile.read(size)
-            except TimeoutError:
-                self._send(HTTPStatus.REQUEST_TIMEOUT, {"message": f"body not received within {REQUEST_TIMEOUT_S:g} s"}, "other",
-                           caller, started, close=True)
-                return
-        try:
-            answer = service.handle(self.command, self.path, body, caller)
-        except Exception:   # a bug must still get an answer (and a count), not a dropped connection
-            log.exception("%s: %s request from SAE %s failed", kme_id(service.site), self.command, caller)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "internal error: the KME could not answer; see its log"},
-                       "other", caller, started, close=True)
-            return
-        self._send(answer.status, answer.body, answer.call, caller, started)
-
-    def _send(self, status: HTTPStatus, body: dict[str, Any], call: str, caller: str | None, started: float,
-              close: bool = False) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Connection": "close"} if close else {}
-        if close:
-            self.close_connection = True
-        site = self.server.service.site
-        # counted before the answer leaves, so a client that got it also sees it counted
-        self.server.stats.request(site, call, int(status), time.perf_counter() - started)
-        respond(self, status, data, "application/json", headers)
-        keys = len(body.get("keys", ())) if status == HTTPStatus.OK else 0
-        log.log(logging.DEBUG if status == HTTPStatus.OK and call == "status" else logging.INFO,
-                "%s: SAE %s %s %s → %d%s", kme_id(site), caller, self.command, call, int(status),
-                f" ({keys} key(s))" if keys else "")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-        """Protocol-level events only (the request line may carry key IDs, never keys)."""
-        log.debug("%s: %s %s", kme_id(self.server.service.site), self.client_address[0], format % args)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Every answered request is logged by ``_send``, with the SAE and without the path."""
+    routes = [Route(f"/api/v1/keys/{{sae}}/{name}", {m: call(name) for m in methods}, name) for name, methods in CALLS.items()]
+    return Service(kme_id(site), routes, etsi_error, Limits(max_body_bytes=MAX_BODY_BYTES), ssl_context=context,
+                   observe=lambda route, status, seconds: fleet.kme_stats.request(site, route, status, seconds))
 
 
 def _common_name(cert: dict[str, Any] | None) -> str | None:
@@ -149,36 +73,29 @@ def _common_name(cert: dict[str, Any] | None) -> str | None:
     return None
 
 
-def serve_kme(fleet: Fleet, spec: KMESpec, pki: Pki) -> tuple[KMEServer, threading.Thread]:
+def serve_kme(fleet: Fleet, spec: KMESpec, pki: Pki) -> HttpServer:
     """Start the HTTPS listener of one site's KME on ``runtime.bind:spec.port`` (0: any free port;
     tests), serving the fleet's key store. OSError if the port is taken."""
     config = fleet.config
-    host = config.runtime.bind
     service = KMEService(spec.site, config.key_delivery, config.links, fleet.key_pool, fleet.refresh_key_stores)
-    server_class = KMEServer6 if ":" in host else KMEServer
-    server = server_class((host, spec.port), service, server_context(pki, spec.site), fleet.kme_stats)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name=f"qkdops-{kme_id(spec.site)}", daemon=True)
-    thread.start()
+    server = HttpServer(kme_service(service, server_context(pki, spec.site), fleet), config.runtime.bind, spec.port)
     log.info("%s listening on https://%s:%d/api/v1/keys/ (ETSI GS QKD 014, mutual TLS)", kme_id(spec.site),
-             *server.server_address[:2])
-    return server, thread
+             *server.server_address)
+    return server
 
 
-def serve_kmes(fleet: Fleet, pki: Pki) -> list[tuple[KMEServer, threading.Thread]]:
-    """Every configured KME (see ``serve_kme``); none left listening if one cannot start."""
-    started: list[tuple[KMEServer, threading.Thread]] = []
+def serve_kmes(fleet: Fleet, pki: Pki) -> dict[str, HttpServer]:
+    """Every configured KME by site (see ``serve_kme``); none left listening if one cannot start."""
+    started: dict[str, HttpServer] = {}
     try:
         for spec in fleet.config.key_delivery.kmes:
-            started.append(serve_kme(fleet, spec, pki))
+            started[spec.site] = serve_kme(fleet, spec, pki)
     except BaseException:
-        shutdown_kmes(started)
+        shutdown_kmes(started.values())
         raise
     return started
 
 
-def shutdown_kmes(servers: Sequence[tuple[KMEServer, threading.Thread]], timeout_s: float = 5.0) -> None:
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout_s)
+def shutdown_kmes(servers: Iterable[HttpServer], timeout_s: float = 5.0) -> None:
+    for server in servers:
+        server.stop(timeout_s)
