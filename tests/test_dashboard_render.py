@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from dashboards.render import KEY_PANELS, PNG_SIGNATURE, RenderError, main, parse_duration, render_panels
+from qkdops import credentials
 from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,7 @@ class StubPrometheus:
 
     def __init__(self) -> None:
         self.queries: list[str] = []
+        self.authorizations: set[str | None] = set()   # every Authorization header it was sent
         self.fail_on: str | None = None
         stub = self
 
@@ -37,6 +39,7 @@ class StubPrometheus:
             def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 params = dict(urllib.parse.parse_qsl(url.query))
+                stub.authorizations.add(self.headers.get("Authorization"))
                 if url.path == "/api/v1/status/config":
                     return self.reply(200, {"status": "success", "data": {"yaml": "global:\n  scrape_interval: 1s\n"}})
                 if url.path != "/api/v1/query_range":
@@ -130,12 +133,20 @@ def test_unreachable_prometheus_is_a_clear_error(tmp_path):
         render_panels("http://127.0.0.1:9", "oncall", "demo", START, END, tmp_path / "x.png")
 
 
-def test_cli(prometheus, tmp_path, capsys):
+def test_cli(prometheus, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cli.png"
+    # Prometheus's basic auth: the password from the file the variable names (else <state_dir>/prometheus-password)
+    monkeypatch.setenv("QKDOPS_PROMETHEUS_PASSWORD_FILE", str(tmp_path / "missing"))
+    assert main(["--prometheus", prometheus.url, "--link", "demo", "--since", "10m", "--out", str(out)]) == 1
+    assert str(tmp_path / "missing") in capsys.readouterr().err and not prometheus.queries
+    (tmp_path / "password").write_text("stub-password\n")
+    (tmp_path / "password").chmod(0o600)
+    monkeypatch.setenv("QKDOPS_PROMETHEUS_PASSWORD_FILE", str(tmp_path / "password"))
     assert main(["--prometheus", prometheus.url, "--link", "demo", "--dashboard", "oncall", "--since", "10m",
                  "--out", str(out)]) == 0
     assert_png(out)
     assert capsys.readouterr().out.strip() == str(out)
+    assert prometheus.authorizations == {credentials.basic("qkdops", "stub-password")}
     prometheus.fail_on = "ALERTS"
     assert main(["--prometheus", prometheus.url, "--link", "demo", "--since", "1m", "--out", str(out)]) == 1
     assert "ALERTS" in capsys.readouterr().err
