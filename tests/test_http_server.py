@@ -5,6 +5,7 @@ connections and threads. Raw sockets, so malformed and stalled requests are real
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from http import HTTPStatus
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qkdops.http_server import OTHER_ROUTE, HttpServer, Limits, Request, Response, Route, Service, json_response
 
@@ -224,3 +227,30 @@ def test_stop_refuses_new_connections_and_a_taken_port_is_an_oserror(rig: Rig) -
         assert again.server_port == rig.port
     finally:
         again.stop()
+
+
+# ---- fuzzing the parser and the router with whole requests ------------------------------------------------
+_TOKENS = st.sampled_from(["GET", "POST", "HEAD", "DELETE", "BREW", "get", "G\x00T", "", " ", "/", "/items/", "/items/x",
+                           "/private", "/docs/..", "%2F", "%", "%zz", "?", "?a=%ff", "#", "\t", "\xff", "HTTP/1.1",
+                           "HTTP/9.9", "Content-Length: ", "Transfer-Encoding: chunked", "Authorization: Bearer good",
+                           "Host: h", ":", "\r\n", "\n", "\r", "-1", "99999999999999999999", "0", "3"])
+_REQUESTS = st.lists(st.one_of(_TOKENS, st.text(max_size=40), st.binary(max_size=40).map(lambda b: b.decode("latin-1"))),
+                     max_size=25).map(lambda parts: " ".join(parts).encode("latin-1", "replace") + b"\r\n\r\n")
+
+
+@settings(max_examples=int(os.environ.get("QKDOPS_FUZZ_EXAMPLES", "0")) or 120, deadline=None,
+          derandomize=not os.environ.get("QKDOPS_FUZZ_EXAMPLES"), suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(request=_REQUESTS)
+def test_any_bytes_get_a_json_answer_or_a_close_never_a_500(rig: Rig, request: bytes) -> None:
+    with rig.connect() as conn:
+        conn.settimeout(DEADLINE_S + 5)
+        conn.sendall(request)
+        try:
+            code, headers, body = read_answer(conn)
+        except (ConnectionError, TimeoutError):
+            code = None    # a request the server is still waiting on is cut at the deadline: a close
+    if code is not None:
+        assert code != 500 and headers["content-type"].startswith(("application/json", "text/")), (request, code)
+        if code >= 400:
+            assert json.loads(body)["error"]["message"]
+    assert all(status != 500 for _, status in rig.observed)
