@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import ssl
 import uuid
 from pathlib import Path
@@ -67,8 +68,8 @@ def test_third_sae_is_refused_with_401(tmp_path: Path):
         assert dict(rig.client("sae-b").dec_keys("sae-a", ids)) == dict(issued)
 
 
-def test_certificates_from_another_ca_or_none_fail_the_handshake(tmp_path: Path):
-    with kme_rig(tmp_path) as rig:
+def test_certificates_from_another_ca_or_none_fail_the_handshake(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    with kme_rig(tmp_path) as rig, caplog.at_level(logging.INFO, logger="qkdops.kme"):
         other = Pki(tmp_path / "other-pki")
         init_pki(other, rig.fleet.config.key_delivery)
         port = int(rig.urls["a"].rsplit(":", 1)[1])
@@ -81,6 +82,8 @@ def test_certificates_from_another_ca_or_none_fail_the_handshake(tmp_path: Path)
                 conn.request("GET", "/api/v1/keys/sae-b/status")
                 conn.getresponse().read()
             conn.close()
+        refused = [r.getMessage() for r in caplog.records if "TLS handshake refused" in r.getMessage()]
+        assert len(refused) == 2 and all(m.startswith("kme-a: ") for m in refused), refused   # logged, one line each
         # the client checks the KME too: a KME certificate from another CA is refused by the SAE
         distrustful = client_context(other.ca_cert, *rig.pki.sae("sae-a"))
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=distrustful, timeout=5)

@@ -28,10 +28,28 @@ log = logging.getLogger("qkdops.kme")
 CALLS = {"status": ("GET",), "enc_keys": ("GET", "POST"), "dec_keys": ("GET", "POST")}
 
 
+class _HandshakeLogged(ssl.SSLObject):
+    """The event loop's TLS object for one connection, logging a refused handshake: asyncio drops
+    those silently (an ``ssl.SSLError`` is an ``OSError``), and a KME's operator must see an SAE whose
+    certificate is refused. ``site`` is set per KME (``server_context``)."""
+
+    site = ""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise                          # the handshake is still under way
+        except ssl.SSLError as exc:
+            log.info("%s: TLS handshake refused: %s", kme_id(self.site), exc.reason or type(exc).__name__)
+            raise
+
+
 def server_context(pki: Pki, site: str) -> ssl.SSLContext:
     """TLS ≥ 1.2, the KME's certificate, client certificates required and checked against the CA."""
     cert, key = pki.kme(site)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslobject_class = type("KMEHandshake", (_HandshakeLogged,), {"site": site})
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     context.load_verify_locations(pki.ca_cert)
