@@ -160,9 +160,35 @@ def _bad(message: str, field_name: str, code: str = "invalid_request") -> ApiErr
     return ApiError(HTTPStatus.BAD_REQUEST, code, message, field_name)
 
 
-def _unauthorized(message: str, invalid: bool) -> ApiError:
-    challenge = 'Bearer realm="qkdops", error="invalid_token"' if invalid else 'Bearer realm="qkdops"'
+def _unauthorized(message: str, invalid: bool, realm: str) -> ApiError:
+    challenge = f'Bearer realm="{realm}"' + (', error="invalid_token"' if invalid else "")
     return ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", message, "Authorization", {"WWW-Authenticate": challenge})
+
+
+def check_bearer(header: str | None, token: bytes, realm: str, what: str) -> None:
+    """Raise the 401 ApiError unless ``header`` is ``Bearer <token>`` (RFC 6750); ``what`` names the
+    token in the message. The control API and the pager sink both check theirs here."""
+    if header is None:
+        raise _unauthorized(f"missing Authorization header: expected 'Authorization: Bearer TOKEN' ({what})", False, realm)
+    scheme, _, presented = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise _unauthorized("malformed Authorization header: expected 'Bearer TOKEN'", True, realm)
+    # Headers arrive as latin-1 text; compare bytes so any input is comparable in constant time.
+    if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), token):
+        raise _unauthorized("invalid bearer token", True, realm)
+
+
+def bearer_authenticator(token: bytes, realm: str, what: str) -> Callable[[Mapping[str, str]], Response | None]:
+    """A ``Service.authenticate``: None for the right bearer token, else the 401 answer, logged
+    (without the token) at INFO — every refusal is part of the audit trail."""
+    def authenticate(headers: Mapping[str, str]) -> Response | None:
+        try:
+            check_bearer(headers.get("Authorization"), token, realm, what)
+        except ApiError as exc:
+            log.info("%s: refused a request: %s", realm, exc.message)
+            return json_response(exc.status, exc.body(), exc.headers)
+        return None
+    return authenticate
 
 
 def _unknown_fault(name: str, field_name: str) -> ApiError:
@@ -345,7 +371,7 @@ class ControlService:
                   Route(f"{RUNBOOKS_PREFIX}{{*name}}", {"GET": self._runbook}, public=True)]
         routes += [Route(path, {method: self._endpoint(endpoint) for method, endpoint in methods.items()})
                    for path, methods in API_ROUTES]
-        return Service("control-api", routes, error_body, LIMITS, authenticate=self._authenticate)
+        return Service("control-api", routes, error_body, LIMITS, authenticate=bearer_authenticator(self.token, "qkdops", "the control API token"))
 
     def _healthz(self, request: HttpRequest) -> Response:
         return json_response(HTTPStatus.OK, {"status": "ok"})
@@ -394,26 +420,6 @@ class ControlService:
         log.log(logging.DEBUG if quiet else logging.INFO, "%s \"%s %s\" %d", request.peer, request.method,
                 self._redact(clip(request.path, 300)), status)
         return Response(status, data, "application/json; charset=utf-8", headers)
-
-    def _authenticate(self, headers: Mapping[str, str]) -> Response | None:
-        """None for the right bearer token, else the 401 (before the body is read)."""
-        try:
-            self._check_token(headers)
-        except ApiError as exc:
-            log.info("control API: refused a request without a valid token: %s", exc.message)
-            return json_response(exc.status, exc.body(), exc.headers)
-        return None
-
-    def _check_token(self, headers: Mapping[str, str]) -> None:
-        header = headers.get("Authorization")
-        if header is None:
-            raise _unauthorized("missing Authorization header: expected 'Authorization: Bearer TOKEN'", invalid=False)
-        scheme, _, presented = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise _unauthorized("malformed Authorization header: expected 'Bearer TOKEN'", invalid=True)
-        # Headers arrive as latin-1 text; compare bytes so any input is comparable in constant time.
-        if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), self.token):
-            raise _unauthorized("invalid bearer token", invalid=True)
 
     def _redact(self, text: str) -> str:
         return text.replace(self.token.decode("ascii"), REDACTED)

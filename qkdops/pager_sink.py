@@ -41,7 +41,6 @@ the compose network and the published port is on 127.0.0.1.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -57,7 +56,7 @@ from urllib.parse import parse_qs
 from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service, json_response
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
-from qkdops.control_api import ApiError, error_body
+from qkdops.control_api import ApiError, bearer_authenticator, error_body
 from qkdops.credentials import TOKEN_SYNTAX
 from qkdops.runtime.durable import DurableStore
 from qkdops.yaml_input import clip
@@ -328,15 +327,8 @@ class SinkService:
             Route("/healthz", {"GET": self._healthz}, public=True),
             Route("/api/v1/notifications", {"GET": self._notifications}),
             Route("/webhook/{kind}", {"POST": self._receive}),
-        ), error_body, Limits(max_body_bytes=MAX_BODY_BYTES), authenticate=self._authenticate)
-
-    def _authenticate(self, headers: Mapping[str, str]) -> Response | None:
-        """None for the right bearer token, else the 401 (before the body is read)."""
-        try:
-            check_bearer(headers.get("Authorization"), self.token)
-        except ApiError as exc:
-            return json_response(exc.status, exc.body(), exc.headers)
-        return None
+        ), error_body, Limits(max_body_bytes=MAX_BODY_BYTES),
+            authenticate=bearer_authenticator(self.token, "qkdops-pager-sink", "the pager sink token"))
 
     def _healthz(self, request: Request) -> Response:
         return json_response(HTTPStatus.OK, {"status": "ok", "notifications": self.store.count()})
@@ -377,22 +369,6 @@ class SinkServer(HttpServer):
     def stop(self, timeout_s: float = 5.0) -> None:
         super().stop(timeout_s)
         self.store.close()
-
-
-def check_bearer(header: str | None, token: bytes) -> None:
-    """Raise a 401 ApiError unless ``header`` is ``Bearer <token>`` (constant-time compare)."""
-    if header is None:
-        raise _unauthorized("missing Authorization header: expected 'Authorization: Bearer TOKEN' (the pager sink token)", False)
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        raise _unauthorized("malformed Authorization header: expected 'Bearer TOKEN'", True)
-    if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), token):
-        raise _unauthorized("invalid bearer token", True)
-
-
-def _unauthorized(message: str, invalid: bool) -> ApiError:
-    challenge = 'Bearer realm="qkdops-pager-sink"' + (', error="invalid_token"' if invalid else "")
-    return ApiError(HTTPStatus.UNAUTHORIZED, "unauthorized", message, "Authorization", {"WWW-Authenticate": challenge})
 
 
 def serve(settings: RuntimeSettings, token: str) -> SinkServer:
