@@ -9,7 +9,7 @@ asyncio clients (aiohttp's client for whole requests, raw sockets for the slow o
 
 1. Crowd. Per port, ``--clients`` clients connect at once, each on its own connection, and send
    ``--requests`` requests on it (keep-alive): the control API ``GET /api/v1/links`` (token),
-   the pager sink ``GET /api/v1/notifications?limit=1``, both exporters ``GET /metrics``, site a's
+   the pager sink ``GET /api/v1/notifications?limit=1`` (token), both exporters ``GET /metrics``, site a's
    KME ``GET /api/v1/keys/sae-b/status`` over mutual TLS (SAE sae-a's certificate). Counted: refused
    or reset connections, time-outs (15 s a request), answers other than 200; latency of each request
    (the first includes connect and, for the KME, the TLS handshake): p50, p99, max.
@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from stack_helpers import RunningStack, kme_profile  # noqa: E402  (the tests' `qkdops up` runner)
 
 from qkdops.control_api import load_token  # noqa: E402
+from qkdops.http_client import StackAuth  # noqa: E402
 from qkdops.kme.client import client_context  # noqa: E402
 from qkdops.kme.pki import Pki  # noqa: E402
 
@@ -95,7 +96,8 @@ def targets(stack: RunningStack) -> dict[str, Target]:
     p = stack.ports
     return {
         "control": Target("control API", f"{base}:{p['control_port']}/api/v1/links", {"Authorization": f"Bearer {token}"}),
-        "sink": Target("pager sink", f"{base}:{p['pager_sink_port']}/api/v1/notifications?limit=1", {}),
+        "sink": Target("pager sink", f"{base}:{p['pager_sink_port']}/api/v1/notifications?limit=1",
+                       {"Authorization": StackAuth(state).pager_sink.header}),
         "device": Target("device exporter", f"{base}:{p['device_exporter_port']}/metrics"),
         "postprocessing": Target("post-processing exporter", f"{base}:{p['postprocessing_exporter_port']}/metrics"),
         "kme": Target("KME a (mTLS)", f"https://127.0.0.1:{kme_port}/api/v1/keys/sae-b/status", {},
