@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdops.runtime.durable import DurableStore
-from qkdops.stack import pid_alive
+from qkdops.processes import pid_alive
 
 LEDGER_PER_JOB = 200
 LEASE_TTL_S = 900.0  # a lease older than this is broken even if its process looks alive (pid reuse)

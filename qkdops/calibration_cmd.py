@@ -43,8 +43,8 @@ from calibration_jobs.signals import PrometheusQuery, SignalReader
 from calibration_jobs.store import CalibrationStore
 from exporters import server as exporter_server
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
-from qkdops.control_client import WILDCARD_BINDS, ApiResponseError, ApiUnreachable, ControlClient, resolve_token, resolve_url
-from qkdops.http_client import StackAuth
+from qkdops.control_client import ApiResponseError, ApiUnreachable, ControlClient, resolve_token, resolve_url
+from qkdops.http_client import StackAuth, http_url
 
 STORE_FILE = "calibration.sqlite"
 API_WAIT_S = 60.0  # the scheduler starts beside the runtime: give the control API this long to answer
@@ -94,8 +94,7 @@ def wire(args: argparse.Namespace) -> Wiring:
     api = ControlClient(resolve_url(args.api, args.config), resolve_token(args.config).value)
     prometheus = None
     if jobs.signals.source == "prometheus":
-        host = WILDCARD_BINDS.get(rt.bind, rt.bind)
-        url = args.prometheus or jobs.signals.prometheus_url or f"http://{host}:{rt.prometheus_port}"
+        url = args.prometheus or jobs.signals.prometheus_url or http_url(rt.bind, rt.prometheus_port)
         # basic auth from <state_dir>/prometheus-password, or the file $QKDOPS_PROMETHEUS_PASSWORD_FILE names
         prometheus = PrometheusQuery(url, jobs.signals.timeout_s, StackAuth(rt.state_dir).prometheus)
     store = CalibrationStore(Path(rt.state_dir) / STORE_FILE)

@@ -62,6 +62,7 @@ from typing import Any, Protocol
 
 from qkdlink.emulator import FAULTS, FaultError
 from qkdops import credentials
+from qkdops.control_client import API_PREFIX
 from qkdops.credentials import API_TOKEN, CredentialError, SecretValue
 from qkdops.credentials import TOKEN_SYNTAX as TOKEN_SYNTAX  # noqa: F401 (re-exported: RFC 6750 b64token)
 from qkdops.http_server import HttpServer, Limits, Response, Route, Service, json_response
@@ -73,7 +74,6 @@ from qkdops.yaml_input import clip
 
 log = logging.getLogger("qkdops.control_api")
 
-API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 64 * 1024
 LIMITS = Limits(max_body_bytes=MAX_BODY_BYTES)
 MAX_BLOCKS = 1000  # blocks one /blocks request may ask for

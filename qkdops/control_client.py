@@ -3,7 +3,7 @@
 Where it connects, first found: the ``--api URL`` option, env ``QKDOPS_API_URL``, else the
 ``runtime.bind``/``runtime.control_port`` of the fleet config (``links.yaml`` by default), so the CLI
 follows a changed port without being told. The token comes from the same places the server takes it
-from (``control_api.load_token``): env ``QKDOPS_API_TOKEN``, the file named by
+from (``credentials.API_TOKEN``): env ``QKDOPS_API_TOKEN``, the file named by
 ``QKDOPS_API_TOKEN_FILE``, else ``<state_dir>/api-token`` that ``qkdops up`` created.
 
 The client neither follows redirects nor uses HTTP proxies from the environment: either would hand the
@@ -21,12 +21,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from qkdops.config import DEFAULT_CONFIG, RuntimeSettings, load_config
-from qkdops.control_api import API_PREFIX, ApiToken, load_token, token_from_environment
+from qkdops import credentials
+from qkdops.credentials import API_TOKEN, SecretValue
+from qkdops.http_client import http_url
 
 API_URL_ENV = "QKDOPS_API_URL"
 DEFAULT_TIMEOUT_S = 10.0
-# A wildcard bind accepts connections on loopback; connect there.
-WILDCARD_BINDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+API_PREFIX = "/api/v1"   # the control API's root (``control_api`` serves it)
 
 
 class ApiUnreachable(Exception):
@@ -65,13 +66,12 @@ def resolve_url(option: str | None, config: str | Path | None) -> str:
     if env := os.environ.get(API_URL_ENV):
         return _checked_url(env, API_URL_ENV)
     runtime = _runtime_settings(config)
-    host = WILDCARD_BINDS.get(runtime.bind, runtime.bind)
-    return f"http://{f'[{host}]' if ':' in host else host}:{runtime.control_port}"
+    return http_url(runtime.bind, runtime.control_port)
 
 
-def resolve_token(config: str | Path | None) -> ApiToken:
-    """The token from env, env-named file, or the config's ``<state_dir>/api-token`` (TokenError if none)."""
-    return token_from_environment() or load_token(_runtime_settings(config).state_dir, create=False)
+def resolve_token(config: str | Path | None) -> SecretValue:
+    """The token from env, env-named file, or the config's ``<state_dir>/api-token`` (CredentialError if none)."""
+    return credentials.load_secret(API_TOKEN, _runtime_settings(config).state_dir, create=False)
 
 
 def _runtime_settings(config: str | Path | None) -> RuntimeSettings:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from qkdops.config import DEFAULT_CONFIG, load_config
-from qkdops.stack import http_url
+from qkdops.http_client import http_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -23,6 +23,14 @@ from qkdops import credentials
 from qkdops.credentials import ALERTMANAGER_PASSWORD, PAGER_SINK_TOKEN, PROMETHEUS_PASSWORD, USER
 
 DEFAULT_TIMEOUT_S = 5.0
+# A wildcard bind accepts connections on loopback; connect there.
+WILDCARD_BINDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def http_url(bind: str, port: int, scheme: str = "http") -> str:
+    """Where a client connects to a server bound at ``bind`` (a wildcard bind accepts on loopback)."""
+    host = WILDCARD_BINDS.get(bind, bind)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
 from qkdops.kme.client import EtsiClient, EtsiClientError, client_context
 from qkdops.kme.pki import Pki, init_pki
-from qkdops.stack import http_url
+from qkdops.http_client import http_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -75,8 +75,8 @@ import yaml
 
 from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
-from qkdops.control_client import WILDCARD_BINDS
-from qkdops.http_client import Auth, StackAuth, open_url
+from qkdops.http_client import Auth, StackAuth, http_url, open_url
+from qkdops.processes import command_line, pid_alive
 
 log = logging.getLogger("qkdops.stack")
 
@@ -323,12 +323,6 @@ def write_container_config(source: str | Path, target: str | Path) -> None:
     Path(target).write_text(container_config(Path(source)), encoding="utf-8")
 
 
-def http_url(bind: str, port: int, scheme: str = "http") -> str:
-    """Where a client connects to a server bound at ``bind`` (a wildcard bind accepts on loopback)."""
-    host = WILDCARD_BINDS.get(bind, bind)
-    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
-
-
 def scheduler_argv(config_path: Path, rt: RuntimeSettings) -> list[str]:
     """``qkdops scheduler`` for this runtime: addresses explicit, so it never guesses them; it exits
     with ``qkdops up`` even when that is killed with SIGKILL (no orphan holding the state lock)."""
@@ -534,7 +528,7 @@ def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0) -> None:
     if pid_alive(pids.get("qkdops", 0)):
         return  # a live `up` owns them (its ports tell the new one so)
     for name, pid in pids.items():
-        if name != "qkdops" and pid_alive(pid) and str(state_dir) in _command_line(pid):
+        if name != "qkdops" and pid_alive(pid) and str(state_dir) in command_line(pid):
             log.warning("stopping %s (pid %d), left running by a `qkdops up` that was killed", name, pid)
             with contextlib.suppress(ProcessLookupError):  # it may end on its own meanwhile
                 os.kill(pid, signal.SIGTERM)
@@ -543,36 +537,6 @@ def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0) -> None:
                     time.sleep(0.1)
                 if pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine. A zombie (exited, not yet reaped: in a container
-    pid 1 may never reap an orphan) does not; without /proc, signal 0 says whether it exists."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        if os.path.isdir("/proc"):
-            return False
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def _command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -22,7 +22,8 @@ from urllib.parse import urljoin, urlsplit
 from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.credentials import CredentialError
 from qkdops.http_client import Auth, StackAuth, open_url
-from qkdops.stack import SCHEDULER, pid_alive
+from qkdops.processes import pid_alive
+from qkdops.stack import SCHEDULER
 from qkdops.up_cmd import UP_FILE
 
 # Resolved against each recorded URL: "" probes it as is, an absolute path replaces its path.

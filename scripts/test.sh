@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check --quiet qkdlink qkdops exporters dashboards calibration_jobs gameday tests bench
+.venv/bin/lint-imports --no-cache   # the layers' import contracts (pyproject.toml [tool.importlinter])
 exec .venv/bin/python -m pytest "$@"

@@ -27,7 +27,8 @@ from qkdlink.protocols import get_protocol
 from qkdops import credentials
 from qkdops.config import load_config
 from qkdops.http_client import Auth, open_url
-from qkdops.stack import CALIBRATION_JOB, SCHEDULER, pid_alive
+from qkdops.processes import pid_alive
+from qkdops.stack import CALIBRATION_JOB, SCHEDULER
 from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,8 @@ from typing import Any
 
 from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.control_client import ControlClient, resolve_token
-from qkdops.http_client import Auth, StackAuth
+from qkdops.http_client import Auth, StackAuth, http_url
 from qkdops.http_client import get_json as _get_json
-from qkdops.stack import http_url
 
 HTTP_TIMEOUT_S = 5.0
 
