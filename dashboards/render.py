@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, PercentFormatter  # noqa: E402
 
 from dashboards.generate import DIRECTORY  # noqa: E402
+from qkdops import durations  # noqa: E402
 from qkdops.config import DEFAULT_CONFIG, finite_float, load_config  # noqa: E402
 from qkdops.credentials import CredentialError  # noqa: E402
 from qkdops.http_client import Auth, StackAuth, open_url  # noqa: E402
@@ -118,19 +119,8 @@ def query_range(prometheus_url: str, expr: str, start: float, end: float, step_s
 # --- substitution, legends, durations -------------------------------------------------------------
 
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``10m``, ``2h``, ``1d``, ``1m30s`` → seconds."""
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a duration: {text!r}")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    return sum(float(n) * scale[u] for n, u in parts)
-
-
-def _promql_duration(seconds: float) -> str:
-    return f"{max(1, math.ceil(seconds))}s"
+    """``90``, ``90s``, ``10m``, ``2h``, ``1d``, ``1m30s`` → seconds (``qkdops.durations``)."""
+    return float(durations.seconds(text, plain_seconds=True))
 
 
 def rate_interval_s(step_s: float, scrape_s: float) -> float:
@@ -139,8 +129,8 @@ def rate_interval_s(step_s: float, scrape_s: float) -> float:
 
 
 def substitute(expr: str, link: str, step_s: float, scrape_s: float) -> str:
-    return (expr.replace("$__rate_interval", _promql_duration(rate_interval_s(step_s, scrape_s)))
-            .replace("$__interval", _promql_duration(step_s))
+    return (expr.replace("$__rate_interval", durations.format_seconds(rate_interval_s(step_s, scrape_s), composite=False))
+            .replace("$__interval", durations.format_seconds(step_s, composite=False))
             .replace("${link}", link).replace("$link", link))
 
 

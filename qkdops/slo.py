@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from qkdops.durations import is_duration
+from qkdops.durations import seconds as duration_seconds
 from qkdops.yaml_input import YamlInputError, excerpt, load_text
 
 SPEC_VERSION = "prometheus/v1"
@@ -72,8 +74,6 @@ INFO_LABELS = ("service", "objective", "period")  # set by the generator on slo:
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _METRIC_RE = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*$")
-_DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
-_DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, Decimal("0.001"))
 _TEMPLATE_RE = re.compile(r"\{\{(.*?)\}\}", re.S)
 _WINDOW_RE = re.compile(r"\{\{\s*\.window\s*\}\}")
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*\.([a-z_]+)\s*\}\}")
@@ -263,7 +263,7 @@ class _Reader:
         text = self.string(raw, path)
         if text is None:
             return None
-        if not _DURATION_RE.match(text) or duration_seconds(text) <= 0:
+        if not is_duration(text) or duration_seconds(text) <= 0:
             self.fail(path, f"expected a Prometheus duration such as 5m, 30d or 1h30m, got {excerpt(text)}")
             return None
         if minimum is not None and duration_seconds(text) < duration_seconds(minimum):
@@ -653,14 +653,6 @@ def render(groups: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> str:
 
 
 # ---- small helpers --------------------------------------------------------------------------------
-def duration_seconds(text: str) -> Decimal:
-    """Seconds in a Prometheus duration (``1h30m`` → 5400)."""
-    match = _DURATION_RE.match(text)
-    if not match or not text:
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return sum((Decimal(int(g)) * unit for g, unit in zip(match.groups(), _DURATION_UNITS) if g), Decimal(0))
-
-
 def fmt_decimal(value: Decimal | int) -> str:
     """A decimal as a plain literal without exponent or trailing zeros: 0.0144, 3600, 0.995."""
     return format(Decimal(value).normalize(), "f")

@@ -75,6 +75,7 @@ import yaml
 
 from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
+from qkdops.durations import format_seconds
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
 from qkdops.processes import command_line, pid_alive
 
@@ -206,7 +207,7 @@ class Timing:
     def scaled(self, evaluation_interval_s: float) -> dict[str, str]:
         """In proportion to the evaluation interval: a 1-s test profile pages in seconds, not minutes."""
         factor = evaluation_interval_s / COMPOSE_INTERVAL_S
-        return {name: _duration(getattr(self, name) * factor) for name in ("group_wait", "group_interval", "repeat_interval")}
+        return {name: format_seconds(getattr(self, name) * factor) for name in ("group_wait", "group_interval", "repeat_interval")}
 
 
 # Pages: groups are small (one alert, or an SLO's tiers), so a short wait costs no batching; a change
@@ -214,17 +215,6 @@ class Timing:
 # batch for a minute, update every 10 minutes and remind daily.
 PAGE_TIMING = Timing(10, 60, 3600)
 TICKET_TIMING = Timing(60, 600, 24 * 3600)
-
-
-def _duration(seconds: float) -> str:
-    """Whole seconds, at least 1, as Prometheus writes durations (``4h48m``, ``12s``)."""
-    left = max(1, round(seconds))
-    out = ""
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size:
-            out += f"{left // size}{unit}"
-            left %= size
-    return out
 
 
 # Causes that stop a link's key outright and page within seconds: once one fires, QKDLinkDown (three
