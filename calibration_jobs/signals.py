@@ -14,19 +14,15 @@ Both sources map onto ``LinkSignals`` with the exporters' vocabulary (intensity 
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from exporters.device import INTENSITY_OF_PARAMETER
 from qkdops.control_client import ApiResponseError, ApiUnreachable, ControlClient
-from qkdops.http_client import Auth, open_url
+from qkdops.http_client import Auth, PrometheusClient
 
 PROMETHEUS = "prometheus"
 STATUS = "status"
@@ -134,31 +130,11 @@ def from_prometheus(link: str, protocol: str, samples: Mapping[str, list[tuple[M
         qber_threshold=one("qkd_qber_threshold_ratio"))
 
 
-class PrometheusQuery:
-    """Instant queries against Prometheus's HTTP API (``/api/v1/query``), stdlib only; ``auth``: the
-    basic auth it wants (``qkdops.http_client.StackAuth(state_dir).prometheus``)."""
+class PrometheusQuery(PrometheusClient):
+    """Prometheus as the scheduler reads it (``qkdops.http_client.PrometheusClient``), plus raw samples."""
 
     def __init__(self, url: str, timeout_s: float, auth: Auth | None = None) -> None:
-        self.url, self.timeout_s, self._auth = url.rstrip("/"), timeout_s, auth
-
-    def __repr__(self) -> str:
-        return f"PrometheusQuery({self.url!r})"
-
-    def query(self, promql: str) -> dict[str, Any]:
-        """The ``data`` of a successful answer; OSError or ValueError saying what went wrong."""
-        try:
-            with open_url(f"{self.url}/api/v1/query", self._auth, self.timeout_s, query={"query": promql},
-                          headers={"Accept": "application/json"}) as response:
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            with exc:
-                detail = exc.read()[:300].decode("utf-8", "replace")
-            raise ValueError(f"Prometheus at {self.url} answered HTTP {exc.code}: {detail}") from None
-        except urllib.error.URLError as exc:
-            raise OSError(f"Prometheus at {self.url} is not reachable ({exc.reason})") from None
-        if body.get("status") != "success":
-            raise ValueError(f"Prometheus at {self.url}: {body.get('errorType')}: {body.get('error')}")
-        return body["data"]
+        super().__init__(url, auth, timeout_s)
 
     def raw_samples(self, selector: str, window_s: float) -> dict[str, list[tuple[dict[str, str], list[tuple[float, float]]]]]:
         """Raw samples [(scrape timestamp, value)] of each series matching ``selector`` within ``window_s``."""

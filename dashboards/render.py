@@ -20,7 +20,6 @@ import math
 import re
 import sys
 import time
-import urllib.error
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +36,7 @@ from dashboards.generate import DIRECTORY  # noqa: E402
 from qkdops import durations  # noqa: E402
 from qkdops.config import DEFAULT_CONFIG, finite_float, load_config  # noqa: E402
 from qkdops.credentials import CredentialError  # noqa: E402
-from qkdops.http_client import Auth, StackAuth, open_url  # noqa: E402
+from qkdops.http_client import Auth, PrometheusClient, PrometheusQueryError, PrometheusUnreachable, StackAuth  # noqa: E402
 
 # The panels worth a picture, in drawing order; dashboards not listed draw every time-series panel.
 KEY_PANELS: dict[str, list[str]] = {
@@ -74,28 +73,15 @@ class PanelData:
 
 # --- Prometheus -------------------------------------------------------------------------------------
 
-def _get(url: str, params: dict[str, Any], timeout_s: float = 15.0, auth: Auth | None = None) -> Any:
-    try:
-        with open_url(url.rstrip("/"), auth, timeout_s, query=params) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as exc:  # Prometheus explains a bad query in a JSON 400/422 body
-        try:
-            detail = json.loads(exc.read()).get("error") or str(exc)
-        except (ValueError, AttributeError):
-            detail = str(exc)
-        raise RenderError(f"HTTP {exc.code}: {detail}") from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise RenderError(f"{type(exc).__name__}: {exc}") from exc
-    if body.get("status") != "success":
-        raise RenderError(body.get("error") or f"status {body.get('status')!r}")
-    return body["data"]
+def _prometheus(prometheus_url: str, auth: Auth | None) -> PrometheusClient:
+    return PrometheusClient(prometheus_url, auth, timeout_s=15.0)
 
 
 def scrape_interval_s(prometheus_url: str, auth: Auth | None = None) -> float:
     """The global scrape interval from Prometheus's loaded configuration (what Grafana's datasource would know)."""
     try:
-        config = _get(f"{prometheus_url}/api/v1/status/config", {}, timeout_s=5, auth=auth)["yaml"]
-    except (RenderError, KeyError, TypeError):
+        config = _prometheus(prometheus_url, auth).get("/api/v1/status/config", timeout_s=5)["yaml"]
+    except (PrometheusQueryError, PrometheusUnreachable, KeyError, TypeError):
         return DEFAULT_SCRAPE_INTERVAL_S
     match = re.search(r"^\s*scrape_interval:\s*(\S+)", config, re.MULTILINE)
     try:
@@ -105,8 +91,10 @@ def scrape_interval_s(prometheus_url: str, auth: Auth | None = None) -> float:
 
 
 def query_range(prometheus_url: str, expr: str, start: float, end: float, step_s: float, auth: Auth | None = None) -> list[Series]:
-    data = _get(f"{prometheus_url}/api/v1/query_range", {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}",
-                                                         "step": f"{step_s:g}"}, auth=auth)
+    try:
+        data = _prometheus(prometheus_url, auth).query_range(expr, start, end, step_s)
+    except (PrometheusQueryError, PrometheusUnreachable) as exc:
+        raise RenderError(str(exc)) from exc
     if data.get("resultType") != "matrix":
         raise RenderError(f"expected a matrix, got {data.get('resultType')!r}")
     out = []

@@ -12,6 +12,7 @@ environment: either would hand the credentials to another host.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -108,3 +109,53 @@ def get_json(url: str, auth: Auth | None, timeout_s: float = DEFAULT_TIMEOUT_S, 
     """GET ``url?query`` with ``auth`` and decode the JSON answer."""
     with open_url(url, auth, timeout_s, query=query) as response:
         return json.loads(response.read())
+
+
+class PrometheusUnreachable(OSError):
+    """Nothing answered at Prometheus's address (refused, timed out, name unknown)."""
+
+
+class PrometheusQueryError(ValueError):
+    """Prometheus answered, with an error (HTTP status and its own ``error`` text, clipped)."""
+
+
+class PrometheusClient:
+    """The one client of Prometheus's HTTP API (https://prometheus.io/docs/prometheus/latest/querying/api/):
+    instant and range queries and any other GET, each returning the answer's ``data``; ``auth``: the
+    basic auth it wants (``StackAuth(state_dir).prometheus``). Errors are ``PrometheusUnreachable``
+    (an OSError: worth retrying) or ``PrometheusQueryError`` (a ValueError: the query or the answer)."""
+
+    def __init__(self, url: str, auth: Auth | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.url, self.auth, self.timeout_s = url.rstrip("/"), auth, timeout_s
+
+    def __repr__(self) -> str:
+        return f"PrometheusClient({self.url!r})"
+
+    def query(self, expr: str) -> dict[str, Any]:
+        return self.get("/api/v1/query", query=expr)
+
+    def query_range(self, expr: str, start: float, end: float, step_s: float) -> dict[str, Any]:
+        return self.get("/api/v1/query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step_s:g}")
+
+    def get(self, path: str, timeout_s: float | None = None, **params: Any) -> dict[str, Any]:
+        try:
+            with open_url(f"{self.url}{path}", self.auth, timeout_s or self.timeout_s, query=params,
+                          headers={"Accept": "application/json"}) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:   # Prometheus explains a bad query in a JSON 400/422 body
+            with exc:
+                raw = exc.read()[:2000]
+            try:
+                detail = json.loads(raw).get("error") or raw.decode("utf-8", "replace")
+            except (ValueError, AttributeError):
+                detail = raw.decode("utf-8", "replace")
+            raise PrometheusQueryError(f"Prometheus at {self.url} answered HTTP {exc.code}: {str(detail)[:300]}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise PrometheusUnreachable(f"Prometheus at {self.url} is not reachable "
+                                        f"({getattr(exc, 'reason', None) or exc})") from None
+        except ValueError as exc:
+            raise PrometheusQueryError(f"Prometheus at {self.url} answered something that is not JSON: {exc}") from None
+        if not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error") if isinstance(body, dict) else None
+            raise PrometheusQueryError(f"Prometheus at {self.url}: {error or 'an answer without status success'}")
+        return body["data"]

@@ -17,6 +17,7 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed
 
 from gameday.chaosqkd import endpoints, get_json, started_at
+from qkdops.http_client import PrometheusClient
 
 POLL_S = 1.0
 STOP = threading.Event()
@@ -90,7 +91,7 @@ def calibration_corrected(link: str, job_name: str, timeout_s: float, configurat
     def corrected() -> dict[str, Any] | None:
         window = max(1, int(time.time() - since) + 1)
         query = f'increase(qkd_calibration_runs_total{{link="{link}", job_name="{job_name}", outcome="corrected"}}[{window}s]) > 0'
-        result = get_json(f"{prometheus}/api/v1/query", auth, query=query)["data"]["result"]
+        result = PrometheusClient(prometheus, auth).query(query)["result"]
         return {"job_name": job_name, "seen_at": time.time()} if result else None
 
     return _wait(corrected, timeout_s, f"a corrected {job_name} run on {link}")
