@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from qkdops import slo
-from qkdops.stack import REPO, RULES_DIR
+from qkdops.prometheus_config import REPO, RULES_DIR
 
 SPEC_DIR = REPO / "slo"
 OUTPUT = RULES_DIR / "qkd-slos.yml"

@@ -2,21 +2,11 @@
 
 ``qkdops up`` runs the links, exporters, control API and pager sink in its own process and these two
 servers as children (Debian's ``prometheus`` and ``prometheus-alertmanager``, installed by
-``scripts/setup.sh``). Both servers' configurations are rendered here from the fleet config, so the
-local stack and the docker-compose variants (``prometheus/prometheus.yml``,
-``alertmanager/alertmanager.yml``: the same functions with service names; a test keeps them current)
-cannot drift apart.
+``scripts/setup.sh``).
 
-Alertmanager routing (``alertmanager_config``): alerts are grouped per ``alertname``, ``link``,
-``site`` (the KMEs' alerts are per site) and ``slo`` (an SLO's burn tiers share one group, so one incident per SLO and link, and the faster tier's
-inhibition of the slower keeps it to one alert); ``severity=page`` goes to the pager sink, PagerDuty
-(Events v2) and Opsgenie, ``severity=ticket`` to the pager sink and Slack, anything else to the sink
-only (a rule without a valid severity is a bug the sink makes visible). The sink comes first with
-``continue`` so it sees every notification whatever the external receivers do. Pager keys are files
-Alertmanager reads at each notification (``*_file``, Alertmanager ≥ 0.25), never config contents: the
-compose config names files under ``/etc/alertmanager/secrets/`` (mounted from the ignored
-``alertmanager/secrets/``), the local stack the files named by ``SECRET_FILE_ENV`` and only the
-receivers whose variable is set, so an offline machine does not retry failing notifications.
+The two servers' configurations are rendered by ``qkdops.prometheus_config`` (scrape jobs, rule files,
+Alertmanager address) and ``qkdops.alerting`` (routing, receivers, inhibition); this module only
+writes them into the state dir and supervises the processes.
 
 The calibration scheduler (``qkdops scheduler``, package ``calibration_jobs``) is a third child, started
 by ``qkdops up`` once the control API, Prometheus and the fleet are up, with its ``--api`` and
@@ -68,27 +58,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin
 
 import yaml
 
 from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
-from qkdops.durations import format_seconds
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
+from qkdops.alerting import SecretFileError, alertmanager_config, secret_files_from_env
 from qkdops.processes import command_line, pid_alive
+from qkdops.prometheus_config import RULES_DIR, local_hosts, prometheus_config
 
 log = logging.getLogger("qkdops.stack")
 
-REPO = Path(__file__).resolve().parent.parent
-RULES_DIR = REPO / "alert_rules"
-COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
-COMPOSE_ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
-COMPOSE_INTERVAL_S = 5.0
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's name
 INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus and prometheus-alertmanager)"
-CALIBRATION_JOB = "qkd-calibration"
 SCHEDULER = "calibration_scheduler"  # its name in up.json, `qkdops up`'s listing and `qkdops status`
 SCHEDULER_READY_TIMEOUT_S = 30.0
 SCHEDULER_STOP_GRACE_S = 10.0
@@ -101,188 +85,6 @@ CONTAINER_BIND = "0.0.0.0"
 
 class StackError(RuntimeError):
     """A server of the stack cannot be started; the message says which and what to do."""
-
-
-@dataclass(frozen=True)
-class Hosts:
-    """Addresses Prometheus uses to reach each service (local processes, or compose services)."""
-
-    device: str
-    postprocessing: str
-    alertmanager: str
-    pager_sink: str
-    calibration: str | None = None  # the calibration scheduler's metrics; None: not run (no scrape job)
-
-
-def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None) -> Hosts:
-    """Local addresses; ``calibration_bind``: where the scheduler listens (None: it is not run)."""
-    return Hosts(f"{rt.bind}:{rt.device_exporter_port}", f"{rt.bind}:{rt.postprocessing_exporter_port}",
-                 f"{rt.bind}:{rt.alertmanager_port}", f"{rt.bind}:{rt.pager_sink_port}",
-                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}")
-
-
-COMPOSE_HOSTS = Hosts("qkdops:9810", "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812")
-# docker-compose's `secrets:` (files written by `qkdops credentials --compose-dir compose-secrets`), as the
-# containers see them.
-COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
-    credentials.PAGER_SINK_TOKEN.file_name, credentials.PROMETHEUS_PASSWORD.file_name, credentials.ALERTMANAGER_PASSWORD.file_name,
-    credentials.PROMETHEUS_WEB_CONFIG, credentials.ALERTMANAGER_WEB_CONFIG)}
-
-
-def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float, *, alertmanager_password_file: str) -> dict[str, Any]:
-    """Scrape both exporters and the calibration scheduler (job names are what rules and dashboards
-    select on), send alerts to Alertmanager with basic auth (its password read from
-    ``alertmanager_password_file`` at each reload)."""
-    interval = f"{scrape_interval_s:g}s"
-    jobs = [("qkd-device", hosts.device), ("qkd-postprocessing", hosts.postprocessing)]
-    if hosts.calibration is not None:
-        jobs.append((CALIBRATION_JOB, hosts.calibration))
-    return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval,
-                   "external_labels": {"stack": "qkdops"}},
-        "rule_files": [rule_glob],
-        "alerting": {"alertmanagers": [{"basic_auth": {"username": credentials.USER, "password_file": alertmanager_password_file},
-                                        "static_configs": [{"targets": [hosts.alertmanager]}]}]},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs],
-    }
-
-
-def render_compose_prometheus_config() -> str:
-    header = ("# Rendered by qkdops.stack.prometheus_config for docker-compose (service names);\n"
-              "# `qkdops up` renders the same with local addresses. Do not edit: a test keeps it current.\n")
-    return header + yaml.safe_dump(prometheus_config(COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", COMPOSE_INTERVAL_S,
-                                                     alertmanager_password_file=COMPOSE_SECRET_FILES["alertmanager-password"]),
-                                   sort_keys=False)
-
-
-# ---- Alertmanager -----------------------------------------------------------------------------------
-GROUP_BY = ["alertname", "link", "site", "slo"]  # site: KME alerts (per site, no link)
-SINK_RECEIVER = "pager-sink-{kind}"  # one per pager_sink.KINDS endpoint
-
-
-@dataclass(frozen=True)
-class SecretFiles:
-    """Paths of the files Alertmanager reads pager keys from; None: that receiver is not configured."""
-
-    pagerduty_routing_key: str | None = None
-    opsgenie_api_key: str | None = None
-    slack_webhook_url: str | None = None
-
-
-SECRET_FILE_ENV = {"pagerduty_routing_key": "QKDOPS_PAGERDUTY_ROUTING_KEY_FILE",
-                   "opsgenie_api_key": "QKDOPS_OPSGENIE_API_KEY_FILE",
-                   "slack_webhook_url": "QKDOPS_SLACK_WEBHOOK_URL_FILE"}
-COMPOSE_SECRETS = SecretFiles("/etc/alertmanager/secrets/pagerduty-routing-key", "/etc/alertmanager/secrets/opsgenie-api-key",
-                              "/etc/alertmanager/secrets/slack-webhook-url")
-
-
-def secret_files_from_env(environ: Mapping[str, str]) -> SecretFiles:
-    """The key files the environment names; a named file that is missing or empty is a StackError.
-
-    Failing here, not at the first page, is the point: a typo in a path would otherwise leave pages
-    going to the local sink only.
-    """
-    found: dict[str, str] = {}
-    for field_name, variable in SECRET_FILE_ENV.items():
-        if not (named := environ.get(variable, "").strip()):
-            continue
-        path = Path(named).expanduser().resolve()
-        try:
-            if not path.read_text(encoding="utf-8").strip():
-                raise StackError(f"{variable} names {path}, which is empty")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StackError(f"{variable} names {path}, which cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-        found[field_name] = str(path)
-    return SecretFiles(**found)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Alertmanager's group timers at the default 5-s evaluation interval, in seconds."""
-
-    group_wait: float
-    group_interval: float
-    repeat_interval: float
-
-    def scaled(self, evaluation_interval_s: float) -> dict[str, str]:
-        """In proportion to the evaluation interval: a 1-s test profile pages in seconds, not minutes."""
-        factor = evaluation_interval_s / COMPOSE_INTERVAL_S
-        return {name: format_seconds(getattr(self, name) * factor) for name in ("group_wait", "group_interval", "repeat_interval")}
-
-
-# Pages: groups are small (one alert, or an SLO's tiers), so a short wait costs no batching; a change
-# (a new alert, the resolution) goes out within a minute; an open page is re-sent hourly. Tickets
-# batch for a minute, update every 10 minutes and remind daily.
-PAGE_TIMING = Timing(10, 60, 3600)
-TICKET_TIMING = Timing(60, 600, 24 * 3600)
-
-
-# Causes that stop a link's key outright and page within seconds: once one fires, QKDLinkDown (three
-# aborted blocks later) says nothing new, and neither do the link's symptoms.
-OUTAGE_CAUSES = ("QKDFiberCut", "QKDDetectorSaturated", "QKDClockDesync", "QKDClassicalChannelDown", "QKDVerificationFailing")
-
-
-def _inhibit_rules() -> list[dict[str, Any]]:
-    """A known outage cause explains QKDLinkDown and the link's symptoms; a down link explains its
-    symptoms; a cut explains high loss; a faster SLO burn tier explains the slower ones."""
-    tiers = ["1h", "6h", "1d", "3d"]
-    causes = f'alertname=~"{"|".join(OUTAGE_CAUSES)}"'
-    return [{"source_matchers": [causes], "target_matchers": ['alertname="QKDLinkDown"'], "equal": ["link"]},
-            {"source_matchers": [causes], "target_matchers": ['class="symptom"'], "equal": ["link"]},
-            {"source_matchers": ['alertname="QKDFiberCut"'], "target_matchers": ['alertname="QKDChannelLossHigh"'], "equal": ["link"]},
-            {"source_matchers": ['alertname="QKDLinkDown"'], "target_matchers": ['class="symptom"'], "equal": ["link"]},
-            *({"source_matchers": [f'tier="{fast}"'], "target_matchers": [f'tier=~"{"|".join(tiers[i + 1:])}"'],
-               "equal": ["slo", "link"]} for i, fast in enumerate(tiers[:-1]))]
-
-
-def alertmanager_config(pager_sink: str, secrets: SecretFiles, evaluation_interval_s: float, *, sink_token_file: str) -> dict[str, Any]:
-    """Routing tree, receivers and inhibition (see the module docstring); ``pager_sink`` is host:port,
-    ``sink_token_file`` the file holding its bearer token (read by Alertmanager at each notification)."""
-    def sink(kind: str) -> dict[str, Any]:
-        return {"name": SINK_RECEIVER.format(kind=kind),
-                "webhook_configs": [{"url": f"http://{pager_sink}/webhook/{kind}", "send_resolved": True, "max_alerts": 0,
-                                     "http_config": {"authorization": {"type": "Bearer", "credentials_file": sink_token_file}}}]}
-
-    pagers: list[dict[str, Any]] = []
-    if secrets.pagerduty_routing_key:
-        pagers.append({"name": "pagerduty", "pagerduty_configs": [{
-            "routing_key_file": secrets.pagerduty_routing_key, "send_resolved": True, "severity": "critical",
-            "links": [{"href": "{{ .CommonAnnotations.runbook_url }}", "text": "Runbook"}]}]})
-    if secrets.opsgenie_api_key:
-        pagers.append({"name": "opsgenie", "opsgenie_configs": [{
-            "api_key_file": secrets.opsgenie_api_key, "send_resolved": True, "priority": "P1"}]})
-    chats: list[dict[str, Any]] = []
-    if secrets.slack_webhook_url:
-        chats.append({"name": "slack-tickets", "slack_configs": [{
-            "api_url_file": secrets.slack_webhook_url, "send_resolved": True,
-            "text": "{{ range .Alerts }}{{ .Annotations.description }} <{{ .Annotations.runbook_url }}|Runbook> {{ end }}"}]})
-
-    def fan_out(kind: str, external: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        names = [SINK_RECEIVER.format(kind=kind), *(r["name"] for r in external)]
-        return [{"receiver": name, **({"continue": True} if i < len(names) - 1 else {})} for i, name in enumerate(names)]
-
-    return {
-        "route": {
-            "receiver": SINK_RECEIVER.format(kind="unrouted"), "group_by": GROUP_BY,
-            **TICKET_TIMING.scaled(evaluation_interval_s),
-            "routes": [
-                {"matchers": ['severity="page"'], **PAGE_TIMING.scaled(evaluation_interval_s), "routes": fan_out("page", pagers)},
-                {"matchers": ['severity="ticket"'], **TICKET_TIMING.scaled(evaluation_interval_s), "routes": fan_out("ticket", chats)},
-            ],
-        },
-        "inhibit_rules": _inhibit_rules(),
-        "receivers": [sink("page"), sink("ticket"), sink("unrouted"), *pagers, *chats],
-    }
-
-
-def render_compose_alertmanager_config() -> str:
-    header = ("# Rendered by qkdops.stack.alertmanager_config for docker-compose: the pager sink at the qkdops\n"
-              "# service, every external receiver with its key file under /etc/alertmanager/secrets/ (see\n"
-              "# alertmanager/secrets/README.md). `qkdops up` renders the same with local addresses and only the\n"
-              "# receivers whose key files are configured. Do not edit: a test keeps it current.\n")
-    return header + yaml.safe_dump(alertmanager_config(COMPOSE_HOSTS.pager_sink, COMPOSE_SECRETS, COMPOSE_INTERVAL_S,
-                                                       sink_token_file=COMPOSE_SECRET_FILES["pager-sink-token"]),
-                                   sort_keys=False, width=200)
 
 
 def container_config(source: Path) -> str:
@@ -379,7 +181,11 @@ class Stack:
                                    alertmanager_password_file=str(creds.alertmanager_password_file))
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         am_config_path = self.state_dir / "alertmanager.yml"
-        am_config = alertmanager_config(hosts.pager_sink, secret_files_from_env(os.environ), self.rt.scrape_interval_s,
+        try:
+            secret_files = secret_files_from_env(os.environ)
+        except SecretFileError as exc:
+            raise StackError(str(exc)) from None
+        am_config = alertmanager_config(hosts.pager_sink, secret_files, self.rt.scrape_interval_s,
                                         sink_token_file=str(creds.pager_sink_token_file))
         am_config_path.write_text(yaml.safe_dump(am_config, sort_keys=False, width=200))
         bind = self.rt.bind

@@ -4,7 +4,7 @@ Starts, in this process, the emulated links (real time), the device exporter, th
 exporter, the control API, the sites' key management entities (ETSI GS QKD 014 over mutual TLS;
 the development PKI under ``<state_dir>/pki`` is created on first run) and the pager sink (where Alertmanager also sends every notification); as
 children, a real Prometheus scraping the exporters and a real Alertmanager (configured with
-``qkdops.stack.alertmanager_config``; pager keys: see ``alertmanager/secrets/README.md``), and, once
+``qkdops.alerting.alertmanager_config``; pager keys: see ``alertmanager/secrets/README.md``), and, once
 those and the fleet are up, the calibration scheduler (``qkdops scheduler``, scraped as job
 ``qkd-calibration``). Prints where each listens, writes ``<state_dir>/up.json`` for ``qkdops status``,
 and on Ctrl-C/SIGTERM stops everything (the scheduler first, then Prometheus and Alertmanager, then

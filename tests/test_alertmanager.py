@@ -19,10 +19,11 @@ import yaml
 from qkdops import credentials, pager_sink
 from qkdops.config import RuntimeSettings
 from qkdops.http_client import StackAuth, get_json, open_url
-from qkdops.stack import (
-    ALERTMANAGER_BINARIES, COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS, SECRET_FILE_ENV, SecretFiles, StackError,
-    alertmanager_config, find_binary, render_compose_alertmanager_config, secret_files_from_env,
+from qkdops.alerting import (
+    COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS, SECRET_FILE_ENV, SecretFileError, SecretFiles, alertmanager_config,
+    render_compose_alertmanager_config, secret_files_from_env,
 )
+from qkdops.stack import ALERTMANAGER_BINARIES, find_binary
 from stack_helpers import free_ports, wait_for
 
 CASES = yaml.safe_load((COMPOSE_ALERTMANAGER_CONFIG.parent / "route-tests.yml").read_text())
@@ -112,7 +113,7 @@ def test_a_named_key_file_that_is_missing_or_empty_stops_the_stack(tmp_path: Pat
     path = tmp_path / "routing-key"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(StackError, match=f"QKDOPS_PAGERDUTY_ROUTING_KEY_FILE names {path}, which {expected}"):
+    with pytest.raises(SecretFileError, match=f"QKDOPS_PAGERDUTY_ROUTING_KEY_FILE names {path}, which {expected}"):
         secret_files_from_env({"QKDOPS_PAGERDUTY_ROUTING_KEY_FILE": str(path)})
 
 

@@ -21,15 +21,13 @@ import pytest
 from qkdops import stack as stack_module
 from qkdops.config import RuntimeSettings, load_config
 from qkdops.http_client import StackAuth, get_json
+from qkdops.prometheus_config import CALIBRATION_JOB, local_hosts, prometheus_config
 from qkdops.stack import (
-    CALIBRATION_JOB,
     RESTART_BACKOFF_MAX_S,
     RESTART_RESET_AFTER_S,
     SCHEDULER,
     Stack,
     StackError,
-    local_hosts,
-    prometheus_config,
     scheduler_argv,
 )
 from stack_helpers import e2e_profile, free_ports, wait_for

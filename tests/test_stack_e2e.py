@@ -28,7 +28,8 @@ from qkdops import credentials
 from qkdops.config import load_config
 from qkdops.http_client import Auth, open_url
 from qkdops.processes import pid_alive
-from qkdops.stack import CALIBRATION_JOB, SCHEDULER
+from qkdops.prometheus_config import CALIBRATION_JOB
+from qkdops.stack import SCHEDULER
 from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
 
 pytestmark = pytest.mark.slow

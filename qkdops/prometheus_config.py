@@ -1,0 +1,74 @@
+"""Prometheus's configuration: scrape jobs (their names are what rules and dashboards select on),
+rule files and the Alertmanager it sends to, for the local stack (local addresses) and for
+docker-compose (``prometheus/prometheus.yml``: service names and ``/run/secrets/`` paths; a test keeps
+it current), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qkdops import credentials
+from qkdops.config import RuntimeSettings
+
+REPO = Path(__file__).resolve().parent.parent
+RULES_DIR = REPO / "alert_rules"
+COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
+COMPOSE_INTERVAL_S = 5.0
+CALIBRATION_JOB = "qkd-calibration"
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """Addresses Prometheus uses to reach each service (local processes, or compose services)."""
+
+    device: str
+    postprocessing: str
+    alertmanager: str
+    pager_sink: str
+    calibration: str | None = None  # the calibration scheduler's metrics; None: not run (no scrape job)
+
+
+def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None) -> Hosts:
+    """Local addresses; ``calibration_bind``: where the scheduler listens (None: it is not run)."""
+    return Hosts(f"{rt.bind}:{rt.device_exporter_port}", f"{rt.bind}:{rt.postprocessing_exporter_port}",
+                 f"{rt.bind}:{rt.alertmanager_port}", f"{rt.bind}:{rt.pager_sink_port}",
+                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}")
+
+
+COMPOSE_HOSTS = Hosts("qkdops:9810", "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812")
+# docker-compose's `secrets:` (files written by `qkdops credentials --compose-dir compose-secrets`), as the
+# containers see them.
+COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
+    credentials.PAGER_SINK_TOKEN.file_name, credentials.PROMETHEUS_PASSWORD.file_name, credentials.ALERTMANAGER_PASSWORD.file_name,
+    credentials.PROMETHEUS_WEB_CONFIG, credentials.ALERTMANAGER_WEB_CONFIG)}
+
+
+def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float, *, alertmanager_password_file: str) -> dict[str, Any]:
+    """Scrape both exporters and the calibration scheduler (job names are what rules and dashboards
+    select on), send alerts to Alertmanager with basic auth (its password read from
+    ``alertmanager_password_file`` at each reload)."""
+    interval = f"{scrape_interval_s:g}s"
+    jobs = [("qkd-device", hosts.device), ("qkd-postprocessing", hosts.postprocessing)]
+    if hosts.calibration is not None:
+        jobs.append((CALIBRATION_JOB, hosts.calibration))
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval,
+                   "external_labels": {"stack": "qkdops"}},
+        "rule_files": [rule_glob],
+        "alerting": {"alertmanagers": [{"basic_auth": {"username": credentials.USER, "password_file": alertmanager_password_file},
+                                        "static_configs": [{"targets": [hosts.alertmanager]}]}]},
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs],
+    }
+
+
+def render_compose_prometheus_config() -> str:
+    header = ("# Rendered by qkdops.prometheus_config.prometheus_config for docker-compose (service names);\n"
+              "# `qkdops up` renders the same with local addresses. Do not edit: a test keeps it current.\n")
+    return header + yaml.safe_dump(prometheus_config(COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", COMPOSE_INTERVAL_S,
+                                                     alertmanager_password_file=COMPOSE_SECRET_FILES["alertmanager-password"]),
+                                   sort_keys=False)
