@@ -20,7 +20,7 @@ from calibration_jobs.checks import CHECKS
 from calibration_jobs.runner import OUTCOMES
 from calibration_jobs.store import CalibrationStore
 from exporters.catalogue import CALIBRATION, Families
-from exporters.device import INTENSITY_OF_PARAMETER
+from qkdlink.emulator.devices import INTENSITY_OF_PARAMETER
 from qkdops.runtime.state import Histogram
 
 DURATION_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qkdops.runtime.durable import DurableStore
+from qkdops.durable import DurableStore
 from qkdops.processes import pid_alive
 
 LEDGER_PER_JOB = 200

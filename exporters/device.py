@@ -11,11 +11,9 @@ from __future__ import annotations
 from exporters.collector import SnapshotCollector
 from exporters.catalogue import DEVICE, Families
 from qkdlink.emulator import FAULTS, DeviceTelemetry
+from qkdlink.emulator.devices import INTENSITY_OF_PARAMETER
 from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkSnapshot
 
-# Telemetry keys mean photon numbers by protocol parameter; publish them under the intensity names
-# the decoy counters use, so measured / commanded and the decoy counts line up on one label.
-INTENSITY_OF_PARAMETER = {"mu": "signal", "nu": "decoy", "nu2": "decoy2", "omega": "vacuum"}
 CALIBRATION_OUTCOMES = ("ok", "failed")
 
 

@@ -58,7 +58,7 @@ from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
 from qkdops.control_api import ApiError, bearer_authenticator, error_body
 from qkdops.credentials import TOKEN_SYNTAX
-from qkdops.runtime.durable import DurableStore
+from qkdops.durable import DurableStore
 from qkdops.yaml_input import clip
 
 log = logging.getLogger("qkdops.pager_sink")

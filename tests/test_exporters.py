@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporters import CATALOGUE, DeviceCollector, PostProcessingCollector, registry_for, render, serve
 from exporters.catalogue import DEVICE, POSTPROCESSING, CatalogueError, load
-from exporters.device import INTENSITY_OF_PARAMETER
+from qkdlink.emulator.devices import INTENSITY_OF_PARAMETER
 from qkdlink.emulator import FAULTS, BlockRecord, Link, LinkConfig
 from qkdlink.emulator.devices import intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol

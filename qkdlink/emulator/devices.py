@@ -44,6 +44,12 @@ def compose_errors(a: float, b: float) -> float:
     return a + b - 2.0 * a * b
 
 
+# The decoy-state names of the intensity settings (signal μ, decoys ν and ν₂, vacuum ω; Lo, Ma & Chen,
+# PRL 94, 230504 (2005)): the ``intensity`` label every metric, the decoy counters and the calibration
+# jobs share, so measured / commanded / recommended line up on one label.
+INTENSITY_OF_PARAMETER = {"mu": "signal", "nu": "decoy", "nu2": "decoy2", "omega": "vacuum"}
+
+
 def intensity_parameters(protocol: Protocol) -> tuple[str, ...]:
     """The protocol's mean-photon-number settings: every parameter whose unit is ``photons``."""
     return tuple(p.name for p in protocol.parameters if p.unit == "photons")

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from qkdops.runtime.durable import DurableStore
+from qkdops.durable import DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS handed_off (link TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (link, block));

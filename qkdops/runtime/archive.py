@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qkdops.runtime.blocks import Block
-from qkdops.runtime.durable import DurableStore
+from qkdops.durable import DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (link TEXT NOT NULL, idx INTEGER NOT NULL, body TEXT NOT NULL,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qkdops.runtime.durable import DurableStore
+from qkdops.durable import DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS block_keys (link TEXT NOT NULL, idx INTEGER NOT NULL, bits INTEGER NOT NULL,
