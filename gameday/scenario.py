@@ -32,10 +32,11 @@ from chaoslib.exceptions import ChaosException
 from chaoslib.experiment import ensure_experiment_is_valid
 
 from qkdlink.emulator.faults import FaultError, spec
+from qkdops.assets import asset
 from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
-ALERT_RULES = Path(__file__).resolve().parent.parent / "alert_rules"
+ALERT_RULES = asset("alert_rules")
 EXTENSION = "qkdops"
 MAX_RUN_S = 86400.0
 """A game day is bounded in time: a day at most (the shipped ones run 10–20 minutes)."""

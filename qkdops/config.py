@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 from qkdlink.emulator import DeviceSettings, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import ParameterError
+from qkdops.assets import asset
 from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "links.yaml"
+DEFAULT_CONFIG = asset("links.yaml")
 LINK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 TRACING = ("none", "console", "otlp")
 SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # also a certificate common name and a file name

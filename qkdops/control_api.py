@@ -68,6 +68,7 @@ from qkdops.credentials import TOKEN_SYNTAX as TOKEN_SYNTAX  # noqa: F401 (re-ex
 from qkdops.http_server import HttpServer, Limits, Response, Route, Service, json_response
 from qkdops.http_server import Request as HttpRequest
 from qkdops.json_input import JsonInputError, load_json
+from qkdops.assets import asset
 from qkdops.config import RuntimeSettings
 from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink, fault_catalogue
 from qkdops.yaml_input import clip
@@ -78,7 +79,7 @@ MAX_BODY_BYTES = 64 * 1024
 LIMITS = Limits(max_body_bytes=MAX_BODY_BYTES)
 MAX_BLOCKS = 1000  # blocks one /blocks request may ask for
 RUNBOOKS_PREFIX = "/runbooks"
-RUNBOOKS_DIR = Path(__file__).resolve().parent.parent / "runbooks"
+RUNBOOKS_DIR = asset("runbooks")
 # An alert name: the runbook's file name without .md; nothing that could leave the directory, and
 # short enough that the file system never sees an over-long name.
 RUNBOOK_NAME = re.compile(r"[A-Za-z0-9]{1,100}")

@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 
 from qkdops import credentials
+from qkdops.assets import asset
 from qkdops.config import RuntimeSettings
 
-REPO = Path(__file__).resolve().parent.parent
-RULES_DIR = REPO / "alert_rules"
+REPO = Path(__file__).resolve().parent.parent   # the checkout: the compose files are rendered into it
+RULES_DIR = asset("alert_rules")
 COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 COMPOSE_INTERVAL_S = 5.0
 CALIBRATION_JOB = "qkd-calibration"

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from qkdops import slo
-from qkdops.prometheus_config import REPO, RULES_DIR
+from qkdops.assets import asset
+from qkdops.prometheus_config import RULES_DIR
 
-SPEC_DIR = REPO / "slo"
+SPEC_DIR = asset("slo")
 OUTPUT = RULES_DIR / "qkd-slos.yml"
 
 
