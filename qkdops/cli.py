@@ -17,6 +17,7 @@ from qkdops import calibration_cmd
 from qkdops import keys_cmd
 from qkdops import gameday_cmd
 from qkdops import credentials_cmd
+from qkdops import generate_cmd
 from qkdops.runtime.memory import retain_freed_memory
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cmd.register(sub)
     gameday_cmd.register(sub)
     credentials_cmd.register(sub)
+    generate_cmd.register(sub)
     return parser
 
 

@@ -1,0 +1,83 @@
+"""``qkdops generate [--check] [--only NAME,...]``: every generated file of the repository, from its
+one source, by one command — the SLO rules (``alert_rules/qkd-slos.yml`` from ``slo/``), the Grafana
+dashboards (``dashboards/*.json`` from ``dashboards/generate.py``) and the docker-compose configs of
+Prometheus and Alertmanager (``prometheus/prometheus.yml``, ``alertmanager/alertmanager.yml`` from
+``qkdops.prometheus_config`` and ``qkdops.alerting``, the same functions ``qkdops up`` renders its
+local configs with).
+
+``--check`` writes nothing and exits 1 naming every file that is missing or stale (with the first
+lines of its diff), so CI and a reviewer see generated files drift from their sources. The per-kind
+commands (``qkdops slo generate``, ``python -m dashboards.generate``) do the same for their part.
+Exit codes: 0 written or current, 1 stale (``--check``), 2 a source is malformed (an SLO spec).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from dashboards import generate as dashboards
+from qkdops import slo
+from qkdops.alerting import COMPOSE_ALERTMANAGER_CONFIG, render_compose_alertmanager_config
+from qkdops.prometheus_config import COMPOSE_PROMETHEUS_CONFIG, RULES_DIR, render_compose_prometheus_config
+from qkdops.slo_cmd import SPEC_DIR, generate_text
+
+
+def _slo_rules() -> dict[Path, str]:
+    return {RULES_DIR / "qkd-slos.yml": generate_text(SPEC_DIR)[0]}
+
+
+def _dashboards() -> dict[Path, str]:
+    return {dashboards.DIRECTORY / name: text for name, text in dashboards.render().items()}
+
+
+ARTIFACTS: Mapping[str, Callable[[], dict[Path, str]]] = {
+    "slo-rules": _slo_rules,
+    "dashboards": _dashboards,
+    "compose-prometheus": lambda: {COMPOSE_PROMETHEUS_CONFIG: render_compose_prometheus_config()},
+    "compose-alertmanager": lambda: {COMPOSE_ALERTMANAGER_CONFIG: render_compose_alertmanager_config()},
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="write every generated file from its source (or --check they are current)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each missing or stale file")
+    p.add_argument("--only", metavar="NAME[,NAME...]", help=f"only these ({', '.join(ARTIFACTS)})")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = list(ARTIFACTS)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        if unknown := [n for n in names if n not in ARTIFACTS]:
+            print(f"qkdops generate: --only: unknown {', '.join(unknown)} (choose from {', '.join(ARTIFACTS)})", file=sys.stderr)
+            return 2
+    try:
+        files = {path: text for name in names for path, text in ARTIFACTS[name]().items()}
+    except slo.SpecError as exc:
+        print(f"qkdops generate: {exc}", file=sys.stderr)
+        return 2
+    stale = 0
+    for path, text in files.items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            stale += 1
+            print(f"qkdops generate: {path} is {'missing' if current is None else 'stale'}: run `qkdops generate`", file=sys.stderr)
+            if current is not None:
+                diff = difflib.unified_diff(current.splitlines(), text.splitlines(), str(path), "generated", lineterm="", n=1)
+                sys.stderr.writelines(line + "\n" for line in list(diff)[:20])
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    if stale:
+        return 1
+    print(f"{len(files)} generated file(s) {'current' if args.check else 'up to date'} ({', '.join(names)})")
+    return 0
