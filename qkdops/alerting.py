@@ -31,6 +31,26 @@ from qkdops.prometheus_config import COMPOSE_HOSTS, COMPOSE_INTERVAL_S, COMPOSE_
 COMPOSE_ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 
 
+# The runbook base URL the committed rule files carry (``runbook_url: <base>/runbooks/<AlertName>``, in
+# alert_rules/ and the SLO spec): the default local control API. A deployment renders its own copy of
+# the rules with its own base (``rules_with_runbook_base``), so links are reachable where pages are read.
+RUNBOOK_BASE_URL = "http://127.0.0.1:9800"
+
+
+def rules_with_runbook_base(rules_dir: Path, target_dir: Path, base_url: str) -> list[Path]:
+    """Copy the rule files of ``rules_dir`` to ``target_dir`` with every runbook link on ``base_url``;
+    files left there from an earlier copy that ``rules_dir`` no longer has are removed."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source in sorted(rules_dir.glob("*.yml")):
+        text = source.read_text(encoding="utf-8").replace(f"{RUNBOOK_BASE_URL}/runbooks/", f"{base_url.rstrip('/')}/runbooks/")
+        (target := target_dir / source.name).write_text(text, encoding="utf-8")
+        written.append(target)
+    for stale in set(target_dir.glob("*.yml")) - set(written):
+        stale.unlink()
+    return written
+
+
 class SecretFileError(ValueError):
     """A pager key file the environment names is missing, unreadable or empty."""
 

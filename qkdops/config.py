@@ -126,6 +126,9 @@ class RuntimeSettings:
     scrape_interval_s: float = 5.0
     pager_sink_port: int = 9820
     calibration_exporter_port: int = 9812
+    # Where the alerts' runbook links point (the control API's /runbooks/, as whoever reads the page
+    # reaches it); empty: this runtime's own control API address.
+    runbook_base_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,8 @@ def _runtime(reader: ConfigReader, raw: Any, path: Path) -> RuntimeSettings:
         values["tracing"] = reader.choice(data["tracing"], "runtime.tracing", TRACING)
     if "otlp_endpoint" in data:
         values["otlp_endpoint"] = reader.http_url(data["otlp_endpoint"], "runtime.otlp_endpoint")
+    if "runbook_base_url" in data:
+        values["runbook_base_url"] = reader.http_url(data["runbook_base_url"], "runtime.runbook_base_url").rstrip("/")
     if "key_store_capacity_bits" in data:
         values["key_store_capacity_bits"] = reader.integer(data["key_store_capacity_bits"],
                                                            "runtime.key_store_capacity_bits", 1, 2 ** 62)

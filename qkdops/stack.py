@@ -65,7 +65,7 @@ import yaml
 from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
-from qkdops.alerting import SecretFileError, alertmanager_config, secret_files_from_env
+from qkdops.alerting import SecretFileError, alertmanager_config, rules_with_runbook_base, secret_files_from_env
 from qkdops.processes import command_line, pid_alive
 from qkdops.prometheus_config import RULES_DIR, local_hosts, prometheus_config
 
@@ -177,7 +177,9 @@ class Stack:
         auth = StackAuth(self.state_dir)
         hosts = local_hosts(self.rt, self.scheduler_bind)
         config_path = self.state_dir / "prometheus.yml"
-        config = prometheus_config(hosts, str(RULES_DIR / "*.yml"), self.rt.scrape_interval_s,
+        rules = self.state_dir / "rules"   # the shipped rules, runbook links on this runtime's base URL
+        rules_with_runbook_base(RULES_DIR, rules, self.rt.runbook_base_url or http_url(self.rt.bind, self.rt.control_port))
+        config = prometheus_config(hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
                                    alertmanager_password_file=str(creds.alertmanager_password_file))
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         am_config_path = self.state_dir / "alertmanager.yml"

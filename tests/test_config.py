@@ -49,6 +49,7 @@ def _base() -> dict:
     (lambda c: c["runtime"].update(otlp_endpoint="ftp://collector:4318"), "runtime.otlp_endpoint", "an http(s) URL"),
     (lambda c: c["runtime"].update(otlp_endpoint="http://collector:99999/v1/traces"), "runtime.otlp_endpoint", "an http(s) URL"),
     (lambda c: c["runtime"].update(otlp_endpoint="http:///v1/traces"), "runtime.otlp_endpoint", "an http(s) URL"),
+    (lambda c: c["runtime"].update(runbook_base_url="file:///etc/passwd"), "runtime.runbook_base_url", "an http(s) URL"),
     (lambda c: c["runtime"].update(state_dir="var/\0qkdops"), "runtime.state_dir", "a path (no NUL characters)"),
     (lambda c: c.update(links=[]), "links", "non-empty list"),
     (lambda c: c["links"][0].update(devices={"phase": {"loop_gain_rad_per_s": "fast"}}),

@@ -23,6 +23,7 @@ import yaml
 from exporters.catalogue import CATALOGUE
 from qkdlink.emulator import FAULTS
 from qkdops import control_api
+from qkdops.alerting import RUNBOOK_BASE_URL, rules_with_runbook_base
 from qkdops.config import load_config
 from qkdops.runtime.fleet import Fleet
 from qkdops.runtime.state import CALIBRATION_ACTIONS
@@ -30,7 +31,7 @@ from qkdops.runtime.state import CALIBRATION_ACTIONS
 REPO = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO / "alert_rules"
 RUNBOOKS_DIR = REPO / "runbooks"
-RUNBOOK_URL = "http://127.0.0.1:9800/runbooks/{}"
+RUNBOOK_URL = RUNBOOK_BASE_URL + "/runbooks/{}"   # the committed rules' base; deployments render their own
 SECTIONS = ("Meaning", "Impact", "Confirm", "Likely causes", "Mitigation", "Escalation", "Verify recovery")
 ANNOTATIONS = ("summary", "description", "runbook_url")
 METRIC = re.compile(r"\b(?:qkd_link:[a-z0-9_:]+|slo:[a-z0-9_:]+|qkd_[a-z0-9_]+)")
@@ -231,3 +232,22 @@ def test_only_files_inside_the_runbooks_directory_are_reachable(fleet: Fleet, tm
             assert _request(port, "GET", path).status == 404, path
     finally:
         server.stop()
+
+
+def test_a_deployment_renders_the_rules_with_its_own_runbook_base(tmp_path: Path) -> None:
+    """``runtime.runbook_base_url`` (or the control API's own address): every runbook link moves to it,
+    nothing else in the rules changes, and a rule file gone from the source is gone from the copy."""
+    target = tmp_path / "rules"
+    target.mkdir()
+    (target / "removed.yml").write_text("groups: []\n")
+    written = rules_with_runbook_base(RULES_DIR, target, "https://noc.example:8443/qkd/")
+    assert {p.name for p in written} == {p.name for p in RULES_DIR.glob("*.yml")} == {p.name for p in target.glob("*.yml")}
+    for path in written:
+        original = (RULES_DIR / path.name).read_text()
+        text = path.read_text()
+        assert RUNBOOK_BASE_URL not in text
+        assert text.count("https://noc.example:8443/qkd/runbooks/") == original.count(f"{RUNBOOK_BASE_URL}/runbooks/")
+        assert text.replace("https://noc.example:8443/qkd/runbooks/", f"{RUNBOOK_BASE_URL}/runbooks/") == original
+    assert len(rules()) == sum(p.read_text().count("runbook_url: https://noc.example:8443/qkd/runbooks/")
+                                      + p.read_text().count("runbook_url: 'https://noc.example:8443/qkd/runbooks/")
+                                      + p.read_text().count('runbook_url: "https://noc.example:8443/qkd/runbooks/') for p in written)

@@ -114,6 +114,10 @@ def test_stack_comes_up_scrapes_every_link_and_a_fibre_cut_shows_within_two_scra
         rates = wait_for(lambda: (r := stack.by_link("rate(qkd_secret_key_bits_total[1m]) > 0")).keys() >= links and r,
                          60 - (time.monotonic() - started), "a key rate for every link", stack)
         assert time.monotonic() - started < 60
+        # the rules Prometheus loaded link their runbooks at this runtime's control API, not at a default
+        annotations = [r["annotations"] for g in stack.get_json("prometheus_port", "/api/v1/rules")["data"]["groups"]
+                       for r in g["rules"] if r["type"] == "alerting"]
+        assert annotations and all(a["runbook_url"].startswith(f"{stack.url('control_port')}/runbooks/QKD") for a in annotations)
         # The key per successful block is in the range the library predicts for the link's block size:
         # near the drift-free prediction (statistical fluctuation moves a block by ~10 %), and not far
         # below it — the devices' phase noise, polarization
