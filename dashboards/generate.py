@@ -22,10 +22,13 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DashboardLinkType, DataSourceRef, GridPos, Threshold, ThresholdsMode, VariableRefresh
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from qkdops.alerting import RUNBOOK_BASE_URL
+
 DIRECTORY = Path(__file__).resolve().parent
 INTENDED_EMPTY = "Intended empty state:"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-RUNBOOK_URL = "http://127.0.0.1:9800/runbooks/${__data.fields.alertname}"  # the control API serves runbooks/<AlertName>.md
+# the control API serves runbooks/<AlertName>.md; the one default base the rules carry too
+RUNBOOK_URL = RUNBOOK_BASE_URL + "/runbooks/${__data.fields.alertname}"
 L = '{link="$link"}'
 
 # Threshold step lists: (value or None for the base step, colour).
