@@ -6,6 +6,30 @@ from pathlib import Path
 
 import pytest
 
+# Test tiers (README, "Tests"): every test gets exactly one of these markers, by its module.
+#   e2e       starts real processes or servers: `qkdops up`, Prometheus, Alertmanager, a fresh venv
+#   contract  holds a public contract: CLI forms, HTTP APIs over real sockets, metric names and rule
+#             files checked by promtool/amtool, generated files, import layers, runbooks
+#   unit      everything else: in-process, no sockets, no subprocesses
+# The developer's loop is `pytest -m "not e2e and not slow"`; `bash scripts/test.sh` runs them all.
+E2E_MODULES = frozenset({
+    "test_alerting_e2e", "test_alertmanager", "test_calibration_e2e", "test_cli_keys", "test_dashboard_render",
+    "test_gameday_e2e", "test_install", "test_kme_crash", "test_postprocessing_e2e", "test_stack", "test_stack_e2e", "test_up",
+})
+CONTRACT_MODULES = frozenset({
+    "test_alert_rules", "test_architecture", "test_cli_calibrate", "test_cli_emulate", "test_cli_fault", "test_cli_keyrate",
+    "test_compose", "test_control_api", "test_credentials", "test_dashboards", "test_dashboards_cmd", "test_exporter_control",
+    "test_exporters", "test_fuzz_inputs", "test_generate_cmd", "test_http_server", "test_key_length_conventions", "test_kme",
+    "test_no_key_material", "test_pager_sink", "test_runbooks", "test_slo",
+})
+TIERS = ("unit", "contract", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module is not None else ""
+        item.add_marker("e2e" if module in E2E_MODULES else "contract" if module in CONTRACT_MODULES else "unit")
+
 SMALL_FLEET = """
 runtime:
   state_dir: {state}

@@ -61,6 +61,7 @@ def test_unavailable_kme_keeps_key_buffered_and_retries_until_it_is_back(tmp_pat
         fleet.stop()
 
 
+@pytest.mark.slow  # waits out real hand-off timeouts
 def test_slow_kme_delays_hand_off_and_past_the_timeout_fails_it(tmp_path: Path):
     clock, spans = Clock(), InMemorySpanExporter()
     fleet = Fleet(kme_config(tmp_path, "  handoff_timeout_s: 3\n"), clock=clock, span_exporter=spans)

@@ -230,6 +230,7 @@ def test_without_verification_a_mismatch_is_discarded_at_hand_off_and_never_stor
         fleet.stop()
 
 
+@pytest.mark.slow  # replays a whole archive on the bits engine
 def test_replay_reproduces_every_blocks_key_fingerprints(tmp_path: Path):
     config = kme_config(tmp_path)
     fleet = Fleet(config)
