@@ -37,6 +37,7 @@ import asyncio
 import json
 import logging
 import re
+import resource
 import socket
 import ssl
 import threading
@@ -176,6 +177,18 @@ class _Router:
             if (m := pattern.match(path)) is not None:
                 return route, {k: unquote(v, errors="replace") for k, v in m.groupdict().items()}
         return None
+
+
+def raise_open_file_limit(wanted: int = 65536) -> int:
+    """Lift this process's soft limit on open files towards ``wanted`` (never above the hard limit),
+    so several ports' connection caps (``Limits.max_connections`` each) fit: a common default soft
+    limit of 1,024 would make ``accept`` fail under a crowd long before any cap. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 class HttpServer:

@@ -42,7 +42,7 @@ from exporters import DeviceCollector, PostProcessingCollector
 from exporters.server import ServedExporter
 from qkdops import control_api, credentials, pager_sink
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, finite_float, load_config
-from qkdops.http_server import HttpServer
+from qkdops.http_server import HttpServer, raise_open_file_limit
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
@@ -91,6 +91,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing."""
     rt = config.runtime
     rt.state_dir.mkdir(parents=True, exist_ok=True)
+    raise_open_file_limit()   # every port may hold up to Limits.max_connections
     disabled = dict(disabled or {})
     if not with_servers:
         disabled.setdefault(SCHEDULER, "--no-prometheus")

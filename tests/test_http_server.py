@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qkdops.http_server import OTHER_ROUTE, HttpServer, Limits, Request, Response, Route, Service, json_response
+from qkdops.http_server import OTHER_ROUTE, HttpServer, Limits, Request, Response, Route, Service, json_response, raise_open_file_limit
 
 DEADLINE_S = 0.6
 SECRET = "s3cr3t-token-value"
@@ -254,3 +255,14 @@ def test_any_bytes_get_a_json_answer_or_a_close_never_a_500(rig: Rig, request: b
         if code >= 400:
             assert json.loads(body)["error"]["message"]
     assert all(status != 500 for _, status in rig.observed)
+
+
+def test_the_open_file_limit_is_lifted_within_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        limit = raise_open_file_limit(4096)
+        assert limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0] == min(4096, hard)
+        assert raise_open_file_limit(512) == limit          # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
