@@ -32,11 +32,11 @@ from chaoslib.exceptions import ChaosException
 from chaoslib.experiment import ensure_experiment_is_valid
 
 from qkdlink.emulator.faults import FaultError, spec
-from qkdops.assets import asset
+from qkdops.prometheus_config import RULES_DIR
 from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
-ALERT_RULES = asset("alert_rules")
+
 EXTENSION = "qkdops"
 MAX_RUN_S = 86400.0
 """A game day is bounded in time: a day at most (the shipped ones run 10–20 minutes)."""
@@ -100,7 +100,7 @@ class Scenario:
         return (*(("page", a) for a in self.pages), *(("ticket", a) for a in self.tickets))
 
 
-def alert_severities(rules_dir: Path = ALERT_RULES) -> dict[str, str]:
+def alert_severities(rules_dir: Path = RULES_DIR) -> dict[str, str]:
     """Every alert the rules define → its severity."""
     out: dict[str, str] = {}
     for path in sorted(rules_dir.glob("*.yml")):

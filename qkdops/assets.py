@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ASSETS_ENV = "QKDOPS_ASSETS"
-_CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parent.parent   # the repository, when this is a checkout
 SHARE = Path(sys.prefix) / "share" / "qkdops"
 
 
@@ -23,7 +23,7 @@ def asset(name: str) -> Path:
     under ``$QKDOPS_ASSETS``, else the checkout, else ``<prefix>/share/qkdops``; the last candidate
     when none has it, so an error names a path the operator can check."""
     candidates = [Path(os.environ[ASSETS_ENV]) / name] if os.environ.get(ASSETS_ENV) else []
-    if (_CHECKOUT / "pyproject.toml").is_file():
-        candidates.append(_CHECKOUT / name)
+    if (CHECKOUT / "pyproject.toml").is_file():
+        candidates.append(CHECKOUT / name)
     candidates.append(SHARE / name)
     return next((c for c in candidates if c.exists()), candidates[-1])

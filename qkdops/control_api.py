@@ -119,10 +119,6 @@ def load_token(state_dir: Path, create: bool) -> ApiToken:
     return credentials.load_secret(API_TOKEN, state_dir, create)
 
 
-def _checked(value: str, where: str) -> str:
-    return credentials._checked(API_TOKEN, value, where)
-
-
 # ---- errors ---------------------------------------------------------------------------------------
 class ApiError(Exception):
     """An error response: HTTP status, machine-readable code, message naming the field."""
@@ -454,7 +450,7 @@ def serve(fleet: Fleet, settings: RuntimeSettings, token: str, runbooks_dir: Pat
     ``runbooks_dir`` (the repository's ``runbooks/``); ``exporters`` (name → exporter) are the ones
     ``/api/v1/exporters`` lists, stops and starts (none: an empty list). OSError if the port is taken.
     """
-    _checked(token, "the token passed to serve()")
+    credentials.checked(API_TOKEN, token, "the token passed to serve()")
     host = settings.bind
     server = HttpServer(ControlService(fleet, token, runbooks_dir, exporters).service(), host, settings.control_port)
     if not _is_loopback(host):

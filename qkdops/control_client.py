@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -23,7 +22,7 @@ from urllib.parse import quote, urlsplit
 from qkdops.config import DEFAULT_CONFIG, RuntimeSettings, load_config
 from qkdops import credentials
 from qkdops.credentials import API_TOKEN, SecretValue
-from qkdops.http_client import http_url
+from qkdops.http_client import Auth, http_url, open_url
 
 API_URL_ENV = "QKDOPS_API_URL"
 DEFAULT_TIMEOUT_S = 10.0
@@ -49,14 +48,6 @@ class ApiResponseError(Exception):
     def exit_code(self) -> int:
         """2 for a request the caller got wrong (4xx), 1 for the server's failure (5xx, nonsense)."""
         return 2 if 400 <= self.status < 500 else 1
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the API never redirects; following would send the token elsewhere
-
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
 
 
 def resolve_url(option: str | None, config: str | Path | None) -> str:
@@ -141,14 +132,11 @@ class ControlClient:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(self.url + API_PREFIX + path, data=data, method=method)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if self._token is not None:
-            request.add_header("Authorization", f"Bearer {self._token}")
+        headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if data is not None else {})}
+        auth = None if self._token is None else Auth(credentials.bearer(self._token), "control API token")
         try:
-            with _OPENER.open(request, timeout=self.timeout_s) as response:
+            with open_url(self.url + API_PREFIX + path, auth, self.timeout_s, data=data, method=method,
+                          headers=headers) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             with exc:

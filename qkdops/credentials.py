@@ -101,7 +101,7 @@ def from_environment(secret: Secret, environ: Mapping[str, str] | None = None) -
     environ = os.environ if environ is None else environ
     if secret.value_env is not None and (value := environ.get(secret.value_env)) is not None:
         where = f"environment variable {secret.value_env}"
-        return SecretValue(_checked(secret, value, where), where)
+        return SecretValue(checked(secret, value, where), where)
     if environ.get(secret.file_env) is not None:
         path = secret.path(Path("."), environ)
         return read_secret(secret, path, f"file {path} (from {secret.file_env})")
@@ -155,10 +155,10 @@ def read_secret(secret: Secret, path: Path, where: str | None = None) -> SecretV
         raise CredentialError(f"{secret.what} {where} is not text") from None
     if mode & 0o077 and not str(path).startswith(COMPOSE_SECRETS_DIR):  # compose bind-mounts its secrets as they are
         log.warning("%s %s is readable by group or others (mode %o): chmod 600 it", secret.what, where, mode & 0o777)
-    return SecretValue(_checked(secret, text.strip(), where), where)
+    return SecretValue(checked(secret, text.strip(), where), where)
 
 
-def _checked(secret: Secret, value: str, where: str) -> str:
+def checked(secret: Secret, value: str, where: str) -> str:
     if not value:
         raise CredentialError(f"{secret.what} from {where} is empty")
     if not TOKEN_SYNTAX.match(value):

@@ -255,9 +255,9 @@ class HttpServer:
 
     async def _start(self) -> None:
         limits = self.limits
-        self._web = web.Server(self._handle, access_log=None, keepalive_timeout=limits.deadline_s,
-                               max_line_size=limits.max_line_bytes, max_field_size=limits.max_field_bytes,
-                               max_headers=limits.max_headers, lingering_time=min(LINGER_S, limits.deadline_s))
+        # aiohttp's connection manager; the connections themselves are made by ``protocol`` below
+        # (the cap, and parser errors answered in the service's JSON), with these settings
+        self._web = web.Server(self._handle)
         protocol_args = {"keepalive_timeout": limits.deadline_s, "max_line_size": limits.max_line_bytes,
                          "max_field_size": limits.max_field_bytes, "max_headers": limits.max_headers,
                          "lingering_time": min(LINGER_S, limits.deadline_s), "access_log": None}

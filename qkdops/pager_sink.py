@@ -57,7 +57,8 @@ from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Ser
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
 from qkdops.control_api import ApiError, bearer_authenticator, error_body
-from qkdops.credentials import TOKEN_SYNTAX
+from qkdops import credentials
+from qkdops.credentials import PAGER_SINK_TOKEN
 from qkdops.durable import DurableStore
 from qkdops.yaml_input import clip
 
@@ -377,8 +378,7 @@ def serve(settings: RuntimeSettings, token: str) -> SinkServer:
 
     Stop with ``server.stop()``, which also closes the store. OSError if the port is taken.
     """
-    if not token or not TOKEN_SYNTAX.match(token):
-        raise ValueError("pager sink: the token passed to serve() is empty or not a bearer token")
+    credentials.checked(PAGER_SINK_TOKEN, token, "the token passed to serve()")
     store = NotificationStore(settings.state_dir / DB_NAME)
     host = settings.bind
     try:

@@ -7,16 +7,15 @@ it current), so the two cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from qkdops import credentials
-from qkdops.assets import asset
+from qkdops.assets import CHECKOUT, asset
 from qkdops.config import RuntimeSettings
 
-REPO = Path(__file__).resolve().parent.parent   # the checkout: the compose files are rendered into it
+REPO = CHECKOUT   # the compose files are rendered into the checkout
 RULES_DIR = asset("alert_rules")
 COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 COMPOSE_INTERVAL_S = 5.0
