@@ -22,7 +22,7 @@ COPY links.yaml ./
 COPY runbooks ./runbooks
 # The fleet config the containers run: links.yaml listening on 0.0.0.0 (the compose network; ports are
 # published on 127.0.0.1 only) with an absolute state_dir; derived here so it cannot drift from links.yaml.
-RUN python -c "from qkdops.stack import write_container_config; write_container_config('/app/links.yaml', '/etc/qkdops/links.yaml')"
+RUN python -c "from qkdops_cli.stack import write_container_config; write_container_config('/app/links.yaml', '/etc/qkdops/links.yaml')"
 # /app/var: each service's state (a volume per service); /app/secrets: the control API token (volume
 # api-token; a fresh volume takes this directory's owner and mode).
 RUN useradd --system --uid 10001 qkdops && mkdir -p /app/var /app/secrets \

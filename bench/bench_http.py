@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stack_helpers import RunningStack, kme_profile  # noqa: E402  (the tests' `qkdops up` runner)
 
-from qkdops.control_api import load_token  # noqa: E402
+from control_api.server import load_token  # noqa: E402
 from qkdops.http_client import StackAuth  # noqa: E402
 from qkdops.kme.client import client_context  # noqa: E402
 from qkdops.kme.pki import Pki  # noqa: E402

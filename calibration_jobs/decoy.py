@@ -27,7 +27,7 @@ from typing import Any
 
 from scipy.optimize import brentq
 
-from qkdlink.emulator.devices import choice_parameters, intensity_parameters
+from qkdlink.settings import choice_parameters, intensity_parameters
 from qkdlink.keyrate import optimise, predict
 from qkdlink.protocols import get_protocol
 from qkdlink.protocols.base import FINITE, BlockCounts, ClassCounts, KeyEstimate, Protocol

@@ -20,8 +20,8 @@ from calibration_jobs.checks import CHECKS
 from calibration_jobs.runner import OUTCOMES
 from calibration_jobs.store import CalibrationStore
 from exporters.catalogue import CALIBRATION, Families
-from qkdlink.emulator.devices import INTENSITY_OF_PARAMETER
-from qkdops.runtime.state import Histogram
+from qkdlink.settings import INTENSITY_OF_PARAMETER
+from qkdops.histogram import Histogram
 
 DURATION_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 COUNTERS = {"runs": "qkd_calibration_runs_total", "actions": "qkd_calibration_job_actions_total",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qkdlink.emulator.devices import INTENSITY_OF_PARAMETER
+from qkdlink.settings import INTENSITY_OF_PARAMETER
 from qkdops.control_client import ApiResponseError, ApiUnreachable, ControlClient
 from qkdops.http_client import Auth, PrometheusClient
 

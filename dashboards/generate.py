@@ -22,7 +22,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DashboardLinkType, DataSourceRef, GridPos, Threshold, ThresholdsMode, VariableRefresh
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from qkdops.alerting import RUNBOOK_BASE_URL
+from monitoring.alertmanager import RUNBOOK_BASE_URL
 
 DIRECTORY = Path(__file__).resolve().parent
 INTENDED_EMPTY = "Intended empty state:"

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from qkdops.runtime.state import HistogramSnapshot
+from qkdops.histogram import HistogramSnapshot
 from qkdops.yaml_input import YamlInputError, load_text
 
 DEVICE = "device"

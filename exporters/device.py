@@ -11,7 +11,7 @@ from __future__ import annotations
 from exporters.collector import SnapshotCollector
 from exporters.catalogue import DEVICE, Families
 from qkdlink.emulator import FAULTS, DeviceTelemetry
-from qkdlink.emulator.devices import INTENSITY_OF_PARAMETER
+from qkdlink.settings import INTENSITY_OF_PARAMETER
 from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkSnapshot
 
 CALIBRATION_OUTCOMES = ("ok", "failed")

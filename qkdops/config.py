@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from qkdlink.emulator import DeviceSettings, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import ParameterError
+from qkdlink.settings import DeviceSettings, LinkConfig
 from qkdops.assets import asset
 from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
 

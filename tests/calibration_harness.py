@@ -24,7 +24,7 @@ from calibration_jobs.runner import JobRunner
 from calibration_jobs.service import CalibrationService
 from calibration_jobs.signals import SignalReader
 from calibration_jobs.store import CalibrationStore
-from qkdops import control_api
+from control_api import server as control_api
 from qkdops.config import parse_config
 from qkdops.control_client import ControlClient
 from qkdops.runtime.fleet import Fleet

@@ -96,7 +96,7 @@ class RunningStack:
                                           "prometheus_port", "alertmanager_port", "pager_sink_port",
                                           "calibration_exporter_port")}
         self.log = open(config_path.parent / "qkdops-up.log", "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "qkdops.cli", "up", "--config", str(config_path), *extra_args],
+        self.process = subprocess.Popen([sys.executable, "-m", "qkdops_cli.cli", "up", "--config", str(config_path), *extra_args],
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_up(self, timeout_s: float = 60.0) -> None:

@@ -16,14 +16,15 @@ from typing import Any
 import pytest
 import yaml
 
-from qkdops import credentials, pager_sink
+from qkdops import credentials
+from monitoring import pager_sink
 from qkdops.config import RuntimeSettings
 from qkdops.http_client import StackAuth, get_json, open_url
-from qkdops.alerting import (
+from monitoring.alertmanager import (
     COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS, SECRET_FILE_ENV, SecretFileError, SecretFiles, alertmanager_config,
     render_compose_alertmanager_config, secret_files_from_env,
 )
-from qkdops.stack import ALERTMANAGER_BINARIES, find_binary
+from qkdops_cli.stack import ALERTMANAGER_BINARIES, find_binary
 from stack_helpers import free_ports, wait_for
 
 CASES = yaml.safe_load((COMPOSE_ALERTMANAGER_CONFIG.parent / "route-tests.yml").read_text())

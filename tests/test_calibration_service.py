@@ -26,7 +26,7 @@ import yaml
 
 from calibration_jobs.config import DEFAULT_JOBS_FILE
 from calibration_jobs.store import CalibrationStore
-from qkdops import control_api
+from control_api import server as control_api
 from qkdops.config import load_config
 from qkdops.control_client import ControlClient
 from qkdops.runtime.fleet import Fleet
@@ -69,7 +69,7 @@ def fleet_and_api(links: Path) -> Iterator[None]:
 def start_scheduler(links: Path, jobs: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "QKDOPS_API_TOKEN": TOKEN}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(links), "--jobs", str(jobs)],
+        return subprocess.Popen([sys.executable, "-m", "qkdops_cli.cli", "scheduler", "--config", str(links), "--jobs", str(jobs)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -94,7 +94,7 @@ def test_restart_after_kill_loses_no_job_and_never_overlaps_runs(tmp_path: Path)
             before = schedule(state)
             assert set(before) == {f"{job}@bb84-slow" for job in
                                    ("intensity_retune", "polarization_realign", "detector_regate", "decoy_estimation")}
-            second = subprocess.run([sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(links), "--jobs", str(jobs)],
+            second = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "scheduler", "--config", str(links), "--jobs", str(jobs)],
                                     env={**os.environ, "QKDOPS_API_TOKEN": TOKEN}, capture_output=True, text=True, timeout=60)
             assert second.returncode == 1 and "already runs" in second.stderr, second.stderr
             api = ControlClient(f"http://127.0.0.1:{load_config(links).runtime.control_port}", TOKEN)

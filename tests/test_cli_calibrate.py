@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from calibration_jobs.config import DEFAULT_JOBS_FILE
-from qkdops.cli import main
+from qkdops_cli.cli import main
 from tests.calibration_harness import BB84, TOKEN, jobs_config, running_fleet
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qkdops.cli import main
+from qkdops_cli.cli import main
 
 
 def run_blocks(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict]:

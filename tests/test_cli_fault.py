@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from qkdops import control_api
-from qkdops.cli import main
+from control_api import server as control_api
+from qkdops_cli.cli import main
 from qkdops.config import load_config
 from qkdops.control_client import API_URL_ENV
 from qkdops.runtime.fleet import Fleet, fault_catalogue

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qkdops.cli import main
+from qkdops_cli.cli import main
 
 REQUIRED = {"protocol", "distance_km", "analysis", "channel_transmittance", "plob_bound_bits_per_pulse",
             "gain", "qber", "key_rate_bits_per_pulse", "y1_lower", "e1_upper", "secret_key_bits", "abort_reason"}

@@ -17,7 +17,7 @@ from qkdops.kme.pki import Pki
 
 
 def _qkdops(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qkdops.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "qkdops_cli.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_pki_init_issues_what_is_missing_privately_and_only_once(tmp_path: Path):

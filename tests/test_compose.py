@@ -9,15 +9,15 @@ import yaml
 
 from qkdops import credentials
 from qkdops.config import DEFAULT_CONFIG, load_config, parse_config
-from qkdops.control_api import TOKEN_FILE_ENV, TOKEN_FILE_NAME
-from qkdops.alerting import COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS
-from qkdops.prometheus_config import (
+from control_api.server import TOKEN_FILE_ENV, TOKEN_FILE_NAME
+from monitoring.alertmanager import COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS
+from monitoring.prometheus import (
     CALIBRATION_JOB,
     COMPOSE_PROMETHEUS_CONFIG,
     COMPOSE_SECRET_FILES,
     render_compose_prometheus_config,
 )
-from qkdops.stack import CONTAINER_BIND, CONTAINER_CONFIG, container_config
+from qkdops_cli.stack import CONTAINER_BIND, CONTAINER_CONFIG, container_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -114,7 +114,7 @@ def test_sites_without_a_listed_kme_get_one_with_a_default_sae(tmp_path: Path):
 ])
 def test_numeric_cli_options_refuse_nan_and_inf(command: list[str], option: str, value: str,
                                                 capsys: pytest.CaptureFixture[str]):
-    from qkdops.cli import build_parser
+    from qkdops_cli.cli import build_parser
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args([*command, f"{option}={value}"])
     assert exited.value.code == 2

@@ -24,7 +24,7 @@ import pytest
 
 from exporters import DeviceCollector, PostProcessingCollector
 from exporters.server import ServedExporter
-from qkdops import control_api
+from control_api import server as control_api
 from qkdops.config import load_config
 from qkdops.control_client import ApiResponseError, ControlClient
 from qkdops.runtime.fleet import Fleet, fault_catalogue
@@ -449,7 +449,7 @@ def test_generated_token_authenticates(tmp_path: Path) -> None:
 def test_loose_token_file_permissions_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "api-token").write_text("secret-value-1234\n")
     os.chmod(tmp_path / "api-token", 0o644)
-    with caplog.at_level(logging.WARNING, logger="qkdops.control_api"):
+    with caplog.at_level(logging.WARNING, logger="control_api.server"):
         assert control_api.load_token(tmp_path, create=False).value == "secret-value-1234"
     assert "chmod 600" in caplog.text and "secret-value" not in caplog.text
 

@@ -93,7 +93,7 @@ def test_stack_auth_headers(tmp_path: Path) -> None:
 
 
 def test_the_credentials_command_creates_rotates_and_never_prints_a_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from qkdops.cli import main
+    from qkdops_cli.cli import main
     from stack_helpers import metro_fleet_yaml
 
     config = tmp_path / "links.yaml"

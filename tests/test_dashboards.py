@@ -128,13 +128,13 @@ def test_every_panel_query_returns_data_from_the_real_prometheus(tmp_path):
         # has given the KMEs key of that link.
         wait_for(lambda: stack.by_link('min by (link) (qkd_key_store_keys{link="e2e-fast"}) > 0'), 60,
                  "key of e2e-fast at both KMEs", stack, interval_s=1)
-        fetch = subprocess.run([sys.executable, "-m", "qkdops.cli", "keys", "fetch", "--sae", "sae-a", "--peer", "sae-b",
+        fetch = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "keys", "fetch", "--sae", "sae-a", "--peer", "sae-b",
                                 "--number", "2", "--config", str(stack.config_path)], capture_output=True, text=True, timeout=60)
         assert fetch.returncode == 0 and fetch.stdout.count("same key") == 2, fetch.stdout + fetch.stderr
         # The scheduler's decoy_estimation job runs on the clock every 5 minutes: estimate each link now, as an
         # operator would (recorded and published like a scheduled run), instead of waiting for the next slot.
         for link in links:
-            run = subprocess.run([sys.executable, "-m", "qkdops.cli", "calibrate", "decoy_estimation", "--link", link,
+            run = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "calibrate", "decoy_estimation", "--link", link,
                                   "--config", str(stack.config_path)], capture_output=True, text=True, timeout=120)
             assert run.returncode == 0, run.stdout + run.stderr
         targets = [(f"{name}: {panel['title']} [{t['refId']}]", t["expr"], INTENDED_EMPTY in panel["description"])

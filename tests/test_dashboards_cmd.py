@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qkdops import credentials, dashboards_cmd
-from qkdops.cli import main
+from qkdops import credentials
+from qkdops_cli import dashboards_cmd
+from qkdops_cli.cli import main
 from stack_helpers import metro_fleet_yaml
 
 TOKEN = "glsa_test-secret-token-0123456789"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qkdlink.emulator import FAULTS, DeviceSettings, FaultError, Link, LinkConfig, LinkConfigError
-from qkdlink.emulator.devices import PhaseSettings, choice_parameters, intensity_parameters
+from qkdlink.settings import PhaseSettings, choice_parameters, intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import BlockCounts
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gameday.chaosqkd import actions
-from qkdops import control_api, up_cmd
+from control_api import server as control_api
+from qkdops_cli import up_cmd
 from qkdops.config import load_config
 from stack_helpers import e2e_profile, wait_for
 

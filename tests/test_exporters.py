@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporters import CATALOGUE, DeviceCollector, PostProcessingCollector, registry_for, render, serve
 from exporters.catalogue import DEVICE, POSTPROCESSING, CatalogueError, load
-from qkdlink.emulator.devices import INTENSITY_OF_PARAMETER
+from qkdlink.settings import INTENSITY_OF_PARAMETER
 from qkdlink.emulator import FAULTS, BlockRecord, Link, LinkConfig
-from qkdlink.emulator.devices import intensity_parameters
+from qkdlink.settings import intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.physics.entropy import binary_entropy
 from qkdlink.protocols.base import FINITE

@@ -20,12 +20,12 @@ from kme_harness import kme_config
 
 from calibration_jobs.config import DEFAULT_JOBS_FILE, parse_jobs_config
 from gameday.scenario import SCENARIOS_DIR, ScenarioError, alert_severities, load
-from qkdops import pager_sink
+from monitoring import pager_sink
 from qkdops.config import ConfigError, load_config
-from qkdops.control_api import ApiError
+from control_api.server import ApiError
 from qkdops.kme.etsi import KMEService
 from qkdops.kme.store import KeyPoolStore
-from qkdops.slo import SpecError, parse_spec
+from monitoring.slo import SpecError, parse_spec
 from qkdops.yaml_input import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def _inject_request() -> dict[str, Any]:
 @FUZZ
 @given(data=st.data())
 def test_fault_injection_bodies_with_any_value_anywhere_parse_or_are_a_400_or_404(data):
-    from qkdops.control_api import _inject_body
+    from control_api.server import _inject_body
     try:
         _inject_body(_mutated(data, _inject_request()))
     except ApiError as exc:

@@ -29,7 +29,7 @@ RUN_LIMIT_S = 1500  # three scenarios: each waits ≤ 300 s for steady state and
 
 
 def _gameday(*args: str) -> list[str]:
-    return [sys.executable, "-m", "qkdops.cli", "gameday", *args]
+    return [sys.executable, "-m", "qkdops_cli.cli", "gameday", *args]
 
 
 @pytest.fixture(scope="module")

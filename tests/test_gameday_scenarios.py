@@ -96,7 +96,7 @@ def test_a_stack_fault_scenario_must_inject_and_undo_exactly_its_fault(tmp_path:
 
 
 def test_plan_touches_nothing_and_bad_names_exit_2():
-    listing = subprocess.run([sys.executable, "-m", "qkdops.cli", "gameday", "plan", "all"], capture_output=True, text=True, timeout=60)
+    listing = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "gameday", "plan", "all"], capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and all(f"{name}: " in listing.stdout for name in names())
-    unknown = subprocess.run([sys.executable, "-m", "qkdops.cli", "gameday", "plan", "backhoe"], capture_output=True, text=True, timeout=60)
+    unknown = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "gameday", "plan", "backhoe"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2 and "unknown scenario 'backhoe'" in unknown.stderr and "fiber-cut" in unknown.stderr

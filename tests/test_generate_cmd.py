@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from qkdops import generate_cmd
-from qkdops.cli import main
+from qkdops_cli import generate_cmd
+from qkdops_cli.cli import main
 
 
 def test_every_generated_file_in_the_repository_is_current(capsys: pytest.CaptureFixture[str]) -> None:

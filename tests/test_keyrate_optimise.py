@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qkdlink.keyrate import optimise, predict
 from qkdlink.protocols import get_protocol
-from qkdops.cli import main
+from qkdops_cli.cli import main
 
 NAMES = ["mu", "nu", "p_mu", "p_nu", "key_basis_probability"]
 

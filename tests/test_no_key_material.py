@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from kme_harness import kme_rig
 
 from exporters import DeviceCollector, PostProcessingCollector, render
-from qkdops import control_api
+from control_api import server as control_api
 from qkdops.kme.client import EtsiClientError
 
 FORMS = (bytes.hex, lambda b: base64.b64encode(b).decode(), lambda b: base64.urlsafe_b64encode(b).decode(),

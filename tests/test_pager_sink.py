@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from qkdops import pager_sink
+from monitoring import pager_sink
 from qkdops.config import RuntimeSettings
 from stack_helpers import free_ports, wait_for
 
@@ -150,7 +150,7 @@ def test_protocol_errors_are_json_too(sink: Sink):
 
 
 def test_bodies_are_never_logged(sink: Sink, caplog):
-    caplog.set_level(logging.DEBUG, logger="qkdops.pager_sink")
+    caplog.set_level(logging.DEBUG, logger="monitoring.pager_sink")
     marker = "do-not-log-3f9a"
     sink.post("page", notification(description=marker))
     sink.post("page", {**notification(description=marker), "status": "bogus"})
@@ -176,7 +176,7 @@ def test_restart_keeps_every_notification(tmp_path: Path):
 def test_kill_9_loses_no_acknowledged_notification(tmp_path: Path):
     port = free_ports(1)[0]
     state = tmp_path / "state"
-    code = ("import time; from pathlib import Path; from qkdops import pager_sink; from qkdops.config import RuntimeSettings; "
+    code = ("import time; from pathlib import Path; from monitoring import pager_sink; from qkdops.config import RuntimeSettings; "
             f"pager_sink.serve(RuntimeSettings(state_dir=Path({str(state)!r}), pager_sink_port={port}), {TOKEN!r}); time.sleep(60)")
     process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

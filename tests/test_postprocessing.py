@@ -240,7 +240,7 @@ def test_replay_reproduces_every_blocks_key_fingerprints(tmp_path: Path):
         fleet.run_frames(2)
     finally:
         fleet.stop()
-    out = subprocess.run([sys.executable, "-m", "qkdops.cli", "replay", "--config", str(config.source), "--link", "bb84-a",
+    out = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "replay", "--config", str(config.source), "--link", "bb84-a",
                           "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

@@ -35,7 +35,7 @@ def test_key_mismatch_pages_and_no_mismatched_key_is_served(tmp_path: Path):
     notifications = stack.notifications
 
     def fetch_keys() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "qkdops.cli", "keys", "fetch", "--config", str(config_path),
+        return subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "keys", "fetch", "--config", str(config_path),
                                "--sae", "sae-a", "--peer", "sae-b", "--number", "4", "--json"],
                               capture_output=True, text=True, timeout=60)
 

@@ -22,8 +22,8 @@ import yaml
 
 from exporters.catalogue import CATALOGUE
 from qkdlink.emulator import FAULTS
-from qkdops import control_api
-from qkdops.alerting import RUNBOOK_BASE_URL, rules_with_runbook_base
+from control_api import server as control_api
+from monitoring.alertmanager import RUNBOOK_BASE_URL, rules_with_runbook_base
 from qkdops.config import load_config
 from qkdops.runtime.fleet import Fleet
 from qkdops.runtime.state import CALIBRATION_ACTIONS

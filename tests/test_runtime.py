@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from qkdops.cli import main
+from qkdops_cli.cli import main
 from qkdops.config import load_config
 from qkdops.runtime.archive import ArchiveError, BlockArchive
 from qkdops.runtime.blocks import Block

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from qkdops import slo
-from qkdops.cli import main
+from monitoring import slo
+from qkdops_cli.cli import main
 from qkdops.runtime.state import HANDOFF_OUTCOMES
-from qkdops.slo_cmd import OUTPUT, SPEC_DIR, generate_text
+from qkdops_cli.slo_cmd import OUTPUT, SPEC_DIR, generate_text
 
 REPO = Path(__file__).resolve().parent.parent
 PROMTOOL = shutil.which("promtool")

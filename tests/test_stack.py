@@ -1,4 +1,4 @@
-"""qkdops.stack without Prometheus: config rendering, the scheduler's command line, and how the
+"""qkdops_cli.stack without Prometheus: config rendering, the scheduler's command line, and how the
 calibration scheduler child is supervised (with a stand-in process that honours its contract:
 ``/healthz`` answers "ok", SIGTERM exits 0)."""
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from qkdops import stack as stack_module
+from qkdops_cli import stack as stack_module
 from qkdops.config import RuntimeSettings, load_config
 from qkdops.http_client import StackAuth, get_json
-from qkdops.prometheus_config import CALIBRATION_JOB, local_hosts, prometheus_config
-from qkdops.stack import (
+from monitoring.prometheus import CALIBRATION_JOB, local_hosts, prometheus_config
+from qkdops_cli.stack import (
     RESTART_BACKOFF_MAX_S,
     RESTART_RESET_AFTER_S,
     SCHEDULER,
@@ -116,7 +116,7 @@ def test_prometheus_sends_alerts_with_basic_auth_from_the_password_file():
 def test_the_scheduler_is_told_every_address_explicitly(tmp_path: Path):
     config = tmp_path / "links.yaml"
     rt = RuntimeSettings(control_port=9900, prometheus_port=9191)
-    assert scheduler_argv(config, rt) == [sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(config),
+    assert scheduler_argv(config, rt) == [sys.executable, "-m", "qkdops_cli.cli", "scheduler", "--config", str(config),
                                           "--api", "http://127.0.0.1:9900", "--prometheus", "http://127.0.0.1:9191",
                                           "--exit-with-parent"]
     wildcard = scheduler_argv(config, RuntimeSettings(bind="0.0.0.0"))
@@ -169,7 +169,7 @@ def test_a_scheduler_that_cannot_start_fails_the_start_with_its_log_and_the_way_
 
 
 def test_a_dead_scheduler_is_restarted_with_backoff_and_never_stops_the_stack(tmp_path: Path, stacks: list[Stack], caplog):
-    caplog.set_level(logging.INFO, logger="qkdops.stack")
+    caplog.set_level(logging.INFO, logger="qkdops_cli.stack")
     rt = _rt(tmp_path)
     rt.state_dir.mkdir(parents=True)
     stack = Stack(rt, tmp_path / "links.yaml")
@@ -251,7 +251,7 @@ def _target_health(rt: RuntimeSettings, job: str) -> str | None:
 @needs_servers
 def test_up_starts_the_scheduler_last_restarts_it_and_stops_it_first(tmp_path: Path, monkeypatch):
     """`qkdops up` in this process, the scheduler replaced by the stand-in (the real one: test_stack_e2e)."""
-    from qkdops import up_cmd
+    from qkdops_cli import up_cmd
 
     config = load_config(e2e_profile(tmp_path))
     rt = config.runtime
@@ -280,7 +280,7 @@ def test_up_starts_the_scheduler_last_restarts_it_and_stops_it_first(tmp_path: P
         recorded = json.loads(up_file.read_text())
         assert recorded["endpoints"][SCHEDULER] == f"http://{rt.bind}:{rt.calibration_exporter_port}/metrics"
         assert recorded["disabled"] == {}
-        assert argv_seen == [[sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(config.source.resolve()),
+        assert argv_seen == [[sys.executable, "-m", "qkdops_cli.cli", "scheduler", "--config", str(config.source.resolve()),
                               "--api", f"http://127.0.0.1:{rt.control_port}", "--prometheus", f"http://127.0.0.1:{rt.prometheus_port}",
                               "--exit-with-parent"]]
         wait_for(lambda: _target_health(rt, CALIBRATION_JOB) == "up", 30, "Prometheus to scrape qkd-calibration")

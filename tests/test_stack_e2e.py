@@ -28,8 +28,8 @@ from qkdops import credentials
 from qkdops.config import load_config
 from qkdops.http_client import Auth, open_url
 from qkdops.processes import pid_alive
-from qkdops.prometheus_config import CALIBRATION_JOB
-from qkdops.stack import SCHEDULER
+from monitoring.prometheus import CALIBRATION_JOB
+from qkdops_cli.stack import SCHEDULER
 from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
 
 pytestmark = pytest.mark.slow
@@ -42,12 +42,12 @@ EXPORTER_JOBS = 'up{job=~"qkd-device|qkd-postprocessing"} == 1'
 @functools.cache
 def scheduler_cli() -> bool:
     """Whether `qkdops scheduler` exists yet (calibration_jobs/, qkdops/scheduler_cmd.py)."""
-    return subprocess.run([sys.executable, "-m", "qkdops.cli", "scheduler", "--help"], capture_output=True, timeout=60).returncode == 0
+    return subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "scheduler", "--help"], capture_output=True, timeout=60).returncode == 0
 
 
 def needs_scheduler() -> None:
     if not scheduler_cli():
-        pytest.skip("`python -m qkdops.cli scheduler --help` fails: the calibration scheduler CLI is not there yet")
+        pytest.skip("`python -m qkdops_cli.cli scheduler --help` fails: the calibration scheduler CLI is not there yet")
 
 
 def _calibration_args() -> list[str]:
@@ -172,7 +172,7 @@ def test_up_supervises_the_calibration_scheduler_and_stops_it_on_shutdown(tmp_pa
         wait_for(lambda: any(t["labels"]["job"] == CALIBRATION_JOB and t["health"] == "up" for t in _targets(stack)),
                  30, "Prometheus target qkd-calibration up", stack)
         assert (stack.state_dir / "calibration.sqlite").exists()
-        status = subprocess.run([sys.executable, "-m", "qkdops.cli", "status", "--config", str(config_path)],
+        status = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "status", "--config", str(config_path)],
                                 capture_output=True, text=True, timeout=30)
         assert any(line.split()[:2] == [SCHEDULER, "up"] for line in status.stdout.splitlines()), status.stdout
         # Prometheus's and Alertmanager's /-/ready want basic auth: status reads it from the state dir

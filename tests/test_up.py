@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qkdops import cli
-from qkdops.stack import SCHEDULER, write_up_file
+from qkdops_cli import cli
+from qkdops_cli.stack import SCHEDULER, write_up_file
 from stack_helpers import RunningStack, e2e_profile
 
 
 def _up(config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qkdops.cli", "up", "--config", str(config), *args],
+    return subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "up", "--config", str(config), *args],
                           capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -53,7 +53,7 @@ def test_missing_prometheus_says_how_to_install_it(tmp_path: Path):
 
 def test_status_reports_not_running_then_every_endpoint_and_link(tmp_path: Path):
     config = e2e_profile(tmp_path)
-    status = [sys.executable, "-m", "qkdops.cli", "status", "--config", str(config)]
+    status = [sys.executable, "-m", "qkdops_cli.cli", "status", "--config", str(config)]
     assert subprocess.run(status, capture_output=True, text=True, timeout=30).returncode == 3
     stack = RunningStack(config, "--no-prometheus", "--duration", "30")
     try:
@@ -139,7 +139,7 @@ def test_status_reads_an_up_file_from_before_the_scheduler(tmp_path: Path):
 
 
 def test_up_takes_no_calibration_and_names_the_flag_in_its_help():
-    result = subprocess.run([sys.executable, "-m", "qkdops.cli", "up", "--help"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "up", "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "--no-calibration" in result.stdout
 
 

@@ -16,7 +16,7 @@ from exporters.catalogue import load as load_catalogue
 from gameday.scenario import ScenarioError
 from gameday.scenario import load as load_scenario
 from qkdops.config import ConfigError, load_config
-from qkdops.slo import SpecError, parse_spec
+from monitoring.slo import SpecError, parse_spec
 from qkdops.yaml_input import MAX_BYTES, MAX_DEPTH, YamlInputError, load_file, load_text
 
 # "billion laughs": 9 levels of 9 aliases each = 9^9 ≈ 3.9·10⁸ strings once expanded, in ~600 bytes

@@ -2,13 +2,14 @@
 
 Modules: ``devices`` (drift models and what they do to the effective physics), ``faults`` (the
 catalogue ``FAULTS``), ``sampling`` (block counts from exact laws), ``records`` (what a link hands
-out) and ``link`` (``LinkConfig``, ``Link``).
+out) and ``link`` (``Link``). A link's settings (``LinkConfig``, ``DeviceSettings``) live in
+``qkdlink.settings``; they are re-exported here because every ``Link`` is built from one.
 """
 
-from qkdlink.emulator.devices import DeviceSettings
 from qkdlink.emulator.faults import FAULTS, ActiveFault, FaultError, FaultSpec
-from qkdlink.emulator.link import Link, LinkConfig, LinkConfigError
+from qkdlink.emulator.link import Link
 from qkdlink.emulator.records import BlockRecord, CalibrationResult, DeviceTelemetry
+from qkdlink.settings import DeviceSettings, LinkConfig, LinkConfigError
 
 __all__ = [
     "FAULTS", "ActiveFault", "BlockRecord", "CalibrationResult", "DeviceSettings", "DeviceTelemetry",

@@ -12,69 +12,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
 
 from qkdlink.emulator.devices import (
-    MISALIGNMENT, NO_DISTURBANCE, PHASE_MISMATCH, Clock, ClassicalChannel, Detector, DeviceSettings,
-    Disturbance, FiberChannel, PhaseReference, Polarization, RandomNumberGenerator, Source,
-    choice_parameters, intensity_parameters,
+    MISALIGNMENT, NO_DISTURBANCE, PHASE_MISMATCH, Clock, ClassicalChannel, Detector, Disturbance, FiberChannel,
+    PhaseReference, Polarization, RandomNumberGenerator, Source,
 )
 from qkdlink.emulator.faults import ActiveFault, spec
 from qkdlink.emulator.records import BlockRecord, CalibrationResult, DeviceTelemetry
 from qkdlink.emulator.sampling import sample_block
-from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
+from qkdlink.protocols import get_protocol
 from qkdlink.protocols.base import PulseClass, SinglePhotonTruth
-
-MAX_BLOCK_PULSES = 2 ** 62
-
-
-class LinkConfigError(ValueError):
-    """A link configuration field is invalid; the message names the field and what was expected."""
-
-
-@dataclass(frozen=True)
-class LinkConfig:
-    """Everything that defines one emulated link.
-
-    ``overrides`` are protocol parameters on top of ``preset`` (see the protocol's ``parameters``);
-    ``repetition_rate_hz`` is the source's pulse rate and sets the protocol parameter of that name.
-    """
-
-    link_id: str
-    protocol: str = "bb84-decoy"
-    preset: str | None = None
-    overrides: Mapping[str, float] = field(default_factory=dict)
-    block_pulses: int = 10 ** 9
-    repetition_rate_hz: float = 1e9
-    seed: int = 0
-    devices: DeviceSettings = field(default_factory=DeviceSettings)
-
-    def __post_init__(self) -> None:
-        where = f"link {self.link_id!r}"
-        if not isinstance(self.link_id, str) or not self.link_id:
-            raise LinkConfigError(f"link_id must be a non-empty string, got {self.link_id!r}")
-        if self.protocol not in PROTOCOL_NAMES:
-            raise LinkConfigError(f"{where}: protocol must be one of {', '.join(PROTOCOL_NAMES)}, got {self.protocol!r}")
-        if isinstance(self.block_pulses, bool) or not isinstance(self.block_pulses, int) \
-                or not 1 <= self.block_pulses <= MAX_BLOCK_PULSES:
-            raise LinkConfigError(f"{where}: block_pulses must be an integer in [1, 2^62], got {self.block_pulses!r}")
-        if isinstance(self.repetition_rate_hz, bool) or not isinstance(self.repetition_rate_hz, (int, float)) \
-                or not 0 < self.repetition_rate_hz < math.inf:
-            raise LinkConfigError(f"{where}: repetition_rate_hz must be a positive number, got {self.repetition_rate_hz!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise LinkConfigError(f"{where}: seed must be a non-negative integer, got {self.seed!r}")
-        if "repetition_rate_hz" in self.overrides and self.overrides["repetition_rate_hz"] != self.repetition_rate_hz:
-            raise LinkConfigError(f"{where}: overrides.repetition_rate_hz contradicts repetition_rate_hz; set only the latter")
-        if not isinstance(self.devices, DeviceSettings):
-            raise LinkConfigError(f"{where}: devices must be a DeviceSettings, got {type(self.devices).__name__}")
-
-    @property
-    def block_seconds(self) -> float:
-        return self.block_pulses / self.repetition_rate_hz
-
+from qkdlink.settings import LinkConfig, choice_parameters, intensity_parameters
 
 class Link:
     """One emulated QKD link: step blocks, inject and clear faults, run calibration actions."""

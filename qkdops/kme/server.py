@@ -16,16 +16,28 @@ import logging
 import ssl
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
-from qkdops.config import KMESpec
+from qkdops.config import FleetConfig, KMESpec
 from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service, json_response
 from qkdops.kme.etsi import MAX_BODY_BYTES, KMEService, kme_id
 from qkdops.kme.pki import Pki
-from qkdops.runtime.fleet import Fleet
+from qkdops.kme.stats import KMEStats
+from qkdops.kme.store import KeyPoolStore
 
 log = logging.getLogger("qkdops.kme")
 CALLS = {"status": ("GET",), "enc_keys": ("GET", "POST"), "dec_keys": ("GET", "POST")}
+
+
+class KeySource(Protocol):
+    """What a KME serves from: the configuration, the sites' key pool, where requests are counted, and
+    a hook run after a pool changes (the runtime's ``Fleet`` is one; the KMEs stay below the runtime)."""
+
+    config: FleetConfig
+    key_pool: KeyPoolStore
+    kme_stats: KMEStats
+
+    def refresh_key_stores(self, link_id: str) -> None: ...
 
 
 class _HandshakeLogged(ssl.SSLObject):
@@ -62,7 +74,7 @@ def etsi_error(status: HTTPStatus, message: str) -> dict[str, Any]:
     return {"message": message}
 
 
-def kme_service(service: KMEService, context: ssl.SSLContext, fleet: Fleet) -> Service:
+def kme_service(service: KMEService, context: ssl.SSLContext, stats: KMEStats) -> Service:
     """The HTTP routes of one site's KME, each handing the request to ``service``."""
     site = service.site
 
@@ -80,7 +92,7 @@ def kme_service(service: KMEService, context: ssl.SSLContext, fleet: Fleet) -> S
 
     routes = [Route(f"/api/v1/keys/{{sae}}/{name}", {m: call(name) for m in methods}, name) for name, methods in CALLS.items()]
     return Service(kme_id(site), routes, etsi_error, Limits(max_body_bytes=MAX_BODY_BYTES), ssl_context=context,
-                   observe=lambda route, status, seconds: fleet.kme_stats.request(site, route, status, seconds))
+                   observe=lambda route, status, seconds: stats.request(site, route, status, seconds))
 
 
 def _common_name(cert: dict[str, Any] | None) -> str | None:
@@ -91,23 +103,23 @@ def _common_name(cert: dict[str, Any] | None) -> str | None:
     return None
 
 
-def serve_kme(fleet: Fleet, spec: KMESpec, pki: Pki) -> HttpServer:
+def serve_kme(source: KeySource, spec: KMESpec, pki: Pki) -> HttpServer:
     """Start the HTTPS listener of one site's KME on ``runtime.bind:spec.port`` (0: any free port;
-    tests), serving the fleet's key store. OSError if the port is taken."""
-    config = fleet.config
-    service = KMEService(spec.site, config.key_delivery, config.links, fleet.key_pool, fleet.refresh_key_stores)
-    server = HttpServer(kme_service(service, server_context(pki, spec.site), fleet), config.runtime.bind, spec.port)
+    tests), serving the source's key pool. OSError if the port is taken."""
+    config = source.config
+    service = KMEService(spec.site, config.key_delivery, config.links, source.key_pool, source.refresh_key_stores)
+    server = HttpServer(kme_service(service, server_context(pki, spec.site), source.kme_stats), config.runtime.bind, spec.port)
     log.info("%s listening on https://%s:%d/api/v1/keys/ (ETSI GS QKD 014, mutual TLS)", kme_id(spec.site),
              *server.server_address)
     return server
 
 
-def serve_kmes(fleet: Fleet, pki: Pki) -> dict[str, HttpServer]:
+def serve_kmes(source: KeySource, pki: Pki) -> dict[str, HttpServer]:
     """Every configured KME by site (see ``serve_kme``); none left listening if one cannot start."""
     started: dict[str, HttpServer] = {}
     try:
-        for spec in fleet.config.key_delivery.kmes:
-            started[spec.site] = serve_kme(fleet, spec, pki)
+        for spec in source.config.key_delivery.kmes:
+            started[spec.site] = serve_kme(source, spec, pki)
     except BaseException:
         shutdown_kmes(started.values())
         raise

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from qkdops.runtime.state import Histogram, HistogramSnapshot
+from qkdops.histogram import Histogram, HistogramSnapshot
 
 # 1 ms … 3 s: a healthy call is a SQLite transaction plus TLS; seconds mean a stuck store.
 REQUEST_BUCKETS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)

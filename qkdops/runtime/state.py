@@ -8,13 +8,13 @@ readings and latencies only.
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from qkdlink.emulator import DeviceTelemetry
 from qkdlink.physics.entropy import binary_entropy
+from qkdops.histogram import Histogram, HistogramSnapshot
 from qkdops.runtime.pipeline import BlockResult
 
 # Abort reasons (closed set; `none` for a successful block) and key hand-off outcomes.
@@ -40,36 +40,6 @@ JITTER_BUCKETS = (5e-12, 1e-11, 2e-11, 5e-11, 1e-10, 2e-10, 5e-10, 1e-9)
 LATENCY_BUCKETS = (0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # Stages that run on the link's CPU (key_handoff is the buffer's disk write, timed as a stage only).
 CPU_STAGES = STAGES[:-1]
-
-
-class Histogram:
-    """Cumulative-bucket histogram in Prometheus's shape (le buckets, +Inf, sum, count)."""
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self._counts = [0] * (len(self.bounds) + 1)
-        self._sum = 0.0
-
-    def observe(self, value: float, count: int = 1) -> None:
-        self._counts[bisect.bisect_left(self.bounds, value)] += count
-        self._sum += value * count
-
-    def snapshot(self) -> HistogramSnapshot:
-        cumulative, running = [], 0
-        for bound, n in zip((*self.bounds, float("inf")), self._counts):
-            running += n
-            cumulative.append((bound, running))
-        return HistogramSnapshot(tuple(cumulative), self._sum)
-
-
-@dataclass(frozen=True)
-class HistogramSnapshot:
-    buckets: tuple[tuple[float, int], ...]  # (upper bound, cumulative count), last is +Inf
-    sum: float
-
-    @property
-    def count(self) -> int:
-        return self.buckets[-1][1]
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ from qkdops.config import RuntimeSettings
 from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink, fault_catalogue
 from qkdops.yaml_input import clip
 
-log = logging.getLogger("qkdops.control_api")
+log = logging.getLogger("control_api.server")
 
 MAX_BODY_BYTES = 64 * 1024
 LIMITS = Limits(max_body_bytes=MAX_BODY_BYTES)

@@ -23,8 +23,8 @@ from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.credentials import CredentialError
 from qkdops.http_client import Auth, StackAuth, open_url
 from qkdops.processes import pid_alive
-from qkdops.stack import SCHEDULER
-from qkdops.up_cmd import UP_FILE
+from qkdops_cli.stack import SCHEDULER
+from qkdops_cli.up_cmd import UP_FILE
 
 # Resolved against each recorded URL: "" probes it as is, an absolute path replaces its path.
 PROBES = {"control_api": "/healthz", "device_exporter": "", "postprocessing_exporter": "", "pager_sink": "/healthz",
@@ -107,7 +107,7 @@ def _probe(url: str, auth: Auth | None = None) -> bool:
 
 def _links(api_url: str | None, state_dir: Path) -> list[dict]:
     """Each link's status through the control API (token as the CLI finds it)."""
-    from qkdops.control_api import TokenError, load_token
+    from control_api.server import TokenError, load_token
 
     try:
         token = load_token(state_dir, create=False).value

@@ -67,7 +67,7 @@ def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float, *,
 
 
 def render_compose_prometheus_config() -> str:
-    header = ("# Rendered by qkdops.prometheus_config.prometheus_config for docker-compose (service names);\n"
+    header = ("# Rendered by monitoring.prometheus.prometheus_config for docker-compose (service names);\n"
               "# `qkdops up` renders the same with local addresses. Do not edit: a test keeps it current.\n")
     return header + yaml.safe_dump(prometheus_config(COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", COMPOSE_INTERVAL_S,
                                                      alertmanager_password_file=COMPOSE_SECRET_FILES["alertmanager-password"]),

@@ -4,8 +4,8 @@
 servers as children (Debian's ``prometheus`` and ``prometheus-alertmanager``, installed by
 ``scripts/setup.sh``).
 
-The two servers' configurations are rendered by ``qkdops.prometheus_config`` (scrape jobs, rule files,
-Alertmanager address) and ``qkdops.alerting`` (routing, receivers, inhibition); this module only
+The two servers' configurations are rendered by ``monitoring.prometheus`` (scrape jobs, rule files,
+Alertmanager address) and ``monitoring.alertmanager`` (routing, receivers, inhibition); this module only
 writes them into the state dir and supervises the processes.
 
 The calibration scheduler (``qkdops scheduler``, package ``calibration_jobs``) is a third child, started
@@ -65,11 +65,11 @@ import yaml
 from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
-from qkdops.alerting import SecretFileError, alertmanager_config, rules_with_runbook_base, secret_files_from_env
+from monitoring.alertmanager import SecretFileError, alertmanager_config, rules_with_runbook_base, secret_files_from_env
 from qkdops.processes import command_line, pid_alive
-from qkdops.prometheus_config import RULES_DIR, local_hosts, prometheus_config
+from monitoring.prometheus import RULES_DIR, local_hosts, prometheus_config
 
-log = logging.getLogger("qkdops.stack")
+log = logging.getLogger("qkdops_cli.stack")
 
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's name
 INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus and prometheus-alertmanager)"
@@ -104,7 +104,7 @@ def container_config(source: Path) -> str:
     runtime.update(bind=CONTAINER_BIND, state_dir=str(state_dir if state_dir.is_absolute() else source.resolve().parent / state_dir))
     raw = {**raw, "runtime": runtime}
     parse_config(raw, source)
-    header = (f"# Derived from {source} by qkdops.stack.container_config at image build: runtime.bind\n"
+    header = (f"# Derived from {source} by qkdops_cli.stack.container_config at image build: runtime.bind\n"
               f"# {CONTAINER_BIND} (reachable from the compose network; ports are published on 127.0.0.1 only) and\n"
               "# an absolute state_dir. Edit links.yaml and rebuild, not this file.\n")
     return header + yaml.safe_dump(raw, sort_keys=False)
@@ -118,7 +118,7 @@ def write_container_config(source: str | Path, target: str | Path) -> None:
 def scheduler_argv(config_path: Path, rt: RuntimeSettings) -> list[str]:
     """``qkdops scheduler`` for this runtime: addresses explicit, so it never guesses them; it exits
     with ``qkdops up`` even when that is killed with SIGKILL (no orphan holding the state lock)."""
-    return [sys.executable, "-m", "qkdops.cli", "scheduler", "--config", str(config_path),
+    return [sys.executable, "-m", "qkdops_cli.cli", "scheduler", "--config", str(config_path),
             "--api", http_url(rt.bind, rt.control_port), "--prometheus", http_url(rt.bind, rt.prometheus_port),
             "--exit-with-parent"]
 

@@ -2,7 +2,7 @@
 
 Pure: spec files are read and validated into :class:`SLO` objects (``load_specs``), turned into rule
 groups as plain Python data (``rule_groups``) and rendered as YAML (``render``); ``qkdops slo
-generate`` (``qkdops.slo_cmd``) writes the result to ``alert_rules/qkd-slos.yml``. The spec format,
+generate`` (``qkdops_cli.slo_cmd``) writes the result to ``alert_rules/qkd-slos.yml``. The spec format,
 its ``qkdops`` extension and the naming scheme of what is generated are documented in
 ``slo/README.md`` — dashboards depend on those names.
 

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from qkdops.durations import format_seconds
-from qkdops.prometheus_config import COMPOSE_HOSTS, COMPOSE_INTERVAL_S, COMPOSE_SECRET_FILES, REPO
+from monitoring.prometheus import COMPOSE_HOSTS, COMPOSE_INTERVAL_S, COMPOSE_SECRET_FILES, REPO
 
 COMPOSE_ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 
@@ -175,7 +175,7 @@ def alertmanager_config(pager_sink: str, secrets: SecretFiles, evaluation_interv
 
 
 def render_compose_alertmanager_config() -> str:
-    header = ("# Rendered by qkdops.alerting.alertmanager_config for docker-compose: the pager sink at the qkdops\n"
+    header = ("# Rendered by monitoring.alertmanager.alertmanager_config for docker-compose: the pager sink at the qkdops\n"
               "# service, every external receiver with its key file under /etc/alertmanager/secrets/ (see\n"
               "# alertmanager/secrets/README.md). `qkdops up` renders the same with local addresses and only the\n"
               "# receivers whose key files are configured. Do not edit: a test keeps it current.\n")

@@ -10,14 +10,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkdops import emulate_cmd, fault_cmd, keyrate_cmd, replay_cmd, status_cmd, up_cmd
-from qkdops import slo_cmd
-from qkdops import dashboards_cmd
-from qkdops import calibration_cmd
-from qkdops import keys_cmd
-from qkdops import gameday_cmd
-from qkdops import credentials_cmd
-from qkdops import generate_cmd
+from qkdops_cli import emulate_cmd, fault_cmd, keyrate_cmd, replay_cmd, status_cmd, up_cmd
+from qkdops_cli import slo_cmd
+from qkdops_cli import dashboards_cmd
+from qkdops_cli import calibration_cmd
+from qkdops_cli import keys_cmd
+from qkdops_cli import gameday_cmd
+from qkdops_cli import credentials_cmd
+from qkdops_cli import generate_cmd
 from qkdops.runtime.memory import retain_freed_memory
 
 

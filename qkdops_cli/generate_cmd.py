@@ -2,7 +2,7 @@
 one source, by one command — the SLO rules (``alert_rules/qkd-slos.yml`` from ``slo/``), the Grafana
 dashboards (``dashboards/*.json`` from ``dashboards/generate.py``) and the docker-compose configs of
 Prometheus and Alertmanager (``prometheus/prometheus.yml``, ``alertmanager/alertmanager.yml`` from
-``qkdops.prometheus_config`` and ``qkdops.alerting``, the same functions ``qkdops up`` renders its
+``monitoring.prometheus`` and ``monitoring.alertmanager``, the same functions ``qkdops up`` renders its
 local configs with).
 
 ``--check`` writes nothing and exits 1 naming every file that is missing or stale (with the first
@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dashboards import generate as dashboards
-from qkdops import slo
-from qkdops.alerting import COMPOSE_ALERTMANAGER_CONFIG, render_compose_alertmanager_config
-from qkdops.prometheus_config import COMPOSE_PROMETHEUS_CONFIG, RULES_DIR, render_compose_prometheus_config
-from qkdops.slo_cmd import SPEC_DIR, generate_text
+from monitoring import slo
+from monitoring.alertmanager import COMPOSE_ALERTMANAGER_CONFIG, render_compose_alertmanager_config
+from monitoring.prometheus import COMPOSE_PROMETHEUS_CONFIG, RULES_DIR, render_compose_prometheus_config
+from qkdops_cli.slo_cmd import SPEC_DIR, generate_text
 
 
 def _slo_rules() -> dict[Path, str]:

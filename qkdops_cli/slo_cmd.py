@@ -15,9 +15,9 @@ import difflib
 import sys
 from pathlib import Path
 
-from qkdops import slo
+from monitoring import slo
 from qkdops.assets import asset
-from qkdops.prometheus_config import RULES_DIR
+from monitoring.prometheus import RULES_DIR
 
 SPEC_DIR = asset("slo")
 OUTPUT = RULES_DIR / "qkd-slos.yml"

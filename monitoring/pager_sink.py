@@ -56,13 +56,13 @@ from urllib.parse import parse_qs
 from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service, json_response
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.config import RuntimeSettings
-from qkdops.control_api import ApiError, bearer_authenticator, error_body
+from control_api.server import ApiError, bearer_authenticator, error_body
 from qkdops import credentials
 from qkdops.credentials import PAGER_SINK_TOKEN
 from qkdops.durable import DurableStore
 from qkdops.yaml_input import clip
 
-log = logging.getLogger("qkdops.pager_sink")
+log = logging.getLogger("monitoring.pager_sink")
 
 KINDS = ("page", "ticket", "unrouted")  # one webhook endpoint per kind of Alertmanager receiver
 DB_NAME = "pager-sink.sqlite"

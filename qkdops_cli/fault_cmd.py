@@ -28,9 +28,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from qkdops.control_api import TokenError
+from control_api.server import TokenError
 from qkdops.control_client import ApiResponseError, ApiUnreachable, ControlClient, resolve_token, resolve_url
-from qkdops.keyrate_cmd import parse_overrides
+from qkdops_cli.keyrate_cmd import parse_overrides
 from qkdops.runtime.fleet import fault_catalogue
 from qkdops.runtime.state import CALIBRATION_ACTIONS
 

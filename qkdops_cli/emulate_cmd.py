@@ -23,7 +23,7 @@ from types import FrameType
 from qkdlink.emulator import FAULTS, BlockRecord, FaultError, Link, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES
 from qkdlink.protocols.base import FINITE, KeyEstimate, ParameterError
-from qkdops.keyrate_cmd import parse_overrides
+from qkdops_cli.keyrate_cmd import parse_overrides
 from qkdops.config import finite_float
 
 

@@ -4,7 +4,7 @@ Starts, in this process, the emulated links (real time), the device exporter, th
 exporter, the control API, the sites' key management entities (ETSI GS QKD 014 over mutual TLS;
 the development PKI under ``<state_dir>/pki`` is created on first run) and the pager sink (where Alertmanager also sends every notification); as
 children, a real Prometheus scraping the exporters and a real Alertmanager (configured with
-``qkdops.alerting.alertmanager_config``; pager keys: see ``alertmanager/secrets/README.md``), and, once
+``monitoring.alertmanager.alertmanager_config``; pager keys: see ``alertmanager/secrets/README.md``), and, once
 those and the fleet are up, the calibration scheduler (``qkdops scheduler``, scraped as job
 ``qkd-calibration``). Prints where each listens, writes ``<state_dir>/up.json`` for ``qkdops status``,
 and on Ctrl-C/SIGTERM stops everything (the scheduler first, then Prometheus and Alertmanager, then
@@ -17,7 +17,7 @@ basic auth; every credential is generated on first start in the state dir (``qkd
 ``qkdops credentials --rotate`` replaces them, then restart).
 
 If Prometheus or Alertmanager dies, the stack stops with status 1. If the scheduler dies it is
-restarted with backoff and key production goes on (``qkdops.stack`` says why); if it cannot start
+restarted with backoff and key production goes on (``qkdops_cli.stack`` says why); if it cannot start
 at all, nothing starts. ``--no-calibration`` runs without it (game days, manual operation);
 ``--no-prometheus`` implies it (the scheduler reads the Prometheus this command would start;
 docker-compose runs it as its own service).
@@ -40,14 +40,16 @@ from typing import TypeVar
 
 from exporters import DeviceCollector, PostProcessingCollector
 from exporters.server import ServedExporter
-from qkdops import control_api, credentials, pager_sink
+from qkdops import credentials
+from control_api import server as control_api
+from monitoring import pager_sink
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, finite_float, load_config
 from qkdops.http_server import HttpServer, raise_open_file_limit
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
 from qkdops.runtime.fleet import Fleet
-from qkdops.stack import SCHEDULER, Stack, StackError, stop_orphans, write_up_file
+from qkdops_cli.stack import SCHEDULER, Stack, StackError, stop_orphans, write_up_file
 
 log = logging.getLogger("qkdops.up")
 UP_FILE = "up.json"
