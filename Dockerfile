@@ -12,13 +12,17 @@ COPY pyproject.toml README.md ./
 COPY qkdlink ./qkdlink
 COPY qkdops ./qkdops
 COPY exporters ./exporters
+COPY control_api ./control_api
+COPY monitoring ./monitoring
 COPY dashboards ./dashboards
 COPY calibration_jobs ./calibration_jobs
 COPY gameday ./gameday
-# Editable install: the code finds its data beside it in /app (links.yaml, runbooks/ served at
-# /runbooks/<AlertName>, the metric catalogue, calibration_jobs/jobs.yaml), exactly as in a checkout.
+COPY qkdops_cli ./qkdops_cli
+# Editable install: the code finds its data beside it in /app (links.yaml, monitoring.yaml, runbooks/
+# served at /runbooks/<AlertName>, the metric catalogue, calibration_jobs/jobs.yaml), exactly as in a
+# checkout.
 RUN pip install --no-cache-dir -e .
-COPY links.yaml ./
+COPY links.yaml monitoring.yaml ./
 COPY runbooks ./runbooks
 # The fleet config the containers run: links.yaml listening on 0.0.0.0 (the compose network; ports are
 # published on 127.0.0.1 only) with an absolute state_dir; derived here so it cannot drift from links.yaml.

@@ -1,1 +1,1 @@
-"""Grafana dashboards generated from code (``python -m dashboards.generate``)."""
+"""Grafana dashboards generated from code and the monitoring config (``qkdops generate --only dashboards``)."""

@@ -1,7 +1,8 @@
-"""Generate the qkdops Grafana dashboards (executive, on-call, debug, SLO) with grafana-foundation-sdk.
+"""Generate the qkdops Grafana dashboards (executive, on-call, debug, SLO) with grafana-foundation-sdk,
+from code and the monitoring config (runbook links, the thresholds panels draw as the rules have them).
 
-    python -m dashboards.generate            # rewrite dashboards/*.json
-    python -m dashboards.generate --check    # exit 1 if the committed JSON is not the generated one
+    qkdops generate --only dashboards           # rewrite dashboards/*.json
+    qkdops generate --only dashboards --check   # exit 1 if the committed JSON is not the generated one
 
 Every panel queries only metrics of exporters/catalogue.yaml, recording rules of alert_rules/*.yml, or
 ALERTS; tests/test_dashboards.py checks that, the JSON structure, and (slow) that every query returns
@@ -11,9 +12,7 @@ says so in its description with the marker ``INTENDED_EMPTY`` and the reason.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +21,11 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DashboardLinkType, DataSourceRef, GridPos, Threshold, ThresholdsMode, VariableRefresh
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from monitoring.alertmanager import RUNBOOK_BASE_URL
+from monitoring.config import MonitoringConfig, promql_number
 
 DIRECTORY = Path(__file__).resolve().parent
 INTENDED_EMPTY = "Intended empty state:"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-# the control API serves runbooks/<AlertName>.md; the one default base the rules carry too
-RUNBOOK_URL = RUNBOOK_BASE_URL + "/runbooks/${__data.fields.alertname}"
 L = '{link="$link"}'
 
 # Threshold step lists: (value or None for the base step, colour).
@@ -70,7 +67,7 @@ def _thresholds(steps: list[tuple[float | None, str]]) -> dashboard.ThresholdsCo
     return dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([Threshold(value=v, color=c) for v, c in steps])
 
 
-def _panel(spec: P, panel_id: int, x: int, y: int):
+def _panel(spec: P, panel_id: int, x: int, y: int, config: MonitoringConfig):
     builder = {"timeseries": timeseries.Panel, "stat": stat.Panel, "table": table.Panel, "heatmap": heatmap.Panel}[spec.kind]()
     b = (builder.id(panel_id).title(spec.title).description(spec.description).datasource(DATASOURCE)
          .grid_pos(GridPos(h=spec.h, w=spec.w, x=x, y=y)).unit(spec.unit).thresholds(_thresholds(spec.thresholds)))
@@ -80,7 +77,7 @@ def _panel(spec: P, panel_id: int, x: int, y: int):
         b = b.max(spec.max)
     if spec.runbook_links:
         b = b.data_links([dashboard.DashboardLink("Runbook for ${__data.fields.alertname}").type(DashboardLinkType.LINK)
-                          .url(RUNBOOK_URL).target_blank(True)])
+                          .url(config.runbook_url("${__data.fields.alertname}")).target_blank(True)])
     if spec.trace_links:
         b = b.links([dashboard.DashboardLink("Traces of this link's blocks (Jaeger)").type(DashboardLinkType.LINK)
                      .url(TRACES_URL).target_blank(True)])
@@ -94,7 +91,7 @@ def _panel(spec: P, panel_id: int, x: int, y: int):
     return b
 
 
-def build(uid: str, title: str, description: str, panels: list[P]) -> dict:
+def build(uid: str, title: str, description: str, panels: list[P], config: MonitoringConfig) -> dict:
     d = (dashboard.Dashboard(title).uid(uid).description(description).tags(["qkdops", "qkd"]).editable()
          .refresh("30s").time("now-1h", "now").timezone("browser")
          .with_variable(dashboard.DatasourceVariable("datasource").label("Datasource").type("prometheus"))
@@ -115,7 +112,7 @@ def build(uid: str, title: str, description: str, panels: list[P]) -> dict:
             continue
         if x + spec.w > 24:
             x, y, row_h = 0, y + row_h, 0
-        d = d.with_panel(_panel(spec, panel_id, x, y))
+        d = d.with_panel(_panel(spec, panel_id, x, y, config))
         x, row_h = x + spec.w, max(row_h, spec.h)
     model = json.loads(json.dumps(d.build(), cls=JSONEncoder))
     for panel in model["panels"]:
@@ -136,7 +133,7 @@ DASHBOARD_TITLES = {"qkdops-executive": "QKD — Executive", "qkdops-oncall": "Q
 ALERTS_EMPTY = f"{INTENDED_EMPTY} no alert fires on a healthy stack."
 
 
-def executive() -> dict:
+def executive(config: MonitoringConfig) -> dict:
     return build("qkdops-executive", DASHBOARD_TITLES["qkdops-executive"], "Fleet health at a glance: key delivered, SLOs, incidents.", [
         P("stat", "Fleet secret-key throughput", "Secret key bits per second produced by all links (privacy-amplified and verified).",
           "bps", [("sum(rate(qkd_secret_key_bits_total[$__rate_interval]))", "fleet")], [(None, "red"), (1.0, "green")], w=6, h=6),
@@ -158,7 +155,7 @@ def executive() -> dict:
         P("table", "Active incidents", f"Alerts firing now, with a link to each runbook. {ALERTS_EMPTY}", "short",
           [('sum by (alertname, severity, link) (ALERTS{alertstate="firing"})', "")], [(None, "red")], w=24, runbook_links=True),
         *executive_key_delivery(),
-    ])
+    ], config)
 
 
 HANDOFF_SUCCESS = [(None, "red"), (0.99, "orange"), (0.999, "green")]  # the key-handoff-success SLO asks for 99.9 %
@@ -189,7 +186,7 @@ def executive_key_delivery() -> list[P]:
     ]
 
 
-def oncall() -> dict:
+def oncall(config: MonitoringConfig) -> dict:
     return build("qkdops-oncall", DASHBOARD_TITLES["qkdops-oncall"],
                  "One link ($link) for the engineer on call: what is wrong and where the runbook is.", [
         P("table", "Firing alerts for $link", f"Alerts firing now on the selected link; the data link opens its runbook. {ALERTS_EMPTY}",
@@ -250,7 +247,7 @@ def oncall() -> dict:
           "short", [(f"sum by (action, outcome) (increase(qkd_calibration_actions_total{L}[1h]))", "{{action}} {{outcome}}")],
           [(None, "green")], w=6, min=0),
         *oncall_key_delivery(),
-    ])
+    ], config)
 
 
 def oncall_key_delivery() -> list[P]:
@@ -290,7 +287,7 @@ def oncall_key_delivery() -> list[P]:
     ]
 
 
-def debug() -> dict:
+def debug(config: MonitoringConfig) -> dict:
     return build("qkdops-debug", DASHBOARD_TITLES["qkdops-debug"], "Device and post-processing internals of one link ($link) for engineers.", [
         P("timeseries", "Decoy yield per intensity", "Detections per sifted pulse of each decoy intensity class (the gain Q).",
           "short", [(f"sum by (intensity) (rate(qkd_decoy_detections_total{L}[$__rate_interval])) / "
@@ -327,9 +324,9 @@ def debug() -> dict:
                  f"(rate(qkd_postprocessing_stage_duration_seconds_bucket{L}[$__rate_interval])))", "{{stage}}")], w=24, min=0,
           trace_links=True),
         *decoy_estimation_row(),
-        *postprocessing_row(),
+        *postprocessing_row(config),
         *debug_key_delivery(),
-    ])
+    ], config)
 
 
 # The sites at the link's two ends, as a `site` label: KME series are per site, not per link.
@@ -366,11 +363,11 @@ def debug_key_delivery() -> list[P]:
     ]
 
 
-EC_F_TICKET = "clamp_min(1.1 * qkd_link:ec_model_efficiency:max10m{link=\"$link\"}, 1.25)"  # QKDECEfficiencyDegraded's threshold
-
-
-def postprocessing_row() -> list[P]:
-    """Post-processing on bits (issue 14): Cascade's measured efficiency and cost, privacy amplification, CPU, latency."""
+def postprocessing_row(config: MonitoringConfig) -> list[P]:
+    """Post-processing on bits (issue 14): Cascade's measured efficiency and cost, privacy amplification, CPU, latency;
+    QKDECEfficiencyDegraded's threshold from the monitoring config, as the rule has it."""
+    margin, floor = (promql_number(config.thresholds[k]) for k in ("ec_efficiency_margin", "ec_efficiency_floor"))
+    ec_ticket = f"clamp_min({margin} * qkd_link:ec_model_efficiency:max10m{L}, {floor})"
     def rate(metric: str, by: str = "") -> str:
         return f"sum{f' by ({by})' if by else ''} (rate({metric}{L}[$__rate_interval]))"
 
@@ -382,13 +379,14 @@ def postprocessing_row() -> list[P]:
         row("Error correction & privacy amplification"),
         P("timeseries", "EC efficiency f: measured vs model", "Error-correction efficiency f = bits disclosed (Cascade's "
           "parities) / the Shannon limit n·H2(E) of the same blocks: per interval and over 30 m, against the f the link's "
-          "finite-key model assumes (qkd_ec_model_efficiency) and QKDECEfficiencyDegraded's threshold max(1.25, 1.1 × model), "
+          "finite-key model assumes (qkd_ec_model_efficiency) and QKDECEfficiencyDegraded's threshold "
+          f"max({floor}, {margin} × model), "
           "which the 30-m f must exceed for 30 m to ticket. 1 is the limit no code beats. Empty on a link with "
           "postprocessing.engine: model (no bits reconciled).", "short",
           [(f"{rate('qkd_ec_leakage_bytes_total')} / ({rate('qkd_ec_shannon_limit_bytes_total')} > 0)", "measured f"),
            (f"qkd_link:ec_efficiency:ratio30m{L}", "measured f (30 m)"),
            (f"qkd_link:ec_model_efficiency:max10m{L}", "model f"),
-           (EC_F_TICKET, "ticket threshold")], [(None, "green")], w=8, min=1),
+           (ec_ticket, "ticket threshold")], [(None, "green")], w=8, min=1),
         P("timeseries", "Disclosed vs Shannon limit", "Bytes per second error correction disclosed on the classical channel "
           "(subtracted from the key by privacy amplification) against the least any code must disclose, n·H2(E); their ratio "
           "is f.", "Bps",
@@ -480,7 +478,7 @@ def decoy_estimation_row() -> list[P]:
     ]
 
 
-def slo() -> dict:
+def slo(config: MonitoringConfig) -> dict:
     windows = ["5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"]
     return build("qkdops-slo", DASHBOARD_TITLES["qkdops-slo"], "The SLOs of slo/qkd.yaml for one link ($link): SLI, burn rates, budget.", [
         P("timeseries", "SLI per SLO (1 h)", "Share of good events per SLO over the last hour, with each objective.", "percentunit",
@@ -490,34 +488,12 @@ def slo() -> dict:
           [(f"slo:burn_rate:ratio_rate{w}{L}", "{{slo}} " + w) for w in windows], BURN, w=24, min=0),
         P("stat", "Error budget remaining (30 d)", "Share of each SLO's 30-day error budget left on this link.", "percentunit",
           [(f"slo:error_budget_remaining:ratio{L}", "{{slo}}")], BUDGET, w=24, max=1),
-    ])
+    ], config)
 
 
 DASHBOARDS = {"executive": executive, "oncall": oncall, "debug": debug, "slo": slo}
 
 
-def render() -> dict[str, str]:
-    """File name → JSON text of every dashboard."""
-    return {f"{name}.json": json.dumps(make(), indent=2, sort_keys=True) + "\n" for name, make in DASHBOARDS.items()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the committed JSON differs")
-    args = parser.parse_args(argv)
-    stale = []
-    for name, text in render().items():
-        path = DIRECTORY / name
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(name)
-        else:
-            path.write_text(text)
-    if stale:
-        print(f"stale dashboards: {', '.join(stale)} (run python -m dashboards.generate)", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def render(config: MonitoringConfig) -> dict[str, str]:
+    """File name → JSON text of every dashboard, rendered with ``config`` (runbook links, thresholds)."""
+    return {f"{name}.json": json.dumps(make(config), indent=2, sort_keys=True) + "\n" for name, make in DASHBOARDS.items()}

@@ -32,7 +32,7 @@ from chaoslib.exceptions import ChaosException
 from chaoslib.experiment import ensure_experiment_is_valid
 
 from qkdlink.emulator.faults import FaultError, spec
-from monitoring.prometheus import RULES_DIR
+from monitoring.rules import RULES_DIR
 from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"

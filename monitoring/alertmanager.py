@@ -13,7 +13,8 @@ compose config names files under ``/etc/alertmanager/secrets/`` (mounted from th
 ``alertmanager/secrets/``), the local stack the files named by ``SECRET_FILE_ENV`` and only the
 receivers whose variable is set, so an offline machine does not retry failing notifications.
 
-Timers scale with the evaluation interval, so a 1-s test profile pages in seconds, not minutes.
+Group timers come from the monitoring config (``monitoring.yaml`` ``alertmanager``) and scale with the
+evaluation interval, so a 1-s test profile pages in seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -25,30 +26,10 @@ from typing import Any
 
 import yaml
 
-from qkdops.durations import format_seconds
-from monitoring.prometheus import COMPOSE_HOSTS, COMPOSE_INTERVAL_S, COMPOSE_SECRET_FILES, REPO
+from monitoring.config import MonitoringConfig
+from monitoring.prometheus import COMPOSE_HOSTS, COMPOSE_SECRET_FILES, REPO
 
 COMPOSE_ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
-
-
-# The runbook base URL the committed rule files carry (``runbook_url: <base>/runbooks/<AlertName>``, in
-# alert_rules/ and the SLO spec): the default local control API. A deployment renders its own copy of
-# the rules with its own base (``rules_with_runbook_base``), so links are reachable where pages are read.
-RUNBOOK_BASE_URL = "http://127.0.0.1:9800"
-
-
-def rules_with_runbook_base(rules_dir: Path, target_dir: Path, base_url: str) -> list[Path]:
-    """Copy the rule files of ``rules_dir`` to ``target_dir`` with every runbook link on ``base_url``;
-    files left there from an earlier copy that ``rules_dir`` no longer has are removed."""
-    target_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for source in sorted(rules_dir.glob("*.yml")):
-        text = source.read_text(encoding="utf-8").replace(f"{RUNBOOK_BASE_URL}/runbooks/", f"{base_url.rstrip('/')}/runbooks/")
-        (target := target_dir / source.name).write_text(text, encoding="utf-8")
-        written.append(target)
-    for stale in set(target_dir.glob("*.yml")) - set(written):
-        stale.unlink()
-    return written
 
 
 class SecretFileError(ValueError):
@@ -95,27 +76,6 @@ def secret_files_from_env(environ: Mapping[str, str]) -> SecretFiles:
     return SecretFiles(**found)
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Alertmanager's group timers at the default 5-s evaluation interval, in seconds."""
-
-    group_wait: float
-    group_interval: float
-    repeat_interval: float
-
-    def scaled(self, evaluation_interval_s: float) -> dict[str, str]:
-        """In proportion to the evaluation interval: a 1-s test profile pages in seconds, not minutes."""
-        factor = evaluation_interval_s / COMPOSE_INTERVAL_S
-        return {name: format_seconds(getattr(self, name) * factor) for name in ("group_wait", "group_interval", "repeat_interval")}
-
-
-# Pages: groups are small (one alert, or an SLO's tiers), so a short wait costs no batching; a change
-# (a new alert, the resolution) goes out within a minute; an open page is re-sent hourly. Tickets
-# batch for a minute, update every 10 minutes and remind daily.
-PAGE_TIMING = Timing(10, 60, 3600)
-TICKET_TIMING = Timing(60, 600, 24 * 3600)
-
-
 # Causes that stop a link's key outright and page within seconds: once one fires, QKDLinkDown (three
 # aborted blocks later) says nothing new, and neither do the link's symptoms.
 OUTAGE_CAUSES = ("QKDFiberCut", "QKDDetectorSaturated", "QKDClockDesync", "QKDClassicalChannelDown", "QKDVerificationFailing")
@@ -134,9 +94,11 @@ def _inhibit_rules() -> list[dict[str, Any]]:
                "equal": ["slo", "link"]} for i, fast in enumerate(tiers[:-1]))]
 
 
-def alertmanager_config(pager_sink: str, secrets: SecretFiles, evaluation_interval_s: float, *, sink_token_file: str) -> dict[str, Any]:
-    """Routing tree, receivers and inhibition (see the module docstring); ``pager_sink`` is host:port,
-    ``sink_token_file`` the file holding its bearer token (read by Alertmanager at each notification)."""
+def alertmanager_config(monitoring: MonitoringConfig, pager_sink: str, secrets: SecretFiles, evaluation_interval_s: float, *,
+                        sink_token_file: str) -> dict[str, Any]:
+    """Routing tree, receivers and inhibition (see the module docstring), group timers from ``monitoring``
+    scaled to ``evaluation_interval_s``; ``pager_sink`` is host:port, ``sink_token_file`` the file holding
+    its bearer token (read by Alertmanager at each notification)."""
     def sink(kind: str) -> dict[str, Any]:
         return {"name": SINK_RECEIVER.format(kind=kind),
                 "webhook_configs": [{"url": f"http://{pager_sink}/webhook/{kind}", "send_resolved": True, "max_alerts": 0,
@@ -160,13 +122,14 @@ def alertmanager_config(pager_sink: str, secrets: SecretFiles, evaluation_interv
         names = [SINK_RECEIVER.format(kind=kind), *(r["name"] for r in external)]
         return [{"receiver": name, **({"continue": True} if i < len(names) - 1 else {})} for i, name in enumerate(names)]
 
+    page, ticket = monitoring.timing["page"], monitoring.timing["ticket"]
     return {
         "route": {
             "receiver": SINK_RECEIVER.format(kind="unrouted"), "group_by": GROUP_BY,
-            **TICKET_TIMING.scaled(evaluation_interval_s),
+            **ticket.scaled(evaluation_interval_s),
             "routes": [
-                {"matchers": ['severity="page"'], **PAGE_TIMING.scaled(evaluation_interval_s), "routes": fan_out("page", pagers)},
-                {"matchers": ['severity="ticket"'], **TICKET_TIMING.scaled(evaluation_interval_s), "routes": fan_out("ticket", chats)},
+                {"matchers": ['severity="page"'], **page.scaled(evaluation_interval_s), "routes": fan_out("page", pagers)},
+                {"matchers": ['severity="ticket"'], **ticket.scaled(evaluation_interval_s), "routes": fan_out("ticket", chats)},
             ],
         },
         "inhibit_rules": _inhibit_rules(),
@@ -174,11 +137,11 @@ def alertmanager_config(pager_sink: str, secrets: SecretFiles, evaluation_interv
     }
 
 
-def render_compose_alertmanager_config() -> str:
+def render_compose_alertmanager_config(monitoring: MonitoringConfig) -> str:
     header = ("# Rendered by monitoring.alertmanager.alertmanager_config for docker-compose: the pager sink at the qkdops\n"
               "# service, every external receiver with its key file under /etc/alertmanager/secrets/ (see\n"
               "# alertmanager/secrets/README.md). `qkdops up` renders the same with local addresses and only the\n"
               "# receivers whose key files are configured. Do not edit: a test keeps it current.\n")
-    return header + yaml.safe_dump(alertmanager_config(COMPOSE_HOSTS.pager_sink, COMPOSE_SECRETS, COMPOSE_INTERVAL_S,
+    return header + yaml.safe_dump(alertmanager_config(monitoring, COMPOSE_HOSTS.pager_sink, COMPOSE_SECRETS, monitoring.scrape_interval_s,
                                                        sink_token_file=COMPOSE_SECRET_FILES["pager-sink-token"]),
                                    sort_keys=False, width=200)

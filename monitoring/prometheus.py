@@ -12,14 +12,12 @@ from typing import Any
 import yaml
 
 from qkdops import credentials
-from qkdops.assets import CHECKOUT, asset
+from monitoring.config import MonitoringConfig
+from qkdops.assets import CHECKOUT
 from qkdops.config import RuntimeSettings
 
 REPO = CHECKOUT   # the compose files are rendered into the checkout
-RULES_DIR = asset("alert_rules")
 COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
-COMPOSE_INTERVAL_S = 5.0
-CALIBRATION_JOB = "qkd-calibration"
 
 
 @dataclass(frozen=True)
@@ -48,14 +46,15 @@ COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
     credentials.PROMETHEUS_WEB_CONFIG, credentials.ALERTMANAGER_WEB_CONFIG)}
 
 
-def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float, *, alertmanager_password_file: str) -> dict[str, Any]:
-    """Scrape both exporters and the calibration scheduler (job names are what rules and dashboards
-    select on), send alerts to Alertmanager with basic auth (its password read from
-    ``alertmanager_password_file`` at each reload)."""
+def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str, scrape_interval_s: float, *,
+                      alertmanager_password_file: str) -> dict[str, Any]:
+    """Scrape both exporters and the calibration scheduler under the monitoring config's job names
+    (what rules and dashboards select on), send alerts to Alertmanager with basic auth (its password
+    read from ``alertmanager_password_file`` at each reload)."""
     interval = f"{scrape_interval_s:g}s"
-    jobs = [("qkd-device", hosts.device), ("qkd-postprocessing", hosts.postprocessing)]
+    jobs = [(monitoring.jobs.device, hosts.device), (monitoring.jobs.postprocessing, hosts.postprocessing)]
     if hosts.calibration is not None:
-        jobs.append((CALIBRATION_JOB, hosts.calibration))
+        jobs.append((monitoring.jobs.calibration, hosts.calibration))
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
                    "external_labels": {"stack": "qkdops"}},
@@ -66,9 +65,9 @@ def prometheus_config(hosts: Hosts, rule_glob: str, scrape_interval_s: float, *,
     }
 
 
-def render_compose_prometheus_config() -> str:
+def render_compose_prometheus_config(monitoring: MonitoringConfig) -> str:
     header = ("# Rendered by monitoring.prometheus.prometheus_config for docker-compose (service names);\n"
               "# `qkdops up` renders the same with local addresses. Do not edit: a test keeps it current.\n")
-    return header + yaml.safe_dump(prometheus_config(COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", COMPOSE_INTERVAL_S,
+    return header + yaml.safe_dump(prometheus_config(monitoring, COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", monitoring.scrape_interval_s,
                                                      alertmanager_password_file=COMPOSE_SECRET_FILES["alertmanager-password"]),
                                    sort_keys=False)

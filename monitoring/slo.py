@@ -35,6 +35,7 @@ import yaml
 
 from qkdops.durations import is_duration
 from qkdops.durations import seconds as duration_seconds
+from monitoring.config import TemplateError, render_template
 from qkdops.yaml_input import YamlInputError, excerpt, load_text
 
 SPEC_VERSION = "prometheus/v1"
@@ -165,17 +166,19 @@ class SLO:
 
 
 # ---- loading and validation ------------------------------------------------------------------------
-def load_specs(paths: Iterable[Path], display: Mapping[Path, str] | None = None) -> list[SLO]:
+def load_specs(paths: Iterable[Path], values: Mapping[str, str], display: Mapping[Path, str] | None = None) -> list[SLO]:
     """Validate every spec file; raise one :class:`SpecError` listing every problem of every file.
 
-    ``display`` maps a path to the name used in messages (default: the path as given).
+    ``values``: the monitoring config's placeholders (``MonitoringConfig.values``) the specs may name,
+    e.g. ``runbook_url: "[[ runbook_base_url ]]/runbooks/…"``. ``display`` maps a path to the name
+    used in messages (default: the path as given).
     """
     slos: list[SLO] = []
     problems: list[str] = []
     for path in paths:
         source = (display or {}).get(path, str(path))
         try:
-            slos.extend(parse_spec(path.read_text(), source))
+            slos.extend(parse_spec(path.read_text(), source, values))
         except SpecError as exc:
             problems.extend(exc.problems)
         except OSError as exc:
@@ -186,11 +189,24 @@ def load_specs(paths: Iterable[Path], display: Mapping[Path, str] | None = None)
     return slos
 
 
-def parse_spec(text: str, source: str) -> list[SLO]:
-    """Validate one spec document; ``source`` names it in messages."""
+def generate(spec_dir: Path, values: Mapping[str, str]) -> tuple[str, list[SLO]]:
+    """The rule file the specs in ``spec_dir`` generate (every ``*.yaml``/``*.yml``, in name order; their
+    placeholders from ``values``), and the SLOs it was made from. Files are named ``<dir>/<file>`` in
+    messages and in the header, so the output does not depend on the working directory."""
+    paths = sorted(p for p in spec_dir.glob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not paths:
+        raise SpecError([f"{spec_dir}: no *.yaml spec files"])
+    names = {p: f"{spec_dir.name}/{p.name}" for p in paths}
+    slos = load_specs(paths, values, names)
+    return render(rule_groups(slos), [names[p] for p in paths]), slos
+
+
+def parse_spec(text: str, source: str, values: Mapping[str, str]) -> list[SLO]:
+    """Validate one spec document, its ``[[ name ]]`` placeholders filled from ``values`` first;
+    ``source`` names it in messages."""
     try:
-        raw = load_text(text, source)   # no alias bombs, deep nesting or duplicate keys
-    except YamlInputError as exc:
+        raw = load_text(render_template(text, source, values), source)   # no alias bombs, deep nesting or duplicate keys
+    except (YamlInputError, TemplateError) as exc:
         raise SpecError([str(exc)]) from None
     reader = _Reader(source)
     slos = reader.spec(raw)

@@ -1,14 +1,16 @@
-"""``qkdops generate [--check] [--only NAME,...]``: every generated file of the repository, from its
-one source, by one command — the SLO rules (``alert_rules/qkd-slos.yml`` from ``slo/``), the Grafana
-dashboards (``dashboards/*.json`` from ``dashboards/generate.py``) and the docker-compose configs of
-Prometheus and Alertmanager (``prometheus/prometheus.yml``, ``alertmanager/alertmanager.yml`` from
-``monitoring.prometheus`` and ``monitoring.alertmanager``, the same functions ``qkdops up`` renders its
-local configs with).
+"""``qkdops generate [--check] [--only NAME,...] [--monitoring FILE]``: every generated file of the
+repository from its one source and the one monitoring config (``monitoring.yaml``), by one command —
+the alert and recording rules (``alert_rules/*.yml`` from ``alert_rules/templates/``), the SLO rules
+(``alert_rules/qkd-slos.yml`` from ``slo/``), the Grafana dashboards (``dashboards/*.json`` from
+``dashboards/generate.py``) and the docker-compose configs of Prometheus and Alertmanager
+(``prometheus/prometheus.yml``, ``alertmanager/alertmanager.yml`` from ``monitoring.prometheus`` and
+``monitoring.alertmanager``, the same functions ``qkdops up`` renders its local configs with).
 
 ``--check`` writes nothing and exits 1 naming every file that is missing or stale (with the first
 lines of its diff), so CI and a reviewer see generated files drift from their sources. The per-kind
-commands (``qkdops slo generate``, ``python -m dashboards.generate``) do the same for their part.
-Exit codes: 0 written or current, 1 stale (``--check``), 2 a source is malformed (an SLO spec).
+command ``qkdops slo generate`` does the same for the SLO rules alone (``--specs``, ``--output``).
+Exit codes: 0 written or current, 1 stale (``--check``), 2 a source is malformed (the monitoring
+config, a template, an SLO spec), naming the file and field or line.
 """
 
 from __future__ import annotations
@@ -22,23 +24,27 @@ from pathlib import Path
 from dashboards import generate as dashboards
 from monitoring import slo
 from monitoring.alertmanager import COMPOSE_ALERTMANAGER_CONFIG, render_compose_alertmanager_config
-from monitoring.prometheus import COMPOSE_PROMETHEUS_CONFIG, RULES_DIR, render_compose_prometheus_config
-from qkdops_cli.slo_cmd import SPEC_DIR, generate_text
+from monitoring.config import DEFAULT_PATH as DEFAULT_MONITORING
+from monitoring.config import MonitoringConfig, TemplateError, load_monitoring_config
+from monitoring.prometheus import COMPOSE_PROMETHEUS_CONFIG, render_compose_prometheus_config
+from monitoring.rules import RULES_DIR, SLO_RULES, render_rule_files
+from qkdops.config import ConfigError
 
 
-def _slo_rules() -> dict[Path, str]:
-    return {RULES_DIR / "qkd-slos.yml": generate_text(SPEC_DIR)[0]}
+def _rules(config: MonitoringConfig, slo_rules: bool) -> dict[Path, str]:
+    return {RULES_DIR / name: text for name, text in render_rule_files(config).items() if (name == SLO_RULES) == slo_rules}
 
 
-def _dashboards() -> dict[Path, str]:
-    return {dashboards.DIRECTORY / name: text for name, text in dashboards.render().items()}
+def _dashboards(config: MonitoringConfig) -> dict[Path, str]:
+    return {dashboards.DIRECTORY / name: text for name, text in dashboards.render(config).items()}
 
 
-ARTIFACTS: Mapping[str, Callable[[], dict[Path, str]]] = {
-    "slo-rules": _slo_rules,
+ARTIFACTS: Mapping[str, Callable[[MonitoringConfig], dict[Path, str]]] = {
+    "alert-rules": lambda config: _rules(config, slo_rules=False),
+    "slo-rules": lambda config: _rules(config, slo_rules=True),
     "dashboards": _dashboards,
-    "compose-prometheus": lambda: {COMPOSE_PROMETHEUS_CONFIG: render_compose_prometheus_config()},
-    "compose-alertmanager": lambda: {COMPOSE_ALERTMANAGER_CONFIG: render_compose_alertmanager_config()},
+    "compose-prometheus": lambda config: {COMPOSE_PROMETHEUS_CONFIG: render_compose_prometheus_config(config)},
+    "compose-alertmanager": lambda config: {COMPOSE_ALERTMANAGER_CONFIG: render_compose_alertmanager_config(config)},
 }
 
 
@@ -47,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each missing or stale file")
     p.add_argument("--only", metavar="NAME[,NAME...]", help=f"only these ({', '.join(ARTIFACTS)})")
+    p.add_argument("--monitoring", type=Path, default=DEFAULT_MONITORING, metavar="FILE",
+                   help="the monitoring config every file is rendered with (default: monitoring.yaml)")
     p.set_defaults(handler=run)
 
 
@@ -58,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"qkdops generate: --only: unknown {', '.join(unknown)} (choose from {', '.join(ARTIFACTS)})", file=sys.stderr)
             return 2
     try:
-        files = {path: text for name in names for path, text in ARTIFACTS[name]().items()}
-    except slo.SpecError as exc:
+        config = load_monitoring_config(args.monitoring)
+        files = {path: text for name in names for path, text in ARTIFACTS[name](config).items()}
+    except (slo.SpecError, TemplateError, ConfigError) as exc:
         print(f"qkdops generate: {exc}", file=sys.stderr)
         return 2
     stale = 0

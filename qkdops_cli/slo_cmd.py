@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 from monitoring import slo
-from qkdops.assets import asset
-from monitoring.prometheus import RULES_DIR
+from monitoring.config import DEFAULT_PATH as DEFAULT_MONITORING
+from monitoring.config import load_monitoring_config
+from monitoring.rules import RULES_DIR, SLO_RULES, SPEC_DIR
 
-SPEC_DIR = asset("slo")
-OUTPUT = RULES_DIR / "qkd-slos.yml"
+OUTPUT = RULES_DIR / SLO_RULES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,22 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--specs", type=Path, default=SPEC_DIR, metavar="DIR", help="spec directory (default: slo/)")
     gen.add_argument("--output", type=Path, default=OUTPUT, metavar="FILE",
                      help="rule file (default: alert_rules/qkd-slos.yml)")
+    gen.add_argument("--monitoring", type=Path, default=DEFAULT_MONITORING, metavar="FILE",
+                     help="monitoring config whose values the specs' [[ name ]] placeholders take (default: monitoring.yaml)")
     gen.set_defaults(handler=run)
 
 
-def generate_text(spec_dir: Path) -> tuple[str, list[slo.SLO]]:
-    """The rule file the specs in ``spec_dir`` generate, and the SLOs it was made from."""
-    paths = sorted(p for p in spec_dir.glob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-    if not paths:
-        raise slo.SpecError([f"{_shown(spec_dir)}: no *.yaml spec files"])
-    # Files are named <dir>/<file> in messages and in the header, so the output does not depend on the cwd.
-    names = {p: f"{spec_dir.name}/{p.name}" for p in paths}
-    slos = slo.load_specs(paths, names)
-    return slo.render(slo.rule_groups(slos), [names[p] for p in paths]), slos
-
-
 def run(args: argparse.Namespace) -> int:
-    text, slos = generate_text(args.specs)
+    text, slos = slo.generate(args.specs, load_monitoring_config(args.monitoring).values())
     shown = _shown(args.output)
     if args.check:
         current = args.output.read_text() if args.output.exists() else None

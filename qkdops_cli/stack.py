@@ -65,9 +65,11 @@ import yaml
 from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
-from monitoring.alertmanager import SecretFileError, alertmanager_config, rules_with_runbook_base, secret_files_from_env
+from monitoring.alertmanager import SecretFileError, alertmanager_config, secret_files_from_env
+from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.processes import command_line, pid_alive
-from monitoring.prometheus import RULES_DIR, local_hosts, prometheus_config
+from monitoring.prometheus import local_hosts, prometheus_config
+from monitoring.rules import write_rule_files
 
 log = logging.getLogger("qkdops_cli.stack")
 
@@ -152,11 +154,16 @@ class Stack:
 
     ``scheduler_config``: the config file the scheduler is started with (None: no scheduler, no
     ``qkd-calibration`` scrape job); ``scheduler_bind``: the ``runtime.bind`` of that file, where it
-    listens (``qkdops up --bind`` overrides only its own servers' address).
+    listens (``qkdops up --bind`` overrides only its own servers' address); ``monitoring``: the monitoring
+    config the rules and configs are rendered with (default: the shipped ``monitoring.yaml``), runbook
+    links moved to this runtime's ``runbook_base_url`` or its own control API.
     """
 
-    def __init__(self, rt: RuntimeSettings, scheduler_config: Path | None = None, scheduler_bind: str | None = None) -> None:
+    def __init__(self, rt: RuntimeSettings, scheduler_config: Path | None = None, scheduler_bind: str | None = None,
+                 monitoring: MonitoringConfig | None = None) -> None:
         self.rt = rt
+        self.monitoring = (monitoring or load_monitoring_config()).with_runbook_base(
+            rt.runbook_base_url or http_url(rt.bind, rt.control_port))
         self.children: list[Child] = []
         self.state_dir = rt.state_dir
         self.scheduler_config = scheduler_config
@@ -177,9 +184,9 @@ class Stack:
         auth = StackAuth(self.state_dir)
         hosts = local_hosts(self.rt, self.scheduler_bind)
         config_path = self.state_dir / "prometheus.yml"
-        rules = self.state_dir / "rules"   # the shipped rules, runbook links on this runtime's base URL
-        rules_with_runbook_base(RULES_DIR, rules, self.rt.runbook_base_url or http_url(self.rt.bind, self.rt.control_port))
-        config = prometheus_config(hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
+        rules = self.state_dir / "rules"   # rendered for this runtime: runbook links on its own base URL
+        write_rule_files(self.monitoring, rules)
+        config = prometheus_config(self.monitoring, hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
                                    alertmanager_password_file=str(creds.alertmanager_password_file))
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         am_config_path = self.state_dir / "alertmanager.yml"
@@ -187,7 +194,7 @@ class Stack:
             secret_files = secret_files_from_env(os.environ)
         except SecretFileError as exc:
             raise StackError(str(exc)) from None
-        am_config = alertmanager_config(hosts.pager_sink, secret_files, self.rt.scrape_interval_s,
+        am_config = alertmanager_config(self.monitoring, hosts.pager_sink, secret_files, self.rt.scrape_interval_s,
                                         sink_token_file=str(creds.pager_sink_token_file))
         am_config_path.write_text(yaml.safe_dump(am_config, sort_keys=False, width=200))
         bind = self.rt.bind

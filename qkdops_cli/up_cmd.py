@@ -43,6 +43,8 @@ from exporters.server import ServedExporter
 from qkdops import credentials
 from control_api import server as control_api
 from monitoring import pager_sink
+from monitoring.config import DEFAULT_PATH as DEFAULT_MONITORING
+from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, finite_float, load_config
 from qkdops.http_server import HttpServer, raise_open_file_limit
 from qkdops.kme.etsi import kme_id
@@ -61,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="links.yaml (default: the shipped fleet)")
     p.add_argument("--bind", help="address for the exporters and control API (default: runtime.bind)")
+    p.add_argument("--monitoring", type=Path, default=DEFAULT_MONITORING, metavar="FILE",
+                   help="monitoring config the rules and Prometheus/Alertmanager configs are rendered with "
+                        "(default: the shipped monitoring.yaml)")
     p.add_argument("--no-prometheus", action="store_true",
                    help="do not start Prometheus and Alertmanager (docker-compose runs its own); implies --no-calibration")
     p.add_argument("--no-calibration", action="store_true",
@@ -73,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
+    monitoring = load_monitoring_config(args.monitoring)
     scheduler_bind = config.runtime.bind  # the scheduler reads the file, so --bind does not move it
     if args.bind:
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, bind=args.bind))
@@ -85,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     disabled = ({SCHEDULER: "--no-prometheus"} if args.no_prometheus else
                 {SCHEDULER: "--no-calibration"} if args.no_calibration else {})
-    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind)
+    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring)
 
 
 def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float,
-         disabled: dict[str, str] | None = None, scheduler_bind: str | None = None) -> int:
-    """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing."""
+         disabled: dict[str, str] | None = None, scheduler_bind: str | None = None, monitoring: MonitoringConfig | None = None) -> int:
+    """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing;
+    ``monitoring``: what the stack's rules and configs are rendered with (default: the shipped one)."""
     rt = config.runtime
     rt.state_dir.mkdir(parents=True, exist_ok=True)
     raise_open_file_limit()   # every port may hold up to Limits.max_connections
@@ -102,7 +109,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     servers: list[HttpServer] = []
     exporters: dict[str, ServedExporter] = {}  # control API name → exporter; stopped after the control API
     stop_orphans(rt.state_dir / UP_FILE, rt.state_dir)
-    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind)
+    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring)
     status = 0
     try:
         for key, name, collector, port in (

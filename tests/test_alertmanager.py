@@ -18,6 +18,7 @@ import yaml
 
 from qkdops import credentials
 from monitoring import pager_sink
+from monitoring.config import load_monitoring_config
 from qkdops.config import RuntimeSettings
 from qkdops.http_client import StackAuth, get_json, open_url
 from monitoring.alertmanager import (
@@ -31,6 +32,8 @@ CASES = yaml.safe_load((COMPOSE_ALERTMANAGER_CONFIG.parent / "route-tests.yml").
 SINK_TOKEN_FILE = "/state/pager-sink-token"
 needs_amtool = pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed: `bash scripts/setup.sh`")
 
+MONITORING = load_monitoring_config()
+
 
 def _write(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -38,7 +41,7 @@ def _write(path: Path, config: dict[str, Any]) -> Path:
 
 
 def _local(tmp_path: Path, secrets: SecretFiles, interval_s: float = 1.0, name: str = "alertmanager.yml") -> Path:
-    return _write(tmp_path / name, alertmanager_config("127.0.0.1:9820", secrets, interval_s, sink_token_file=SINK_TOKEN_FILE))
+    return _write(tmp_path / name, alertmanager_config(MONITORING, "127.0.0.1:9820", secrets, interval_s, sink_token_file=SINK_TOKEN_FILE))
 
 
 def _key_files(tmp_path: Path) -> dict[str, str]:
@@ -55,11 +58,11 @@ def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_committed_config_is_the_rendered_one():
-    assert COMPOSE_ALERTMANAGER_CONFIG.read_text() == render_compose_alertmanager_config()
+    assert COMPOSE_ALERTMANAGER_CONFIG.read_text() == render_compose_alertmanager_config(MONITORING, )
 
 
 def test_every_pager_sink_webhook_sends_the_bearer_token_from_its_file():
-    for config, token_file in ((alertmanager_config("h:1", SecretFiles(), 5.0, sink_token_file=SINK_TOKEN_FILE), SINK_TOKEN_FILE),
+    for config, token_file in ((alertmanager_config(MONITORING, "h:1", SecretFiles(), 5.0, sink_token_file=SINK_TOKEN_FILE), SINK_TOKEN_FILE),
                                (yaml.safe_load(COMPOSE_ALERTMANAGER_CONFIG.read_text()), "/run/secrets/pager-sink-token")):
         hooks = [w for r in config["receivers"] for w in r.get("webhook_configs", [])]
         assert len(hooks) == 3 and all(w["http_config"] == {"authorization": {"type": "Bearer", "credentials_file": token_file}}
@@ -93,14 +96,15 @@ def test_routes(case: dict[str, Any], tmp_path: Path):
 
 def test_receivers_come_and_go_with_their_key_files_and_never_carry_a_key(tmp_path: Path):
     env = _key_files(tmp_path)
-    keyed = alertmanager_config("127.0.0.1:9820", secret_files_from_env(env), 5.0, sink_token_file=SINK_TOKEN_FILE)
+    keyed = alertmanager_config(MONITORING, "127.0.0.1:9820", secret_files_from_env(env), 5.0, sink_token_file=SINK_TOKEN_FILE)
     assert {r["name"] for r in keyed["receivers"]} == {"pager-sink-page", "pager-sink-ticket", "pager-sink-unrouted",
                                                        "pagerduty", "opsgenie", "slack-tickets"}
     text = yaml.safe_dump(keyed)
     assert "placeholder-not-a-key" not in text and all(path in text for path in env.values())
     assert secret_files_from_env({}) == SecretFiles()
     only_pd = secret_files_from_env({SECRET_FILE_ENV["pagerduty_routing_key"]: env[SECRET_FILE_ENV["pagerduty_routing_key"]]})
-    assert [r["name"] for r in alertmanager_config("h:1", only_pd, 5.0, sink_token_file=SINK_TOKEN_FILE)["receivers"]][3:] == ["pagerduty"]
+    receivers = alertmanager_config(MONITORING, "h:1", only_pd, 5.0, sink_token_file=SINK_TOKEN_FILE)["receivers"]
+    assert [r["name"] for r in receivers][3:] == ["pagerduty"]
     # committed: every key is a file under the mounted secrets directory, no key field holds a value
     committed = yaml.safe_load(COMPOSE_ALERTMANAGER_CONFIG.read_text())
     fields = {k: v for r in committed["receivers"] for kind, configs in r.items() if kind != "name" for c in configs for k, v in c.items()}
@@ -120,7 +124,7 @@ def test_a_named_key_file_that_is_missing_or_empty_stops_the_stack(tmp_path: Pat
 
 def test_timers_follow_the_evaluation_interval():
     def timers(interval_s: float) -> dict[str, dict[str, str]]:
-        route = alertmanager_config("h:1", SecretFiles(), interval_s, sink_token_file=SINK_TOKEN_FILE)["route"]
+        route = alertmanager_config(MONITORING, "h:1", SecretFiles(), interval_s, sink_token_file=SINK_TOKEN_FILE)["route"]
         return {r["matchers"][0]: {k: r[k] for k in ("group_wait", "group_interval", "repeat_interval")} for r in route["routes"]}
     assert timers(5.0) == {'severity="page"': {"group_wait": "10s", "group_interval": "1m", "repeat_interval": "1h"},
                            'severity="ticket"': {"group_wait": "1m", "group_interval": "10m", "repeat_interval": "24h"}}
@@ -141,7 +145,7 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, str, StackAuth]]:
     sink = pager_sink.serve(RuntimeSettings(state_dir=tmp_path / "sink", pager_sink_port=0), sink_token.value)
     sink_host = f"127.0.0.1:{sink.server_port}"
     config = _write(tmp_path / "alertmanager.yml",
-                    alertmanager_config(sink_host, SecretFiles(), 0.5, sink_token_file=str(creds.pager_sink_token_file)))
+                    alertmanager_config(MONITORING, sink_host, SecretFiles(), 0.5, sink_token_file=str(creds.pager_sink_token_file)))
     port = free_ports(1)[0]
     log = open(tmp_path / "alertmanager.log", "wb")
     process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",

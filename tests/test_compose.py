@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -11,8 +12,8 @@ from qkdops import credentials
 from qkdops.config import DEFAULT_CONFIG, load_config, parse_config
 from control_api.server import TOKEN_FILE_ENV, TOKEN_FILE_NAME
 from monitoring.alertmanager import COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS
+from monitoring.config import load_monitoring_config
 from monitoring.prometheus import (
-    CALIBRATION_JOB,
     COMPOSE_PROMETHEUS_CONFIG,
     COMPOSE_SECRET_FILES,
     render_compose_prometheus_config,
@@ -33,7 +34,7 @@ def test_no_service_exposes_an_http_lifecycle_api():
 
 
 def test_committed_prometheus_config_is_the_rendered_one():
-    assert COMPOSE_PROMETHEUS_CONFIG.read_text() == render_compose_prometheus_config()
+    assert COMPOSE_PROMETHEUS_CONFIG.read_text() == render_compose_prometheus_config(load_monitoring_config())
 
 
 def test_every_bind_mounted_file_exists_and_every_image_is_pinned():
@@ -56,7 +57,7 @@ def test_every_scrape_target_is_a_service_port_and_published_ports_are_unique():
     targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     assert targets == expected
     jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in prom["scrape_configs"]}
-    assert jobs[CALIBRATION_JOB] == [f"calibration:{config.runtime.calibration_exporter_port}"]
+    assert jobs[load_monitoring_config().jobs.calibration] == [f"calibration:{config.runtime.calibration_exporter_port}"]
     for target in targets | {t for am in prom["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]}:
         assert target.split(":")[0] in COMPOSE["services"]
     published = [p.split(":")[-2] for s in COMPOSE["services"].values() for p in s.get("ports", [])]
@@ -67,9 +68,12 @@ def test_every_scrape_target_is_a_service_port_and_published_ports_are_unique():
 def test_the_runtime_image_runs_the_same_fleet_without_its_own_prometheus_or_scheduler():
     cmd = next(line for line in DOCKERFILE.splitlines() if line.startswith("CMD "))
     assert yaml.safe_load(cmd.removeprefix("CMD ")) == ["up", "--config", CONTAINER_CONFIG, "--no-prometheus", "--no-calibration"]
-    assert "COPY links.yaml" in DOCKERFILE and "COPY runbooks" in DOCKERFILE  # served at /runbooks/<AlertName>
-    # every package the CLI imports (cli → dashboards_cmd → dashboards; scheduler → calibration_jobs)
-    for package in ("qkdlink", "qkdops", "exporters", "dashboards", "calibration_jobs"):
+    assert "COPY runbooks" in DOCKERFILE  # served at /runbooks/<AlertName>
+    assert "COPY links.yaml monitoring.yaml" in DOCKERFILE   # `qkdops up` loads both
+    # every top-level package (the CLI imports them all: cli → dashboards_cmd → dashboards, …)
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
+    assert {p.parent.name for p in ROOT.glob("*/__init__.py")} == set(packages)
+    for package in packages:
         assert f"COPY {package} ./{package}" in DOCKERFILE, package
     # the container config is derived from the copied links.yaml at build time
     assert f"write_container_config('/app/links.yaml', '{CONTAINER_CONFIG}')" in DOCKERFILE

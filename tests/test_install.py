@@ -1,5 +1,5 @@
 """Installed from a wheel, outside the checkout, qkdops finds what it ships beside its code (the
-default fleet, runbooks, alert rules, SLO specs) under ``<prefix>/share/qkdops`` (qkdops/assets.py),
+default fleet, monitoring config, runbooks, alert rules and their templates, SLO specs) under ``<prefix>/share/qkdops`` (qkdops/assets.py),
 never through the repository's layout: ``qkdops keyrate`` and ``qkdops up --config …`` run there."""
 
 from __future__ import annotations
@@ -27,11 +27,16 @@ def test_a_wheel_installed_outside_the_checkout_runs_keyrate_and_up(tmp_path: Pa
     subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", str(ROOT)], check=True, timeout=600,
                    capture_output=True)
     share = venv / "share" / "qkdops"
-    assert {p.name for p in share.iterdir()} == {"links.yaml", "alert_rules", "runbooks", "slo"}
+    assert {p.name for p in share.iterdir()} == {"links.yaml", "monitoring.yaml", "alert_rules", "runbooks", "slo"}
     env = {**os.environ, "PYTHONPATH": str(SITE_PACKAGES)}
     env.pop("QKDOPS_ASSETS", None)
     work = tmp_path / "elsewhere"
     work.mkdir()
+    # the rules render from the shipped templates, SLO specs and monitoring config (what `qkdops up` loads)
+    rendered = subprocess.run([str(venv / "bin" / "python"), "-c", "from monitoring.config import load_monitoring_config as l; "
+                               "from monitoring.rules import render_rule_files as r; print(*sorted(r(l())))"],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert rendered.stdout.split() == ["qkd-alerts.yml", "qkd-recording.yml", "qkd-slos.yml"], rendered.stderr
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import qkdops, qkdops.assets as a; print(qkdops.__file__, a.asset('runbooks'))"],
                            cwd=work, env=env, capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert where[0].startswith(str(venv)) and where[1] == str(share / "runbooks")

@@ -23,7 +23,8 @@ import yaml
 from exporters.catalogue import CATALOGUE
 from qkdlink.emulator import FAULTS
 from control_api import server as control_api
-from monitoring.alertmanager import RUNBOOK_BASE_URL, rules_with_runbook_base
+from monitoring.config import load_monitoring_config
+from monitoring.rules import write_rule_files
 from qkdops.config import load_config
 from qkdops.runtime.fleet import Fleet
 from qkdops.runtime.state import CALIBRATION_ACTIONS
@@ -31,7 +32,9 @@ from qkdops.runtime.state import CALIBRATION_ACTIONS
 REPO = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO / "alert_rules"
 RUNBOOKS_DIR = REPO / "runbooks"
-RUNBOOK_URL = RUNBOOK_BASE_URL + "/runbooks/{}"   # the committed rules' base; deployments render their own
+MONITORING = load_monitoring_config()
+RUNBOOK_BASE_URL = MONITORING.runbook_base_url   # the committed rules' base; deployments render their own
+RUNBOOK_URL = RUNBOOK_BASE_URL + "/runbooks/{}"
 SECTIONS = ("Meaning", "Impact", "Confirm", "Likely causes", "Mitigation", "Escalation", "Verify recovery")
 ANNOTATIONS = ("summary", "description", "runbook_url")
 METRIC = re.compile(r"\b(?:qkd_link:[a-z0-9_:]+|slo:[a-z0-9_:]+|qkd_[a-z0-9_]+)")
@@ -240,7 +243,7 @@ def test_a_deployment_renders_the_rules_with_its_own_runbook_base(tmp_path: Path
     target = tmp_path / "rules"
     target.mkdir()
     (target / "removed.yml").write_text("groups: []\n")
-    written = rules_with_runbook_base(RULES_DIR, target, "https://noc.example:8443/qkd/")
+    written = write_rule_files(MONITORING.with_runbook_base("https://noc.example:8443/qkd/"), target)
     assert {p.name for p in written} == {p.name for p in RULES_DIR.glob("*.yml")} == {p.name for p in target.glob("*.yml")}
     for path in written:
         original = (RULES_DIR / path.name).read_text()

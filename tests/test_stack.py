@@ -21,7 +21,8 @@ import pytest
 from qkdops_cli import stack as stack_module
 from qkdops.config import RuntimeSettings, load_config
 from qkdops.http_client import StackAuth, get_json
-from monitoring.prometheus import CALIBRATION_JOB, local_hosts, prometheus_config
+from monitoring.config import load_monitoring_config
+from monitoring.prometheus import local_hosts, prometheus_config
 from qkdops_cli.stack import (
     RESTART_BACKOFF_MAX_S,
     RESTART_RESET_AFTER_S,
@@ -96,11 +97,11 @@ def stacks():
 # ---- rendering ------------------------------------------------------------------------------------------
 def test_the_calibration_scrape_job_targets_the_scheduler_and_only_when_it_runs():
     rt = RuntimeSettings(bind="127.0.0.1", calibration_exporter_port=9999)
-    with_it = prometheus_config(local_hosts(rt, "127.0.0.1"), "rules/*.yml", 1.0, alertmanager_password_file="/s/am")
+    with_it = prometheus_config(load_monitoring_config(), local_hosts(rt, "127.0.0.1"), "rules/*.yml", 1.0, alertmanager_password_file="/s/am")
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in with_it["scrape_configs"]}
-    assert jobs == {"qkd-device": ["127.0.0.1:9810"], "qkd-postprocessing": ["127.0.0.1:9811"], CALIBRATION_JOB: ["127.0.0.1:9999"]}
-    assert CALIBRATION_JOB == "qkd-calibration"
-    without = prometheus_config(local_hosts(rt), "rules/*.yml", 1.0, alertmanager_password_file="/s/am")
+    assert jobs == {"qkd-device": ["127.0.0.1:9810"], "qkd-postprocessing": ["127.0.0.1:9811"], "qkd-calibration": ["127.0.0.1:9999"]}
+    assert load_monitoring_config().jobs.calibration == "qkd-calibration"
+    without = prometheus_config(load_monitoring_config(), local_hosts(rt), "rules/*.yml", 1.0, alertmanager_password_file="/s/am")
     assert [j["job_name"] for j in without["scrape_configs"]] == ["qkd-device", "qkd-postprocessing"]
     # `qkdops up --bind X` moves its own servers, not the scheduler (which listens at its file's bind)
     moved = local_hosts(RuntimeSettings(bind="10.0.0.5", calibration_exporter_port=9999), "127.0.0.1")
@@ -108,7 +109,8 @@ def test_the_calibration_scrape_job_targets_the_scheduler_and_only_when_it_runs(
 
 
 def test_prometheus_sends_alerts_with_basic_auth_from_the_password_file():
-    config = prometheus_config(local_hosts(RuntimeSettings()), "rules/*.yml", 1.0, alertmanager_password_file="/state/alertmanager-password")
+    config = prometheus_config(load_monitoring_config(), local_hosts(RuntimeSettings()), "rules/*.yml", 1.0,
+                               alertmanager_password_file="/state/alertmanager-password")
     (alertmanager,) = config["alerting"]["alertmanagers"]
     assert alertmanager["basic_auth"] == {"username": "qkdops", "password_file": "/state/alertmanager-password"}
 
@@ -283,7 +285,7 @@ def test_up_starts_the_scheduler_last_restarts_it_and_stops_it_first(tmp_path: P
         assert argv_seen == [[sys.executable, "-m", "qkdops_cli.cli", "scheduler", "--config", str(config.source.resolve()),
                               "--api", f"http://127.0.0.1:{rt.control_port}", "--prometheus", f"http://127.0.0.1:{rt.prometheus_port}",
                               "--exit-with-parent"]]
-        wait_for(lambda: _target_health(rt, CALIBRATION_JOB) == "up", 30, "Prometheus to scrape qkd-calibration")
+        wait_for(lambda: _target_health(rt, load_monitoring_config().jobs.calibration) == "up", 30, "Prometheus to scrape qkd-calibration")
         # the scheduler reads the credentials of this stack's state dir, named explicitly
         scheduler_env = next(c.env for c in stacks_seen[0].children if c.name == SCHEDULER)
         assert scheduler_env["QKDOPS_PROMETHEUS_PASSWORD_FILE"] == str((rt.state_dir / "prometheus-password").resolve())

@@ -28,7 +28,7 @@ from qkdops import credentials
 from qkdops.config import load_config
 from qkdops.http_client import Auth, open_url
 from qkdops.processes import pid_alive
-from monitoring.prometheus import CALIBRATION_JOB
+from monitoring.config import load_monitoring_config
 from qkdops_cli.stack import SCHEDULER
 from stack_helpers import FAST_LINK, RunningStack, e2e_profile, wait_for
 
@@ -169,7 +169,7 @@ def test_up_supervises_the_calibration_scheduler_and_stops_it_on_shutdown(tmp_pa
             assert response.status == 200 and "qkd_calibration_" in response.read().decode()
         with urllib.request.urlopen(metrics.replace("/metrics", "/healthz"), timeout=5) as response:
             assert response.status == 200 and response.read().decode().strip() == "ok"
-        wait_for(lambda: any(t["labels"]["job"] == CALIBRATION_JOB and t["health"] == "up" for t in _targets(stack)),
+        wait_for(lambda: any(t["labels"]["job"] == load_monitoring_config().jobs.calibration and t["health"] == "up" for t in _targets(stack)),
                  30, "Prometheus target qkd-calibration up", stack)
         assert (stack.state_dir / "calibration.sqlite").exists()
         status = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "status", "--config", str(config_path)],
@@ -253,7 +253,7 @@ def test_up_restarts_a_killed_scheduler_and_key_production_goes_on(tmp_path: Pat
         second = wait_for(lambda: (p := json.loads(up_file.read_text())["pids"][SCHEDULER]) != first and p, 20,
                           "up.json to record the restarted scheduler", stack)
         assert pid_alive(second) and stack.process.poll() is None
-        wait_for(lambda: any(t["labels"]["job"] == CALIBRATION_JOB and t["health"] == "up" for t in _targets(stack)),
+        wait_for(lambda: any(t["labels"]["job"] == load_monitoring_config().jobs.calibration and t["health"] == "up" for t in _targets(stack)),
                  30, "qkd-calibration up again", stack)
         wait_for(lambda: stack.by_link('increase(qkd_secret_key_bits_total{link="e2e-fast"}[5s])').get("e2e-fast", 0) > 0,
                  20, "key still produced", stack)

@@ -76,7 +76,7 @@ def test_ordinary_yaml_with_anchors_still_loads() -> None:
 
 @pytest.mark.parametrize("reader, error", [
     (load_config, ConfigError), (load_jobs_config, ConfigError), (load_scenario, ScenarioError),
-    (lambda p: parse_spec(p.read_text(), str(p)), SpecError),
+    (lambda p: parse_spec(p.read_text(), str(p), {}), SpecError),
     (lambda p: load_catalogue(p.read_text(), str(p)), CatalogueError),
 ])
 def test_every_file_reader_refuses_the_bomb_naming_the_file(tmp_path: Path, reader, error) -> None:
