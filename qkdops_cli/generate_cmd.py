@@ -58,6 +58,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def sync(files: Mapping[Path, str], check: bool, command: str, shown: Callable[[Path], str] = str) -> list[Path]:
+    """Write every file whose text differs from ``files`` and return them; with ``check`` write
+    nothing, name each stale or missing one on stderr (with the first lines of its diff, so a reviewer
+    sees where it drifted) and return those. ``shown``: how a path is named in messages."""
+    changed = []
+    for path, text in files.items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        changed.append(path)
+        if check:
+            print(f"{command}: {shown(path)} is {'missing' if current is None else 'stale'}: run `{command}`", file=sys.stderr)
+            if current is not None:
+                diff = difflib.unified_diff(current.splitlines(), text.splitlines(), shown(path), "generated", lineterm="", n=1)
+                sys.stderr.writelines(line + "\n" for line in list(diff)[:20])
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return changed
+
+
 def run(args: argparse.Namespace) -> int:
     names = list(ARTIFACTS)
     if args.only:
@@ -71,20 +92,9 @@ def run(args: argparse.Namespace) -> int:
     except (slo.SpecError, TemplateError, ConfigError) as exc:
         print(f"qkdops generate: {exc}", file=sys.stderr)
         return 2
-    stale = 0
-    for path, text in files.items():
-        current = path.read_text() if path.exists() else None
-        if current == text:
-            continue
-        if args.check:
-            stale += 1
-            print(f"qkdops generate: {path} is {'missing' if current is None else 'stale'}: run `qkdops generate`", file=sys.stderr)
-            if current is not None:
-                diff = difflib.unified_diff(current.splitlines(), text.splitlines(), str(path), "generated", lineterm="", n=1)
-                sys.stderr.writelines(line + "\n" for line in list(diff)[:20])
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    changed = sync(files, args.check, "qkdops generate")
+    stale = len(changed) if args.check else 0
+    for path in changed if not args.check else ():
         print(f"wrote {path}")
     if stale:
         return 1

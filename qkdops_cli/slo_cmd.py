@@ -11,14 +11,13 @@ malformed: one line per problem, each naming the file and the field path.
 from __future__ import annotations
 
 import argparse
-import difflib
-import sys
 from pathlib import Path
 
 from monitoring import slo
 from monitoring.config import DEFAULT_PATH as DEFAULT_MONITORING
 from monitoring.config import load_monitoring_config
 from monitoring.rules import RULES_DIR, SLO_RULES, SPEC_DIR
+from qkdops_cli.generate_cmd import sync
 
 OUTPUT = RULES_DIR / SLO_RULES
 
@@ -40,19 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     text, slos = slo.generate(args.specs, load_monitoring_config(args.monitoring).values())
     shown = _shown(args.output)
+    changed = sync({args.output: text}, args.check, "qkdops slo generate", _shown)
     if args.check:
-        current = args.output.read_text() if args.output.exists() else None
-        if current == text:
-            print(f"{shown} is current ({len(slos)} SLOs)")
-            return 0
-        reason = "missing" if current is None else "stale"
-        print(f"qkdops slo generate: {shown} is {reason}: run `qkdops slo generate`", file=sys.stderr)
-        if current is not None:
-            diff = difflib.unified_diff(current.splitlines(), text.splitlines(), shown, "generated", lineterm="", n=1)
-            sys.stderr.writelines(line + "\n" for line in list(diff)[:40])
-        return 1
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+        if changed:
+            return 1
+        print(f"{shown} is current ({len(slos)} SLOs)")
+        return 0
     alerts = sum(1 for line in text.splitlines() if line.startswith("  - alert: "))
     print(f"wrote {shown}: {len(slos)} SLOs, {alerts} alert rules")
     return 0
