@@ -25,6 +25,7 @@ from qkdlink.protocols import PROTOCOL_NAMES
 from qkdlink.protocols.base import FINITE, KeyEstimate, ParameterError
 from qkdops_cli.keyrate_cmd import parse_overrides
 from qkdops.config import finite_float
+from qkdops.runtime.faults import RUNTIME_FAULTS
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ def parse_fault_window(text: str) -> FaultWindow:
     if not sep:
         raise ParameterError(f"--inject expects FAULT[:NAME=VALUE,...]@START[-END], got '{text}'")
     name, _, params_text = head.partition(":")
+    if name in RUNTIME_FAULTS:
+        raise ParameterError(f"--inject: '{name}' is a fault of the operations runtime, which `qkdops emulate` does "
+                             "not run (inject it on a running fleet: qkdops fault inject LINK FAULT)")
     if name not in FAULTS:
         raise ParameterError(f"--inject: unknown fault '{name}' (known: {', '.join(FAULTS)})")
     parameters = parse_overrides([kv for kv in params_text.split(",") if kv]) if params_text else {}

@@ -26,13 +26,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporters import CATALOGUE, DeviceCollector, PostProcessingCollector, registry_for, render, serve
 from exporters.catalogue import DEVICE, POSTPROCESSING, CatalogueError, load
 from qkdlink.settings import INTENSITY_OF_PARAMETER
-from qkdlink.emulator import FAULTS, BlockRecord, Link, LinkConfig
+from qkdlink.emulator import BlockRecord, Link, LinkConfig
 from qkdlink.settings import intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.physics.entropy import binary_entropy
 from qkdlink.protocols.base import FINITE
 from qkdops.runtime.pipeline import BlockResult
 from qkdops.kme.stats import KMEStats
+from qkdops.runtime.faults import FAULTS
 from qkdops.runtime.state import BLOCK_REASONS, CALIBRATION_ACTIONS, HANDOFF_OUTCOMES, STAGES, LinkObjectives, LinkSnapshot, LinkState
 from tests.exposition_checks import assert_equals_catalogue, families
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from exporters.catalogue import CATALOGUE
-from qkdlink.emulator import FAULTS
+from qkdops.runtime.faults import FAULTS
 from control_api import server as control_api
 from monitoring.alertmanager import RUNBOOK_BASE_URL, rules_with_runbook_base
 from qkdops.config import load_config

@@ -6,12 +6,12 @@ out) and ``link`` (``Link``). A link's settings (``LinkConfig``, ``DeviceSetting
 ``qkdlink.settings``; they are re-exported here because every ``Link`` is built from one.
 """
 
-from qkdlink.emulator.faults import FAULTS, ActiveFault, FaultError, FaultSpec
+from qkdlink.emulator.faults import FAULTS, ActiveFault, ActiveFaults, FaultError, FaultSpec
 from qkdlink.emulator.link import Link
 from qkdlink.emulator.records import BlockRecord, CalibrationResult, DeviceTelemetry
 from qkdlink.settings import DeviceSettings, LinkConfig, LinkConfigError
 
 __all__ = [
-    "FAULTS", "ActiveFault", "BlockRecord", "CalibrationResult", "DeviceSettings", "DeviceTelemetry",
+    "FAULTS", "ActiveFault", "ActiveFaults", "BlockRecord", "CalibrationResult", "DeviceSettings", "DeviceTelemetry",
     "FaultError", "FaultSpec", "Link", "LinkConfig", "LinkConfigError",
 ]

@@ -21,7 +21,7 @@ from qkdlink.emulator.devices import (
     MISALIGNMENT, NO_DISTURBANCE, PHASE_MISMATCH, Clock, ClassicalChannel, Detector, Disturbance, FiberChannel,
     PhaseReference, Polarization, RandomNumberGenerator, Source,
 )
-from qkdlink.emulator.faults import ActiveFault, spec
+from qkdlink.emulator.faults import FAULTS, ActiveFault, ActiveFaults, spec
 from qkdlink.emulator.records import BlockRecord, CalibrationResult, DeviceTelemetry
 from qkdlink.emulator.sampling import sample_block
 from qkdlink.protocols import get_protocol
@@ -55,7 +55,7 @@ class Link:
         self.classical = ClassicalChannel(settings.classical, self.nominal.get("distance_km", 0.0))
 
         self.index = 0
-        self._faults: dict[str, ActiveFault] = {}
+        self._faults = ActiveFaults(FAULTS)
         self._measured = _Measured(self.source.actual(), 0, 0.0, 0.0, 0.0, 0, True, self.classical.base_latency_s)
 
     # ---- time ---------------------------------------------------------------------------------
@@ -84,13 +84,13 @@ class Link:
             link_id=self.config.link_id, protocol=self.protocol.name, index=self.index - 1,
             start_s=start, end_s=self.time_s, counts=counts, detected_total=detected_total,
             nominal=self.nominal, effective=MappingProxyType(effective), truth=truth,
-            telemetry=self._telemetry(effective, disturbance, classes), active_faults=tuple(self._faults))
+            telemetry=self._telemetry(effective, disturbance, classes), active_faults=self._faults.names())
 
     # ---- physics views --------------------------------------------------------------------------
     def _disturbance(self, now_s: float) -> Disturbance:
         total = NO_DISTURBANCE
-        for fault in self._faults.values():
-            total = total + fault.disturbance(now_s)
+        for fault in self._faults.active():
+            total = total + spec(fault.name).disturb(fault.parameters, max(0.0, now_s - fault.injected_at_s))
         return total
 
     def _effective(self, d: Disturbance) -> dict[str, float]:
@@ -168,22 +168,14 @@ class Link:
 
         Raises FaultError, leaving the link unchanged, for an unknown fault or a bad parameter.
         """
-        values = spec(name).validate(parameters)
-        fault = ActiveFault(name, MappingProxyType(values), self.time_s)
-        self._faults[name] = fault
-        return fault
+        return self._faults.inject(name, parameters, self.time_s)
 
     def clear(self, name: str | None = None) -> tuple[str, ...]:
         """Clear fault ``name`` (None: all); returns the names cleared. Unknown name: FaultError."""
-        if name is None:
-            cleared = tuple(self._faults)
-            self._faults.clear()
-            return cleared
-        spec(name)
-        return (name,) if self._faults.pop(name, None) is not None else ()
+        return self._faults.clear(name)
 
     def active_faults(self) -> tuple[ActiveFault, ...]:
-        return tuple(self._faults.values())
+        return self._faults.active()
 
     # ---- calibration actions --------------------------------------------------------------------
     def relock_phase(self) -> CalibrationResult:
