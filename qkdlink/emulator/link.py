@@ -1,9 +1,9 @@
 """The emulated link: devices, faults and calibration actions around one protocol model.
 
-``Link.step_block`` advances emulated time by one block (block_pulses / repetition_rate seconds),
+``Link.step_frame`` advances emulated time by one frame (frame_pulses / repetition_rate seconds),
 lets every device evolve, derives the *effective* parameters from the *nominal* ones, and samples
-the block's counts from the protocol's exact class statistics (``sampling.py``). The same seed and
-the same sequence of calls give the same blocks: counts, device noise and calibration residuals
+the frame's counts from the protocol's exact class statistics (``sampling.py``). The same seed and
+the same sequence of calls give the same frames: counts, device noise and calibration residuals
 draw from three independent streams spawned from the seed, so e.g. reading telemetry never
 perturbs the counts.
 """
@@ -22,14 +22,14 @@ from qkdlink.emulator.devices import (
     PhaseReference, Polarization, RandomNumberGenerator, Source,
 )
 from qkdlink.emulator.faults import FAULTS, ActiveFault, ActiveFaults, spec
-from qkdlink.emulator.records import BlockRecord, CalibrationResult, DeviceTelemetry
-from qkdlink.emulator.sampling import sample_block
+from qkdlink.emulator.records import FrameRecord, CalibrationResult, DeviceTelemetry
+from qkdlink.emulator.sampling import sample_frame
 from qkdlink.protocols import get_protocol
 from qkdlink.protocols.base import PulseClass, SinglePhotonTruth
 from qkdlink.settings import LinkConfig, choice_parameters, intensity_parameters
 
 class Link:
-    """One emulated QKD link: step blocks, inject and clear faults, run calibration actions."""
+    """One emulated QKD link: step frames, inject and clear faults, run calibration actions."""
 
     def __init__(self, config: LinkConfig) -> None:
         self.config = config
@@ -61,12 +61,12 @@ class Link:
     # ---- time ---------------------------------------------------------------------------------
     @property
     def time_s(self) -> float:
-        """Emulated time at the end of the last block."""
-        return self.index * self.config.block_seconds
+        """Emulated time at the end of the last frame."""
+        return self.index * self.config.frame_seconds
 
-    def step_block(self) -> BlockRecord:
-        """Advance one block: evolve devices, sample counts from the effective physics, record."""
-        dt = self.config.block_seconds
+    def step_frame(self) -> FrameRecord:
+        """Advance one frame: evolve devices, sample counts from the effective physics, record."""
+        dt = self.config.frame_seconds
         start = self.time_s
         disturbance = self._disturbance(start + dt / 2.0)
         rng = self._rng_devices
@@ -74,13 +74,13 @@ class Link:
             device.evolve(dt, rng, disturbance)
         effective = self._effective(disturbance)
         classes = self.protocol.pulse_classes(effective)
-        counts, detected_total = sample_block(classes, self.config.block_pulses, self._rng_counts)
+        counts, detected_total = sample_frame(classes, self.config.frame_pulses, self._rng_counts)
         truth = self.protocol.single_photon_truth(effective)
-        bits = int(self.config.block_pulses * self.config.devices.rng.bits_per_pulse)
+        bits = int(self.config.frame_pulses * self.config.devices.rng.bits_per_pulse)
         self._measured = _Measured(self.source.measure(rng), detected_total, dt,
                                    *self.rng.measure(rng, bits, disturbance), self.classical.measure(rng, disturbance))
         self.index += 1
-        return BlockRecord(
+        return FrameRecord(
             link_id=self.config.link_id, protocol=self.protocol.name, index=self.index - 1,
             start_s=start, end_s=self.time_s, counts=counts, detected_total=detected_total,
             nominal=self.nominal, effective=MappingProxyType(effective), truth=truth,
@@ -113,7 +113,7 @@ class Link:
         return self.protocol.single_photon_truth(self.effective_parameters())
 
     def telemetry(self) -> DeviceTelemetry:
-        """Device readings now: state read-outs are current, sampled readings are the last block's."""
+        """Device readings now: state read-outs are current, sampled readings are the last frame's."""
         d = self._disturbance(self.time_s)
         return self._telemetry(self._effective(d), d)
 
@@ -218,7 +218,7 @@ class Link:
 
 @dataclass(frozen=True)
 class _Measured:
-    """Sampled readings of the last block (noisy monitors and statistical tests)."""
+    """Sampled readings of the last frame (noisy monitors and statistical tests)."""
 
     intensities: dict[str, float]
     detected: int

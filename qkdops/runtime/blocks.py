@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from qkdlink.emulator import BlockRecord
+from qkdlink.emulator import FrameRecord
 from qkdlink.protocols.base import BlockCounts, ClassCounts
 
 
@@ -82,7 +82,7 @@ class BlockBuilder:
         self._latency_sum, self._latency_frames = 0.0, 0
         self._pp_faults: dict[str, Mapping[str, float]] = {}
 
-    def add(self, frame: BlockRecord, start_timestamp: float, end_timestamp: float, pulses: int,
+    def add(self, frame: FrameRecord, start_timestamp: float, end_timestamp: float, pulses: int,
             postprocessing_faults: Mapping[str, Mapping[str, float]] | None = None,
             faults: Iterable[str] | None = None) -> Block | None:
         """Add a frame; return the finished block when this frame completes one.

@@ -105,7 +105,7 @@ class LinkRuntime:
     def step_frame(self) -> Block | None:
         """Advance the emulator one frame; return a block when the frame completes one."""
         with self.lock:
-            record = self.link.step_block()
+            record = self.link.step_frame()
             self.frames += 1
             start = self.started_at + (self.frames - 1) * self.frame_seconds
             end = start + self.frame_seconds
