@@ -31,7 +31,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporters import DeviceCollector, PostProcessingCollector, registry_for
-from qkdlink.emulator import BlockRecord, Link, LinkConfig
+from qkdlink.emulator import FrameRecord, Link, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES
 from qkdops.runtime.pipeline import BlockResult
 from qkdops.runtime.state import STAGES, LinkSnapshot, LinkState
@@ -41,16 +41,16 @@ FRAMES = 3
 T = TypeVar("T")
 
 
-def templates() -> dict[str, list[BlockRecord]]:
+def templates() -> dict[str, list[FrameRecord]]:
     """A few frames of each protocol's emulated link, shared by every link of that protocol."""
     out = {}
     for protocol in PROTOCOL_NAMES:
-        link = Link(LinkConfig(f"template-{protocol}", protocol=protocol, block_pulses=10 ** 9))
-        out[protocol] = [link.step_block() for _ in range(FRAMES)]
+        link = Link(LinkConfig(f"template-{protocol}", protocol=protocol, frame_pulses=10 ** 9))
+        out[protocol] = [link.step_frame() for _ in range(FRAMES)]
     return out
 
 
-def fleet(links: int, frames: dict[str, list[BlockRecord]]) -> list[LinkState]:
+def fleet(links: int, frames: dict[str, list[FrameRecord]]) -> list[LinkState]:
     rng = np.random.default_rng(0)
     states = []
     for i in range(links):

@@ -60,7 +60,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 
-from qkdlink.emulator import FAULTS, FaultError
+from qkdlink.emulator import FaultError
 from qkdops import credentials
 from qkdops.control_client import API_PREFIX
 from qkdops.credentials import API_TOKEN, CredentialError, SecretValue
@@ -70,7 +70,8 @@ from qkdops.http_server import Request as HttpRequest
 from qkdops.json_input import JsonInputError, load_json
 from qkdops.assets import asset
 from qkdops.config import RuntimeSettings
-from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink, fault_catalogue
+from qkdops.runtime.faults import FAULTS, fault_catalogue
+from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink
 from qkdops.yaml_input import clip
 
 log = logging.getLogger("control_api.server")

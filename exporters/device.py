@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from exporters.collector import SnapshotCollector
 from exporters.catalogue import DEVICE, Families
-from qkdlink.emulator import FAULTS, DeviceTelemetry
+from qkdlink.emulator import DeviceTelemetry
 from qkdlink.settings import INTENSITY_OF_PARAMETER
+from qkdops.runtime.faults import FAULTS
 from qkdops.runtime.state import CALIBRATION_ACTIONS, LinkSnapshot
 
 CALIBRATION_OUTCOMES = ("ok", "failed")

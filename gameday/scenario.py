@@ -31,8 +31,9 @@ from typing import Any
 from chaoslib.exceptions import ChaosException
 from chaoslib.experiment import ensure_experiment_is_valid
 
-from qkdlink.emulator.faults import FaultError, spec
 from monitoring.rules import RULES_DIR
+from qkdlink.emulator import FaultError
+from qkdops.runtime.faults import fault_spec
 from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -196,7 +197,7 @@ def _parameters(block: Mapping[str, Any], fail: Any) -> dict[str, Any]:
     stack = STACK_FAULTS.get(block["fault"])
     if stack is None:
         try:
-            return spec(block["fault"]).validate(given)
+            return fault_spec(block["fault"]).validate(given)
         except FaultError as exc:
             raise fail(f"{where}.fault", f"{exc}; or a fault of the stack: {', '.join(STACK_FAULTS)}") from None
     if not isinstance(given, dict) or set(given) != {stack.parameter} or given[stack.parameter] not in stack.choices:
@@ -250,7 +251,7 @@ def _check_agreement(s: Scenario, fail: Any) -> None:
             raise fail("rollbacks", f"expected a {stack.undo}(name={name})")
     elif len(injects) != 1 or injects[0][0] != "inject_fault" or injects[0][1].get("link") != s.link \
             or injects[0][1].get("fault") != s.fault \
-            or spec(s.fault).validate(injects[0][1].get("parameters") or {}) != dict(s.parameters):
+            or fault_spec(s.fault).validate(injects[0][1].get("parameters") or {}) != dict(s.parameters):
         raise fail("method", f"expected exactly one inject_fault of {s.fault} on {s.link} with the declared parameters")
     if not rolled_back:
         raise fail("rollbacks", f"expected a clear_fault of every fault of {s.link} (no fault argument)")

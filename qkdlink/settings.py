@@ -1,4 +1,4 @@
-"""What a link is, as configured: its protocol, block size, rate, seed and device settings.
+"""What a link is, as configured: its protocol, frame size, rate, seed and device settings.
 
 The description of a link, kept apart from the emulator that runs it (``qkdlink.emulator``) so
 that the configuration layer and the calibration jobs can read and validate link settings without
@@ -179,7 +179,7 @@ class DeviceSettings:
         )
 
 
-MAX_BLOCK_PULSES = 2 ** 62
+MAX_FRAME_PULSES = 2 ** 62
 
 
 class LinkConfigError(ValueError):
@@ -192,13 +192,16 @@ class LinkConfig:
 
     ``overrides`` are protocol parameters on top of ``preset`` (see the protocol's ``parameters``);
     ``repetition_rate_hz`` is the source's pulse rate and sets the protocol parameter of that name.
+    ``frame_pulses`` is the length of one emulator step (``Link.step_frame``), ``frame_seconds`` its
+    duration; how many frames make a post-processing block is the runtime's business (links.yaml's
+    ``block_pulses``, ``qkdops.runtime.blocks``).
     """
 
     link_id: str
     protocol: str = "bb84-decoy"
     preset: str | None = None
     overrides: Mapping[str, float] = field(default_factory=dict)
-    block_pulses: int = 10 ** 9
+    frame_pulses: int = 10 ** 9
     repetition_rate_hz: float = 1e9
     seed: int = 0
     devices: DeviceSettings = field(default_factory=DeviceSettings)
@@ -209,9 +212,9 @@ class LinkConfig:
             raise LinkConfigError(f"link_id must be a non-empty string, got {self.link_id!r}")
         if self.protocol not in PROTOCOL_NAMES:
             raise LinkConfigError(f"{where}: protocol must be one of {', '.join(PROTOCOL_NAMES)}, got {self.protocol!r}")
-        if isinstance(self.block_pulses, bool) or not isinstance(self.block_pulses, int) \
-                or not 1 <= self.block_pulses <= MAX_BLOCK_PULSES:
-            raise LinkConfigError(f"{where}: block_pulses must be an integer in [1, 2^62], got {self.block_pulses!r}")
+        if isinstance(self.frame_pulses, bool) or not isinstance(self.frame_pulses, int) \
+                or not 1 <= self.frame_pulses <= MAX_FRAME_PULSES:
+            raise LinkConfigError(f"{where}: frame_pulses must be an integer in [1, 2^62], got {self.frame_pulses!r}")
         if isinstance(self.repetition_rate_hz, bool) or not isinstance(self.repetition_rate_hz, (int, float)) \
                 or not 0 < self.repetition_rate_hz < math.inf:
             raise LinkConfigError(f"{where}: repetition_rate_hz must be a positive number, got {self.repetition_rate_hz!r}")
@@ -223,5 +226,5 @@ class LinkConfig:
             raise LinkConfigError(f"{where}: devices must be a DeviceSettings, got {type(self.devices).__name__}")
 
     @property
-    def block_seconds(self) -> float:
-        return self.block_pulses / self.repetition_rate_hz
+    def frame_seconds(self) -> float:
+        return self.frame_pulses / self.repetition_rate_hz

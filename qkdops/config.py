@@ -100,7 +100,7 @@ class LinkSpec:
         """The emulator steps in frames; post-processing blocks are ``block_pulses`` long."""
         overrides = {k: v for k, v in self.parameters.items() if k != "repetition_rate_hz"}
         return LinkConfig(link_id=self.id, protocol=self.protocol, preset=self.preset, overrides=overrides,
-                          block_pulses=frame_pulses, repetition_rate_hz=self.repetition_rate_hz,
+                          frame_pulses=frame_pulses, repetition_rate_hz=self.repetition_rate_hz,
                           seed=self.seed, devices=self.devices)
 
     @property

@@ -7,6 +7,10 @@ beside its lower bound — something only an emulator can show.
 
 ``--inject FAULT[:NAME=VALUE,...]@START[-END]`` injects a fault at block START (and clears it at
 block END); ``--realtime`` paces blocks at their emulated duration (block_pulses / repetition rate).
+
+Here each block is one emulator frame (``Link.step_frame``) of ``--block-pulses`` pulses, estimated
+on its own; the running fleet instead sums frames into post-processing blocks (qkdops.runtime.blocks).
+The output keeps the names ``block``/``blocks``: they are this command's contract.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from qkdlink.emulator import FAULTS, BlockRecord, FaultError, Link, LinkConfig
+from qkdlink.emulator import FAULTS, FaultError, FrameRecord, Link, LinkConfig
 from qkdlink.protocols import PROTOCOL_NAMES
+from qkdlink.settings import MAX_FRAME_PULSES
 from qkdlink.protocols.base import FINITE, KeyEstimate, ParameterError
 from qkdops_cli.keyrate_cmd import parse_overrides
 from qkdops.config import finite_float
+from qkdops.runtime.faults import RUNTIME_FAULTS
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,9 @@ def parse_fault_window(text: str) -> FaultWindow:
     if not sep:
         raise ParameterError(f"--inject expects FAULT[:NAME=VALUE,...]@START[-END], got '{text}'")
     name, _, params_text = head.partition(":")
+    if name in RUNTIME_FAULTS:
+        raise ParameterError(f"--inject: '{name}' is a fault of the operations runtime, which `qkdops emulate` does "
+                             "not run (inject it on a running fleet: qkdops fault inject LINK FAULT)")
     if name not in FAULTS:
         raise ParameterError(f"--inject: unknown fault '{name}' (known: {', '.join(FAULTS)})")
     parameters = parse_overrides([kv for kv in params_text.split(",") if kv]) if params_text else {}
@@ -82,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
         raise ParameterError(f"--blocks must be >= 0, got {args.blocks}")
     windows = [parse_fault_window(w) for w in args.inject]
     overrides = {**parse_overrides(args.overrides), "distance_km": args.distance}
-    if args.block_pulses != int(args.block_pulses):
-        raise ParameterError(f"--block-pulses must be a whole number, got {args.block_pulses}")
+    if args.block_pulses != int(args.block_pulses) or not 1 <= args.block_pulses <= MAX_FRAME_PULSES:
+        raise ParameterError(f"--block-pulses must be a whole number in [1, 2^62], got {args.block_pulses}")
     link = Link(LinkConfig(link_id=f"{args.protocol}-{args.distance:g}km", protocol=args.protocol,
-                           preset=args.preset, overrides=overrides, block_pulses=int(args.block_pulses),
+                           preset=args.preset, overrides=overrides, frame_pulses=int(args.block_pulses),
                            repetition_rate_hz=args.repetition_rate_hz, seed=args.seed))
     stop = _install_stop_handlers()
     if not args.json:
@@ -99,16 +108,16 @@ def run(args: argparse.Namespace) -> int:
                 link.inject(w.name, **w.parameters)
             if w.end == index:
                 link.clear(w.name)
-        record = link.step_block()
+        record = link.step_frame()
         estimate = link.protocol.estimate(record.counts, record.nominal, FINITE)
         total_key += estimate.secret_key_bits or 0.0
         print(json.dumps(_summary(record, estimate)) if args.json else _line(record, estimate), flush=True)
         index += 1
         if args.realtime:
-            _sleep_until(started + link.config.block_seconds, stop)
+            _sleep_until(started + link.config.frame_seconds, stop)
     if not args.json:
         print(f"# {index} blocks, {total_key:.0f} secret key bits, "
-              f"{total_key / max(index * link.config.block_seconds, 1e-300):.1f} bit/s", file=sys.stderr)
+              f"{total_key / max(index * link.config.frame_seconds, 1e-300):.1f} bit/s", file=sys.stderr)
     return 0
 
 
@@ -130,7 +139,7 @@ def _install_stop_handlers() -> Callable[[], bool]:
     return lambda: stopping["flag"]
 
 
-def _summary(record: BlockRecord, estimate: KeyEstimate) -> dict[str, object]:
+def _summary(record: FrameRecord, estimate: KeyEstimate) -> dict[str, object]:
     """Per-block numbers only: counts, rates, bounds and truth — never key material."""
     return {
         "link": record.link_id, "protocol": record.protocol, "block": record.index,
@@ -144,13 +153,13 @@ def _summary(record: BlockRecord, estimate: KeyEstimate) -> dict[str, object]:
 
 def _header(link: Link) -> str:
     cfg = link.config
-    return (f"# link {cfg.link_id}: {cfg.protocol}, {cfg.block_pulses:.3g} pulses per block "
-            f"({cfg.block_seconds:g} s at {cfg.repetition_rate_hz:.3g} Hz), finite-key estimation\n"
+    return (f"# link {cfg.link_id}: {cfg.protocol}, {cfg.frame_pulses:.3g} pulses per block "
+            f"({cfg.frame_seconds:g} s at {cfg.repetition_rate_hz:.3g} Hz), finite-key estimation\n"
             f"{'block':>5} {'t_s':>8} {'detected':>11} {'QBER':>7} {'Y1_L':>10} {'Y1_true':>10} "
             f"{'e1_U':>7} {'e1_true':>7} {'key_bits':>11}  abort / faults")
 
 
-def _line(record: BlockRecord, est: KeyEstimate) -> str:
+def _line(record: FrameRecord, est: KeyEstimate) -> str:
     y1 = "-" if est.y1_lower is None else f"{est.y1_lower:.3e}"
     e1 = "-" if est.e1_upper is None else f"{est.e1_upper:.4f}"
     notes = " ".join(filter(None, [est.abort_reason, ",".join(record.active_faults)]))

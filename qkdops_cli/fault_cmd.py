@@ -31,7 +31,7 @@ from typing import Any
 from control_api.server import TokenError
 from qkdops.control_client import ApiResponseError, ApiUnreachable, ControlClient, resolve_token, resolve_url
 from qkdops_cli.keyrate_cmd import parse_overrides
-from qkdops.runtime.fleet import fault_catalogue
+from qkdops.runtime.faults import fault_catalogue
 from qkdops.runtime.state import CALIBRATION_ACTIONS
 
 

@@ -45,6 +45,7 @@ def test_output_carries_counts_and_bounds_never_key_material(capsys):
     ("loss_step:volume=3@1", "volume"),
     ("loss_step@x", "START and END"),
     ("loss_step@3-2", "START < END"),
+    ("key_handoff_failure@1", "operations runtime"),   # no hand-off in `qkdops emulate`
 ])
 def test_bad_fault_windows_exit_2_naming_the_problem(capsys, spec, needle):
     assert main(["emulate", "--blocks", "1", "--inject", spec]) == 2

@@ -18,7 +18,8 @@ from control_api import server as control_api
 from qkdops_cli.cli import main
 from qkdops.config import load_config
 from qkdops.control_client import API_URL_ENV
-from qkdops.runtime.fleet import Fleet, fault_catalogue
+from qkdops.runtime.faults import fault_catalogue
+from qkdops.runtime.fleet import Fleet
 from qkdops.runtime.state import CALIBRATION_ACTIONS
 from stack_helpers import free_ports, metro_fleet_yaml
 

@@ -27,7 +27,8 @@ from exporters.server import ServedExporter
 from control_api import server as control_api
 from qkdops.config import load_config
 from qkdops.control_client import ApiResponseError, ControlClient
-from qkdops.runtime.fleet import Fleet, fault_catalogue
+from qkdops.runtime.faults import fault_catalogue
+from qkdops.runtime.fleet import Fleet
 from qkdops.runtime.state import CALIBRATION_ACTIONS
 from stack_helpers import metro_fleet_yaml
 

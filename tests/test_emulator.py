@@ -21,12 +21,12 @@ STATIC = DeviceSettings.static()
 
 
 def make(protocol: str = "bb84-decoy", seed: int = 7, devices: DeviceSettings = STATIC, **kw) -> Link:
-    kw.setdefault("block_pulses", 10 ** 9)
+    kw.setdefault("frame_pulses", 10 ** 9)
     return Link(LinkConfig(f"test-{protocol}", protocol=protocol, seed=seed, devices=devices, **kw))
 
 
 def sifted(record) -> tuple[float, float]:
-    """(sifted detections, sifted errors) of a block."""
+    """(sifted detections, sifted errors) of a frame."""
     counts = record.counts.classes.values()
     return sum(c.detected for c in counts), sum(c.errors for c in counts)
 
@@ -36,18 +36,18 @@ def key_qber(record) -> float:
     return sum(c.errors for c in z) / max(1, sum(c.detected for c in z))
 
 
-def run(link: Link, blocks: int) -> list:
-    return [link.step_block() for _ in range(blocks)]
+def run(link: Link, frames: int) -> list:
+    return [link.step_frame() for _ in range(frames)]
 
 
 # ---- stepping, reproducibility, count laws -------------------------------------------------------
 
 @pytest.mark.parametrize("protocol", AVAILABLE)
-def test_same_seed_same_blocks_and_telemetry(protocol: str) -> None:
+def test_same_seed_same_frames_and_telemetry(protocol: str) -> None:
     a, b = make(protocol, devices=DeviceSettings()), make(protocol, devices=DeviceSettings())
     c = make(protocol, seed=8, devices=DeviceSettings())
     for _ in range(4):
-        ra, rb, rc = a.step_block(), b.step_block(), c.step_block()
+        ra, rb, rc = a.step_frame(), b.step_frame(), c.step_frame()
         assert ra.counts == rb.counts and ra.telemetry == rb.telemetry and ra.detected_total == rb.detected_total
     assert ra.counts != rc.counts
 
@@ -56,12 +56,12 @@ def test_reading_telemetry_and_truth_does_not_perturb_the_counts() -> None:
     a, b = make(devices=DeviceSettings()), make(devices=DeviceSettings())
     for _ in range(3):
         a.telemetry(), a.truth(), a.effective_parameters()
-        assert a.step_block().counts == b.step_block().counts
+        assert a.step_frame().counts == b.step_frame().counts
 
 
-def test_block_timing_follows_block_pulses_and_rate() -> None:
-    link = make(block_pulses=5 * 10 ** 8, repetition_rate_hz=2.5e9)
-    first, second = link.step_block(), link.step_block()
+def test_frame_timing_follows_frame_pulses_and_rate() -> None:
+    link = make(frame_pulses=5 * 10 ** 8, repetition_rate_hz=2.5e9)
+    first, second = link.step_frame(), link.step_frame()
     assert (first.index, first.start_s, first.end_s) == (0, 0.0, 0.2)
     assert (second.index, second.start_s) == (1, 0.2) and second.end_s == pytest.approx(0.4)
     assert link.nominal["repetition_rate_hz"] == 2.5e9
@@ -71,15 +71,15 @@ def test_block_timing_follows_block_pulses_and_rate() -> None:
 @pytest.mark.parametrize("protocol", AVAILABLE)
 def test_static_devices_leave_effective_equal_to_nominal(protocol: str) -> None:
     link = make(protocol)
-    record = link.step_block()
+    record = link.step_frame()
     assert dict(record.effective) == pytest.approx(dict(record.nominal), rel=1e-12, abs=1e-15)
     assert record.truth == link.protocol.single_photon_truth(record.effective)
 
 
 @pytest.mark.parametrize("protocol", AVAILABLE)
 def test_sampled_counts_match_the_protocols_expected_counts(protocol: str) -> None:
-    """Summed over 200 blocks, every class's sent/detected/error count is within 5σ of its mean."""
-    link = make(protocol, devices=DeviceSettings(), block_pulses=10 ** 8)
+    """Summed over 200 frames, every class's sent/detected/error count is within 5σ of its mean."""
+    link = make(protocol, devices=DeviceSettings(), frame_pulses=10 ** 8)
     records = run(link, 200)
     totals: dict = {}
     for r in records:
@@ -98,7 +98,7 @@ def test_sampled_counts_match_the_protocols_expected_counts(protocol: str) -> No
 
 
 def test_total_detections_include_unsifted_pulses() -> None:
-    record = make().step_block()
+    record = make().step_frame()
     detected, _ = sifted(record)
     sifted_share = sum(c.sent for c in record.counts.classes.values()) / record.counts.pulses
     assert record.detected_total > detected
@@ -107,8 +107,8 @@ def test_total_detections_include_unsifted_pulses() -> None:
 
 
 def test_link_config_errors_name_the_field() -> None:
-    with pytest.raises(LinkConfigError, match="block_pulses"):
-        LinkConfig("x", block_pulses=0)
+    with pytest.raises(LinkConfigError, match="frame_pulses"):
+        LinkConfig("x", frame_pulses=0)
     with pytest.raises(LinkConfigError, match="protocol"):
         LinkConfig("x", protocol="e91")
     with pytest.raises(LinkConfigError, match="seed"):
@@ -135,7 +135,7 @@ def test_choice_and_intensity_parameters_are_found_in_every_protocol() -> None:
 def test_catalogue_names_and_specs() -> None:
     assert tuple(FAULTS) == ("fiber_cut", "loss_step", "phase_drift", "polarization_drift", "modulator_drift",
                              "dark_count_rise", "detector_saturation", "rng_bias", "clock_desync",
-                             "classical_channel_outage", "key_handoff_failure", "reconciliation_fault")
+                             "classical_channel_outage", "reconciliation_fault")
     for name, fault in FAULTS.items():
         assert fault.name == name and fault.description and fault.effect
         for p in fault.parameters:
@@ -158,25 +158,26 @@ def test_unknown_fault_or_bad_parameter_raises_and_leaves_the_link_unchanged() -
         (lambda: link.inject("rng_bias", bias=True), "rng_bias.*'bias' must be a number"),
         (lambda: link.inject("classical_channel_outage", minutes=5), "no parameter 'minutes'.*none"),
         (lambda: link.clear("gremlins"), "unknown fault 'gremlins'"),
+        (lambda: link.inject("key_handoff_failure"), "unknown fault 'key_handoff_failure'"),  # the runtime's
     ]
     for call, message in cases:
         with pytest.raises(FaultError, match=message):
             call()
     assert isinstance(FaultError("x"), ValueError)
     assert (link.active_faults(), link.effective_parameters()) == before
-    assert link.step_block().counts == twin.step_block().counts
+    assert link.step_frame().counts == twin.step_frame().counts
 
 
 def test_inject_clear_and_active_faults() -> None:
     link = make()
-    link.step_block()
+    link.step_frame()
     fault = link.inject("loss_step")
     assert (fault.name, dict(fault.parameters), fault.injected_at_s) == ("loss_step", {"loss_db": 3.0}, 1.0)
     link.inject("loss_step", loss_db=5.0)  # re-inject replaces
     link.inject("rng_bias", bias=0.01)
     assert [(f.name, dict(f.parameters)) for f in link.active_faults()] == [
         ("loss_step", {"loss_db": 5.0}), ("rng_bias", {"bias": 0.01})]
-    assert link.step_block().active_faults == ("loss_step", "rng_bias")
+    assert link.step_frame().active_faults == ("loss_step", "rng_bias")
     assert link.clear("fiber_cut") == ()
     assert link.clear("loss_step") == ("loss_step",)
     assert link.clear() == ("rng_bias",) and link.active_faults() == ()
@@ -198,23 +199,23 @@ def test_fiber_cut_leaves_only_dark_counts_and_clear_restores() -> None:
     assert sifted(healthy[0])[0] > 1000 * dark_level
     for link_action in (link.relock_phase, link.retune_intensities, link.realign_polarization, link.regate_detectors):
         link_action()
-    assert sifted(link.step_block())[0] < 2 * dark_level  # no calibration repairs a fibre
+    assert sifted(link.step_frame())[0] < 2 * dark_level  # no calibration repairs a fibre
     link.clear("fiber_cut")
-    restored = link.step_block()
+    restored = link.step_frame()
     assert sifted(restored)[0] == pytest.approx(sifted(healthy[0])[0], rel=0.01)
 
 
 @pytest.mark.parametrize("protocol", TWO_ARM)
 def test_fiber_cut_on_a_relay_link_leaves_one_users_light(protocol: str) -> None:
     link = make(protocol)
-    healthy = link.step_block()
+    healthy = link.step_frame()
     link.inject("fiber_cut")
-    cut = link.step_block()
+    cut = link.step_frame()
     assert sifted(cut)[0] < 0.6 * sifted(healthy)[0]
     assert cut.truth.yield_ < 0.6 * healthy.truth.yield_
     assert cut.truth.phase_error_rate == pytest.approx(0.5, abs=1e-3)
     link.clear()
-    assert link.step_block().truth == healthy.truth
+    assert link.step_frame().truth == healthy.truth
 
 
 def test_loss_step_scales_detections_by_the_transmittance() -> None:
@@ -230,7 +231,7 @@ def test_loss_step_scales_detections_by_the_transmittance() -> None:
 @pytest.mark.parametrize("protocol", TWO_ARM)
 def test_phase_drift_loses_lock_and_relock_restores(protocol: str) -> None:
     link = make(protocol, devices=DeviceSettings())
-    baseline = link.step_block()
+    baseline = link.step_frame()
     assert baseline.telemetry.phase_locked is True
     link.inject("phase_drift", drift_rate_rad_per_s=150.0)  # 200 rad stretcher range: gone in ~2 s
     records = run(link, 3)
@@ -244,7 +245,7 @@ def test_phase_drift_loses_lock_and_relock_restores(protocol: str) -> None:
     for name in {"phase_mismatch_rad", "misalignment_error"} & set(after):
         assert after[name] == pytest.approx(baseline.effective[name], abs=0.01)
     assert link.telemetry().phase_relock_count == 1
-    assert link.step_block().telemetry.phase_locked is True  # 150 rad/s winds 150 of 200 rad: still locked
+    assert link.step_frame().telemetry.phase_locked is True  # 150 rad/s winds 150 of 200 rad: still locked
     assert run(link, 2)[-1].telemetry.phase_locked is False    # …and the drift goes on
 
 
@@ -252,7 +253,7 @@ def test_phase_drift_loses_lock_and_relock_restores(protocol: str) -> None:
 def test_phase_drift_beyond_the_hold_range_cannot_be_relocked(protocol: str) -> None:
     link = make(protocol)
     link.inject("phase_drift", drift_rate_rad_per_s=1e4)  # > K = 2π kHz
-    link.step_block()
+    link.step_frame()
     result = link.relock_phase()
     assert not result.ok and "hold range" in result.message
 
@@ -260,8 +261,8 @@ def test_phase_drift_beyond_the_hold_range_cannot_be_relocked(protocol: str) -> 
 def test_phase_reference_absent_on_bb84() -> None:
     link, twin = make(), make()
     link.inject("phase_drift", drift_rate_rad_per_s=1e4)
-    record = link.step_block()
-    assert record.counts == twin.step_block().counts
+    record = link.step_frame()
+    assert record.counts == twin.step_frame().counts
     assert record.telemetry.phase_locked is None and record.telemetry.phase_error_rad is None
     assert link.relock_phase().ok
 
@@ -274,7 +275,7 @@ def test_phase_reference_static_error_and_jitter() -> None:
     link = make("tf" if "tf" in AVAILABLE else "mdi", devices=settings) if TWO_ARM else None
     if link is None:
         pytest.skip("no two-arm protocol module available")
-    link.step_block()
+    link.step_frame()
     k = 2 * math.pi * 1e3
     expected = math.acos(math.cos(math.asin(600.0 / k)) * math.exp(-400.0 / (4 * k)))
     assert link.telemetry().phase_error_rad == pytest.approx(expected, rel=1e-9)
@@ -283,7 +284,7 @@ def test_phase_reference_static_error_and_jitter() -> None:
 @pytest.mark.parametrize("protocol", AVAILABLE)
 def test_polarization_drift_raises_qber_and_realign_restores(protocol: str) -> None:
     link = make(protocol)
-    baseline = link.step_block()
+    baseline = link.step_frame()
     link.inject("polarization_drift", rate_rad_per_s=0.05)
     drifted = run(link, 6)[-1]
     theta = drifted.telemetry.polarization_drift_rad
@@ -297,7 +298,7 @@ def test_polarization_drift_raises_qber_and_realign_restores(protocol: str) -> N
     result = link.realign_polarization()
     assert result.before["polarization_drift_rad"] == pytest.approx(theta) and result.after["polarization_drift_rad"] == 0.0
     assert link.effective_parameters()["misalignment_error"] == pytest.approx(baseline.effective["misalignment_error"])
-    assert link.step_block().effective["misalignment_error"] > baseline.effective["misalignment_error"]  # still drifting
+    assert link.step_frame().effective["misalignment_error"] > baseline.effective["misalignment_error"]  # still drifting
 
 
 @pytest.mark.parametrize("protocol", AVAILABLE)
@@ -336,7 +337,7 @@ def test_modulator_power_drift_and_monitor_noise() -> None:
 @pytest.mark.parametrize("protocol", AVAILABLE)
 def test_dark_count_rise_follows_temperature_and_regate_restores(protocol: str) -> None:
     link = make(protocol, overrides={"dark_count_probability": 1e-6})
-    baseline = link.step_block()
+    baseline = link.step_frame()
     link.inject("dark_count_rise", rate_k_per_s=2.0)
     warm = run(link, 10)[-1]
     assert warm.telemetry.detector_temperature_c == pytest.approx(-20.0)
@@ -354,7 +355,7 @@ def test_dark_count_rise_follows_temperature_and_regate_restores(protocol: str) 
 
 def test_dark_count_rise_raises_qber_at_long_distance() -> None:
     link = make(overrides={"distance_km": 120.0})
-    baseline = link.step_block()
+    baseline = link.step_frame()
     link.inject("dark_count_rise", rate_k_per_s=3.0)
     assert key_qber(run(link, 10)[-1]) > key_qber(baseline) + 0.03
 
@@ -362,9 +363,9 @@ def test_dark_count_rise_raises_qber_at_long_distance() -> None:
 @pytest.mark.parametrize("protocol", AVAILABLE)
 def test_detector_saturation_pins_the_detection_rate(protocol: str) -> None:
     link = make(protocol, overrides={"dead_time_s": 2e-7, "distance_km": 200.0})
-    baseline = link.step_block()
+    baseline = link.step_frame()
     link.inject("detector_saturation", background_photons=10.0)
-    saturated = link.step_block()
+    saturated = link.step_frame()
     assert baseline.telemetry.dead_time_live_fraction > 0.5
     assert saturated.telemetry.dead_time_live_fraction < 0.01
     assert saturated.telemetry.detection_rate_hz <= 5e6  # at most one event per dead time
@@ -376,17 +377,17 @@ def test_detector_saturation_pins_the_detection_rate(protocol: str) -> None:
         detected, errors = sifted(saturated)
         assert errors / detected > 0.45 > sifted(baseline)[1] / sifted(baseline)[0]
     link.clear("detector_saturation")
-    restored = link.step_block()
+    restored = link.step_frame()
     assert restored.effective == baseline.effective and restored.truth == baseline.truth
 
 
 @pytest.mark.parametrize("protocol", AVAILABLE)
 def test_rng_bias_tilts_the_choices_and_fails_health(protocol: str) -> None:
     link = make(protocol, devices=DeviceSettings())
-    healthy = link.step_block()
+    healthy = link.step_frame()
     assert healthy.telemetry.rng_health_pass and abs(healthy.telemetry.rng_monobit_z) < 5
     link.inject("rng_bias", bias=0.05)
-    biased = link.step_block()
+    biased = link.step_frame()
     multiway, binary = choice_parameters(link.protocol)
     for name in binary + multiway[:1]:
         assert biased.effective[name] > link.nominal[name]
@@ -404,14 +405,14 @@ def test_rng_bias_tilts_the_choices_and_fails_health(protocol: str) -> None:
 def test_small_rng_bias_is_caught_by_the_monobit_test() -> None:
     link = make()
     link.inject("rng_bias", bias=0.001)
-    telemetry = link.step_block().telemetry
+    telemetry = link.step_frame().telemetry
     assert telemetry.rng_apt_failures == 0 and telemetry.rng_monobit_z > 5 and not telemetry.rng_health_pass
 
 
 def test_clock_desync_loses_detections_then_adds_errors_and_clear_resyncs() -> None:
     link = make()
-    baseline = link.step_block()
-    link.inject("clock_desync", rate_s_per_s=1e-10)  # 100 ps per 1-s block; gate 400 ps, period 1 ns
+    baseline = link.step_frame()
+    link.inject("clock_desync", rate_s_per_s=1e-10)  # 100 ps per 1-s frame; gate 400 ps, period 1 ns
     records = run(link, 10)
     offsets = [r.telemetry.clock_offset_s for r in records]
     assert offsets == pytest.approx([k * 1e-10 for k in range(1, 11)])
@@ -421,23 +422,23 @@ def test_clock_desync_loses_detections_then_adds_errors_and_clear_resyncs() -> N
     assert sifted(records[9])[0] == pytest.approx(sifted(baseline)[0], rel=0.01)   # 1 ns: the next slot…
     assert key_qber(records[9]) == pytest.approx(0.5, abs=0.01)                    # …but the wrong pulse
     link.clear("clock_desync")
-    resynced = link.step_block()
+    resynced = link.step_frame()
     assert abs(resynced.telemetry.clock_offset_s) < 1e-12  # servo τ = 0.1 s: e^-10 of 1 ns left
     assert key_qber(resynced) == pytest.approx(key_qber(baseline), abs=0.002)
 
 
 def test_classical_channel_outage_only_marks_the_channel_down() -> None:
     link, twin = make(devices=DeviceSettings()), make(devices=DeviceSettings())
-    assert link.step_block().telemetry.classical_channel_up
-    twin.step_block()
+    assert link.step_frame().telemetry.classical_channel_up
+    twin.step_frame()
     link.inject("classical_channel_outage")
     assert link.telemetry().classical_channel_up is False
-    down, normal = link.step_block(), twin.step_block()
+    down, normal = link.step_frame(), twin.step_frame()
     assert down.counts == normal.counts  # the quantum layer keeps measuring
     assert down.telemetry.classical_channel_up is False and down.telemetry.classical_latency_s is None
     assert "classical_channel_outage" in down.active_faults
     link.clear()
-    up = link.step_block()
+    up = link.step_frame()
     assert up.telemetry.classical_channel_up and up.telemetry.classical_latency_s == pytest.approx(1.12e-3, rel=0.5)
 
 
@@ -446,7 +447,7 @@ def test_drift_faults_cleared_keep_their_damage_until_calibrated() -> None:
     link.inject("polarization_drift", rate_rad_per_s=0.1)
     run(link, 3)
     link.clear()
-    theta = link.step_block().telemetry.polarization_drift_rad
+    theta = link.step_frame().telemetry.polarization_drift_rad
     assert theta == pytest.approx(0.3)
     link.realign_polarization()
     assert link.telemetry().polarization_drift_rad == 0.0
@@ -457,7 +458,7 @@ def test_drift_faults_cleared_keep_their_damage_until_calibrated() -> None:
 @pytest.mark.parametrize("protocol", AVAILABLE)
 def test_telemetry_fields_are_in_base_units(protocol: str) -> None:
     link = make(protocol, devices=DeviceSettings())
-    t = link.step_block().telemetry
+    t = link.step_frame().telemetry
     assert t.time_s == 1.0 and t.link_id == f"test-{protocol}" and t.protocol == protocol
     assert t.channel_transmittance == pytest.approx(10 ** (-t.channel_loss_db / 10))
     assert 0 < t.detector_efficiency <= 1 and 0 < t.visibility <= 1 and 0 < t.dead_time_live_fraction <= 1

@@ -25,10 +25,10 @@ SETUPS = {
 }
 
 
-def link_for(protocol: str, block_pulses: int, devices: DeviceSettings, seed: int = 11) -> Link:
+def link_for(protocol: str, frame_pulses: int, devices: DeviceSettings, seed: int = 11) -> Link:
     preset, overrides, _ = SETUPS[protocol]
     return Link(LinkConfig(f"validity-{protocol}", protocol=protocol, preset=preset,
-                           overrides={**overrides, "epsilon_sec": EPSILON_SEC}, block_pulses=block_pulses,
+                           overrides={**overrides, "epsilon_sec": EPSILON_SEC}, frame_pulses=frame_pulses,
                            seed=seed, devices=devices))
 
 
@@ -42,7 +42,7 @@ def violations(link: Link, blocks: int, calibrate_every: int = 0) -> tuple[int, 
         if calibrate_every and index % calibrate_every == 0:
             for action in (link.relock_phase, link.retune_intensities, link.realign_polarization, link.regate_detectors):
                 action()
-        record = link.step_block()
+        record = link.step_frame()
         estimate = link.protocol.estimate(record.counts, record.nominal, FINITE)
         y1_bad += estimate.y1_lower is not None and estimate.y1_lower > record.truth.yield_
         e1_bad += estimate.e1_upper is not None and estimate.e1_upper < record.truth.phase_error_rate
@@ -80,7 +80,7 @@ def test_bounds_tighten_as_blocks_grow(protocol: str) -> None:
         link = link_for(protocol, size, DeviceSettings.static())
         y1_gap = e1_gap = 0.0
         for _ in range(20):
-            record = link.step_block()
+            record = link.step_frame()
             estimate = link.protocol.estimate(record.counts, record.nominal, FINITE)
             y1_gap += (record.truth.yield_ - (estimate.y1_lower or 0.0)) / record.truth.yield_
             e1_gap += (0.5 if estimate.e1_upper is None else estimate.e1_upper) - record.truth.phase_error_rate

@@ -26,13 +26,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporters import CATALOGUE, DeviceCollector, PostProcessingCollector, registry_for, render, serve
 from exporters.catalogue import DEVICE, POSTPROCESSING, CatalogueError, load
 from qkdlink.settings import INTENSITY_OF_PARAMETER
-from qkdlink.emulator import FAULTS, BlockRecord, Link, LinkConfig
+from qkdlink.emulator import FrameRecord, Link, LinkConfig
 from qkdlink.settings import intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.physics.entropy import binary_entropy
 from qkdlink.protocols.base import FINITE
 from qkdops.runtime.pipeline import BlockResult
 from qkdops.kme.stats import KMEStats
+from qkdops.runtime.faults import FAULTS
 from qkdops.runtime.state import BLOCK_REASONS, CALIBRATION_ACTIONS, HANDOFF_OUTCOMES, STAGES, LinkObjectives, LinkSnapshot, LinkState
 from tests.exposition_checks import assert_equals_catalogue, families
 
@@ -55,8 +56,8 @@ class FedLink:
     """An emulated link and the LinkState the runtime would keep for it."""
 
     def __init__(self, protocol: str, seed: int = 3, name: str | None = None) -> None:
-        preset, distance_km, block_pulses = SETTINGS[protocol]
-        self.link = Link(LinkConfig(name or f"{protocol}-lab", protocol=protocol, preset=preset, block_pulses=block_pulses,
+        preset, distance_km, frame_pulses = SETTINGS[protocol]
+        self.link = Link(LinkConfig(name or f"{protocol}-lab", protocol=protocol, preset=preset, frame_pulses=frame_pulses,
                                     seed=seed, overrides={"distance_km": distance_km}))
         classes = self.link.protocol.pulse_classes(self.link.nominal)
         self.state = LinkState(self.link.config.link_id, protocol, SITES[protocol],
@@ -70,9 +71,9 @@ class FedLink:
 
     def step(self, blocks: int = 1) -> None:
         for _ in range(blocks):
-            self._record(self.link.step_block())
+            self._record(self.link.step_frame())
 
-    def _record(self, r: BlockRecord) -> None:
+    def _record(self, r: FrameRecord) -> None:
         t = r.telemetry
         decoy_pulses: dict[str, float] = {}
         decoy_detections: dict[str, float] = {}

@@ -12,8 +12,11 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from kme_harness import kme_config
 
+from qkdlink.emulator import FAULTS as EMULATOR_FAULTS
+from qkdlink.emulator import FaultError
 from qkdops.kme.etsi import KMEService
 from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee, StoreUnavailable
+from qkdops.runtime.faults import FAULTS, RUNTIME_FAULTS
 from qkdops.runtime.fleet import Fleet
 
 
@@ -115,6 +118,30 @@ def test_full_buffer_discards_new_key_and_counts_it(tmp_path: Path):
         _step(fleet, clock, 4)
         snap = _bb84(fleet)
         assert snap.handoffs_total["buffer_full"] == 2 and snap.handoff_backlog_bits == 0
+    finally:
+        fleet.stop()
+
+
+def test_key_handoff_failure_is_a_runtime_fault_the_fleet_lists_with_the_emulators(tmp_path: Path):
+    assert tuple(RUNTIME_FAULTS) == ("key_handoff_failure",) and "key_handoff_failure" not in EMULATOR_FAULTS
+    assert tuple(FAULTS) == (*EMULATOR_FAULTS, *RUNTIME_FAULTS)
+    assert [(p.name, p.default, p.unit, p.minimum, p.maximum) for p in FAULTS["key_handoff_failure"].parameters] == [
+        ("refused_ratio", 1.0, "ratio", 0.0, 1.0), ("delay_s", 0.0, "s", 0.0, 600.0),
+        ("store_capacity_ratio", 1.0, "ratio", 0.0, 1.0)]
+    fleet, clock = _fleet(tmp_path)
+    try:
+        fleet.inject("bb84-a", "loss_step", {})
+        answer = fleet.inject("bb84-a", "key_handoff_failure", {"delay_s": 2})
+        assert answer["parameters"] == {"refused_ratio": 1.0, "delay_s": 2.0, "store_capacity_ratio": 1.0}
+        assert [f["name"] for f in answer["active_faults"]] == ["loss_step", "key_handoff_failure"]
+        assert [f.name for f in fleet.runtime("bb84-a").link.active_faults()] == ["loss_step"]  # the emulator's own only
+        _step(fleet, clock, 2)                                   # one block
+        assert _bb84(fleet).active_faults == ("loss_step", "key_handoff_failure")
+        assert list(fleet.archive.blocks("bb84-a"))[-1].faults == ("key_handoff_failure", "loss_step")
+        with pytest.raises(FaultError, match="unknown fault 'gremlins'.*key_handoff_failure"):
+            fleet.clear("bb84-a", "gremlins")
+        assert fleet.clear("bb84-a") == ["loss_step", "key_handoff_failure"]
+        assert fleet.status("bb84-a")["active_faults"] == []
     finally:
         fleet.stop()
 

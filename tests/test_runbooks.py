@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from exporters.catalogue import CATALOGUE
-from qkdlink.emulator import FAULTS
+from qkdops.runtime.faults import FAULTS
 from control_api import server as control_api
 from monitoring.config import load_monitoring_config
 from monitoring.rules import write_rule_files

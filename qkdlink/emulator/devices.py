@@ -146,10 +146,10 @@ class PhaseReference:
     applied by a fibre stretcher of finite range: tracking a drift winds it up, and at the end of
     its range the loop opens (as in TF-QKD phase stabilisation: Minder et al., Nat. Photon. 13, 334
     (2019); Pittaluga et al., Nat. Photon. 15, 530 (2021)). Unlocked, the free phase sweeps many
-    fringes per block and the interference visibility averages to zero. ``relock`` re-centres the
+    fringes per frame and the interference visibility averages to zero. ``relock`` re-centres the
     stretcher and re-acquires lock if |r| < K.
 
-    Block-averaged effect of the error: ⟨cos δ⟩ = cos δ_s e^(−σ²/2), expressed as one effective
+    Frame-averaged effect of the error: ⟨cos δ⟩ = cos δ_s e^(−σ²/2), expressed as one effective
     mismatch δ_eff = arccos⟨cos δ⟩. TF: added to ``phase_mismatch_rad`` in quadrature (the small-angle
     errors δ²/4 add); otherwise adds sin²(δ_eff/2) = (1 − V)/2 to ``misalignment_error``.
     Only links whose protocol interferes two users' pulses (two arms) have one.
@@ -184,7 +184,7 @@ class PhaseReference:
         return min(1.0, abs(self.actuator_rad) / self.settings.actuator_range_rad) if self.settings.actuator_range_rad > 0 else 1.0
 
     def error_rad(self) -> float:
-        """Block-effective phase error δ_eff in [0, π/2] (π/2: unlocked, no interference)."""
+        """Frame-effective phase error δ_eff in [0, π/2] (π/2: unlocked, no interference)."""
         if not self.active:
             return 0.0
         if not self.locked:
@@ -349,7 +349,7 @@ class RandomNumberGenerator:
     binary ones (stick-breaking over the p_* shares). Effect: the choice-probability parameters;
     estimation keeps the nominal ones. Health (``measure``): the NIST SP 800-90B §4.4.2 adaptive
     proportion test over windows of 1024 bits (α = 2⁻⁴⁰) and the NIST SP 800-22 §2.1 monobit
-    statistic, both sampled from their exact laws over the bits the block consumed.
+    statistic, both sampled from their exact laws over the bits the frame consumed.
     """
 
     def __init__(self, settings: RngSettings, multiway: tuple[str, ...], binary: tuple[str, ...]) -> None:
@@ -430,7 +430,7 @@ class ClassicalChannel:
         self.base_latency_s = distance_km * 1e3 * FIBER_GROUP_INDEX / SPEED_OF_LIGHT_M_PER_S + settings.processing_latency_s
 
     def measure(self, rng: np.random.Generator, d: Disturbance) -> float | None:
-        """Latency of this block's exchange in seconds, or None when the channel is down."""
+        """Latency of this frame's exchange in seconds, or None when the channel is down."""
         if d.classical_channel_down:
             return None
         return self.base_latency_s * math.exp(self.settings.latency_jitter * rng.standard_normal())

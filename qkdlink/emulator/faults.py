@@ -6,11 +6,13 @@ the physics. Faults of the *drift* kind (``fixed_by`` set) wind up device state 
 angle, a modulator bias, a cooler offset, a lost phase lock — that the named calibration action
 removes even while the fault keeps drifting; clearing such a fault stops the drift but leaves the
 accumulated error for that action to fix. The others act while active and vanish when cleared.
-Two faults are not optical: ``key_handoff_failure`` disturbs no device; the runtime's key hand-off
-reads its parameters (KME unavailable, slow, store full) from the link's active faults; and
-``reconciliation_fault`` (an error-correction bug) is read by post-processing from the block.
+One fault is not optical: ``reconciliation_fault`` (an error-correction bug) disturbs no device and
+is read by post-processing from the frames it was in force for.
 
 ``FAULTS`` maps each name to its spec (description, typed parameters, physical effect) for listing.
+It holds only what the emulator models: a layer above that defines faults of its own (an operations
+runtime) builds them with the same ``FaultSpec`` and keeps them itself — a ``Link`` knows only this
+catalogue.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from qkdlink.emulator.devices import Disturbance
+from qkdlink.emulator.devices import NO_DISTURBANCE, Disturbance
 from qkdlink.protocols.base import Param, ParameterError
 
 
@@ -27,16 +29,22 @@ class FaultError(ValueError):
     """An unknown fault or a bad fault parameter; the message names it and what was expected."""
 
 
+def undisturbed(parameters: Mapping[str, float], seconds_active: float) -> Disturbance:
+    """The device inputs of a fault that disturbs no device: none."""
+    return NO_DISTURBANCE
+
+
 @dataclass(frozen=True)
 class FaultSpec:
-    """One catalogue entry. ``disturb(parameters, seconds_active)`` gives its device inputs."""
+    """One catalogue entry. ``disturb(parameters, seconds_active)`` gives its device inputs (by
+    default none: a fault whose effect lies outside the devices)."""
 
     name: str
     description: str
     effect: str
     parameters: tuple[Param, ...]
     fixed_by: str | None
-    disturb: Callable[[Mapping[str, float], float], Disturbance] = field(repr=False, compare=False)
+    disturb: Callable[[Mapping[str, float], float], Disturbance] = field(default=undisturbed, repr=False, compare=False)
 
     def validate(self, given: Mapping[str, object]) -> dict[str, float]:
         """Defaults overlaid with ``given``, each checked by name and range, or FaultError."""
@@ -64,15 +72,51 @@ class ActiveFault:
     parameters: Mapping[str, float]
     injected_at_s: float
 
-    def disturbance(self, now_s: float) -> Disturbance:
-        return FAULTS[self.name].disturb(self.parameters, max(0.0, now_s - self.injected_at_s))
+
+def spec(name: str, catalogue: Mapping[str, FaultSpec] | None = None) -> FaultSpec:
+    """The entry for ``name`` in ``catalogue`` (default ``FAULTS``), or FaultError listing its faults."""
+    catalogue = FAULTS if catalogue is None else catalogue
+    if name not in catalogue:
+        raise FaultError(f"unknown fault '{name}' (known: {', '.join(catalogue)})")
+    return catalogue[name]
 
 
-def spec(name: str) -> FaultSpec:
-    """The catalogue entry for ``name``, or FaultError listing the known faults."""
-    if name not in FAULTS:
-        raise FaultError(f"unknown fault '{name}' (known: {', '.join(FAULTS)})")
-    return FAULTS[name]
+class ActiveFaults:
+    """The faults of one catalogue in force on one link, in injection order.
+
+    A ``Link`` holds one over ``FAULTS``; a layer with faults of its own (effects the emulator does
+    not model) holds another over its catalogue, beside the link, so neither knows the other's faults.
+    """
+
+    def __init__(self, catalogue: Mapping[str, FaultSpec]) -> None:
+        self.catalogue = catalogue
+        self._faults: dict[str, ActiveFault] = {}
+
+    def inject(self, name: str, parameters: Mapping[str, object], now_s: float) -> ActiveFault:
+        """Put fault ``name`` in force at ``now_s`` (re-injecting replaces its parameters and restarts
+        it); FaultError, nothing changed, for a fault not in the catalogue or a bad parameter."""
+        values = spec(name, self.catalogue).validate(parameters)
+        fault = ActiveFault(name, MappingProxyType(values), now_s)
+        self._faults[name] = fault
+        return fault
+
+    def clear(self, name: str | None = None) -> tuple[str, ...]:
+        """Clear fault ``name`` (None: all); returns the names cleared. Unknown name: FaultError."""
+        if name is None:
+            cleared = tuple(self._faults)
+            self._faults.clear()
+            return cleared
+        spec(name, self.catalogue)
+        return (name,) if self._faults.pop(name, None) is not None else ()
+
+    def get(self, name: str) -> ActiveFault | None:
+        return self._faults.get(name)
+
+    def active(self) -> tuple[ActiveFault, ...]:
+        return tuple(self._faults.values())
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._faults)
 
 
 _CATALOGUE = (
@@ -152,18 +196,6 @@ _CATALOGUE = (
         "amplification cannot run: post-processing aborts each block with reason classical_channel.",
         (), None, lambda p, t: Disturbance(classical_channel_down=True)),
     FaultSpec(
-        "key_handoff_failure", "The key management entities (KMEs) stop taking the link's key.",
-        "Nothing optical changes: blocks succeed and key is distilled, but its hand-off to the two "
-        "ends' KME stores fails (qkdops/runtime/handoff.py). A share refused_ratio of hand-off attempts "
-        "finds the KME unavailable (default 1: down); each other attempt takes delay_s longer (past the "
-        "hand-off timeout it fails as kme_timeout: a slow KME); store_capacity_ratio < 1 shrinks the "
-        "stores to that share of max_key_count (0: full). Key waits in the link's buffer and is handed "
-        "off, none lost, once the fault is cleared — unless the buffer fills first.",
-        (Param("refused_ratio", 1.0, "ratio", "share of hand-off attempts that find the KME unavailable", 0.0, 1.0),
-         Param("delay_s", 0.0, "s", "extra latency of each hand-off attempt", 0.0, 600.0),
-         Param("store_capacity_ratio", 1.0, "ratio", "usable share of the KME stores' capacity", 0.0, 1.0)),
-        None, lambda p, t: Disturbance()),
-    FaultSpec(
         "reconciliation_fault", "A bug in error correction: residual errors slip through reconciliation.",
         "Nothing optical changes: with probability per block, error correction (qkdlink/postprocessing) "
         "ends with residual_errors bits of Bob's corrected string still differing from Alice's, as a "
@@ -173,7 +205,7 @@ _CATALOGUE = (
         "check at hand-off discards (QKDKeyMismatch). Cleared, the next block is clean.",
         (Param("probability", 1.0, "ratio", "chance that a block's error correction leaves residual errors", 0.0, 1.0),
          Param("residual_errors", 8.0, "bits", "bits left wrong in such a block", 1.0, 1e6)),
-        None, lambda p, t: Disturbance()),
+        None),
 )
 
 FAULTS: Mapping[str, FaultSpec] = MappingProxyType({f.name: f for f in _CATALOGUE})

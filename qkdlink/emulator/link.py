@@ -1,9 +1,9 @@
 """The emulated link: devices, faults and calibration actions around one protocol model.
 
-``Link.step_block`` advances emulated time by one block (block_pulses / repetition_rate seconds),
+``Link.step_frame`` advances emulated time by one frame (frame_pulses / repetition_rate seconds),
 lets every device evolve, derives the *effective* parameters from the *nominal* ones, and samples
-the block's counts from the protocol's exact class statistics (``sampling.py``). The same seed and
-the same sequence of calls give the same blocks: counts, device noise and calibration residuals
+the frame's counts from the protocol's exact class statistics (``sampling.py``). The same seed and
+the same sequence of calls give the same frames: counts, device noise and calibration residuals
 draw from three independent streams spawned from the seed, so e.g. reading telemetry never
 perturbs the counts.
 """
@@ -21,15 +21,15 @@ from qkdlink.emulator.devices import (
     MISALIGNMENT, NO_DISTURBANCE, PHASE_MISMATCH, Clock, ClassicalChannel, Detector, Disturbance, FiberChannel,
     PhaseReference, Polarization, RandomNumberGenerator, Source,
 )
-from qkdlink.emulator.faults import ActiveFault, spec
-from qkdlink.emulator.records import BlockRecord, CalibrationResult, DeviceTelemetry
-from qkdlink.emulator.sampling import sample_block
+from qkdlink.emulator.faults import FAULTS, ActiveFault, ActiveFaults, spec
+from qkdlink.emulator.records import FrameRecord, CalibrationResult, DeviceTelemetry
+from qkdlink.emulator.sampling import sample_frame
 from qkdlink.protocols import get_protocol
 from qkdlink.protocols.base import PulseClass, SinglePhotonTruth
 from qkdlink.settings import LinkConfig, choice_parameters, intensity_parameters
 
 class Link:
-    """One emulated QKD link: step blocks, inject and clear faults, run calibration actions."""
+    """One emulated QKD link: step frames, inject and clear faults, run calibration actions."""
 
     def __init__(self, config: LinkConfig) -> None:
         self.config = config
@@ -55,18 +55,18 @@ class Link:
         self.classical = ClassicalChannel(settings.classical, self.nominal.get("distance_km", 0.0))
 
         self.index = 0
-        self._faults: dict[str, ActiveFault] = {}
+        self._faults = ActiveFaults(FAULTS)
         self._measured = _Measured(self.source.actual(), 0, 0.0, 0.0, 0.0, 0, True, self.classical.base_latency_s)
 
     # ---- time ---------------------------------------------------------------------------------
     @property
     def time_s(self) -> float:
-        """Emulated time at the end of the last block."""
-        return self.index * self.config.block_seconds
+        """Emulated time at the end of the last frame."""
+        return self.index * self.config.frame_seconds
 
-    def step_block(self) -> BlockRecord:
-        """Advance one block: evolve devices, sample counts from the effective physics, record."""
-        dt = self.config.block_seconds
+    def step_frame(self) -> FrameRecord:
+        """Advance one frame: evolve devices, sample counts from the effective physics, record."""
+        dt = self.config.frame_seconds
         start = self.time_s
         disturbance = self._disturbance(start + dt / 2.0)
         rng = self._rng_devices
@@ -74,23 +74,23 @@ class Link:
             device.evolve(dt, rng, disturbance)
         effective = self._effective(disturbance)
         classes = self.protocol.pulse_classes(effective)
-        counts, detected_total = sample_block(classes, self.config.block_pulses, self._rng_counts)
+        counts, detected_total = sample_frame(classes, self.config.frame_pulses, self._rng_counts)
         truth = self.protocol.single_photon_truth(effective)
-        bits = int(self.config.block_pulses * self.config.devices.rng.bits_per_pulse)
+        bits = int(self.config.frame_pulses * self.config.devices.rng.bits_per_pulse)
         self._measured = _Measured(self.source.measure(rng), detected_total, dt,
                                    *self.rng.measure(rng, bits, disturbance), self.classical.measure(rng, disturbance))
         self.index += 1
-        return BlockRecord(
+        return FrameRecord(
             link_id=self.config.link_id, protocol=self.protocol.name, index=self.index - 1,
             start_s=start, end_s=self.time_s, counts=counts, detected_total=detected_total,
             nominal=self.nominal, effective=MappingProxyType(effective), truth=truth,
-            telemetry=self._telemetry(effective, disturbance, classes), active_faults=tuple(self._faults))
+            telemetry=self._telemetry(effective, disturbance, classes), active_faults=self._faults.names())
 
     # ---- physics views --------------------------------------------------------------------------
     def _disturbance(self, now_s: float) -> Disturbance:
         total = NO_DISTURBANCE
-        for fault in self._faults.values():
-            total = total + fault.disturbance(now_s)
+        for fault in self._faults.active():
+            total = total + spec(fault.name).disturb(fault.parameters, max(0.0, now_s - fault.injected_at_s))
         return total
 
     def _effective(self, d: Disturbance) -> dict[str, float]:
@@ -113,7 +113,7 @@ class Link:
         return self.protocol.single_photon_truth(self.effective_parameters())
 
     def telemetry(self) -> DeviceTelemetry:
-        """Device readings now: state read-outs are current, sampled readings are the last block's."""
+        """Device readings now: state read-outs are current, sampled readings are the last frame's."""
         d = self._disturbance(self.time_s)
         return self._telemetry(self._effective(d), d)
 
@@ -168,22 +168,14 @@ class Link:
 
         Raises FaultError, leaving the link unchanged, for an unknown fault or a bad parameter.
         """
-        values = spec(name).validate(parameters)
-        fault = ActiveFault(name, MappingProxyType(values), self.time_s)
-        self._faults[name] = fault
-        return fault
+        return self._faults.inject(name, parameters, self.time_s)
 
     def clear(self, name: str | None = None) -> tuple[str, ...]:
         """Clear fault ``name`` (None: all); returns the names cleared. Unknown name: FaultError."""
-        if name is None:
-            cleared = tuple(self._faults)
-            self._faults.clear()
-            return cleared
-        spec(name)
-        return (name,) if self._faults.pop(name, None) is not None else ()
+        return self._faults.clear(name)
 
     def active_faults(self) -> tuple[ActiveFault, ...]:
-        return tuple(self._faults.values())
+        return self._faults.active()
 
     # ---- calibration actions --------------------------------------------------------------------
     def relock_phase(self) -> CalibrationResult:
@@ -226,7 +218,7 @@ class Link:
 
 @dataclass(frozen=True)
 class _Measured:
-    """Sampled readings of the last block (noisy monitors and statistical tests)."""
+    """Sampled readings of the last frame (noisy monitors and statistical tests)."""
 
     intensities: dict[str, float]
     detected: int

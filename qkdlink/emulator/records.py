@@ -1,4 +1,4 @@
-"""What a link hands out: per-block records, device telemetry and calibration results.
+"""What a link hands out: per-frame records, device telemetry and calibration results.
 
 These are the contracts of the exporters, the block store and the control API. Fields are in base
 units (seconds, hertz, decibels, degrees Celsius, radians, ratios). Nothing here carries key
@@ -15,10 +15,10 @@ from qkdlink.protocols.base import BlockCounts, SinglePhotonTruth
 
 @dataclass(frozen=True)
 class DeviceTelemetry:
-    """What the link's devices report, as of the end of the last block (or of an action since).
+    """What the link's devices report, as of the end of the last frame (or of an action since).
 
     Quantities a real link measures with noise (monitor intensities, detection rate, RNG tests,
-    latency) are this block's samples; state read-outs are the device state. Fields that do not
+    latency) are this frame's samples; state read-outs are the device state. Fields that do not
     apply to the link's protocol are None (the phase reference of a single-arm BB84 link).
     """
 
@@ -53,11 +53,13 @@ class DeviceTelemetry:
 
 
 @dataclass(frozen=True)
-class BlockRecord:
-    """One block: integer counts per (intensity, basis) class, the truth behind them, telemetry.
+class FrameRecord:
+    """One frame (emulator step): integer counts per (intensity, basis) class, the truth behind them,
+    telemetry. The runtime sums frames into post-processing blocks; ``counts`` is a ``BlockCounts``
+    because estimation takes the same table, of one frame or of a block.
 
     ``nominal`` is the link's (shared, read-only) nominal parameter set that estimation must use;
-    ``effective`` the parameters the physics ran on for this block; ``truth`` the single-photon
+    ``effective`` the parameters the physics ran on for this frame; ``truth`` the single-photon
     (pair) yield and phase-error rate from ``effective``, which the estimator's bounds must bracket.
     ``detected_total`` counts all detection events, unsifted pulses included.
     """

@@ -1,8 +1,8 @@
-"""Block counts drawn from their exact laws: counts are sampled, never pulses.
+"""Frame counts drawn from their exact laws: counts are sampled, never pulses.
 
 For N pulses, the pulses of each sifted class and the unsifted rest are Multinomial(N, p_c…, rest);
 given n_c pulses, detections are Binomial(n_c, gain_c), and given d_c detections the bit errors are
-Binomial(d_c, e_c). That is the exact joint law of independently prepared pulses, so one block costs
+Binomial(d_c, e_c). That is the exact joint law of independently prepared pulses, so one frame costs
 the same at 1 MHz and at 10 GHz.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 from qkdlink.protocols.base import BlockCounts, ClassCounts, PulseClass
 
 
-def sample_block(classes: Sequence[PulseClass], pulses: int,
+def sample_frame(classes: Sequence[PulseClass], pulses: int,
                  rng: np.random.Generator) -> tuple[BlockCounts, int]:
-    """Integer counts of one block of ``pulses`` pulses and the total detections incl. unsifted.
+    """Integer counts of one frame of ``pulses`` pulses and the total detections incl. unsifted.
 
     Unsifted pulses (mismatched bases, discarded windows) click with the pulse-weighted mean gain of
     the sifted classes — exact for BB84, whose gain depends on the intensity only — a telemetry

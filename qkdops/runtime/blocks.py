@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from qkdlink.emulator import BlockRecord
+from qkdlink.emulator import FrameRecord
 from qkdlink.protocols.base import BlockCounts, ClassCounts
 
 
@@ -82,12 +82,15 @@ class BlockBuilder:
         self._latency_sum, self._latency_frames = 0.0, 0
         self._pp_faults: dict[str, Mapping[str, float]] = {}
 
-    def add(self, frame: BlockRecord, start_timestamp: float, end_timestamp: float, pulses: int,
-            postprocessing_faults: Mapping[str, Mapping[str, float]] | None = None) -> Block | None:
+    def add(self, frame: FrameRecord, start_timestamp: float, end_timestamp: float, pulses: int,
+            postprocessing_faults: Mapping[str, Mapping[str, float]] | None = None,
+            faults: Iterable[str] | None = None) -> Block | None:
         """Add a frame; return the finished block when this frame completes one.
 
         ``postprocessing_faults``: faults in force during the frame that act on post-processing,
-        with their parameters (the block keeps the last ones seen)."""
+        with their parameters (the block keeps the last ones seen). ``faults``: the names of all
+        faults in force during the frame (default: the emulator's, ``frame.active_faults``; the
+        runtime adds its own)."""
         if self._start is None:
             self._start = start_timestamp
         self._frames += 1
@@ -103,7 +106,7 @@ class BlockBuilder:
             self._latency_sum += frame.telemetry.classical_latency_s
             self._latency_frames += 1
         self._pp_faults.update({name: dict(p) for name, p in (postprocessing_faults or {}).items()})
-        self._faults.update(frame.active_faults)
+        self._faults.update(frame.active_faults if faults is None else faults)
         self._y1 += frame.truth.yield_ * pulses   # pulse-weighted means of the truth
         self._e1 += frame.truth.phase_error_rate * pulses
         if self._frames < self.frames_per_block:

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from qkdlink.emulator import FAULTS, CalibrationResult, Link
+from qkdlink.emulator import ActiveFault, ActiveFaults, CalibrationResult, Link
 from qkdops.config import FleetConfig, LinkSpec
 from qkdops.runtime.archive import BlockArchive
 from qkdops.runtime.blocks import Block, BlockBuilder
+from qkdops.runtime.faults import RUNTIME_FAULTS, fault_spec
 from qkdops.kme.stats import KMEStats
 from qkdops.kme.store import KeyPoolStore
 from qkdops.runtime.handoff import FAULT as HANDOFF_FAULT
@@ -74,6 +75,7 @@ class LinkRuntime:
         # the counts of the blocks already archived.
         config = dataclasses.replace(spec.emulator_config(self.frame_pulses), seed=spec.seed * 1_000_003 + next_index)
         self.link = Link(config)
+        self.runtime_faults = ActiveFaults(RUNTIME_FAULTS)  # faults the emulator does not model (faults.py)
         self.builder = BlockBuilder(spec.id, spec.protocol, max(1, round(spec.block_pulses / self.frame_pulses)), next_index)
         self.processor = processor_factory(self.link)
         self.lock = threading.RLock()
@@ -103,7 +105,7 @@ class LinkRuntime:
     def step_frame(self) -> Block | None:
         """Advance the emulator one frame; return a block when the frame completes one."""
         with self.lock:
-            record = self.link.step_block()
+            record = self.link.step_frame()
             self.frames += 1
             start = self.started_at + (self.frames - 1) * self.frame_seconds
             end = start + self.frame_seconds
@@ -114,11 +116,34 @@ class LinkRuntime:
                 decoy_pulses[intensity] = decoy_pulses.get(intensity, 0.0) + c.sent
                 decoy_detections[intensity] = decoy_detections.get(intensity, 0.0) + c.detected
             jitter = self._jitter_rng.normal(t.clock_offset_s, max(t.timing_jitter_s, 0.0), JITTER_SAMPLES_PER_FRAME)
-            self.state.record_frame(t, record.active_faults, float(self.frame_pulses), float(record.detected_total),
+            faults = (*record.active_faults, *self.runtime_faults.names())
+            self.state.record_frame(t, faults, float(self.frame_pulses), float(record.detected_total),
                                     decoy_pulses, decoy_detections, jitter.tolist(), t.rng_apt_failures)
             self.channel_up = t.classical_channel_up
             in_force = {f.name: f.parameters for f in self.link.active_faults() if f.name == RECONCILIATION_FAULT}
-            return self.builder.add(record, start, end, self.frame_pulses, in_force)
+            return self.builder.add(record, start, end, self.frame_pulses, in_force, faults)
+
+    def inject(self, name: str, parameters: Mapping[str, float]) -> ActiveFault:
+        """Put fault ``name`` (of the combined catalogue) in force: a runtime fault here, any other
+        in the emulator. FaultError, nothing changed, for an unknown fault or a bad parameter."""
+        with self.lock:
+            if fault_spec(name).name in RUNTIME_FAULTS:
+                return self.runtime_faults.inject(name, parameters, self.link.time_s)
+            return self.link.inject(name, **parameters)
+
+    def clear(self, name: str | None = None) -> tuple[str, ...]:
+        """Clear fault ``name`` (None: every fault, the emulator's and the runtime's); the names cleared."""
+        with self.lock:
+            if name is None:
+                return (*self.link.clear(), *self.runtime_faults.clear())
+            if fault_spec(name).name in RUNTIME_FAULTS:
+                return self.runtime_faults.clear(name)
+            return self.link.clear(name)
+
+    def active_faults(self) -> tuple[ActiveFault, ...]:
+        """The faults in force: the emulator's, then the runtime's."""
+        with self.lock:
+            return (*self.link.active_faults(), *self.runtime_faults.active())
 
     def process(self, block: Block) -> BlockResult:
         """Archive ``block`` (durably), post-process it, hand off its key, record the result."""
@@ -240,7 +265,8 @@ class Fleet:
     def _handoff_fault(self, link_id: str) -> Mapping[str, float] | None:
         r = self.links[link_id]
         with r.lock:
-            return next((f.parameters for f in r.link.active_faults() if f.name == HANDOFF_FAULT), None)
+            fault = r.runtime_faults.get(HANDOFF_FAULT)
+            return None if fault is None else fault.parameters
 
     def _record_handoff(self, link_id: str, outcome: str, latency_s: float | None) -> None:
         self.links[link_id].state.record_handoff(outcome, latency_s, self.buffer.level_bits(link_id))
@@ -273,7 +299,7 @@ class Fleet:
         r = self.runtime(link_id)
         with r.lock:
             telemetry = r.link.telemetry()
-            faults = _fault_list(r.link)
+            faults = _fault_list(r)
             emulated = r.link.time_s
         last = r.last_result
         return {
@@ -313,15 +339,14 @@ class Fleet:
         """Put ``fault`` in force on the link (FaultError for a bad name/parameter, link unchanged)."""
         r = self.runtime(link_id)
         with r.lock:
-            active = r.link.inject(fault, **parameters)
-            in_force = _fault_list(r.link)
+            active = r.inject(fault, parameters)
+            in_force = _fault_list(r)
         log.info("link %s: fault %s injected %s", link_id, fault, dict(active.parameters))
         return {"link": link_id, "fault": active.name, "parameters": dict(active.parameters), "active_faults": in_force}
 
     def clear(self, link_id: str, fault: str | None = None) -> list[str]:
         r = self.runtime(link_id)
-        with r.lock:
-            cleared = list(r.link.clear(fault))
+        cleared = list(r.clear(fault))
         log.info("link %s: cleared %s", link_id, cleared or "nothing")
         return cleared
 
@@ -392,17 +417,9 @@ def previous_qber(archive: BlockArchive, link: str, index: int, lookback: int = 
     return None
 
 
-def fault_catalogue() -> list[dict[str, Any]]:
-    """The emulator's fault catalogue, JSON-ready (for `qkdops fault list` and the control API)."""
-    return [{"name": f.name, "description": f.description, "effect": f.effect, "fixed_by": f.fixed_by,
-             "parameters": [{"name": p.name, "default": p.default, "unit": p.unit, "minimum": p.minimum,
-                             "maximum": p.maximum, "description": p.description} for p in f.parameters]}
-            for f in FAULTS.values()]
-
-
-def _fault_list(link: Link) -> list[dict[str, Any]]:
+def _fault_list(runtime: LinkRuntime) -> list[dict[str, Any]]:
     return [{"name": f.name, "parameters": dict(f.parameters), "injected_at_s": f.injected_at_s}
-            for f in link.active_faults()]
+            for f in runtime.active_faults()]
 
 
 def _jsonable(value: Any) -> Any:

@@ -28,12 +28,29 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Tracer
 
+from qkdlink.emulator.faults import FaultSpec
+from qkdlink.protocols.base import Param
 from qkdops.kme.store import KeyPoolStore, StoreUnavailable
 from qkdops.runtime.keybuffer import KeyBuffer
 
 RETRY_S = 1.0               # wait after a failed attempt before retrying the same key
 MAX_PER_LINK_PER_CALL = 50  # bound one call's work (a backlog drains over successive ticks)
 FAULT = "key_handoff_failure"
+
+# The fault's effect is this module's (``HandoffQueue._step`` and ``_commit`` read its parameters),
+# so it is defined here, not in the emulator's catalogue: a runtime fault (``qkdops.runtime.faults``).
+FAULT_SPEC = FaultSpec(
+    FAULT, "The key management entities (KMEs) stop taking the link's key.",
+    "Nothing optical changes: blocks succeed and key is distilled, but its hand-off to the two "
+    "ends' KME stores fails (qkdops/runtime/handoff.py). A share refused_ratio of hand-off attempts "
+    "finds the KME unavailable (default 1: down); each other attempt takes delay_s longer (past the "
+    "hand-off timeout it fails as kme_timeout: a slow KME); store_capacity_ratio < 1 shrinks the "
+    "stores to that share of max_key_count (0: full). Key waits in the link's buffer and is handed "
+    "off, none lost, once the fault is cleared — unless the buffer fills first.",
+    (Param("refused_ratio", 1.0, "ratio", "share of hand-off attempts that find the KME unavailable", 0.0, 1.0),
+     Param("delay_s", 0.0, "s", "extra latency of each hand-off attempt", 0.0, 600.0),
+     Param("store_capacity_ratio", 1.0, "ratio", "usable share of the KME stores' capacity", 0.0, 1.0)),
+    None)
 
 
 @dataclass
