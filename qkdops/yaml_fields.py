@@ -31,7 +31,7 @@ from qkdops.durations import is_duration
 from qkdops.durations import seconds as duration_seconds
 from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file, load_text
 
-__all__ = ["FieldError", "FieldReader", "describe"]
+__all__ = ["FieldError", "FieldReader", "describe", "field_path"]
 
 _HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 """A host name of RFC 1123 labels (letters, digits, inner hyphens; ≤ 63 per label, ≤ 253 in all)."""
@@ -61,7 +61,8 @@ def describe(value: Any) -> str:
     return excerpt(value)
 
 
-def _join(where: str, key: Any) -> str:
+def field_path(where: str, key: Any) -> str:
+    """The path of ``key`` inside the field ``where`` (``""``: the document)."""
     return f"{where}.{key}" if where else str(key)
 
 
@@ -115,12 +116,12 @@ class FieldReader:
             return None
         for key in raw:
             if rejected and key in rejected:
-                self.problem(_join(where, key), rejected[key])
+                self.problem(field_path(where, key), rejected[key])
             elif allowed is not None and key not in allowed and key not in required:
-                self.fail(_join(where, key), f"one of the keys {', '.join(sorted({*allowed, *required}))}", key)
+                self.fail(field_path(where, key), f"one of the keys {', '.join(sorted({*allowed, *required}))}", key)
         for key in required:
             if key not in raw:
-                self.problem(_join(where, key), "required field is missing")
+                self.problem(field_path(where, key), "required field is missing")
         return raw
 
     def sequence(self, raw: Any, where: str, what: str, *, empty: bool = False) -> list[Any] | None:
@@ -137,7 +138,7 @@ class FieldReader:
             self.fail(where, "a non-empty string", raw)
             return None
         if pattern is not None and not pattern.fullmatch(raw):
-            self.fail(where, what, raw)
+            self._unlike(where, what, raw)
             return None
         return raw
 
@@ -179,10 +180,10 @@ class FieldReader:
         if text is None:
             return None
         if not is_duration(text) or duration_seconds(text) <= 0:
-            self.fail(where, "a Prometheus duration such as 5m, 30d or 1h30m", text)
+            self._unlike(where, "a Prometheus duration such as 5m, 30d or 1h30m", text)
             return None
         if minimum is not None and duration_seconds(text) < duration_seconds(minimum):
-            self.fail(where, f"at least {minimum} (the longest alert window)", text)
+            self._unlike(where, f"at least {minimum} (the longest alert window)", text)
             return None
         return text
 
@@ -195,7 +196,7 @@ class FieldReader:
             ipaddress.ip_address(text)
         except ValueError:
             if not _HOST_NAME.fullmatch(text):
-                self.fail(where, "an IP address or host name", raw)
+                self._unlike(where, "an IP address or host name", text)
                 return None
         return text
 
@@ -210,7 +211,7 @@ class FieldReader:
         except ValueError:  # a port that is not a number in 0…65535
             valid = False
         if not valid:
-            self.fail(where, "an http(s) URL such as http://127.0.0.1:4318/v1/traces", raw)
+            self._unlike(where, "an http(s) URL such as http://127.0.0.1:4318/v1/traces", text)
             return None
         return text
 
@@ -220,11 +221,15 @@ class FieldReader:
         if text is None:
             return None
         if "\0" in text:
-            self.fail(where, "a path (no NUL characters)", raw)
+            self._unlike(where, "a path (no NUL characters)", text)
             return None
         return Path(text)
 
     # ---- helpers --------------------------------------------------------------------------------------
+    def _unlike(self, where: str, expected: str, text: str) -> None:
+        """``fail`` for a string of the wrong form: quoted without its type, which is not the problem."""
+        self.problem(where, f"expected {clip(expected, 400)}, got {excerpt(text)}")
+
     def _finite(self, raw: Any, where: str) -> int | float | None:
         """``raw`` as a finite int or float (ints kept exact), or the problem reported."""
         value = raw
