@@ -246,7 +246,12 @@ def _extension(r: FieldReader, raw: Any, path: str, slo_level: bool) -> dict[str
         return {}
     out: dict[str, Any] = {}
     if "period" in block:
-        out["period"] = r.duration(block["period"], field_path(path, "period"), minimum=TIERS[-1].long)
+        where, longest = field_path(path, "period"), TIERS[-1].long
+        period = r.duration(block["period"], where)
+        if period is not None and duration_seconds(period) < duration_seconds(longest):
+            r.problem(where, f"expected at least {longest} (the longest alert window), got {excerpt(period)}")
+            period = None
+        out["period"] = period
     if "min_events" in block:
         out["min_events"] = r.integer(block["min_events"], field_path(path, "min_events"), 0)
     if "queries_return" in block:

@@ -11,7 +11,8 @@ Two modes, because the files' users want two things:
   valid — links.yaml and the jobs file build settings from each value as they read it;
 * **collecting** (``collect=True``): every problem is recorded and :meth:`FieldReader.finish` raises
   them all at once — SLO spec authors want every mistake of a file in one run. A failed accessor then
-  returns None (``False``/``{}`` where noted) and reading goes on.
+  returns None and reading goes on (accessors are typed ``… | None`` for this mode only: failing fast,
+  they never return None).
 
 Each file keeps its own error type (``ConfigError``, ``SpecError``, ``ScenarioError``), all
 :class:`FieldError`: callers catch the one they know, tools may catch them all.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -134,13 +135,7 @@ class FieldReader:
     # ---- scalars --------------------------------------------------------------------------------------
     def string(self, raw: Any, where: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
         """A non-empty string; with ``pattern``, one it matches in full (``what`` describes the pattern)."""
-        if not isinstance(raw, str) or not raw.strip():
-            self.fail(where, "a non-empty string", raw)
-            return None
-        if pattern is not None and not pattern.fullmatch(raw):
-            self._unlike(where, what, raw)
-            return None
-        return raw
+        return self._text(raw, where, None if pattern is None else pattern.fullmatch, what)
 
     def choice(self, raw: Any, where: str, options: Sequence[str]) -> str | None:
         if not isinstance(raw, str) or raw not in options:
@@ -174,61 +169,34 @@ class FieldReader:
             return None
         return int(value)
 
-    def duration(self, raw: Any, where: str, minimum: str | None = None) -> str | None:
-        """A positive Prometheus duration (``qkdops.durations``), at least ``minimum`` if given."""
-        text = self.string(raw, where)
-        if text is None:
-            return None
-        if not is_duration(text) or duration_seconds(text) <= 0:
-            self._unlike(where, "a Prometheus duration such as 5m, 30d or 1h30m", text)
-            return None
-        if minimum is not None and duration_seconds(text) < duration_seconds(minimum):
-            self._unlike(where, f"at least {minimum} (the longest alert window)", text)
-            return None
-        return text
+    def duration(self, raw: Any, where: str) -> str | None:
+        """A positive Prometheus duration (``qkdops.durations``)."""
+        return self._text(raw, where, _is_positive_duration, "a Prometheus duration such as 5m, 30d or 1h30m")
 
     def host(self, raw: Any, where: str) -> str | None:
         """An address to listen on: an IPv4/IPv6 literal or a host name (RFC 1123 labels)."""
-        text = self.string(raw, where)
-        if text is None:
-            return None
-        try:
-            ipaddress.ip_address(text)
-        except ValueError:
-            if not _HOST_NAME.fullmatch(text):
-                self._unlike(where, "an IP address or host name", text)
-                return None
-        return text
+        return self._text(raw, where, _is_host, "an IP address or host name")
 
     def http_url(self, raw: Any, where: str) -> str | None:
         """An http(s) URL with a host (and a valid port, if any)."""
-        text = self.string(raw, where)
-        if text is None:
-            return None
-        try:
-            parts = urlsplit(text)
-            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
-        except ValueError:  # a port that is not a number in 0…65535
-            valid = False
-        if not valid:
-            self._unlike(where, "an http(s) URL such as http://127.0.0.1:4318/v1/traces", text)
-            return None
-        return text
+        return self._text(raw, where, _is_http_url, "an http(s) URL such as http://127.0.0.1:4318/v1/traces")
 
     def fs_path(self, raw: Any, where: str) -> Path | None:
         """A file-system path (no NUL character, which no OS call accepts)."""
-        text = self.string(raw, where)
-        if text is None:
-            return None
-        if "\0" in text:
-            self._unlike(where, "a path (no NUL characters)", text)
-            return None
-        return Path(text)
+        text = self._text(raw, where, lambda t: "\0" not in t, "a path (no NUL characters)")
+        return None if text is None else Path(text)
 
     # ---- helpers --------------------------------------------------------------------------------------
-    def _unlike(self, where: str, expected: str, text: str) -> None:
-        """``fail`` for a string of the wrong form: quoted without its type, which is not the problem."""
-        self.problem(where, f"expected {clip(expected, 400)}, got {excerpt(text)}")
+    def _text(self, raw: Any, where: str, valid: Callable[[str], object] | None, expected: str) -> str | None:
+        """A non-empty string that ``valid`` accepts; one it refuses is quoted without its type (it is text:
+        its form is the problem)."""
+        if not isinstance(raw, str) or not raw.strip():
+            self.fail(where, "a non-empty string", raw)
+            return None
+        if valid is not None and not valid(raw):
+            self.problem(where, f"expected {clip(expected, 400)}, got {excerpt(raw)}")
+            return None
+        return raw
 
     def _finite(self, raw: Any, where: str) -> int | float | None:
         """``raw`` as a finite int or float (ints kept exact), or the problem reported."""
@@ -259,4 +227,24 @@ class FieldReader:
             self.fail(where, f"{noun} >= {minimum}", raw)
         else:
             self.fail(where, f"{noun} <= {maximum}", raw)
+        return False
+
+
+def _is_positive_duration(text: str) -> bool:
+    return is_duration(text) and duration_seconds(text) > 0
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return _HOST_NAME.fullmatch(text) is not None
+    return True
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:  # a port that is not a number in 0…65535
         return False
