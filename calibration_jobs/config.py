@@ -20,7 +20,8 @@ from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 
-from qkdops.config import ConfigReader, read_yaml
+from qkdops.config import ConfigError, read_yaml
+from qkdops.yaml_fields import FieldReader
 
 DEFAULT_JOBS_FILE = Path(__file__).resolve().parent / "jobs.yaml"
 JOB_NAMES = ("phase_relock", "intensity_retune", "polarization_realign", "detector_regate", "decoy_estimation")
@@ -106,7 +107,7 @@ def load_jobs_config(path: str | Path = DEFAULT_JOBS_FILE) -> JobsConfig:
 
 
 def parse_jobs_config(raw: Any, path: Path) -> JobsConfig:
-    r = ConfigReader(path)
+    r = FieldReader(path, ConfigError)
     top = r.mapping(raw, "", {"signals", "scheduler", "defaults", "jobs"})
     signals = _signals(r, top.get("signals", {}))
     scheduler = r.mapping(top.get("scheduler", {}), "scheduler", {"max_workers"})
@@ -117,7 +118,7 @@ def parse_jobs_config(raw: Any, path: Path) -> JobsConfig:
     return JobsConfig(signals, max_workers, MappingProxyType(jobs), path)
 
 
-def _signals(r: ConfigReader, raw: Any) -> SignalSettings:
+def _signals(r: FieldReader, raw: Any) -> SignalSettings:
     data = r.mapping(raw, "signals", {f.name for f in dataclasses.fields(SignalSettings)})
     values: dict[str, Any] = {}
     if "source" in data:
@@ -130,7 +131,7 @@ def _signals(r: ConfigReader, raw: Any) -> SignalSettings:
     return SignalSettings(**values)
 
 
-def _job(r: ConfigReader, name: str, defaults: Mapping[str, Any], raw: Any) -> JobSettings:
+def _job(r: FieldReader, name: str, defaults: Mapping[str, Any], raw: Any) -> JobSettings:
     where = f"jobs.{name}"
     allowed = SHARED_OPTIONS | {"thresholds"} | (set(DECOY_OPTIONS) if name == "decoy_estimation" else set())
     data = r.mapping(raw, where, allowed)
@@ -143,14 +144,9 @@ def _job(r: ConfigReader, name: str, defaults: Mapping[str, Any], raw: Any) -> J
         return None
 
     values: dict[str, Any] = {"name": name}
-    if (v := pick("enabled")) is not None:
-        if not isinstance(v[0], bool):
-            r.fail(v[1], "true or false", v[0])
-        values["enabled"] = v[0]
-    if (v := pick("coalesce")) is not None:
-        if not isinstance(v[0], bool):
-            r.fail(v[1], "true or false", v[0])
-        values["coalesce"] = v[0]
+    for key in ("enabled", "coalesce"):
+        if (v := pick(key)) is not None:
+            values[key] = r.boolean(*v)
     if (v := pick("trigger")) is not None:
         values["trigger"] = _trigger(r, *v)
     if (v := pick("max_instances")) is not None:
@@ -160,24 +156,17 @@ def _job(r: ConfigReader, name: str, defaults: Mapping[str, Any], raw: Any) -> J
     if (v := pick("retry")) is not None:
         values["retry"] = _retry(r, *v)
     if (v := pick("links")) is not None and v[0] != "all":
-        if not isinstance(v[0], list) or not v[0]:
-            r.fail(v[1], "'all' or a non-empty list of link ids", v[0])
-        values["links"] = tuple(r.string(link, f"{v[1]}[{i}]") for i, link in enumerate(v[0]))
+        links = r.sequence(v[0], v[1], "'all' or a non-empty list of link ids")
+        values["links"] = tuple(r.string(link, f"{v[1]}[{i}]") for i, link in enumerate(links))
     values["thresholds"] = MappingProxyType(_thresholds(r, name, data.get("thresholds", {})))
     if name == "decoy_estimation":
         values["options"] = MappingProxyType({
             "window_blocks": r.integer(data.get("window_blocks", 30), f"{where}.window_blocks", 1, 1000),
-            "recommend": _boolean(r, data.get("recommend", True), f"{where}.recommend")})
+            "recommend": r.boolean(data.get("recommend", True), f"{where}.recommend")})
     return JobSettings(**values)
 
 
-def _boolean(r: ConfigReader, raw: Any, where: str) -> bool:
-    if not isinstance(raw, bool):
-        r.fail(where, "true or false", raw)
-    return raw
-
-
-def _trigger(r: ConfigReader, raw: Any, where: str) -> Trigger:
+def _trigger(r: FieldReader, raw: Any, where: str) -> Trigger:
     data = r.mapping(raw, where, {"interval_s", "cron", "jitter_s"})
     jitter = r.number(data.get("jitter_s", 0.0), f"{where}.jitter_s", 0.0, 3600.0)
     if ("interval_s" in data) == ("cron" in data):
@@ -195,7 +184,7 @@ def _trigger(r: ConfigReader, raw: Any, where: str) -> Trigger:
     return Trigger(interval_s=interval, jitter_s=jitter)
 
 
-def _retry(r: ConfigReader, raw: Any, where: str) -> Retry:
+def _retry(r: FieldReader, raw: Any, where: str) -> Retry:
     data = r.mapping(raw, where, {"max_attempts", "backoff_s", "backoff_max_s"})
     defaults = Retry()
     retry = Retry(r.integer(data.get("max_attempts", defaults.max_attempts), f"{where}.max_attempts", 1, 100),
@@ -206,7 +195,7 @@ def _retry(r: ConfigReader, raw: Any, where: str) -> Retry:
     return retry
 
 
-def _thresholds(r: ConfigReader, name: str, raw: Any) -> dict[str, float]:
+def _thresholds(r: FieldReader, name: str, raw: Any) -> dict[str, float]:
     """The job's tolerances: every one it needs (``THRESHOLDS``), in range, and nothing else."""
     where = f"jobs.{name}.thresholds"
     given = r.mapping(raw, where, set(THRESHOLDS[name]))

@@ -23,7 +23,7 @@ claim one thing and do another. Errors name the file and field.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ from chaoslib.experiment import ensure_experiment_is_valid
 from monitoring.rules import RULES_DIR
 from qkdlink.emulator import FaultError
 from qkdops.runtime.faults import fault_spec
-from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
+from qkdops.yaml_fields import FieldError, FieldReader
+from qkdops.yaml_input import excerpt, load_file
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
@@ -62,7 +63,7 @@ STACK_FAULTS: Mapping[str, StackFault] = {
 INJECTORS = ("inject_fault", *(f.inject for f in STACK_FAULTS.values()))
 
 
-class ScenarioError(ValueError):
+class ScenarioError(FieldError):
     """A scenario file that cannot be run; the message names the file and the field."""
 
 
@@ -128,81 +129,71 @@ def load_all(selector: str, directory: Path = SCENARIOS_DIR) -> list[Scenario]:
 
 def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
     """The scenario in ``path``, validated; ScenarioError naming the file and the part that is wrong."""
-    def fail(where: str, message: str) -> ScenarioError:   # parts of both may come from the file: bounded
-        return ScenarioError(f"{path}: {clip(where, 200)}: {clip(message, 600)}")
-
-    try:
-        experiment = load_file(path)
-    except YamlInputError as exc:
-        raise ScenarioError(f"cannot read a YAML experiment: {exc}") from None
-    if not isinstance(experiment, dict):
-        raise fail("top level", "expected a Chaos Toolkit experiment (a mapping)")
+    r = FieldReader(path, ScenarioError)
+    experiment = r.mapping(r.load(), "", None)
     try:
         ensure_experiment_is_valid(experiment)
     except ChaosException as exc:
-        raise fail("experiment", f"not a valid Chaos Toolkit experiment: {excerpt(str(exc))}") from None
+        r.problem("experiment", f"not a valid Chaos Toolkit experiment: {excerpt(str(exc))}")
     except Exception as exc:  # chaoslib assumes well-formed sections: a malformed one surfaces as a TypeError or so
-        raise fail("experiment", f"not a valid Chaos Toolkit experiment ({type(exc).__name__}: {excerpt(str(exc))})") from None
+        r.problem("experiment", f"not a valid Chaos Toolkit experiment ({type(exc).__name__}: {excerpt(str(exc))})")
     try:
-        return _scenario(path, experiment, severities, fail)
+        return _scenario(r, path, experiment, severities)
     except ScenarioError:
         raise
     except (TypeError, AttributeError, KeyError, ValueError) as exc:   # a section of the wrong shape
-        raise fail("extensions[qkdops]", f"malformed ({type(exc).__name__}: {excerpt(str(exc))})") from None
+        r.problem("extensions[qkdops]", f"malformed ({type(exc).__name__}: {excerpt(str(exc))})")
 
 
-def _scenario(path: Path, experiment: dict[str, Any], severities: Mapping[str, str] | None,
-              fail: Callable[[str, str], ScenarioError]) -> Scenario:
+def _scenario(r: FieldReader, path: Path, experiment: dict[str, Any], severities: Mapping[str, str] | None) -> Scenario:
     blocks = [e for e in experiment.get("extensions", []) if isinstance(e, dict) and e.get("name") == EXTENSION]
     if len(blocks) != 1:
-        raise fail("extensions", f"expected exactly one extension named {EXTENSION!r}")
-    block = blocks[0]
+        r.problem("extensions", f"expected exactly one extension named {EXTENSION!r}")
     where = "extensions[qkdops]"
-    for key in ("link", "fault", "expect", "recovery", "limits"):
-        if key not in block:
-            raise fail(f"{where}.{key}", "missing")
-    parameters = _parameters(block, fail)
-    if block["recovery"] not in RECOVERY:
-        raise fail(f"{where}.recovery", f"expected one of {', '.join(RECOVERY)}, got {excerpt(block['recovery'])}")
+    block = r.mapping(blocks[0], where, ["name", "parameters"], required=["link", "fault", "expect", "recovery", "limits"])
+    link = r.string(block["link"], f"{where}.link")
+    fault = r.string(block["fault"], f"{where}.fault")
+    parameters = _parameters(r, fault, block.get("parameters") or {})
+    recovery = r.choice(block["recovery"], f"{where}.recovery", RECOVERY)
     severities = alert_severities() if severities is None else severities
-    expect = block["expect"] if isinstance(block["expect"], dict) else {}
-    pages, tickets, silent = (tuple(expect.get(k) or ()) for k in ("pages", "tickets", "silent"))
-    for key, alerts in (("pages", pages), ("tickets", tickets), ("silent", silent)):
-        for alert in alerts:
-            if alert not in severities:
-                raise fail(f"{where}.expect.{key}", f"no alert named {excerpt(alert)} in alert_rules/")
+    expect = r.mapping(block["expect"], f"{where}.expect", ["pages", "tickets", "silent"])
+    pages, tickets, silent = (_alert_names(r, expect.get(k), f"{where}.expect.{k}", severities) for k in ("pages", "tickets", "silent"))
     for key, severity, alerts in (("pages", "page", pages), ("tickets", "ticket", tickets)):
         for alert in alerts:
             if severities[alert] != severity:
-                raise fail(f"{where}.expect.{key}", f"{alert} is a {severities[alert] or 'severity-less'} alert, not a {severity}")
+                r.problem(f"{where}.expect.{key}", f"{alert} is a {severities[alert] or 'severity-less'} alert, not a {severity}")
     if (set(pages) | set(tickets)) & set(silent):
-        raise fail(f"{where}.expect", f"alerts both expected and silent: {sorted((set(pages) | set(tickets)) & set(silent))}")
-    limits_raw = block["limits"] if isinstance(block["limits"], dict) else {}
-    try:
-        limits = Limits(*(float(limits_raw[k]) for k in ("detect_s", "recover_s", "run_s")))
-    except (KeyError, TypeError, ValueError):
-        raise fail(f"{where}.limits", "expected numbers detect_s, recover_s, run_s") from None
-    if not 0 < limits.detect_s <= limits.run_s or not 0 < limits.recover_s <= limits.run_s \
-            or not limits.run_s <= MAX_RUN_S:
-        raise fail(f"{where}.limits", f"expected 0 < detect_s, recover_s <= run_s <= {MAX_RUN_S:g} (finite)")
-    scenario = Scenario(path.stem, path, experiment, str(block["link"]), str(block["fault"]), parameters,
-                        pages, tickets, silent, str(block["recovery"]), limits)
-    _check_agreement(scenario, fail)
+        r.problem(f"{where}.expect", f"alerts both expected and silent: {sorted((set(pages) | set(tickets)) & set(silent))}")
+    limits_raw = r.mapping(block["limits"], f"{where}.limits", (), required=["detect_s", "recover_s", "run_s"])
+    limits = Limits(*(r.number(limits_raw[k], f"{where}.limits.{k}") for k in ("detect_s", "recover_s", "run_s")))
+    if not 0 < limits.detect_s <= limits.run_s or not 0 < limits.recover_s <= limits.run_s or not limits.run_s <= MAX_RUN_S:
+        r.fail(f"{where}.limits", f"0 < detect_s, recover_s <= run_s <= {MAX_RUN_S:g}", limits_raw)
+    scenario = Scenario(path.stem, path, experiment, link, fault, parameters, pages, tickets, silent, recovery, limits)
+    _check_agreement(r, scenario)
     return scenario
 
 
-def _parameters(block: Mapping[str, Any], fail: Any) -> dict[str, Any]:
+def _alert_names(r: FieldReader, raw: Any, where: str, severities: Mapping[str, str]) -> tuple[str, ...]:
+    """A list of alerts the rules define (absent: none)."""
+    alerts = r.sequence(raw or [], where, "a list of alert names", empty=True)
+    for alert in alerts:
+        if not isinstance(alert, str) or alert not in severities:
+            r.problem(where, f"no alert named {excerpt(alert)} in alert_rules/")
+    return tuple(alerts)
+
+
+def _parameters(r: FieldReader, fault: str, given: Any) -> dict[str, Any]:
     """The fault's parameters, validated: a link fault's by the catalogue, a stack fault's here."""
-    where, given = "extensions[qkdops]", block.get("parameters") or {}
-    stack = STACK_FAULTS.get(block["fault"])
-    if stack is None:
-        try:
-            return fault_spec(block["fault"]).validate(given)
-        except FaultError as exc:
-            raise fail(f"{where}.fault", f"{exc}; or a fault of the stack: {', '.join(STACK_FAULTS)}") from None
-    if not isinstance(given, dict) or set(given) != {stack.parameter} or given[stack.parameter] not in stack.choices:
-        raise fail(f"{where}.parameters", f"{block['fault']} takes exactly {stack.parameter}: one of {', '.join(stack.choices)}")
-    return dict(given)
+    where = "extensions[qkdops]"
+    stack = STACK_FAULTS.get(fault)
+    if stack is not None:
+        if not isinstance(given, dict) or set(given) != {stack.parameter} or given[stack.parameter] not in stack.choices:
+            r.problem(f"{where}.parameters", f"{fault} takes exactly {stack.parameter}: one of {', '.join(stack.choices)}")
+        return dict(given)
+    try:
+        return fault_spec(fault).validate(given)
+    except FaultError as exc:
+        r.problem(f"{where}.fault", f"{exc}; or a fault of the stack: {', '.join(STACK_FAULTS)}")
 
 
 def activities(experiment: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -215,22 +206,22 @@ def activities(experiment: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, A
         yield "rollbacks", activity
 
 
-def _check_agreement(s: Scenario, fail: Any) -> None:
+def _check_agreement(r: FieldReader, s: Scenario) -> None:
     injects, rolled_back, undone, waited = [], False, False, 0.0
     stack = s.stack_fault
     for section, activity in activities(s.experiment):
         provider = activity.get("provider", {})
         if provider.get("type") != "python" or provider.get("module") not in MODULES:
-            raise fail(f"{section}[{activity.get('name')}]", f"only the qkdops extension's python providers ({', '.join(MODULES)})")
+            r.problem(f"{section}[{activity.get('name')}]", f"only the qkdops extension's python providers ({', '.join(MODULES)})")
         args = provider.get("arguments", {})
         func = provider.get("func")
         if func in INJECTORS:
             if section != "method":
-                raise fail(f"{section}[{activity.get('name')}]", "faults are injected in the method only")
+                r.problem(f"{section}[{activity.get('name')}]", "faults are injected in the method only")
             for key, value in (args.get("parameters") or {}).items():
                 if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise fail(f"{section}[{activity.get('name')}].parameters.{key}",
-                               f"expected a number, got {excerpt(value)} (YAML reads 1e-10 as text: write 1.0e-10)")
+                    r.fail(f"{section}[{activity.get('name')}].parameters.{key}", "a number (YAML reads 1e-10 as text: write 1.0e-10)",
+                           value)
             injects.append((func, args))
         if stack is not None and section == "rollbacks" and func == stack.undo \
                 and args.get("name") == s.parameters[stack.parameter]:
@@ -241,22 +232,22 @@ def _check_agreement(s: Scenario, fail: Any) -> None:
         for key, value in (("timeout_s", args.get("timeout_s", 0)), ("pauses.before", pauses.get("before", 0)),
                            ("pauses.after", pauses.get("after", 0))):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_RUN_S:
-                raise fail(f"{section}[{excerpt(activity.get('name'))}].{key}", f"expected seconds in [0, {MAX_RUN_S:g}], got {excerpt(value)}")
+                r.fail(f"{section}[{excerpt(activity.get('name'))}].{key}", f"seconds in [0, {MAX_RUN_S:g}]", value)
             waited += value
     if stack is not None:
         name = s.parameters[stack.parameter]
         if injects != [(stack.inject, {"name": name})]:
-            raise fail("method", f"expected exactly one {stack.inject}(name={name}) and no other fault")
+            r.problem("method", f"expected exactly one {stack.inject}(name={name}) and no other fault")
         if not undone:
-            raise fail("rollbacks", f"expected a {stack.undo}(name={name})")
+            r.problem("rollbacks", f"expected a {stack.undo}(name={name})")
     elif len(injects) != 1 or injects[0][0] != "inject_fault" or injects[0][1].get("link") != s.link \
             or injects[0][1].get("fault") != s.fault \
             or fault_spec(s.fault).validate(injects[0][1].get("parameters") or {}) != dict(s.parameters):
-        raise fail("method", f"expected exactly one inject_fault of {s.fault} on {s.link} with the declared parameters")
+        r.problem("method", f"expected exactly one inject_fault of {s.fault} on {s.link} with the declared parameters")
     if not rolled_back:
-        raise fail("rollbacks", f"expected a clear_fault of every fault of {s.link} (no fault argument)")
+        r.problem("rollbacks", f"expected a clear_fault of every fault of {s.link} (no fault argument)")
     if waited > s.limits.run_s:
-        raise fail("extensions[qkdops].limits.run_s", f"the activities may wait {waited:g} s, more than run_s {s.limits.run_s:g}")
+        r.problem("extensions[qkdops].limits.run_s", f"the activities may wait {waited:g} s, more than run_s {s.limits.run_s:g}")
 
 
 def plan(s: Scenario) -> str:

@@ -22,8 +22,9 @@ from types import MappingProxyType
 from typing import Any
 
 from qkdops.assets import asset
-from qkdops.config import ConfigReader, read_yaml
-from qkdops.durations import format_seconds, is_duration, seconds
+from qkdops.config import ConfigError
+from qkdops.durations import format_seconds, seconds
+from qkdops.yaml_fields import FieldReader
 
 DEFAULT_PATH = asset("monitoring.yaml")
 SEVERITIES = ("page", "ticket")
@@ -117,39 +118,31 @@ def render_template(text: str, source: str, values: Mapping[str, str]) -> str:
 def load_monitoring_config(path: Path = DEFAULT_PATH) -> MonitoringConfig:
     """Read and check ``path``; ConfigError naming the file and field of the first problem. Every
     field is required, so a config never silently falls back to a value nobody chose."""
-    reader = ConfigReader(path)
-    data = reader.mapping(read_yaml(path), "", {"runbook_base_url", "scrape_interval", "jobs", "alertmanager", "thresholds"})
-    for key in ("runbook_base_url", "scrape_interval", "jobs", "alertmanager", "thresholds"):
-        if key not in data:
-            reader.fail(key, "a value (the field is required)", None)
-    base = reader.http_url(data["runbook_base_url"], "runbook_base_url").rstrip("/")
-    jobs_raw = reader.mapping(data["jobs"], "jobs", {f.name for f in dataclasses.fields(Jobs)})
-    jobs = {}
-    for name in (f.name for f in dataclasses.fields(Jobs)):
-        job = reader.string(jobs_raw.get(name), f"jobs.{name}")
-        if not _JOB_NAME.fullmatch(job):
-            reader.fail(f"jobs.{name}", "a job name of letters, digits and - _ . : (at most 100)", job)
-        jobs[name] = job
+    r = FieldReader(path, ConfigError)
+    data = r.mapping(r.load(), "", (), required=("runbook_base_url", "scrape_interval", "jobs", "alertmanager", "thresholds"))
+    base = r.http_url(data["runbook_base_url"], "runbook_base_url").rstrip("/")
+    job_names = tuple(f.name for f in dataclasses.fields(Jobs))
+    jobs_raw = r.mapping(data["jobs"], "jobs", (), required=job_names)
+    jobs = {name: r.string(jobs_raw[name], f"jobs.{name}", _JOB_NAME, "a job name of letters, digits and - _ . : (at most 100)")
+            for name in job_names}
     if len(set(jobs.values())) < len(jobs):
-        reader.fail("jobs", "a different name for each job", jobs_raw)
-    timing_raw = reader.mapping(data["alertmanager"], "alertmanager", set(SEVERITIES))
+        r.fail("jobs", "a different name for each job", jobs_raw)
+    timing_raw = r.mapping(data["alertmanager"], "alertmanager", (), required=SEVERITIES)
     timing = {}
     for severity in SEVERITIES:
-        timers = reader.mapping(timing_raw.get(severity), f"alertmanager.{severity}", set(TIMERS))
-        timing[severity] = Timing(*(_duration(reader, timers.get(t), f"alertmanager.{severity}.{t}") for t in TIMERS))
-    thresholds_raw = reader.mapping(data["thresholds"], "thresholds", None)
+        timers = r.mapping(timing_raw[severity], f"alertmanager.{severity}", (), required=TIMERS)
+        timing[severity] = Timing(*(_seconds(r, timers[t], f"alertmanager.{severity}.{t}") for t in TIMERS))
     thresholds = {}
-    for name, raw in thresholds_raw.items():
+    for name, raw in r.mapping(data["thresholds"], "thresholds").items():
         if not isinstance(name, str) or not _THRESHOLD_NAME.fullmatch(name):
-            reader.fail(f"thresholds.{name}", "a threshold name of lower-case letters, digits and _", name)
-        thresholds[name] = reader.number(raw, f"thresholds.{name}")
-    return MonitoringConfig(path, base, _duration(reader, data["scrape_interval"], "scrape_interval", maximum_s=300.0),
+            r.fail(f"thresholds.{name}", "a threshold name of lower-case letters, digits and _", name)
+        thresholds[name] = r.number(raw, f"thresholds.{name}")
+    return MonitoringConfig(path, base, _seconds(r, data["scrape_interval"], "scrape_interval", maximum_s=300.0),
                             Jobs(**jobs), MappingProxyType(timing), MappingProxyType(thresholds))
 
 
-def _duration(reader: ConfigReader, raw: Any, where: str, maximum_s: float = 400 * 86400.0) -> float:
-    text = reader.string(raw, where)
-    if not is_duration(text) or not 0 < float(seconds(text)) <= maximum_s:
-        reader.fail(where, f"a Prometheus duration such as 30s or 1h, over 0 and at most {maximum_s:g} s", raw)
-    return float(seconds(text))
-
+def _seconds(r: FieldReader, raw: Any, where: str, maximum_s: float = 400 * 86400.0) -> float:
+    value = float(seconds(r.duration(raw, where)))
+    if value > maximum_s:
+        r.fail(where, f"a duration of at most {format_seconds(maximum_s)}", raw)
+    return value

@@ -25,7 +25,7 @@ Where this departs from Sloth, on purpose (each is something Sloth users ask for
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from qkdops.durations import is_duration
 from qkdops.durations import seconds as duration_seconds
 from monitoring.config import TemplateError, render_template
-from qkdops.yaml_input import YamlInputError, excerpt, load_text
+from qkdops.yaml_fields import FieldError, FieldReader, describe, field_path
+from qkdops.yaml_input import excerpt
 
 SPEC_VERSION = "prometheus/v1"
 EXTENSION = "qkdops"
@@ -104,12 +104,8 @@ DEFAULT_ANNOTATIONS = {
 }
 
 
-class SpecError(ValueError):
-    """A malformed spec. One line per problem: ``<file>: <field path>: <what was expected, what was found>``."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+class SpecError(FieldError):
+    """Malformed specs. One line per problem: ``<file>: <field path>: <what was expected, what was found>``."""
 
 
 @dataclass(frozen=True)
@@ -202,16 +198,15 @@ def generate(spec_dir: Path, values: Mapping[str, str]) -> tuple[str, list[SLO]]
 
 
 def parse_spec(text: str, source: str, values: Mapping[str, str]) -> list[SLO]:
-    """Validate one spec document, its ``[[ name ]]`` placeholders filled from ``values`` first;
-    ``source`` names it in messages."""
+    """Validate one spec document, its ``[[ name ]]`` placeholders filled from ``values`` first, every
+    problem of it at once; ``source`` names it in messages."""
     try:
-        raw = load_text(render_template(text, source, values), source)   # no alias bombs, deep nesting or duplicate keys
-    except (YamlInputError, TemplateError) as exc:
+        text = render_template(text, source, values)
+    except TemplateError as exc:
         raise SpecError([str(exc)]) from None
-    reader = _Reader(source)
-    slos = reader.spec(raw)
-    if reader.problems:
-        raise SpecError(reader.problems)
+    r = FieldReader(source, SpecError, collect=True)
+    slos = _spec(r, r.load(text))   # no alias bombs, deep nesting or duplicate keys
+    r.finish()
     return slos
 
 
@@ -232,301 +227,243 @@ def _cross_checks(slos: Sequence[SLO]) -> list[str]:
     return problems
 
 
-class _Reader:
-    """Walks one spec, collecting every problem with its field path instead of stopping at the first."""
+# Each reads one part of a spec with a collecting FieldReader: a problem is recorded and reading goes
+# on, so a part that cannot be built comes back as None (or empty) and the spec's other parts are
+# still checked.
+def _spec(r: FieldReader, raw: Any) -> list[SLO]:
+    if raw is None:
+        r.problem("", "empty spec (expected version, service and slos)")
+        return []
+    top = r.mapping(raw, "", ["labels", EXTENSION], required=["version", "service", "slos"], rejected={
+        "slo_plugins": "SLO plugins are not supported: the generator has no plugin chain (remove slo_plugins)"})
+    if top is None:
+        return []
+    if "version" in top and top["version"] != SPEC_VERSION:
+        r.fail("version", repr(SPEC_VERSION), top["version"])
+    service = r.string(top["service"], "service", _NAME_RE, "a name of letters, digits, '-', '_' or '.'") \
+        if "service" in top else None
+    labels = _labels(r, top.get("labels"), "labels")
+    defaults = _extension(r, top.get(EXTENSION), EXTENSION, slo_level=False)
+    raw_slos = r.sequence(top["slos"], "slos", "a non-empty list of SLOs") if "slos" in top else None
+    slos = []
+    names: dict[str, int] = {}
+    for i, raw_slo in enumerate(raw_slos or []):
+        slo = _slo(r, raw_slo, f"slos[{i}]", service or "", labels, defaults)
+        if slo is not None:
+            if slo.name in names:
+                r.problem(f"slos[{i}].name", f"duplicate SLO name {excerpt(slo.name)} (also slos[{names[slo.name]}])")
+            names.setdefault(slo.name, i)
+            slos.append(slo)
+    return slos
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[str] = []
 
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}")
+def _extension(r: FieldReader, raw: Any, path: str, slo_level: bool) -> dict[str, Any]:
+    """The ``qkdops`` block: spec level (defaults for every SLO) or SLO level."""
+    if raw is None:
+        return {}
+    block = r.mapping(raw, path, ["period", "min_events"] + (["queries_return", "recording_rules"] if slo_level else []))
+    if block is None:
+        return {}
+    out: dict[str, Any] = {}
+    if "period" in block:
+        where, longest = field_path(path, "period"), TIERS[-1].long
+        period = r.duration(block["period"], where)
+        if period is not None and duration_seconds(period) < duration_seconds(longest):
+            r.problem(where, f"expected at least {longest} (the longest alert window), got {excerpt(period)}")
+            period = None
+        out["period"] = period
+    if "min_events" in block:
+        out["min_events"] = r.integer(block["min_events"], field_path(path, "min_events"), 0)
+    if "queries_return" in block:
+        out["queries_return"] = r.choice(block["queries_return"], field_path(path, "queries_return"), ("rate", "count"))
+    if "recording_rules" in block:
+        out["recording_rules"] = _recording_rules(r, block["recording_rules"], field_path(path, "recording_rules"))
+    return out
 
-    # ---- shapes -------------------------------------------------------------------------------------
-    def mapping(self, raw: Any, path: str, required: Sequence[str], optional: Sequence[str],
-                rejected: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-        if not isinstance(raw, dict):
-            self.fail(path, f"expected a mapping, got {_describe(raw)}")
-            return None
-        allowed = [*required, *optional]
-        for key in raw:
-            where = _join(path, str(key))
-            if rejected and key in rejected:
-                self.fail(where, rejected[key])
-            elif key not in allowed:
-                self.fail(where, f"unknown field (expected one of: {', '.join(allowed)})")
-        for key in required:
-            if key not in raw:
-                self.fail(_join(path, key), "required field is missing")
-        return raw
 
-    def string(self, raw: Any, path: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
-        if not isinstance(raw, str) or not raw.strip():
-            self.fail(path, f"expected a non-empty string, got {_describe(raw)}")
-            return None
-        if pattern is not None and not pattern.match(raw):
-            self.fail(path, f"expected {what}, got {excerpt(raw)}")
-            return None
-        return raw
+def _recording_rules(r: FieldReader, raw: Any, path: str) -> tuple[RecordingRule, ...]:
+    rules = []
+    for i, item in enumerate(r.sequence(raw, path, "a non-empty list of {record, expr, labels}") or []):
+        where = f"{path}[{i}]"
+        rule = r.mapping(item, where, ["labels"], required=["record", "expr"])
+        if rule is None:
+            continue
+        record = r.string(rule["record"], f"{where}.record", _METRIC_RE, "a metric name") if "record" in rule else None
+        if record is not None and record.startswith("slo:"):
+            r.problem(f"{where}.record", "names starting with slo: are the generator's (slo/README.md); choose another prefix")
+            record = None
+        expr = _query(r, rule["expr"], f"{where}.expr", windowed=False) if "expr" in rule else None
+        labels = _labels(r, rule.get("labels"), f"{where}.labels", reserved={})
+        if record is not None and expr is not None:
+            rules.append(RecordingRule(record, expr, labels, f"{r.source}: {where}"))
+    return tuple(rules)
 
-    def boolean(self, raw: Any, path: str) -> bool:
-        if not isinstance(raw, bool):
-            self.fail(path, f"expected true or false, got {_describe(raw)}")
-            return False
-        return raw
 
-    def duration(self, raw: Any, path: str, minimum: str | None = None) -> str | None:
-        text = self.string(raw, path)
-        if text is None:
-            return None
-        if not is_duration(text) or duration_seconds(text) <= 0:
-            self.fail(path, f"expected a Prometheus duration such as 5m, 30d or 1h30m, got {excerpt(text)}")
-            return None
-        if minimum is not None and duration_seconds(text) < duration_seconds(minimum):
-            self.fail(path, f"expected at least {minimum} (the longest alert window), got {excerpt(text)}")
-            return None
-        return text
-
-    def count(self, raw: Any, path: str) -> int | None:
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-            self.fail(path, f"expected a whole number >= 0, got {_describe(raw)}")
-            return None
-        return raw
-
-    def labels(self, raw: Any, path: str, reserved: Mapping[str, str] = RESERVED_LABELS) -> dict[str, str]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.fail(path, f"expected a mapping of label names to strings, got {_describe(raw)}")
-            return {}
-        out = {}
-        for name, value in raw.items():
-            where = _join(path, str(name))
-            if not isinstance(name, str) or not _LABEL_RE.match(name) or name.startswith("__"):
-                self.fail(where, "invalid label name (expected [A-Za-z_][A-Za-z0-9_]*, not starting with __)")
-            elif name in reserved:
-                self.fail(where, f"reserved label: {reserved[name]}; rename this label")
-            elif not isinstance(value, str):
-                self.fail(where, f"expected a string label value, got {_describe(value)} (quote it)")
-            else:
-                out[name] = value
-        return out
-
-    def annotations(self, raw: Any, path: str) -> dict[str, str]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.fail(path, f"expected a mapping of annotation names to strings, got {_describe(raw)}")
-            return {}
-        out = {}
-        for name, value in raw.items():
-            where = _join(path, str(name))
-            if not isinstance(name, str) or not _LABEL_RE.match(name):
-                self.fail(where, "invalid annotation name (expected [A-Za-z_][A-Za-z0-9_]*)")
-            elif not isinstance(value, str):
-                self.fail(where, f"expected a string, got {_describe(value)}")
-            else:
-                unknown = sorted({m for m in _PLACEHOLDER_RE.findall(value) if m not in ANNOTATION_PLACEHOLDERS})
-                if unknown:
-                    self.fail(where, f"unknown placeholder {{{{.{unknown[0]}}}}} (known: "
-                                     f"{', '.join('{{.' + p + '}}' for p in ANNOTATION_PLACEHOLDERS)})")
-                else:
-                    out[name] = value
-        return out
-
-    def query(self, raw: Any, path: str, windowed: bool = True) -> str | None:
-        """A PromQL query: balanced brackets; with ``windowed``, ``{{.window}}`` and no other template action."""
-        text = self.string(raw, path)
-        if text is None:
-            return None
-        text = text.strip()
-        if windowed:
-            for action in _TEMPLATE_RE.finditer(text):
-                if not _WINDOW_RE.fullmatch(action.group(0)):
-                    self.fail(path, f"unsupported template action {excerpt(action.group(0))}: only {{{{.window}}}} is substituted")
-                    return None
-            if not _WINDOW_RE.search(text):
-                self.fail(path, "the query must use the {{.window}} template variable (e.g. rate(x[{{.window}}])): "
-                                "it is evaluated once per window")
-                return None
-        if (problem := _bracket_problem(text)) is not None:
-            self.fail(path, problem)
-            return None
-        return text
-
-    # ---- the spec ------------------------------------------------------------------------------------
-    def spec(self, raw: Any) -> list[SLO]:
-        if raw is None:
-            self.fail("", "empty spec (expected version, service and slos)")
-            return []
-        top = self.mapping(raw, "", ["version", "service", "slos"], ["labels", EXTENSION], rejected={
-            "slo_plugins": "SLO plugins are not supported: the generator has no plugin chain (remove slo_plugins)"})
-        if top is None:
-            return []
-        if "version" in top and top["version"] != SPEC_VERSION:
-            self.fail("version", f"expected {SPEC_VERSION!r}, got {_describe(top['version'])}")
-        service = self.string(top.get("service"), "service", _NAME_RE, "a name of letters, digits, '-', '_' or '.'") \
-            if "service" in top else None
-        labels = self.labels(top.get("labels"), "labels")
-        defaults = self.extension(top.get(EXTENSION), EXTENSION, slo_level=False)
-        raw_slos = top.get("slos")
-        if "slos" in top and (not isinstance(raw_slos, list) or not raw_slos):
-            self.fail("slos", f"expected a non-empty list of SLOs, got {_describe(raw_slos)}")
-            return []
-        slos = []
-        names: dict[str, int] = {}
-        for i, raw_slo in enumerate(raw_slos or []):
-            slo = self.slo(raw_slo, f"slos[{i}]", service or "", labels, defaults)
-            if slo is not None:
-                if slo.name in names:
-                    self.fail(f"slos[{i}].name", f"duplicate SLO name {excerpt(slo.name)} (also slos[{names[slo.name]}])")
-                names.setdefault(slo.name, i)
-                slos.append(slo)
-        return slos
-
-    def extension(self, raw: Any, path: str, slo_level: bool) -> dict[str, Any]:
-        """The ``qkdops`` block: spec level (defaults for every SLO) or SLO level."""
-        if raw is None:
-            return {}
-        optional = ["period", "min_events"] + (["queries_return", "recording_rules"] if slo_level else [])
-        block = self.mapping(raw, path, [], optional)
-        if block is None:
-            return {}
-        out: dict[str, Any] = {}
-        if "period" in block:
-            out["period"] = self.duration(block["period"], _join(path, "period"), minimum=TIERS[-1].long)
-        if "min_events" in block:
-            out["min_events"] = self.count(block["min_events"], _join(path, "min_events"))
-        if "queries_return" in block:
-            value = block["queries_return"]
-            if value not in ("rate", "count"):
-                self.fail(_join(path, "queries_return"), f"expected rate or count, got {_describe(value)}")
-            out["queries_return"] = value
-        if "recording_rules" in block:
-            out["recording_rules"] = self.recording_rules(block["recording_rules"], _join(path, "recording_rules"))
-        return out
-
-    def recording_rules(self, raw: Any, path: str) -> tuple[RecordingRule, ...]:
-        if not isinstance(raw, list) or not raw:
-            self.fail(path, f"expected a non-empty list of {{record, expr, labels}}, got {_describe(raw)}")
-            return ()
-        rules = []
-        for i, item in enumerate(raw):
-            where = f"{path}[{i}]"
-            rule = self.mapping(item, where, ["record", "expr"], ["labels"])
-            if rule is None:
-                continue
-            record = self.string(rule.get("record"), f"{where}.record", _METRIC_RE, "a metric name") if "record" in rule else None
-            if record is not None and record.startswith("slo:"):
-                self.fail(f"{where}.record", "names starting with slo: are the generator's (slo/README.md); choose another prefix")
-                record = None
-            expr = self.query(rule.get("expr"), f"{where}.expr", windowed=False) if "expr" in rule else None
-            labels = self.labels(rule.get("labels"), f"{where}.labels", reserved={})
-            if record is not None and expr is not None:
-                rules.append(RecordingRule(record, expr, labels, f"{self.source}: {where}"))
-        return tuple(rules)
-
-    def slo(self, raw: Any, path: str, service: str, spec_labels: Mapping[str, str],
-            defaults: Mapping[str, Any]) -> SLO | None:
-        before = len(self.problems)
-        slo = self.mapping(raw, path, ["name", "objective", "sli"], ["description", "labels", "infoLabels", "alerting", EXTENSION],
-                           rejected={"interval": "per-SLO rule group intervals are not supported: every generated rule "
-                                                 "runs at the global evaluation interval (remove interval)"})
-        if slo is None:
-            return None
-        name = self.string(slo.get("name"), f"{path}.name", _NAME_RE,
-                           "a name of letters, digits, '-', '_' or '.'") if "name" in slo else None
-        objective = self.objective(slo.get("objective"), f"{path}.objective") if "objective" in slo else None
-        if "description" in slo:
-            self.string(slo["description"], f"{path}.description")
-        labels = {**spec_labels, **self.labels(slo.get("labels"), f"{path}.labels")}
-        info_labels = self.labels(slo.get("infoLabels"), f"{path}.infoLabels",
-                                  reserved={**RESERVED_LABELS, **{k: f"the generator sets {k} on slo:info" for k in INFO_LABELS}})
-        sli = self.sli(slo.get("sli"), f"{path}.sli") if "sli" in slo else None
-        ext = {**defaults, **self.extension(slo.get(EXTENSION), f"{path}.{EXTENSION}", slo_level=True)}
-        alerting = self.alerting(slo.get("alerting"), f"{path}.alerting")
-        if sli is not None and sli[0] == "raw":
-            for key in ("queries_return", "min_events"):
-                if key in (slo.get(EXTENSION) or {}):
-                    self.fail(f"{path}.{EXTENSION}.{key}", "only for sli.events: a raw error ratio has no event count")
-        if len(self.problems) > before or name is None or objective is None or sli is None or alerting is None:
-            return None
-        kind, error_query, total_query, ratio_query = sli
-        return SLO(
-            source=self.source, service=service, name=name, objective=objective, labels=labels, info_labels=info_labels,
-            error_query=error_query, total_query=total_query, error_ratio_query=ratio_query,
-            queries_return=ext.get("queries_return") or "rate",
-            min_events=0 if kind == "raw" else ext.get("min_events", DEFAULT_MIN_EVENTS),
-            period=ext.get("period") or DEFAULT_PERIOD,
-            alert_name=alerting["name"], alert_labels=alerting["labels"], alert_annotations=alerting["annotations"],
-            page=alerting["page_alert"], ticket=alerting["ticket_alert"],
-            recording_rules=ext.get("recording_rules", ()),
-        )
-
-    def objective(self, raw: Any, path: str) -> Decimal | None:
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw < 100:
-            self.fail(path, f"expected a number in (0, 100), got {_describe(raw)}")
-            return None
-        return Decimal(str(raw))  # the shortest decimal that reads back as this float: 99.9, not 99.900000000000005684…
-
-    def sli(self, raw: Any, path: str) -> tuple[str, str | None, str | None, str | None] | None:
-        sli = self.mapping(raw, path, [], ["events", "raw"], rejected={
-            "plugin": "SLI plugins are not supported (the generator runs no Go plugins): "
-                      "write the plugin's queries as sli.events.error_query and total_query"})
-        if sli is None:
-            return None
-        kinds = [k for k in ("events", "raw", "plugin") if k in sli]
-        if len(kinds) != 1:
-            if not kinds:
-                self.fail(path, "expected exactly one of events, raw (none given)")
-            elif "plugin" not in kinds:
-                self.fail(path, f"expected exactly one of events, raw (got {', '.join(kinds)})")
-            return None
-        if kinds == ["events"]:
-            events = self.mapping(sli["events"], f"{path}.events", ["error_query", "total_query"], [])
-            if events is None:
-                return None
-            error = self.query(events.get("error_query"), f"{path}.events.error_query") if "error_query" in events else None
-            total = self.query(events.get("total_query"), f"{path}.events.total_query") if "total_query" in events else None
-            return ("events", error, total, None) if error and total else None
-        if kinds == ["raw"]:
-            # Sloth's current key is error_ratio_query; some of its releases documented errorRatioQuery.
-            raw_sli = self.mapping(sli["raw"], f"{path}.raw", [], ["error_ratio_query", "errorRatioQuery"])
-            if raw_sli is None:
-                return None
-            keys = [k for k in ("error_ratio_query", "errorRatioQuery") if k in raw_sli]
-            if len(keys) != 1:
-                self.fail(f"{path}.raw.error_ratio_query", "required field is missing" if not keys
-                          else "give error_ratio_query or errorRatioQuery, not both")
-                return None
-            ratio = self.query(raw_sli[keys[0]], f"{path}.raw.{keys[0]}")
-            return ("raw", None, None, ratio) if ratio else None
+def _slo(r: FieldReader, raw: Any, path: str, service: str, spec_labels: Mapping[str, str],
+         defaults: Mapping[str, Any]) -> SLO | None:
+    before = len(r.problems)
+    slo = r.mapping(raw, path, ["description", "labels", "infoLabels", "alerting", EXTENSION], required=["name", "objective", "sli"],
+                    rejected={"interval": "per-SLO rule group intervals are not supported: every generated rule "
+                                          "runs at the global evaluation interval (remove interval)"})
+    if slo is None:
         return None
+    name = r.string(slo["name"], f"{path}.name", _NAME_RE, "a name of letters, digits, '-', '_' or '.'") if "name" in slo else None
+    objective = _objective(r, slo["objective"], f"{path}.objective") if "objective" in slo else None
+    if "description" in slo:
+        r.string(slo["description"], f"{path}.description")
+    labels = {**spec_labels, **_labels(r, slo.get("labels"), f"{path}.labels")}
+    info_labels = _labels(r, slo.get("infoLabels"), f"{path}.infoLabels",
+                          reserved={**RESERVED_LABELS, **{k: f"the generator sets {k} on slo:info" for k in INFO_LABELS}})
+    sli = _sli(r, slo["sli"], f"{path}.sli") if "sli" in slo else None
+    ext = {**defaults, **_extension(r, slo.get(EXTENSION), f"{path}.{EXTENSION}", slo_level=True)}
+    alerting = _alerting(r, slo.get("alerting"), f"{path}.alerting")
+    if sli is not None and sli[0] == "raw":
+        for key in ("queries_return", "min_events"):
+            if key in (slo.get(EXTENSION) or {}):
+                r.problem(f"{path}.{EXTENSION}.{key}", "only for sli.events: a raw error ratio has no event count")
+    if len(r.problems) > before or name is None or objective is None or sli is None or alerting is None:
+        return None
+    kind, error_query, total_query, ratio_query = sli
+    return SLO(
+        source=r.source, service=service, name=name, objective=objective, labels=labels, info_labels=info_labels,
+        error_query=error_query, total_query=total_query, error_ratio_query=ratio_query,
+        queries_return=ext.get("queries_return") or "rate",
+        min_events=0 if kind == "raw" else ext.get("min_events", DEFAULT_MIN_EVENTS),
+        period=ext.get("period") or DEFAULT_PERIOD,
+        alert_name=alerting["name"], alert_labels=alerting["labels"], alert_annotations=alerting["annotations"],
+        page=alerting["page_alert"], ticket=alerting["ticket_alert"],
+        recording_rules=ext.get("recording_rules", ()),
+    )
 
-    def alerting(self, raw: Any, path: str) -> dict[str, Any] | None:
-        block = self.mapping({} if raw is None else raw, path, [],
-                             ["name", "labels", "annotations", "page_alert", "ticket_alert"])
-        if block is None:
+
+def _objective(r: FieldReader, raw: Any, path: str) -> Decimal | None:
+    """A percentage strictly between 0 and 100, exactly as written: a number, not a quoted one."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw < 100:
+        r.fail(path, "a number in (0, 100)", raw)
+        return None
+    return Decimal(str(raw))  # the shortest decimal that reads back as this float: 99.9, not 99.900000000000005684…
+
+
+def _sli(r: FieldReader, raw: Any, path: str) -> tuple[str, str | None, str | None, str | None] | None:
+    sli = r.mapping(raw, path, ["events", "raw"], rejected={
+        "plugin": "SLI plugins are not supported (the generator runs no Go plugins): "
+                  "write the plugin's queries as sli.events.error_query and total_query"})
+    if sli is None:
+        return None
+    kinds = [k for k in ("events", "raw", "plugin") if k in sli]
+    if len(kinds) != 1:
+        if not kinds:
+            r.problem(path, "expected exactly one of events, raw (none given)")
+        elif "plugin" not in kinds:
+            r.problem(path, f"expected exactly one of events, raw (got {', '.join(kinds)})")
+        return None
+    if kinds == ["events"]:
+        events = r.mapping(sli["events"], f"{path}.events", [], required=["error_query", "total_query"])
+        if events is None:
             return None
-        page = self.alert(block.get("page_alert"), f"{path}.page_alert")
-        ticket = self.alert(block.get("ticket_alert"), f"{path}.ticket_alert")
-        name = None
-        if "name" in block:
-            name = self.string(block["name"], f"{path}.name", _LABEL_RE, "an alert name ([A-Za-z_][A-Za-z0-9_]*)")
-        elif not (page.disable and ticket.disable):
-            self.fail(f"{path}.name", "required field is missing (or disable both page_alert and ticket_alert)")
-        return {"name": name, "labels": self.labels(block.get("labels"), f"{path}.labels"),
-                "annotations": self.annotations(block.get("annotations"), f"{path}.annotations"),
-                "page_alert": page, "ticket_alert": ticket}
+        error = _query(r, events["error_query"], f"{path}.events.error_query") if "error_query" in events else None
+        total = _query(r, events["total_query"], f"{path}.events.total_query") if "total_query" in events else None
+        return ("events", error, total, None) if error and total else None
+    if kinds == ["raw"]:
+        # Sloth's current key is error_ratio_query; some of its releases documented errorRatioQuery.
+        raw_sli = r.mapping(sli["raw"], f"{path}.raw", ["error_ratio_query", "errorRatioQuery"])
+        if raw_sli is None:
+            return None
+        keys = [k for k in ("error_ratio_query", "errorRatioQuery") if k in raw_sli]
+        if len(keys) != 1:
+            r.problem(f"{path}.raw.error_ratio_query", "required field is missing" if not keys
+                      else "give error_ratio_query or errorRatioQuery, not both")
+            return None
+        ratio = _query(r, raw_sli[keys[0]], f"{path}.raw.{keys[0]}")
+        return ("raw", None, None, ratio) if ratio else None
+    return None
 
-    def alert(self, raw: Any, path: str) -> AlertConfig:
-        block = self.mapping({} if raw is None else raw, path, [], ["disable", "labels", "annotations", "for"]) or {}
-        return AlertConfig(
-            disable=self.boolean(block["disable"], f"{path}.disable") if "disable" in block else False,
-            labels=self.labels(block.get("labels"), f"{path}.labels"),
-            annotations=self.annotations(block.get("annotations"), f"{path}.annotations"),
-            for_=self.duration(block["for"], f"{path}.for") if "for" in block else None,
-        )
+
+def _alerting(r: FieldReader, raw: Any, path: str) -> dict[str, Any] | None:
+    block = r.mapping({} if raw is None else raw, path, ["name", "labels", "annotations", "page_alert", "ticket_alert"])
+    if block is None:
+        return None
+    page = _alert(r, block.get("page_alert"), f"{path}.page_alert")
+    ticket = _alert(r, block.get("ticket_alert"), f"{path}.ticket_alert")
+    name = None
+    if "name" in block:
+        name = r.string(block["name"], f"{path}.name", _LABEL_RE, "an alert name ([A-Za-z_][A-Za-z0-9_]*)")
+    elif not (page.disable and ticket.disable):
+        r.problem(f"{path}.name", "required field is missing (or disable both page_alert and ticket_alert)")
+    return {"name": name, "labels": _labels(r, block.get("labels"), f"{path}.labels"),
+            "annotations": _annotations(r, block.get("annotations"), f"{path}.annotations"),
+            "page_alert": page, "ticket_alert": ticket}
+
+
+def _alert(r: FieldReader, raw: Any, path: str) -> AlertConfig:
+    block = r.mapping({} if raw is None else raw, path, ["disable", "labels", "annotations", "for"]) or {}
+    return AlertConfig(
+        disable=bool(r.boolean(block["disable"], f"{path}.disable")) if "disable" in block else False,
+        labels=_labels(r, block.get("labels"), f"{path}.labels"),
+        annotations=_annotations(r, block.get("annotations"), f"{path}.annotations"),
+        for_=r.duration(block["for"], f"{path}.for") if "for" in block else None,
+    )
+
+
+def _named_strings(r: FieldReader, raw: Any, path: str, kind: str) -> Iterator[tuple[str, str, Any]]:
+    """(field path, name, value) of each entry of a ``kind`` (label, annotation) mapping; absent: none."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        r.fail(path, f"a mapping of {kind} names to strings", raw)
+        return
+    for name, value in raw.items():
+        yield field_path(path, name), name, value
+
+
+def _labels(r: FieldReader, raw: Any, path: str, reserved: Mapping[str, str] = RESERVED_LABELS) -> dict[str, str]:
+    out = {}
+    for where, name, value in _named_strings(r, raw, path, "label"):
+        if not isinstance(name, str) or not _LABEL_RE.fullmatch(name) or name.startswith("__"):
+            r.problem(where, "invalid label name (expected [A-Za-z_][A-Za-z0-9_]*, not starting with __)")
+        elif name in reserved:
+            r.problem(where, f"reserved label: {reserved[name]}; rename this label")
+        elif not isinstance(value, str):
+            r.problem(where, f"expected a string label value, got {describe(value)} (quote it)")
+        else:
+            out[name] = value
+    return out
+
+
+def _annotations(r: FieldReader, raw: Any, path: str) -> dict[str, str]:
+    out = {}
+    for where, name, value in _named_strings(r, raw, path, "annotation"):
+        if not isinstance(name, str) or not _LABEL_RE.fullmatch(name):
+            r.problem(where, "invalid annotation name (expected [A-Za-z_][A-Za-z0-9_]*)")
+        elif not isinstance(value, str):
+            r.fail(where, "a string", value)
+        elif unknown := sorted({m for m in _PLACEHOLDER_RE.findall(value) if m not in ANNOTATION_PLACEHOLDERS}):
+            r.problem(where, f"unknown placeholder {{{{.{unknown[0]}}}}} (known: "
+                             f"{', '.join('{{.' + p + '}}' for p in ANNOTATION_PLACEHOLDERS)})")
+        else:
+            out[name] = value
+    return out
+
+
+def _query(r: FieldReader, raw: Any, path: str, windowed: bool = True) -> str | None:
+    """A PromQL query: balanced brackets; with ``windowed``, ``{{.window}}`` and no other template action."""
+    text = r.string(raw, path)
+    if text is None:
+        return None
+    text = text.strip()
+    if windowed:
+        for action in _TEMPLATE_RE.finditer(text):
+            if not _WINDOW_RE.fullmatch(action.group(0)):
+                r.problem(path, f"unsupported template action {excerpt(action.group(0))}: only {{{{.window}}}} is substituted")
+                return None
+        if not _WINDOW_RE.search(text):
+            r.problem(path, "the query must use the {{.window}} template variable (e.g. rate(x[{{.window}}])): "
+                            "it is evaluated once per window")
+            return None
+    if (problem := _bracket_problem(text)) is not None:
+        r.problem(path, problem)
+        return None
+    return text
 
 
 # ---- generation -----------------------------------------------------------------------------------
@@ -683,26 +620,6 @@ def _human_duration(seconds: Decimal) -> str:
 
 def _normal(expr: str) -> str:
     return " ".join(expr.split())
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, int | float):
-        return excerpt(value)
-    if isinstance(value, str):
-        return f"{excerpt(value)} (a string)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
 
 
 def _bracket_problem(query: str) -> str | None:

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import ParameterError
 from qkdlink.settings import DeviceSettings, LinkConfig
 from qkdops.assets import asset
-from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file
+from qkdops.yaml_fields import FieldError, FieldReader
+from qkdops.yaml_input import excerpt
 
 DEFAULT_CONFIG = asset("links.yaml")
 LINK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -43,7 +42,7 @@ THRESHOLD_FIELDS = {"qber_abort": "qber_abort_threshold"}
 SECURITY_FIELDS = {"epsilon_sec": "epsilon_sec", "epsilon_cor": "epsilon_cor"}
 
 
-class ConfigError(ValueError):
+class ConfigError(FieldError):
     """Invalid configuration; the message is ``FILE: FIELD: what was expected, got what``."""
 
 
@@ -187,10 +186,7 @@ class FleetConfig:
 def read_yaml(path: Path) -> Any:
     """The parsed YAML of a config file (``qkdops.yaml_input``: no alias bombs, no deep nesting, no
     duplicate keys), or ConfigError naming the file."""
-    try:
-        return load_file(path)
-    except YamlInputError as exc:
-        raise ConfigError(str(exc)) from None
+    return FieldReader(path, ConfigError).load()
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG) -> FleetConfig:
@@ -200,12 +196,10 @@ def load_config(path: str | Path = DEFAULT_CONFIG) -> FleetConfig:
 
 
 def parse_config(raw: Any, path: Path) -> FleetConfig:
-    reader = ConfigReader(path)
+    reader = FieldReader(path, ConfigError)
     top = reader.mapping(raw, "", {"runtime", "links", "key_delivery"})
     runtime = _runtime(reader, top.get("runtime", {}), path)
-    links_raw = top.get("links")
-    if not isinstance(links_raw, list) or not links_raw:
-        reader.fail("links", "a non-empty list of links", links_raw)
+    links_raw = reader.sequence(top.get("links"), "links", "a non-empty list of links")
     links = tuple(_link(reader, item, f"links[{i}]") for i, item in enumerate(links_raw))
     seen: set[str] = set()
     for i, spec in enumerate(links):
@@ -227,7 +221,7 @@ DELIVERY_INTEGERS = {"key_size_bits": (8, 2 ** 16), "min_key_size_bits": (8, 2 *
                      "max_key_per_request": (1, 100_000), "max_key_count": (1, 2 ** 50)}
 
 
-def _key_delivery(reader: ConfigReader, raw: Any, links: tuple[LinkSpec, ...]) -> KeyDelivery:
+def _key_delivery(reader: FieldReader, raw: Any, links: tuple[LinkSpec, ...]) -> KeyDelivery:
     """Every site at an end of a link gets a KME: listed ones as given, the others on
     ``KME_PORT_BASE + i`` with one SAE ``sae-<site>``; sizes are whole bytes."""
     data = reader.mapping(raw, "key_delivery", {*DELIVERY_INTEGERS, "handoff_timeout_s", "pending_key_ttl_s", "kmes"})
@@ -247,9 +241,7 @@ def _key_delivery(reader: ConfigReader, raw: Any, links: tuple[LinkSpec, ...]) -
                     f"[{delivery.min_key_size_bits}, {delivery.max_key_size_bits}]", delivery.key_size_bits)
     listed: dict[str, KMESpec] = {}
     saes: dict[str, str] = {}
-    kmes_raw = data.get("kmes", [])
-    if not isinstance(kmes_raw, list):
-        reader.fail("key_delivery.kmes", "a list of {site, port, saes}", kmes_raw)
+    kmes_raw = reader.sequence(data.get("kmes", []), "key_delivery.kmes", "a list of {site, port, saes}", empty=True)
     for i, item in enumerate(kmes_raw):
         where = f"key_delivery.kmes[{i}]"
         entry = reader.mapping(item, where, {"site", "port", "saes"})
@@ -257,12 +249,9 @@ def _key_delivery(reader: ConfigReader, raw: Any, links: tuple[LinkSpec, ...]) -
         if site in listed:
             reader.fail(f"{where}.site", "one KME per site", site)
         port = reader.integer(entry.get("port"), f"{where}.port", 0, 65535)
-        names = entry.get("saes")
-        if not isinstance(names, list) or not names:
-            reader.fail(f"{where}.saes", "a non-empty list of SAE ids", names)
+        names = reader.sequence(entry.get("saes"), f"{where}.saes", "a non-empty list of SAE ids")
         for j, sae in enumerate(names):
-            if not isinstance(sae, str) or not SAE_ID.match(sae):
-                reader.fail(f"{where}.saes[{j}]", "an SAE id of letters, digits, '.', '-' or '_' (at most 63)", sae)
+            reader.string(sae, f"{where}.saes[{j}]", SAE_ID, "an SAE id of letters, digits, '.', '-' or '_' (at most 63)")
             if sae in saes:
                 reader.fail(f"{where}.saes[{j}]", f"an SAE id not already served by site {saes[sae]}", sae)
             saes[sae] = site
@@ -282,7 +271,7 @@ def _key_delivery(reader: ConfigReader, raw: Any, links: tuple[LinkSpec, ...]) -
     return dataclasses.replace(delivery, kmes=tuple(kmes))
 
 
-def _runtime(reader: ConfigReader, raw: Any, path: Path) -> RuntimeSettings:
+def _runtime(reader: FieldReader, raw: Any, path: Path) -> RuntimeSettings:
     defaults = RuntimeSettings()
     data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
     values: dict[str, Any] = {}
@@ -318,11 +307,9 @@ LINK_FIELDS = {"id", "protocol", "preset", "sites", "distance_km", "distances_km
                "block_pulses", "key_rate_target_bps", "seed", "devices", "postprocessing"}
 
 
-def _link(reader: ConfigReader, raw: Any, where: str) -> LinkSpec:
+def _link(reader: FieldReader, raw: Any, where: str) -> LinkSpec:
     data = reader.mapping(raw, where, LINK_FIELDS)
-    link_id = reader.string(data.get("id"), f"{where}.id")
-    if not LINK_ID.match(link_id):
-        reader.fail(f"{where}.id", "lower-case letters, digits, '-' or '_' (at most 63)", link_id)
+    link_id = reader.string(data.get("id"), f"{where}.id", LINK_ID, "lower-case letters, digits, '-' or '_' (at most 63)")
     protocol = reader.choice(data.get("protocol"), f"{where}.protocol", PROTOCOL_NAMES)
     model = get_protocol(protocol)
     preset = data.get("preset")
@@ -382,11 +369,11 @@ def _link(reader: ConfigReader, raw: Any, where: str) -> LinkSpec:
         try:
             spec.check(value)
         except ParameterError as exc:
-            raise ConfigError(f"{reader.path}: {clip(field_name, 200)}: {clip(str(exc), 400)}") from None
+            reader.problem(field_name, str(exc))
     try:
         parameters = model.resolve({k: v for k, (v, _) in overrides.items()}, preset)
     except ParameterError as exc:
-        raise ConfigError(f"{reader.path}: {clip(where, 200)}: {clip(str(exc), 400)}") from None
+        reader.problem(where, str(exc))
     block_pulses = reader.integer(data.get("block_pulses", 10 ** 10), f"{where}.block_pulses", 1, 2 ** 62)
     target = reader.number(data.get("key_rate_target_bps", 0.0), f"{where}.key_rate_target_bps", 0.0)
     seed = reader.integer(data.get("seed", 0), f"{where}.seed", 0, 2 ** 63)
@@ -396,18 +383,16 @@ def _link(reader: ConfigReader, raw: Any, where: str) -> LinkSpec:
                     postprocessing)
 
 
-def _postprocessing(reader: ConfigReader, raw: Any, where: str) -> PostProcessingSpec:
+def _postprocessing(reader: FieldReader, raw: Any, where: str) -> PostProcessingSpec:
     data = reader.mapping(raw, where, {"engine", "error_correction", "verification"})
     default = PostProcessingSpec()
     engine = reader.choice(data.get("engine", default.engine), f"{where}.engine", ENGINES)
     method = reader.choice(data.get("error_correction", default.error_correction), f"{where}.error_correction", EC_METHODS)
-    verification = data.get("verification", default.verification)
-    if not isinstance(verification, bool):
-        reader.fail(f"{where}.verification", "true or false", verification)
+    verification = reader.boolean(data.get("verification", default.verification), f"{where}.verification")
     return PostProcessingSpec(engine, method, verification)
 
 
-def _sites(reader: ConfigReader, raw: Any, where: str, relay: bool) -> Sites:
+def _sites(reader: FieldReader, raw: Any, where: str, relay: bool) -> Sites:
     data = reader.mapping(raw, where, {"alice", "bob", "charlie"})
     alice = reader.string(data.get("alice"), f"{where}.alice")
     bob = reader.string(data.get("bob"), f"{where}.bob")
@@ -419,7 +404,7 @@ def _sites(reader: ConfigReader, raw: Any, where: str, relay: bool) -> Sites:
     return Sites(alice, bob, charlie)
 
 
-def _devices(reader: ConfigReader, raw: Any, where: str) -> DeviceSettings:
+def _devices(reader: FieldReader, raw: Any, where: str) -> DeviceSettings:
     """``devices: {phase: {drift_rad_per_s: 0.2}, ...}`` over the healthy defaults."""
     defaults = DeviceSettings()
     sections = {f.name for f in dataclasses.fields(DeviceSettings)}
@@ -433,7 +418,7 @@ def _devices(reader: ConfigReader, raw: Any, where: str) -> DeviceSettings:
         try:
             replaced[name] = dataclasses.replace(current, **numbers)
         except ValueError as exc:
-            raise ConfigError(f"{reader.path}: {clip(f'{where}.{name}', 200)}: {clip(str(exc), 400)}") from None
+            reader.problem(f"{where}.{name}", str(exc))
     return dataclasses.replace(defaults, **replaced)
 
 
@@ -447,85 +432,3 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"not a finite number: {excerpt(text)}")
     return value
-
-
-_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
-"""A host name of RFC 1123 labels (letters, digits, inner hyphens; ≤ 63 per label, ≤ 253 in all)."""
-
-
-class ConfigReader:
-    """Typed access to parsed YAML that fails with FILE: FIELD: expected …, got …."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, where: str, expected: str, got: Any) -> None:
-        """ConfigError naming the file and field; ``where`` and ``expected`` may quote the input (a key, a
-        site name), so they are clipped too: the message stays short whatever the file holds."""
-        raise ConfigError(f"{self.path}: {clip(where or 'top level', 200)}: expected {clip(expected, 400)}, got {excerpt(got)}")
-
-    def mapping(self, raw: Any, where: str, allowed: set[str] | None) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            self.fail(where, "a mapping", raw)
-        if allowed is not None:
-            for key in raw:
-                if key not in allowed:
-                    self.fail(f"{where}.{key}" if where else str(key), f"one of the keys {', '.join(sorted(allowed))}", key)
-        return raw
-
-    def string(self, raw: Any, where: str) -> str:
-        if not isinstance(raw, str) or not raw.strip():
-            self.fail(where, "a non-empty string", raw)
-        return raw
-
-    def host(self, raw: Any, where: str) -> str:
-        """An address to listen on: an IPv4/IPv6 literal or a host name (RFC 1123 labels)."""
-        text = self.string(raw, where)
-        try:
-            ipaddress.ip_address(text)
-        except ValueError:
-            if not _HOST_NAME.fullmatch(text):
-                self.fail(where, "an IP address or host name", raw)
-        return text
-
-    def http_url(self, raw: Any, where: str) -> str:
-        """An http(s) URL with a host (and a valid port, if any)."""
-        text = self.string(raw, where)
-        try:
-            parts = urlsplit(text)
-            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
-        except ValueError:  # a port that is not a number in 0…65535
-            valid = False
-        if not valid:
-            self.fail(where, "an http(s) URL such as http://127.0.0.1:4318/v1/traces", raw)
-        return text
-
-    def fs_path(self, raw: Any, where: str) -> Path:
-        """A file-system path (no NUL character, which no OS call accepts)."""
-        text = self.string(raw, where)
-        if "\0" in text:
-            self.fail(where, "a path (no NUL characters)", raw)
-        return Path(text)
-
-    def choice(self, raw: Any, where: str, options: tuple[str, ...]) -> str:
-        if raw not in options:
-            self.fail(where, f"one of {', '.join(options)}", raw)
-        return raw
-
-    def number(self, raw: Any, where: str, minimum: float | None = None, maximum: float | None = None) -> float:
-        if isinstance(raw, str):  # YAML 1.1 reads 1e9 (no dot) as a string
-            try:
-                raw = float(raw)
-            except ValueError:
-                pass
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            self.fail(where, "a finite number", raw)
-        if (minimum is not None and raw < minimum) or (maximum is not None and raw > maximum):
-            self.fail(where, f"a number in [{minimum}, {maximum}]", raw)
-        return float(raw)
-
-    def integer(self, raw: Any, where: str, minimum: int, maximum: int) -> int:
-        value = self.number(raw, where, minimum, maximum)
-        if value != int(value):
-            self.fail(where, "a whole number", raw)
-        return int(value)

@@ -126,7 +126,7 @@ ERRORS = {
     "crontab minute out of range": (_set("jobs.decoy_estimation.trigger", {"cron": "61 * * * *"}),
                                     "jobs.decoy_estimation.trigger.cron", "a crontab expression"),
     "missing threshold": (_delete("jobs.phase_relock.thresholds.phase_error_rad"),
-                          "jobs.phase_relock.thresholds.phase_error_rad", "(required), got None"),
+                          "jobs.phase_relock.thresholds.phase_error_rad", "(required), got nothing (null)"),
     "missing thresholds mapping": (_delete("jobs.detector_regate.thresholds"),
                                    "jobs.detector_regate.thresholds.dark_count_ratio", "(required)"),
     "threshold above range": (_set("jobs.phase_relock.thresholds.actuator_usage", 1.2),
@@ -173,7 +173,7 @@ def test_errors_name_the_file_and_the_field(tmp_path: Path, case: str) -> None:
 
 
 def test_missing_jobs_section_and_unreadable_files(tmp_path: Path) -> None:
-    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'my-jobs.yaml'))}: jobs: expected a mapping, got None",
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'my-jobs.yaml'))}: jobs: expected a mapping, got nothing \(null\)",
                         load_error(tmp_path, shipped_with(_delete("jobs"))))
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'absent.yaml'))}: cannot read"):
         load_jobs_config(tmp_path / "absent.yaml")

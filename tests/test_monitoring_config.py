@@ -105,16 +105,18 @@ def test_alertmanager_timers_come_from_the_config_and_scale_with_the_interval(tm
 
 
 @pytest.mark.parametrize(("edit", "field", "expected"), [
-    (lambda raw: raw.pop("thresholds"), "thresholds", "required"),
+    (lambda raw: raw.pop("thresholds"), "thresholds", "required field is missing"),
     (lambda raw: raw.update(runbook_base_url="javascript:alert(1)"), "runbook_base_url", "http(s) URL"),
     (lambda raw: raw["jobs"].update(device='qkd"} or vector(1) #'), "jobs.device", "job name"),
     (lambda raw: raw["jobs"].update(calibration="qkd-device"), "jobs", "different name"),
-    (lambda raw: raw["jobs"].pop("postprocessing"), "jobs.postprocessing", "non-empty string"),
+    (lambda raw: raw["jobs"].pop("postprocessing"), "jobs.postprocessing", "required field is missing"),
+    (lambda raw: raw["jobs"].update(device=""), "jobs.device", "non-empty string"),
     (lambda raw: raw["thresholds"].update(abort_ratio="half"), "thresholds.abort_ratio", "finite number"),
     (lambda raw: raw["thresholds"].update(abort_ratio=float("nan")), "thresholds.abort_ratio", "finite number"),
     (lambda raw: raw["thresholds"].update({"Bad Name": 1}), "thresholds.Bad Name", "threshold name"),
     (lambda raw: raw.update(scrape_interval="5 seconds"), "scrape_interval", "Prometheus duration"),
-    (lambda raw: raw["alertmanager"]["ticket"].update(group_wait="0s"), "alertmanager.ticket.group_wait", "over 0"),
+    (lambda raw: raw["alertmanager"]["ticket"].update(group_wait="0s"), "alertmanager.ticket.group_wait", "Prometheus duration"),
+    (lambda raw: raw.update(scrape_interval="10m"), "scrape_interval", "at most 5m"),
     (lambda raw: raw.update(colour="blue"), "colour", "one of the keys"),
 ])
 def test_a_bad_config_names_its_file_and_field(tmp_path: Path, edit, field: str, expected: str) -> None:

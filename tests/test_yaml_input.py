@@ -92,7 +92,7 @@ def test_a_config_error_echoes_a_short_excerpt_of_a_huge_value(tmp_path: Path) -
     path.write_text("runtime: {}\nlinks: [" + ", ".join(["[" + ", ".join(["x" * 50] * 200) + "]"] * 200) + "]\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert str(caught.value).startswith(f"{path}: links[0]: expected a mapping, got [") and len(str(caught.value)) < 400
+    assert str(caught.value).startswith(f"{path}: links[0]: expected a mapping, got a list [") and len(str(caught.value)) < 400
 
 
 def test_a_number_too_long_to_convert_is_refused_with_a_short_error() -> None:
