@@ -11,10 +11,8 @@ the store holds for each link.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
 from calibration_jobs.checks import CHECKS
 from calibration_jobs.runner import OUTCOMES
@@ -29,7 +27,7 @@ COUNTERS = {"runs": "qkd_calibration_runs_total", "actions": "qkd_calibration_jo
 ABORT_STATES = ("none", "qber", "low_counts", "estimation")
 
 
-class CalibrationCollector(Collector):
+class CalibrationCollector:
     def __init__(self, store: CalibrationStore) -> None:
         self.store = store
         self._durations: dict[tuple[str, str, str], Histogram] = {}
@@ -46,10 +44,9 @@ class CalibrationCollector(Collector):
         with self._lock:
             self._durations.setdefault((link, protocol, job), Histogram(DURATION_BUCKETS)).observe(seconds)
 
-    def describe(self) -> Iterable[Metric]:
-        return list(Families(CALIBRATION))
-
-    def collect(self) -> Iterable[Metric]:
+    def render(self, names: Collection[str] | None = None) -> bytes:
+        """The scheduler's exposition: run counters (from 0 for every expected job), durations, job state
+        and the published decoy estimates (``names``: only those samples)."""
         f = Families(CALIBRATION)
         values: dict[tuple[str, str, str, str, str], float] = {}
         with self._lock:
@@ -74,7 +71,7 @@ class CalibrationCollector(Collector):
             f.add("qkd_calibration_consecutive_failures", base, float(state.failures))
             if state.published:
                 add_decoy_estimate(f, state.link, state.protocol, state.published)
-        return list(f)
+        return f.render(names)
 
 
 def add_decoy_estimate(f: Families, link: str, protocol: str, p: dict) -> None:

@@ -8,9 +8,9 @@
 from exporters.catalogue import CATALOGUE
 from exporters.device import DeviceCollector
 from exporters.postprocessing import PostProcessingCollector
-from exporters.server import DEVICE_PORT, POSTPROCESSING_PORT, registry_for, render, serve
+from exporters.server import DEVICE_PORT, POSTPROCESSING_PORT, render, serve
 
 __all__ = [
     "CATALOGUE", "DEVICE_PORT", "POSTPROCESSING_PORT", "DeviceCollector", "PostProcessingCollector",
-    "registry_for", "render", "serve",
+    "render", "serve",
 ]

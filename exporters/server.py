@@ -1,17 +1,18 @@
 """Serving an exporter over HTTP, and rendering it to text for tests and benchmarks.
 
-Each exporter gets its own ``CollectorRegistry`` holding only its collector: no default process,
-platform or GC collectors. Both exporters live in the runtime's one process, so those series would
-be duplicated across the two jobs, and the exposition must equal the metric catalogue exactly.
+An exporter is anything with ``render(names) -> bytes`` (``Exposition``): the two link exporters and
+the calibration scheduler's, each writing its catalogue families straight into the Prometheus text
+format 0.0.4 (``exporters.catalogue.Families``). No default process, platform or GC series: both link
+exporters live in the runtime's one process, so those would be duplicated across the two jobs, and
+the exposition must equal the metric catalogue exactly.
 
-``GET /metrics`` renders the registry in the Prometheus text format 0.0.4, whatever the scraper's
-``Accept`` says: it is the format ``promtool check metrics`` lints in the tests, so what is checked
-is what is served, and at fleet scale it renders ~40 % cheaper than OpenMetrics (see
-bench/bench_exporters.py). The collectors use nothing only OpenMetrics can carry (no exemplars,
-``_created`` samples, info or stateset types). ``?name[]=`` restricts the scrape to those metric
-families, as prometheus_client's own servers do; gzip when the client accepts it. ``GET /healthz``
-answers without rendering. Served by the one HTTP layer (``qkdops.http_server``): limits, deadlines
-and JSON errors as on every qkdops port; a scrape renders on a worker thread, not the event loop.
+``GET /metrics`` serves the text format 0.0.4 whatever the scraper's ``Accept`` says: it is the format
+``promtool check metrics`` lints in the tests, so what is checked is what is served. The collectors
+use nothing only OpenMetrics can carry (no exemplars, ``_created`` samples, info or stateset types).
+``?name[]=`` restricts the scrape to those samples, as prometheus_client's own servers do; gzip
+(level 1) when the client accepts it. ``GET /healthz`` answers without rendering. Served by the one
+HTTP layer (``qkdops.http_server``): limits, deadlines and JSON errors as on every qkdops port; a
+scrape renders on a worker thread, not the event loop.
 
 ``ServedExporter`` owns one exporter's server so it can be stopped and started again on the same
 address: stopped, its port refuses connections as a crashed exporter process's would (the
@@ -24,9 +25,10 @@ import gzip
 import threading
 from http import HTTPStatus
 
-from prometheus_client import CollectorRegistry, generate_latest
+from collections.abc import Collection
+from typing import Protocol
+
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.registry import Collector
 
 from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service
 
@@ -35,30 +37,32 @@ POSTPROCESSING_PORT = 9811
 DEFAULT_HOST = "127.0.0.1"  # local by default, like the control API; bind wider on purpose only
 
 
-def registry_for(collector: Collector) -> CollectorRegistry:
-    """A registry holding only ``collector`` (registered through its ``describe``, not a scrape)."""
-    registry = CollectorRegistry()
-    registry.register(collector)
-    return registry
+class Exposition(Protocol):
+    """What an exporter serves: its families in the text format 0.0.4 (``names``: only those samples)."""
+
+    def render(self, names: Collection[str] | None = None) -> bytes: ...
 
 
-def render(collector: Collector) -> bytes:
-    """``collector``'s exposition in the Prometheus text format, exactly as ``serve`` returns it."""
-    return generate_latest(registry_for(collector))
+def render(exposition: Exposition) -> bytes:
+    """``exposition`` in the Prometheus text format, exactly as ``serve`` returns it."""
+    return exposition.render()
 
 
 GZIP_MIN_BYTES = 1024   # smaller scrapes are not worth compressing
+# zlib level 1: a 1,000-link scrape is ~10 MB of text; level 6 spent more CPU on it than rendering did,
+# and the payload is only ~1.3× larger (bench/bench_exporters.py, docs/benchmarks.md).
+GZIP_LEVEL = 1
 
 
-def exporter_service(name: str, registry: CollectorRegistry) -> Service:
-    """``/metrics`` and ``/healthz`` for ``registry`` (see the module docstring)."""
+def exporter_service(name: str, exposition: Exposition) -> Service:
+    """``/metrics`` and ``/healthz`` for ``exposition`` (see the module docstring)."""
 
     def metrics(request: Request) -> Response:
         names = request.query.get("name[]")
-        data = generate_latest(registry.restricted_registry(names) if names else registry)
+        data = exposition.render(set(names) if names else None)
         headers = {}
         if len(data) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("Accept-Encoding", ""):
-            data, headers = gzip.compress(data, compresslevel=6), {"Content-Encoding": "gzip"}
+            data, headers = gzip.compress(data, compresslevel=GZIP_LEVEL), {"Content-Encoding": "gzip"}
         return Response(HTTPStatus.OK, data, CONTENT_TYPE_PLAIN_0_0_4, headers)
 
     def healthz(request: Request) -> Response:
@@ -69,12 +73,12 @@ def exporter_service(name: str, registry: CollectorRegistry) -> Service:
                    limits=Limits(max_body_bytes=0, workers=4))
 
 
-def serve(collector: Collector, host: str = DEFAULT_HOST, port: int = DEVICE_PORT, name: str = "exporter") -> HttpServer:
-    """Serve ``collector`` on ``host:port`` (port 0: an ephemeral port, see ``server.server_port``).
+def serve(exposition: Exposition, host: str = DEFAULT_HOST, port: int = DEVICE_PORT, name: str = "exporter") -> HttpServer:
+    """Serve ``exposition`` on ``host:port`` (port 0: an ephemeral port, see ``server.server_port``).
 
     Stop with ``server.stop()``; OSError when the port is taken.
     """
-    return HttpServer(exporter_service(name, registry_for(collector)), host, port)
+    return HttpServer(exporter_service(name, exposition), host, port)
 
 
 class ServedExporter:
@@ -85,9 +89,9 @@ class ServedExporter:
     taken. Port 0 picks a free port on the first start and keeps it for every restart.
     """
 
-    def __init__(self, name: str, collector: Collector, host: str = DEFAULT_HOST, port: int = DEVICE_PORT) -> None:
+    def __init__(self, name: str, exposition: Exposition, host: str = DEFAULT_HOST, port: int = DEVICE_PORT) -> None:
         self.name, self.host, self.port = name, host, port
-        self._service = exporter_service(name, registry_for(collector))
+        self._service = exporter_service(name, exposition)
         self._lock = threading.Lock()
         self._server: HttpServer | None = None
 

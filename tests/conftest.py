@@ -13,7 +13,7 @@ import pytest
 #   unit      everything else: in-process, no sockets, no subprocesses
 # The developer's loop is `pytest -m "not e2e and not slow"`; `bash scripts/test.sh` runs them all.
 E2E_MODULES = frozenset({
-    "test_alerting_e2e", "test_alertmanager", "test_calibration_e2e", "test_cli_keys", "test_dashboard_render",
+    "test_alerting_e2e", "test_alertmanager", "test_bench_smoke", "test_calibration_e2e", "test_cli_keys", "test_dashboard_render",
     "test_gameday_e2e", "test_install", "test_kme_crash", "test_postprocessing_e2e", "test_stack", "test_stack_e2e", "test_up",
 })
 CONTRACT_MODULES = frozenset({

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -179,16 +178,6 @@ def test_block_sizes_follow_martinez_mateo_option_8() -> None:
     assert frame_size(1000) == 1024 and frame_size(10**6) == 65536 and frame_size(5000, 2048) == 2048
     with pytest.raises(ValueError):
         frame_size(1000, 1000)
-
-
-def test_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("bench_ec", ROOT / "bench" / "bench_ec.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--smoke"]) == 0
-    out = capsys.readouterr().out
-    assert "Throughput" in out and "Frame failure rate" in out and "Side by side" in out
 
 
 # ---- the model engine's efficiency table ---------------------------------------------------------------

@@ -3,7 +3,6 @@ linear, 2-universal in an empirical collision test, and strict about its inputs.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -182,12 +181,3 @@ def test_bad_inputs_name_the_argument() -> None:
             call()
 
 
-def test_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import bench_pa
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    bench_pa.main(["--smoke"])
-    out = capsys.readouterr().out
-    assert "Mbit/s" in out and "tag" in out
