@@ -46,11 +46,21 @@ COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
     credentials.PROMETHEUS_WEB_CONFIG, credentials.ALERTMANAGER_WEB_CONFIG)}
 
 
+@dataclass(frozen=True)
+class RemoteWrite:
+    """Where Prometheus copies every sample for the long term (VictoriaMetrics' Prometheus remote-write
+    endpoint), with basic auth (user ``qkdops``, the password read from ``password_file``)."""
+
+    url: str
+    password_file: str
+
+
 def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str, scrape_interval_s: float, *,
-                      alertmanager_password_file: str) -> dict[str, Any]:
+                      alertmanager_password_file: str, remote_write: RemoteWrite | None = None) -> dict[str, Any]:
     """Scrape both exporters and the calibration scheduler under the monitoring config's job names
     (what rules and dashboards select on), send alerts to Alertmanager with basic auth (its password
-    read from ``alertmanager_password_file`` at each reload)."""
+    read from ``alertmanager_password_file`` at each reload), and with ``remote_write`` copy every
+    sample to the long-term store."""
     interval = f"{scrape_interval_s:g}s"
     jobs = [(monitoring.jobs.device, hosts.device), (monitoring.jobs.postprocessing, hosts.postprocessing)]
     if hosts.calibration is not None:
@@ -62,6 +72,9 @@ def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str
         "alerting": {"alertmanagers": [{"basic_auth": {"username": credentials.USER, "password_file": alertmanager_password_file},
                                         "static_configs": [{"targets": [hosts.alertmanager]}]}]},
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs],
+        **({"remote_write": [{"url": remote_write.url, "basic_auth": {"username": credentials.USER,
+                                                                       "password_file": remote_write.password_file}}]}
+           if remote_write else {}),
     }
 
 

@@ -122,6 +122,7 @@ class RuntimeSettings:
     key_store_capacity_bits: int = 10 ** 10
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
+    victoria_metrics_port: int = 8428   # the long-term store, when `qkdops up --victoria-metrics` runs it
     scrape_interval_s: float = 5.0
     pager_sink_port: int = 9820
     calibration_exporter_port: int = 9812
@@ -206,10 +207,11 @@ def parse_config(raw: Any, path: Path) -> FleetConfig:
         if spec.id in seen:
             reader.fail(f"links[{i}].id", "a unique link id", spec.id)
         seen.add(spec.id)
-    ports = [runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port,
-             runtime.prometheus_port, runtime.alertmanager_port, runtime.pager_sink_port, runtime.calibration_exporter_port]
+    ports = [runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port, runtime.prometheus_port,
+             runtime.alertmanager_port, runtime.pager_sink_port, runtime.calibration_exporter_port, runtime.victoria_metrics_port]
     if len(set(ports)) != len(ports):
-        reader.fail("runtime", "distinct control, exporter, Prometheus, Alertmanager, pager sink and calibration ports", ports)
+        reader.fail("runtime", "distinct control, exporter, Prometheus, Alertmanager, pager sink, calibration and VictoriaMetrics ports",
+                    ports)
     delivery = _key_delivery(reader, top.get("key_delivery", {}), links)
     taken = [k.port for k in delivery.kmes if k.port and k.port in ports]
     if taken:
@@ -276,7 +278,7 @@ def _runtime(reader: FieldReader, raw: Any, path: Path) -> RuntimeSettings:
     data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
     values: dict[str, Any] = {}
     for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port", "prometheus_port",
-                 "alertmanager_port", "pager_sink_port", "calibration_exporter_port"):
+                 "alertmanager_port", "pager_sink_port", "calibration_exporter_port", "victoria_metrics_port"):
         if name in data:
             values[name] = reader.integer(data[name], f"runtime.{name}", 1, 65535)
     if "bind" in data:

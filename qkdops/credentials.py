@@ -82,7 +82,10 @@ API_TOKEN = Secret("control API token", "api-token", "QKDOPS_API_TOKEN_FILE", "Q
 PAGER_SINK_TOKEN = Secret("pager sink token", "pager-sink-token", "QKDOPS_PAGER_SINK_TOKEN_FILE")
 PROMETHEUS_PASSWORD = Secret("Prometheus password", "prometheus-password", "QKDOPS_PROMETHEUS_PASSWORD_FILE")
 ALERTMANAGER_PASSWORD = Secret("Alertmanager password", "alertmanager-password", "QKDOPS_ALERTMANAGER_PASSWORD_FILE")
-GENERATED = (API_TOKEN, PAGER_SINK_TOKEN, PROMETHEUS_PASSWORD, ALERTMANAGER_PASSWORD)
+VICTORIA_METRICS_PASSWORD = Secret("VictoriaMetrics password", "victoria-metrics-password", "QKDOPS_VICTORIA_METRICS_PASSWORD_FILE")
+# What `qkdops up` creates for its servers and their clients (the control API token has its own path).
+STACK_SECRETS = (PAGER_SINK_TOKEN, PROMETHEUS_PASSWORD, ALERTMANAGER_PASSWORD, VICTORIA_METRICS_PASSWORD)
+GENERATED = (API_TOKEN, *STACK_SECRETS)
 PROMETHEUS_WEB_CONFIG = "prometheus-web.yml"
 COMPOSE_SECRETS_DIR = "/run/secrets/"
 ALERTMANAGER_WEB_CONFIG = "alertmanager-web.yml"
@@ -223,19 +226,20 @@ class ServerCredentials:
     alertmanager_web_config: Path
     alertmanager_password_file: Path   # Prometheus → Alertmanager basic auth
     pager_sink_token_file: Path        # Alertmanager → pager sink bearer
+    victoria_metrics_password_file: Path   # Prometheus → VictoriaMetrics (remote_write) basic auth
 
 
 def prepare_server_credentials(state_dir: Path, environ: Mapping[str, str] | None = None) -> ServerCredentials:
     """Create what is missing (passwords, pager sink token) and (re)write the web configs."""
     state_dir = Path(state_dir)
     paths = {}
-    for secret in (PAGER_SINK_TOKEN, PROMETHEUS_PASSWORD, ALERTMANAGER_PASSWORD):
+    for secret in STACK_SECRETS:
         value = load_secret(secret, state_dir, create=True, environ=environ)
         paths[secret] = (secret.path(state_dir, environ).resolve(), value)
     write_web_config(state_dir / PROMETHEUS_WEB_CONFIG, paths[PROMETHEUS_PASSWORD][1].value)
     write_web_config(state_dir / ALERTMANAGER_WEB_CONFIG, paths[ALERTMANAGER_PASSWORD][1].value)
     return ServerCredentials(state_dir / PROMETHEUS_WEB_CONFIG, state_dir / ALERTMANAGER_WEB_CONFIG,
-                             paths[ALERTMANAGER_PASSWORD][0], paths[PAGER_SINK_TOKEN][0])
+                             paths[ALERTMANAGER_PASSWORD][0], paths[PAGER_SINK_TOKEN][0], paths[VICTORIA_METRICS_PASSWORD][0])
 
 
 def client_environment(state_dir: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -243,7 +247,7 @@ def client_environment(state_dir: Path, environ: Mapping[str, str] | None = None
     exactly the files this process uses whatever its own config's state dir."""
     environ = os.environ if environ is None else environ
     return {secret.file_env: str(secret.path(Path(state_dir), environ).resolve())
-            for secret in (PAGER_SINK_TOKEN, PROMETHEUS_PASSWORD, ALERTMANAGER_PASSWORD)}
+            for secret in STACK_SECRETS}
 
 
 def write_compose_secrets(directory: Path, rotate: bool = False) -> list[Path]:

@@ -65,6 +65,10 @@ class StackAuth:
         return self._basic(ALERTMANAGER_PASSWORD)
 
     @property
+    def victoria_metrics(self) -> Auth:
+        return self._basic(credentials.VICTORIA_METRICS_PASSWORD)
+
+    @property
     def pager_sink(self) -> Auth:
         if PAGER_SINK_TOKEN.file_name not in self._cache:
             token = credentials.load_secret(PAGER_SINK_TOKEN, self.state_dir, create=False, environ=self._environ)

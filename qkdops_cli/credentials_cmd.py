@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         state_dir = load_config(args.config).runtime.state_dir
         written = []
         if args.rotate:
-            for secret in (credentials.PAGER_SINK_TOKEN, credentials.PROMETHEUS_PASSWORD, credentials.ALERTMANAGER_PASSWORD):
+            for secret in credentials.STACK_SECRETS:
                 path = secret.path(state_dir)
                 if credentials.create_secret_file(path, secret, replace=path.exists()):
                     written.append(path)
@@ -62,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _local_files(state_dir: Path) -> list[Path]:
-    return [*(s.path(state_dir) for s in (credentials.PAGER_SINK_TOKEN, credentials.PROMETHEUS_PASSWORD, credentials.ALERTMANAGER_PASSWORD)),
+    return [*(s.path(state_dir) for s in credentials.STACK_SECRETS),
             state_dir / credentials.PROMETHEUS_WEB_CONFIG, state_dir / credentials.ALERTMANAGER_WEB_CONFIG]

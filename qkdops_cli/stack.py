@@ -68,14 +68,16 @@ from qkdops.http_client import Auth, StackAuth, http_url, open_url
 from monitoring.alertmanager import SecretFileError, alertmanager_config, secret_files_from_env
 from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.processes import command_line, pid_alive
-from monitoring.prometheus import local_hosts, prometheus_config
+from monitoring.prometheus import RemoteWrite, local_hosts, prometheus_config
 from monitoring.rules import write_rule_files
 
 log = logging.getLogger("qkdops_cli.stack")
 
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's name
-INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus and prometheus-alertmanager)"
+INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus, prometheus-alertmanager and victoria-metrics)"
 SCHEDULER = "calibration_scheduler"  # its name in up.json, `qkdops up`'s listing and `qkdops status`
+VICTORIA_METRICS = "victoria_metrics"   # the long-term store (`qkdops up --victoria-metrics`)
+LONG_TERM_RETENTION = "1y"
 SCHEDULER_READY_TIMEOUT_S = 30.0
 SCHEDULER_STOP_GRACE_S = 10.0
 RESTART_BACKOFF_MAX_S = 60.0
@@ -160,8 +162,9 @@ class Stack:
     """
 
     def __init__(self, rt: RuntimeSettings, scheduler_config: Path | None = None, scheduler_bind: str | None = None,
-                 monitoring: MonitoringConfig | None = None) -> None:
+                 monitoring: MonitoringConfig | None = None, long_term_store: bool = False) -> None:
         self.rt = rt
+        self.long_term_store = long_term_store
         self.monitoring = (monitoring or load_monitoring_config()).with_runbook_base(
             rt.runbook_base_url or http_url(rt.bind, rt.control_port))
         self.children: list[Child] = []
@@ -186,8 +189,11 @@ class Stack:
         config_path = self.state_dir / "prometheus.yml"
         rules = self.state_dir / "rules"   # rendered for this runtime: runbook links on its own base URL
         write_rule_files(self.monitoring, rules)
+        remote_write = None
+        if self.long_term_store:
+            remote_write = RemoteWrite(f"{self.victoria_metrics_url}/api/v1/write", str(creds.victoria_metrics_password_file))
         config = prometheus_config(self.monitoring, hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
-                                   alertmanager_password_file=str(creds.alertmanager_password_file))
+                                   alertmanager_password_file=str(creds.alertmanager_password_file), remote_write=remote_write)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         am_config_path = self.state_dir / "alertmanager.yml"
         try:
@@ -198,6 +204,8 @@ class Stack:
                                         sink_token_file=str(creds.pager_sink_token_file))
         am_config_path.write_text(yaml.safe_dump(am_config, sort_keys=False, width=200))
         bind = self.rt.bind
+        if self.long_term_store:
+            self._spawn_victoria_metrics(find_binary(("victoria-metrics",)), auth.victoria_metrics)
         self._spawn("alertmanager", f"http://{bind}:{self.rt.alertmanager_port}", [
             alertmanager, f"--config.file={am_config_path}", f"--storage.path={self.state_dir / 'alertmanager'}",
             f"--web.listen-address={bind}:{self.rt.alertmanager_port}", "--cluster.listen-address=",
@@ -208,6 +216,23 @@ class Stack:
             f"--web.listen-address={bind}:{self.rt.prometheus_port}",   # no lifecycle API: /-/quit would let anyone stop it
             f"--web.config.file={creds.prometheus_web_config}",   # basic auth on every endpoint
             f"--web.external-url=http://{bind}:{self.rt.prometheus_port}/"], auth=auth.prometheus)
+
+    @property
+    def victoria_metrics_url(self) -> str:
+        return http_url(self.rt.bind, self.rt.victoria_metrics_port)
+
+    def _spawn_victoria_metrics(self, binary: str, auth: Auth) -> None:
+        """The long-term store: a single VictoriaMetrics node Prometheus remote-writes every sample to.
+        Basic auth on its API from the environment (``-envflag.enable``), never the command line, which
+        every local user can read; ``/health`` answers without. Not essential: Prometheus keeps the
+        samples in its WAL and resends them, so the store is restarted (with backoff) if it dies."""
+        env = {**os.environ, "httpAuth_username": credentials.USER,
+               "httpAuth_password": credentials.load_secret(credentials.VICTORIA_METRICS_PASSWORD, self.state_dir, create=False).value}
+        self._spawn(VICTORIA_METRICS, self.victoria_metrics_url, [
+            binary, "-envflag.enable", f"-httpListenAddr={self.rt.bind}:{self.rt.victoria_metrics_port}",
+            f"-storageDataPath={self.state_dir / 'victoria-metrics'}", f"-retentionPeriod={LONG_TERM_RETENTION}",
+            "-search.latencyOffset=0s"],   # answer the newest samples, as Prometheus does (the default hides 30 s)
+            ready_url=f"{self.victoria_metrics_url}/health", essential=False, env=env, auth=auth)
 
     def start_scheduler(self, argv: list[str] | None = None, timeout_s: float = SCHEDULER_READY_TIMEOUT_S) -> None:
         """Start the calibration scheduler and wait for its ``/healthz``; StackError if it cannot start.

@@ -20,7 +20,9 @@ If Prometheus or Alertmanager dies, the stack stops with status 1. If the schedu
 restarted with backoff and key production goes on (``qkdops_cli.stack`` says why); if it cannot start
 at all, nothing starts. ``--no-calibration`` runs without it (game days, manual operation);
 ``--no-prometheus`` implies it (the scheduler reads the Prometheus this command would start;
-docker-compose runs it as its own service).
+docker-compose runs it as its own service). ``--victoria-metrics`` adds the long-term store: a single
+VictoriaMetrics node (``runtime.victoria_metrics_port``, basic auth) that Prometheus remote-writes
+every sample to, restarted with backoff if it dies (Prometheus resends from its WAL).
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-calibration", action="store_true",
                    help="do not start the calibration scheduler (game days, manual operation: drift is then "
                         "only corrected by `qkdops action`)")
+    p.add_argument("--victoria-metrics", action="store_true",
+                   help="also run VictoriaMetrics as the long-term store Prometheus remote-writes to (runtime.victoria_metrics_port)")
     p.add_argument("--duration", type=finite_float, default=0.0, help="stop after this many seconds (0: run until stopped)")
     p.set_defaults(handler=run)
 
@@ -91,11 +95,14 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     disabled = ({SCHEDULER: "--no-prometheus"} if args.no_prometheus else
                 {SCHEDULER: "--no-calibration"} if args.no_calibration else {})
-    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring)
+    if args.victoria_metrics and args.no_prometheus:
+        raise ValueError("--victoria-metrics stores what this command's Prometheus scrapes: it cannot go with --no-prometheus")
+    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring, args.victoria_metrics)
 
 
 def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float,
-         disabled: dict[str, str] | None = None, scheduler_bind: str | None = None, monitoring: MonitoringConfig | None = None) -> int:
+         disabled: dict[str, str] | None = None, scheduler_bind: str | None = None, monitoring: MonitoringConfig | None = None,
+         long_term_store: bool = False) -> int:
     """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing;
     ``monitoring``: what the stack's rules and configs are rendered with (default: the shipped one)."""
     rt = config.runtime
@@ -109,7 +116,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     servers: list[HttpServer] = []
     exporters: dict[str, ServedExporter] = {}  # control API name → exporter; stopped after the control API
     stop_orphans(rt.state_dir / UP_FILE, rt.state_dir)
-    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring)
+    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store)
     status = 0
     try:
         for key, name, collector, port in (

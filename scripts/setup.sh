@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: Debian's Prometheus and Alertmanager (the real servers of the
-# local stack and of the end-to-end tests) and a Python venv with qkdops and its test dependencies.
+# local stack and of the end-to-end tests), VictoriaMetrics (the optional long-term store,
+# `qkdops up --victoria-metrics`) and a Python venv with qkdops and its test dependencies.
 # Used by scripts/run.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 { command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install $(printf '%s\n' "${missing[@]}" | sort -u)
 fi

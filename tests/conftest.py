@@ -14,7 +14,8 @@ import pytest
 # The developer's loop is `pytest -m "not e2e and not slow"`; `bash scripts/test.sh` runs them all.
 E2E_MODULES = frozenset({
     "test_alerting_e2e", "test_alertmanager", "test_bench_smoke", "test_calibration_e2e", "test_cli_keys", "test_dashboard_render",
-    "test_gameday_e2e", "test_install", "test_kme_crash", "test_postprocessing_e2e", "test_stack", "test_stack_e2e", "test_up",
+    "test_gameday_e2e", "test_install", "test_kme_crash", "test_long_term_store", "test_postprocessing_e2e", "test_stack",
+    "test_stack_e2e", "test_up",
 })
 CONTRACT_MODULES = frozenset({
     "test_alert_rules", "test_architecture", "test_cli_calibrate", "test_cli_emulate", "test_cli_fault", "test_cli_keyrate",

@@ -101,7 +101,8 @@ def test_the_credentials_command_creates_rotates_and_never_prints_a_value(tmp_pa
     state = tmp_path / "state"
     assert main(["credentials", "--config", str(config)]) == 0
     first = capsys.readouterr().out
-    names = {"pager-sink-token", "prometheus-password", "alertmanager-password", "prometheus-web.yml", "alertmanager-web.yml"}
+    compose = {"pager-sink-token", "prometheus-password", "alertmanager-password", "prometheus-web.yml", "alertmanager-web.yml"}
+    names = compose | {"victoria-metrics-password"}   # the local long-term store's (`qkdops up --victoria-metrics`)
     assert {Path(line).name for line in first.split()} == names
     values = {name: (state / name).read_text() for name in names}
     assert main(["credentials", "--config", str(config)]) == 0 and "unchanged" in capsys.readouterr().out
@@ -112,4 +113,4 @@ def test_the_credentials_command_creates_rotates_and_never_prints_a_value(tmp_pa
     assert not any((state / name).read_text().strip() in printed or values[name].strip() in printed for name in names if "web" not in name)
     assert credentials.web_config_matches(state / "prometheus-web.yml", (state / "prometheus-password").read_text().strip())
     assert main(["credentials", "--compose-dir", str(tmp_path / "compose")]) == 0
-    assert {Path(line).name for line in capsys.readouterr().out.split()} == names
+    assert {Path(line).name for line in capsys.readouterr().out.split()} == compose
