@@ -38,14 +38,6 @@ def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None) -> Hos
                  None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}")
 
 
-COMPOSE_HOSTS = Hosts("qkdops:9810", "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812")
-# docker-compose's `secrets:` (files written by `qkdops credentials --compose-dir compose-secrets`), as the
-# containers see them.
-COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
-    credentials.PAGER_SINK_TOKEN.file_name, credentials.PROMETHEUS_PASSWORD.file_name, credentials.ALERTMANAGER_PASSWORD.file_name,
-    credentials.PROMETHEUS_WEB_CONFIG, credentials.ALERTMANAGER_WEB_CONFIG)}
-
-
 @dataclass(frozen=True)
 class RemoteWrite:
     """Where Prometheus copies every sample for the long term (VictoriaMetrics' Prometheus remote-write
@@ -53,6 +45,16 @@ class RemoteWrite:
 
     url: str
     password_file: str
+
+
+COMPOSE_HOSTS = Hosts("qkdops:9810", "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812")
+# docker-compose's `secrets:` (files written by `qkdops credentials --compose-dir compose-secrets`), as the
+# containers see them.
+COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
+    *(secret.file_name for secret in credentials.STACK_SECRETS),
+    credentials.PROMETHEUS_WEB_CONFIG, credentials.ALERTMANAGER_WEB_CONFIG, credentials.VMAUTH_CONFIG)}
+# The compose long-term store: the VictoriaMetrics cluster behind vmauth (docker-compose.yml).
+COMPOSE_REMOTE_WRITE = RemoteWrite("http://vmauth:8427/api/v1/write", COMPOSE_SECRET_FILES[credentials.VICTORIA_METRICS_PASSWORD.file_name])
 
 
 def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str, scrape_interval_s: float, *,
@@ -82,5 +84,6 @@ def render_compose_prometheus_config(monitoring: MonitoringConfig) -> str:
     header = ("# Rendered by monitoring.prometheus.prometheus_config for docker-compose (service names);\n"
               "# `qkdops up` renders the same with local addresses. Do not edit: a test keeps it current.\n")
     return header + yaml.safe_dump(prometheus_config(monitoring, COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", monitoring.scrape_interval_s,
-                                                     alertmanager_password_file=COMPOSE_SECRET_FILES["alertmanager-password"]),
+                                                     alertmanager_password_file=COMPOSE_SECRET_FILES["alertmanager-password"],
+                                                     remote_write=COMPOSE_REMOTE_WRITE),
                                    sort_keys=False)

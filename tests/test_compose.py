@@ -224,8 +224,24 @@ def test_each_client_gets_the_credential_file_its_rendered_config_or_environment
     assert {name for name in SERVICES if "alertmanager-web.yml" in _secrets(name)} == {"alertmanager"}
 
 
-def test_grafana_queries_prometheus_with_basic_auth_from_the_secret():
-    (datasource,) = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
-    assert datasource["basicAuth"] is True and datasource["basicAuthUser"] == credentials.USER
-    assert datasource["secureJsonData"] == {"basicAuthPassword": f"$__file{{{COMPOSE_SECRET_FILES['prometheus-password']}}}"}
-    assert "prometheus-password" in _secrets("grafana")
+def test_grafana_queries_prometheus_and_the_long_term_store_with_basic_auth_from_the_secrets():
+    prometheus, victoria = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    for datasource, secret in ((prometheus, "prometheus-password"), (victoria, "victoria-metrics-password")):
+        assert datasource["basicAuth"] is True and datasource["basicAuthUser"] == credentials.USER
+        assert datasource["secureJsonData"] == {"basicAuthPassword": f"$__file{{{COMPOSE_SECRET_FILES[secret]}}}"}
+        assert secret in _secrets("grafana")
+    assert prometheus["isDefault"] and victoria["url"] == "http://vmauth:8427"
+
+
+def test_the_long_term_store_is_reached_only_through_vmauth_with_the_password():
+    prom = yaml.safe_load(COMPOSE_PROMETHEUS_CONFIG.read_text())
+    (remote,) = prom["remote_write"]
+    assert remote == {"url": "http://vmauth:8427/api/v1/write",
+                      "basic_auth": {"username": credentials.USER, "password_file": COMPOSE_SECRET_FILES["victoria-metrics-password"]}}
+    assert "victoria-metrics-password" in _secrets("prometheus")
+    assert _secrets("vmauth") == {"vmauth-config.yml"} and SERVICES["vmauth"]["ports"] == ["127.0.0.1:8427:8427"]
+    for name in ("vmstorage", "vminsert", "vmselect"):
+        assert "ports" not in SERVICES[name], f"{name} must be reachable only through vmauth"
+    # both tiers deduplicate at the scrape interval (replicas writing the same series keep one sample)
+    interval = f"-dedup.minScrapeInterval={load_monitoring_config().scrape_interval_s:g}s"
+    assert interval in SERVICES["vmstorage"]["command"] and interval in SERVICES["vmselect"]["command"]

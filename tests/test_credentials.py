@@ -71,7 +71,13 @@ def test_web_config_follows_the_password_and_promtool_accepts_it(tmp_path: Path)
 def test_compose_secrets_are_written_once_and_rotated_on_demand(tmp_path: Path) -> None:
     directory = tmp_path / "secrets"
     written = {p.name for p in credentials.write_compose_secrets(directory)}
-    assert written == {"pager-sink-token", "prometheus-password", "alertmanager-password", "prometheus-web.yml", "alertmanager-web.yml"}
+    assert written == {"pager-sink-token", "prometheus-password", "alertmanager-password", "victoria-metrics-password",
+                       "prometheus-web.yml", "alertmanager-web.yml", "vmauth-config.yml"}
+    # vmauth lets the stack's user in with the VictoriaMetrics password, and routes writes and queries only
+    vmauth = yaml.safe_load((directory / "vmauth-config.yml").read_text())
+    (user,) = vmauth["users"]
+    assert user["username"] == credentials.USER and user["password"] == (directory / "victoria-metrics-password").read_text().strip()
+    assert [m["url_prefix"] for m in user["url_map"]] == ["http://vminsert:8480/insert/0/prometheus", "http://vmselect:8481/select/0/prometheus"]
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert all(stat.S_IMODE((directory / name).stat().st_mode) == 0o644 for name in written)  # the containers' users
     token = (directory / "pager-sink-token").read_text()
@@ -101,8 +107,8 @@ def test_the_credentials_command_creates_rotates_and_never_prints_a_value(tmp_pa
     state = tmp_path / "state"
     assert main(["credentials", "--config", str(config)]) == 0
     first = capsys.readouterr().out
-    compose = {"pager-sink-token", "prometheus-password", "alertmanager-password", "prometheus-web.yml", "alertmanager-web.yml"}
-    names = compose | {"victoria-metrics-password"}   # the local long-term store's (`qkdops up --victoria-metrics`)
+    names = {"pager-sink-token", "prometheus-password", "alertmanager-password", "victoria-metrics-password",
+             "prometheus-web.yml", "alertmanager-web.yml"}
     assert {Path(line).name for line in first.split()} == names
     values = {name: (state / name).read_text() for name in names}
     assert main(["credentials", "--config", str(config)]) == 0 and "unchanged" in capsys.readouterr().out
@@ -113,4 +119,4 @@ def test_the_credentials_command_creates_rotates_and_never_prints_a_value(tmp_pa
     assert not any((state / name).read_text().strip() in printed or values[name].strip() in printed for name in names if "web" not in name)
     assert credentials.web_config_matches(state / "prometheus-web.yml", (state / "prometheus-password").read_text().strip())
     assert main(["credentials", "--compose-dir", str(tmp_path / "compose")]) == 0
-    assert {Path(line).name for line in capsys.readouterr().out.split()} == compose
+    assert {Path(line).name for line in capsys.readouterr().out.split()} == names | {"vmauth-config.yml"}
