@@ -4,7 +4,8 @@ the alert and recording rules (``alert_rules/*.yml`` from ``alert_rules/template
 (``alert_rules/qkd-slos.yml`` from ``slo/``), the Grafana dashboards (``dashboards/*.json`` from
 ``dashboards/generate.py``) and the docker-compose configs of Prometheus and Alertmanager
 (``prometheus/prometheus.yml``, ``alertmanager/alertmanager.yml`` from ``monitoring.prometheus`` and
-``monitoring.alertmanager``, the same functions ``qkdops up`` renders its local configs with).
+``monitoring.alertmanager``, the same functions ``qkdops up`` renders its local configs with) and the
+Kubernetes manifests (``deploy/kubernetes/``: PrometheusRules of those rules, ServiceMonitors).
 
 ``--check`` writes nothing and exits 1 naming every file that is missing or stale (with the first
 lines of its diff), so CI and a reviewer see generated files drift from their sources. The per-kind
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dashboards import generate as dashboards
-from monitoring import slo
+from monitoring import kubernetes, slo
 from monitoring.alertmanager import COMPOSE_ALERTMANAGER_CONFIG, render_compose_alertmanager_config
 from monitoring.config import DEFAULT_PATH as DEFAULT_MONITORING
 from monitoring.config import MonitoringConfig, TemplateError, load_monitoring_config
@@ -45,6 +46,7 @@ ARTIFACTS: Mapping[str, Callable[[MonitoringConfig], dict[Path, str]]] = {
     "dashboards": _dashboards,
     "compose-prometheus": lambda config: {COMPOSE_PROMETHEUS_CONFIG: render_compose_prometheus_config(config)},
     "compose-alertmanager": lambda config: {COMPOSE_ALERTMANAGER_CONFIG: render_compose_alertmanager_config(config)},
+    "kubernetes": kubernetes.render,
 }
 
 

@@ -36,3 +36,14 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# For the tests only (scripts/test.sh sets QKDOPS_SETUP_TESTS=1): prometheus-operator's CRD schemas,
+# compiled to validators (npm @kubernetes-models/prometheus-operator, MIT), which tests/test_kubernetes.py
+# runs with node against deploy/kubernetes/.
+K8S_SCHEMAS=.venv/k8s-schemas
+K8S_SCHEMAS_PACKAGE=@kubernetes-models/prometheus-operator@6.0.0
+if [ "${QKDOPS_SETUP_TESTS:-}" = 1 ] && [ ! -f "$K8S_SCHEMAS/node_modules/@kubernetes-models/prometheus-operator/package.json" ]; then
+    { command -v node && command -v npm; } >/dev/null 2>&1 || apt_install nodejs npm
+    echo "setup: installing $K8S_SCHEMAS_PACKAGE with npm (Kubernetes manifest schemas, tests only)" >&2
+    npm install --silent --no-audit --no-fund --prefix "$K8S_SCHEMAS" "$K8S_SCHEMAS_PACKAGE" >/dev/null
+fi

@@ -12,7 +12,7 @@ from qkdops_cli.cli import main
 
 def test_every_generated_file_in_the_repository_is_current(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--check"]) == 0
-    assert "current (alert-rules, slo-rules, dashboards, compose-prometheus, compose-alertmanager)" in capsys.readouterr().out
+    assert "current (alert-rules, slo-rules, dashboards, compose-prometheus, compose-alertmanager, kubernetes)" in capsys.readouterr().out
 
 
 def test_check_names_a_stale_or_missing_file_and_generate_writes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
