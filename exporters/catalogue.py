@@ -184,13 +184,14 @@ class Families:
         """The exposition; ``names``: only the samples of these names (``?name[]=``, as prometheus_client's
         restricted registry: a family none of whose samples is named is left out whole)."""
         out: list[str] = []
+        wanted = None if names is None else frozenset(names)
         for family, lines in self._lines.items():
             layout = self._layouts[family]
-            if names is None:
+            if wanted is None:
                 out.append(layout.header)
                 out.extend(lines)
-            elif layout.sample_names & set(names):
-                kept = [line for line in lines if line[:line.index("{")] in names]
+            elif layout.sample_names & wanted:
+                kept = [line for line in lines if line[:line.index("{")] in wanted]
                 if kept:
                     out.append(layout.header)
                     out.extend(kept)

@@ -1,6 +1,6 @@
 """Every Prometheus rule file, rendered from its source with one monitoring config.
 
-The hand-written rules are templates (``alert_rules/templates/*.yml``: alerts and the recordings
+The hand-written rules are templates (``alert_rules/templates/*.yml.tmpl``: alerts and the recordings
 they share with the dashboards) whose ``[[ name ]]`` placeholders take the config's thresholds,
 job selectors and runbook base URL; the SLO burn-rate rules are generated from the SLO specs
 (``slo/``). ``qkdops generate`` writes the result into ``alert_rules/`` (what the compose
@@ -18,6 +18,9 @@ from qkdops.assets import asset
 
 RULES_DIR = asset("alert_rules")
 TEMPLATES_DIR = RULES_DIR / "templates"
+# Not ``.yml``: a template is not a rule file (its placeholders are not PromQL), and tools that load or
+# check every ``alert_rules/**/*.yml`` must not take it for one.
+TEMPLATE_SUFFIX = ".tmpl"
 SPEC_DIR = asset("slo")
 SLO_RULES = "qkd-slos.yml"
 
@@ -27,13 +30,13 @@ def render_rule_files(config: MonitoringConfig, spec_dir: Path = SPEC_DIR) -> di
     TemplateError or slo.SpecError naming the source when one is malformed."""
     values = config.values()
     files = {}
-    for template in sorted(TEMPLATES_DIR.glob("*.yml")):
+    for template in sorted(TEMPLATES_DIR.glob(f"*.yml{TEMPLATE_SUFFIX}")):
         source = f"{TEMPLATES_DIR.parent.name}/{TEMPLATES_DIR.name}/{template.name}"
-        files[template.name] = (f"# Rendered by `qkdops generate` from {source} and the monitoring config "
+        files[template.name.removesuffix(TEMPLATE_SUFFIX)] = (f"# Rendered by `qkdops generate` from {source} and the monitoring config "
                                 f"(monitoring.yaml): edit those, not this file.\n"
                                 + render_template(template.read_text(encoding="utf-8"), source, values))
     if SLO_RULES in files:
-        raise ValueError(f"{TEMPLATES_DIR / SLO_RULES}: this name is the generated SLO rule file's; rename the template")
+        raise ValueError(f"{TEMPLATES_DIR / (SLO_RULES + TEMPLATE_SUFFIX)}: this name is the generated SLO rule file's; rename the template")
     files[SLO_RULES] = slo.generate(spec_dir, values)[0]
     return files
 

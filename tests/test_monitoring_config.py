@@ -40,7 +40,7 @@ def _alerts(files: dict[str, str]) -> dict[str, dict]:
 
 def test_every_threshold_in_the_config_is_used_and_every_placeholder_is_known() -> None:
     config = load_monitoring_config()
-    used = {name for template in TEMPLATES_DIR.glob("*.yml") for name in PLACEHOLDER.findall(template.read_text())}
+    used = {name for template in TEMPLATES_DIR.glob("*.yml.tmpl") for name in PLACEHOLDER.findall(template.read_text())}
     used |= {name for spec in (RULES_DIR.parent / "slo").glob("*.yaml") for name in PLACEHOLDER.findall(spec.read_text())}
     assert used <= set(config.values())
     used_thresholds = {name.removeprefix("thresholds.") for name in used if name.startswith("thresholds.")}
@@ -160,4 +160,13 @@ def test_rules_rendered_from_a_changed_config_pass_promtool(tmp_path: Path) -> N
     config = load_monitoring_config(_config_file(tmp_path, edit))
     written = write_rule_files(config, tmp_path / "rules")
     result = subprocess.run([PROMTOOL, "check", "rules", *map(str, written)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_every_yml_under_alert_rules_is_a_rule_file_promtool_accepts() -> None:
+    """Tools load or check every alert_rules/**/*.yml; templates are .yml.tmpl so none is taken for rules."""
+    files = [p for p in RULES_DIR.rglob("*.y*ml") if "tests" not in p.relative_to(RULES_DIR).parts]
+    assert files and not any(p.parent == TEMPLATES_DIR for p in files)
+    result = subprocess.run([PROMTOOL, "check", "rules", *map(str, files)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
