@@ -60,7 +60,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 
-from qkdlink.emulator import FaultError
+from qkdlink.emulator import CalibrationResult, FaultError
 from qkdops import credentials
 from qkdops.control_client import API_PREFIX
 from qkdops.credentials import API_TOKEN, CredentialError, SecretValue
@@ -71,7 +71,9 @@ from qkdops.json_input import JsonInputError, load_json
 from qkdops.assets import asset
 from qkdops.config import RuntimeSettings
 from qkdops.runtime.faults import FAULTS, fault_catalogue
-from qkdops.runtime.fleet import Fleet, UnknownAction, UnknownLink
+from qkdops.control_client import ApiResponseError
+from qkdops.runtime.fleet import UnknownAction, UnknownLink
+from control_api.shards import WorkerUnavailable
 from qkdops.yaml_input import clip
 
 log = logging.getLogger("control_api.server")
@@ -104,6 +106,24 @@ class Exporter(Protocol):
     def start(self) -> bool: ...
 
     def stop(self) -> bool: ...
+
+
+class LinkControl(Protocol):
+    """What the API acts through: the runtime's ``Fleet``, or ``ShardedFleet`` routing to the workers that run the links."""
+
+    def link_ids(self) -> list[tuple[str, str]]: ...
+
+    def runtime(self, link_id: str) -> object: ...   # UnknownLink when there is no such link
+
+    def status(self, link_id: str) -> dict[str, Any]: ...
+
+    def recent_blocks(self, link_id: str, last: int) -> dict[str, Any]: ...
+
+    def inject(self, link_id: str, fault: str, parameters: Mapping[str, float]) -> dict[str, Any]: ...
+
+    def clear(self, link_id: str, fault: str | None = None) -> list[str]: ...
+
+    def act(self, link_id: str, action: str) -> CalibrationResult: ...
 
 
 TokenError = CredentialError  # no usable API token; the message names where it looked, never a token value
@@ -208,27 +228,27 @@ class Request:
     exporters: Mapping[str, Exporter] = field(default_factory=dict)  # name → the exporter served in-process
 
 
-Endpoint = Callable[[Fleet, Request], tuple[HTTPStatus, Any]]
+Endpoint = Callable[[LinkControl, Request], tuple[HTTPStatus, Any]]
 
 
-def _links(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _links(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, {"links": [{"link": link, "protocol": protocol} for link, protocol in fleet.link_ids()]}
 
 
-def _link_status(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _link_status(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, fleet.status(req.params["link"])
 
 
-def _faults(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _faults(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, {"faults": fault_catalogue()}
 
 
-def _active_faults(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _active_faults(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     link = req.params["link"]
     return HTTPStatus.OK, {"link": link, "active_faults": fleet.status(link)["active_faults"]}
 
 
-def _inject(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _inject(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     link = req.params["link"]
     fleet.runtime(link)  # an unknown link is a 404 before the body is judged
     name, parameters = _inject_body(req.read_json())
@@ -280,7 +300,7 @@ def _describe(value: Any) -> str:
     return "a number" if _is_finite_number(value) else "a number out of range"
 
 
-def _blocks(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _blocks(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     """The link's last ``?last=N`` archived blocks (1 … MAX_BLOCKS, default 10): counts only."""
     link = req.params["link"]
     fleet.runtime(link)
@@ -293,7 +313,7 @@ def _blocks(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, fleet.recent_blocks(link, int(values[0]))
 
 
-def _clear(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _clear(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     link, fault = req.params["link"], req.params.get("fault")
     fleet.runtime(link)
     if fault is not None and fault not in FAULTS:
@@ -301,14 +321,14 @@ def _clear(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, {"link": link, "cleared": fleet.clear(link, fault)}
 
 
-def _act(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _act(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     link = req.params["link"]
     result = fleet.act(link, req.params["action"])
     return HTTPStatus.OK, {"link": link, "action": result.action, "ok": result.ok, "message": result.message,
                            "before": dict(result.before), "after": dict(result.after)}
 
 
-def _exporters(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _exporters(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     return HTTPStatus.OK, {"exporters": [{"name": e.name, "port": e.port, "serving": e.serving}
                                          for e in req.exporters.values()]}
 
@@ -321,14 +341,14 @@ def _exporter(req: Request) -> Exporter:
     return exporter
 
 
-def _stop_exporter(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _stop_exporter(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     exporter = _exporter(req)
     if exporter.stop():
         log.warning("exporter %s stopped through the control API: port %d refuses connections", exporter.name, exporter.port)
     return HTTPStatus.OK, {"name": exporter.name, "serving": exporter.serving}
 
 
-def _start_exporter(fleet: Fleet, req: Request) -> tuple[HTTPStatus, Any]:
+def _start_exporter(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     exporter = _exporter(req)
     try:
         started = exporter.start()
@@ -357,7 +377,7 @@ API_ROUTES: tuple[tuple[str, Mapping[str, Endpoint]], ...] = (
 class ControlService:
     """The control API's routes over one fleet: authenticate, parse, call the fleet, answer JSON."""
 
-    def __init__(self, fleet: Fleet, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
+    def __init__(self, fleet: LinkControl, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
                  exporters: Mapping[str, Exporter] | None = None) -> None:
         self.fleet = fleet
         self.token = token.encode("ascii")  # TOKEN_SYNTAX: ASCII only
@@ -399,6 +419,10 @@ class ControlService:
                     raise ApiError(HTTPStatus.NOT_FOUND, "unknown_action", f"action: {exc}", "action") from None
                 except FaultError as exc:  # the endpoints check first; this covers a catalogue/fleet mismatch
                     raise _bad(str(exc), "parameters", "invalid_parameter") from None
+                except ApiResponseError as exc:   # a worker's refusal (sharded fleet), passed on as it answered
+                    raise ApiError(_status(exc.status), exc.code, exc.message, exc.field) from None
+                except WorkerUnavailable as exc:
+                    raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "worker_unavailable", str(exc), "link") from None
             except ApiError as exc:
                 return self._answer(request, exc)
             return self._answer(request, None, status, payload)
@@ -423,6 +447,14 @@ class ControlService:
         return text.replace(self.token.decode("ascii"), REDACTED)
 
 
+def _status(code: int) -> HTTPStatus:
+    """A worker's status code as ours; one outside HTTP's table (a broken worker) is a 502."""
+    try:
+        return HTTPStatus(code)
+    except ValueError:
+        return HTTPStatus.BAD_GATEWAY
+
+
 def _json_body(raw: bytes) -> Any:
     if not raw.strip():
         return None
@@ -443,7 +475,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def serve(fleet: Fleet, settings: RuntimeSettings, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
+def serve(fleet: LinkControl, settings: RuntimeSettings, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
           exporters: Mapping[str, Exporter] | None = None) -> HttpServer:
     """Start the control API on ``settings.bind:settings.control_port``; stop with ``server.stop()``.
 

@@ -93,10 +93,10 @@ def _metric(name: str, entry: object, labels: Mapping[str, frozenset[str] | None
         raise CatalogueError(f"{where}: counters, and only counters, end in _total")
     if exporter not in EXPORTERS:
         raise CatalogueError(f"{where}.exporter: expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if not isinstance(names, list) or (names[:2] != ["link", "protocol"] and names[:1] != ["site"]) \
+    if not isinstance(names, list) or (names[:2] != ["link", "protocol"] and names[:1] not in (["site"], ["worker"])) \
             or len(set(names)) != len(names) or any(n not in labels for n in names):
         raise CatalogueError(f"{where}.labels: expected distinct labels from 'labels', starting with link, protocol "
-                             f"(or site, for a KME's series); got {names!r}")
+                             f"(or site, for a KME's series; worker, for a sharded fleet's worker); got {names!r}")
     if not isinstance(entry["help"], str) or not entry["help"].strip():
         raise CatalogueError(f"{where}.help: expected a non-empty string")
     values = {n: labels[n] for n in names}

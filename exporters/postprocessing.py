@@ -13,6 +13,7 @@ Only counts, bounds, timestamps and latencies are read: the snapshot holds no ke
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from exporters.collector import SnapshotCollector
 from exporters.catalogue import POSTPROCESSING, Families
@@ -22,18 +23,35 @@ from qkdops.runtime.state import BLOCK_REASONS, CPU_STAGES, HANDOFF_OUTCOMES, KM
 SUCCESS_REASON = "none"  # LinkState's reason for a block that produced key
 
 
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker process of a sharded fleet, as its supervisor sees it."""
+
+    worker: str
+    up: bool
+    restarts: int
+    links: int
+
+
 class PostProcessingCollector(SnapshotCollector):
-    """Post-processing results of every link ``snapshots()`` returns."""
+    """Post-processing results of every link ``snapshots()`` returns; with ``kme_stats`` the KMEs'
+    requests, with ``workers`` a sharded fleet's worker processes (what its supervisor publishes)."""
 
     exporter = POSTPROCESSING
 
     def __init__(self, snapshots: Callable[[], Sequence[LinkSnapshot]],
-                 kme_stats: Callable[[], KMEStatsSnapshot] | None = None) -> None:
+                 kme_stats: Callable[[], KMEStatsSnapshot] | None = None,
+                 workers: Callable[[], Sequence[WorkerStatus]] | None = None) -> None:
         super().__init__(snapshots)
         self._kme_stats = kme_stats
+        self._workers = workers
 
     def add_fleet(self, families: Families) -> None:
-        """The KMEs' requests, per site (a request is not always about one link)."""
+        """The KMEs' requests, per site (a request is not always about one link), and the workers."""
+        for w in self._workers() if self._workers is not None else ():
+            families.add("qkd_fleet_worker_up", (w.worker,), float(w.up))
+            families.add("qkd_fleet_worker_restarts_total", (w.worker,), float(w.restarts))
+            families.add("qkd_fleet_worker_links", (w.worker,), float(w.links))
         if self._kme_stats is None:
             return
         stats = self._kme_stats()

@@ -6,6 +6,7 @@ it current), so the two cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,18 +25,30 @@ COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 class Hosts:
     """Addresses Prometheus uses to reach each service (local processes, or compose services)."""
 
-    device: str
+    device: str | None   # None: no exporter of this kind outside the workers (a sharded fleet's supervisor)
     postprocessing: str
     alertmanager: str
     pager_sink: str
     calibration: str | None = None  # the calibration scheduler's metrics; None: not run (no scrape job)
+    # A sharded fleet's workers: the directory of the file-SD target lists ``<job>.json`` that
+    # ``qkdops up --workers N`` writes (``worker_targets``); None: the fleet runs in one process.
+    worker_targets_dir: str | None = None
 
 
-def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None) -> Hosts:
-    """Local addresses; ``calibration_bind``: where the scheduler listens (None: it is not run)."""
-    return Hosts(f"{rt.bind}:{rt.device_exporter_port}", f"{rt.bind}:{rt.postprocessing_exporter_port}",
+def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None, worker_targets_dir: str | None = None) -> Hosts:
+    """Local addresses; ``calibration_bind``: where the scheduler listens (None: it is not run);
+    ``worker_targets_dir``: a sharded fleet's target lists (its supervisor serves no device exporter)."""
+    return Hosts(None if worker_targets_dir else f"{rt.bind}:{rt.device_exporter_port}", f"{rt.bind}:{rt.postprocessing_exporter_port}",
                  f"{rt.bind}:{rt.alertmanager_port}", f"{rt.bind}:{rt.pager_sink_port}",
-                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}")
+                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}", worker_targets_dir)
+
+
+def worker_targets(monitoring: MonitoringConfig, workers: Sequence[tuple[str, str, str]]) -> dict[str, list[dict[str, Any]]]:
+    """Prometheus file-SD target lists by job (file name ``<job>.json``) for a sharded fleet's workers
+    (worker name, device exporter address, post-processing exporter address): one group per worker,
+    labelled ``worker`` so its targets' ``up`` says which worker is down."""
+    return {monitoring.jobs.device: [{"targets": [device], "labels": {"worker": name}} for name, device, _ in workers],
+            monitoring.jobs.postprocessing: [{"targets": [pp], "labels": {"worker": name}} for name, _, pp in workers]}
 
 
 @dataclass(frozen=True)
@@ -60,20 +73,25 @@ COMPOSE_REMOTE_WRITE = RemoteWrite("http://vmauth:8427/api/v1/write", COMPOSE_SE
 def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str, scrape_interval_s: float, *,
                       alertmanager_password_file: str, remote_write: RemoteWrite | None = None) -> dict[str, Any]:
     """Scrape both exporters and the calibration scheduler under the monitoring config's job names
-    (what rules and dashboards select on), send alerts to Alertmanager with basic auth (its password
+    (what rules and dashboards select on) — a sharded fleet's workers found through the target lists
+    in ``hosts.worker_targets_dir``, which Prometheus re-reads when they change — send alerts to Alertmanager with basic auth (its password
     read from ``alertmanager_password_file`` at each reload), and with ``remote_write`` copy every
     sample to the long-term store."""
     interval = f"{scrape_interval_s:g}s"
     jobs = [(monitoring.jobs.device, hosts.device), (monitoring.jobs.postprocessing, hosts.postprocessing)]
     if hosts.calibration is not None:
         jobs.append((monitoring.jobs.calibration, hosts.calibration))
+    discovered = (monitoring.jobs.device, monitoring.jobs.postprocessing) if hosts.worker_targets_dir else ()
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
                    "external_labels": {"stack": "qkdops"}},
         "rule_files": [rule_glob],
         "alerting": {"alertmanagers": [{"basic_auth": {"username": credentials.USER, "password_file": alertmanager_password_file},
                                         "static_configs": [{"targets": [hosts.alertmanager]}]}]},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs],
+        "scrape_configs": [{"job_name": job, **({"static_configs": [{"targets": [target]}]} if target else {}),
+                            **({"file_sd_configs": [{"files": [f"{hosts.worker_targets_dir}/{job}.json"], "refresh_interval": "30s"}]}
+                               if job in discovered else {})}
+                           for job, target in jobs],
         **({"remote_write": [{"url": remote_write.url, "basic_auth": {"username": credentials.USER,
                                                                        "password_file": remote_write.password_file}}]}
            if remote_write else {}),

@@ -126,6 +126,9 @@ class RuntimeSettings:
     scrape_interval_s: float = 5.0
     pager_sink_port: int = 9820
     calibration_exporter_port: int = 9812
+    # `qkdops up --workers N`: worker i's control API, device and post-processing exporters listen on
+    # worker_port_base + 3i, + 3i + 1 and + 3i + 2 (fixed, so a restarted worker is the same target).
+    worker_port_base: int = 9900
     # Where the alerts' runbook links point (the control API's /runbooks/, as whoever reads the page
     # reaches it); empty: this runtime's own control API address.
     runbook_base_url: str = ""
@@ -177,11 +180,53 @@ class FleetConfig:
     source: Path = field(default=DEFAULT_CONFIG)
     key_delivery: KeyDelivery = field(default_factory=KeyDelivery)
 
+    def shard(self, index: int, workers: int) -> FleetConfig:
+        """The links worker ``index`` of ``workers`` runs: every ``workers``-th link in configuration
+        order, starting at the ``index``-th, so each worker gets a share of every protocol and distance.
+
+        Which worker runs a link does not matter for its history: every worker opens the same archive,
+        key buffer and KME store in the state dir, so a link resumes where it stopped whatever the
+        number of workers. The key delivery section stays whole (the KMEs serve every link's sites).
+        """
+        if not 0 <= index < workers:
+            raise ValueError(f"shard {index} of {workers}: expected 0 <= shard < workers")
+        return dataclasses.replace(self, links=self.links[index::workers])
+
     def link(self, link_id: str) -> LinkSpec:
         for spec in self.links:
             if spec.id == link_id:
                 return spec
         raise KeyError(link_id)
+
+
+@dataclass(frozen=True)
+class WorkerPorts:
+    """Where one worker of a sharded fleet (``qkdops up --workers N``) listens."""
+
+    control: int
+    device: int
+    postprocessing: int
+
+
+def worker_ports(config: FleetConfig, workers: int) -> list[WorkerPorts]:
+    """The ports of workers 0 … ``workers`` - 1 from ``runtime.worker_port_base`` (three each, in a row).
+
+    ConfigError naming the file and ``runtime.worker_port_base`` when they leave the port range or
+    meet another port of the config (a runtime port or a KME's), which would only show later as a
+    worker that cannot listen.
+    """
+    rt = config.runtime
+    reader = FieldReader(config.source, ConfigError)
+    if workers < 1:
+        raise ValueError(f"--workers: expected at least 1, got {workers}")
+    base = rt.worker_port_base
+    if base + 3 * workers - 1 > 65535:
+        reader.fail("runtime.worker_port_base", f"a base leaving room for {workers} workers (3 ports each, up to 65535)", base)
+    taken = {rt.control_port, rt.device_exporter_port, rt.postprocessing_exporter_port, rt.prometheus_port, rt.alertmanager_port,
+             rt.pager_sink_port, rt.calibration_exporter_port, rt.victoria_metrics_port, *(k.port for k in config.key_delivery.kmes)}
+    if clash := sorted(taken & set(range(base, base + 3 * workers))):
+        reader.fail("runtime.worker_port_base", f"worker ports {base}-{base + 3 * workers - 1} clear of the other ports", clash)
+    return [WorkerPorts(base + 3 * i, base + 3 * i + 1, base + 3 * i + 2) for i in range(workers)]
 
 
 def read_yaml(path: Path) -> Any:
@@ -278,7 +323,8 @@ def _runtime(reader: FieldReader, raw: Any, path: Path) -> RuntimeSettings:
     data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
     values: dict[str, Any] = {}
     for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port", "prometheus_port",
-                 "alertmanager_port", "pager_sink_port", "calibration_exporter_port", "victoria_metrics_port"):
+                 "alertmanager_port", "pager_sink_port", "calibration_exporter_port", "victoria_metrics_port",
+                 "worker_port_base"):
         if name in data:
             values[name] = reader.integer(data[name], f"runtime.{name}", 1, 65535)
     if "bind" in data:

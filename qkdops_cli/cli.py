@@ -18,6 +18,7 @@ from qkdops_cli import keys_cmd
 from qkdops_cli import gameday_cmd
 from qkdops_cli import credentials_cmd
 from qkdops_cli import generate_cmd
+from qkdops_cli import worker_cmd
 from qkdops.runtime.memory import retain_freed_memory
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     gameday_cmd.register(sub)
     credentials_cmd.register(sub)
     generate_cmd.register(sub)
+    worker_cmd.register(sub)
     return parser
 
 

@@ -55,7 +55,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin
@@ -63,12 +63,13 @@ from urllib.parse import urljoin
 import yaml
 
 from qkdops import credentials
-from qkdops.config import RuntimeSettings, parse_config, read_yaml
+from exporters.postprocessing import WorkerStatus
+from qkdops.config import FleetConfig, RuntimeSettings, WorkerPorts, parse_config, read_yaml, worker_ports
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
 from monitoring.alertmanager import SecretFileError, alertmanager_config, secret_files_from_env
 from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.processes import command_line, pid_alive
-from monitoring.prometheus import RemoteWrite, local_hosts, prometheus_config
+from monitoring.prometheus import RemoteWrite, local_hosts, prometheus_config, worker_targets
 from monitoring.rules import write_rule_files
 
 log = logging.getLogger("qkdops_cli.stack")
@@ -80,6 +81,10 @@ VICTORIA_METRICS = "victoria_metrics"   # the long-term store (`qkdops up --vict
 LONG_TERM_RETENTION = "1y"
 SCHEDULER_READY_TIMEOUT_S = 30.0
 SCHEDULER_STOP_GRACE_S = 10.0
+WORKER_READY_TIMEOUT_S = 120.0   # a worker post-processes what its links' last run left before it listens
+WORKER_STOP_GRACE_S = 30.0       # it finishes the blocks in hand; past this it is killed (the archive recovers them)
+WORKER_PREFIX = "worker-"        # worker i's name in up.json, the logs, `qkdops status` and its `worker` label
+TARGETS_DIR = "targets"          # in the state dir: the workers' file-SD target lists Prometheus reads
 RESTART_BACKOFF_MAX_S = 60.0
 RESTART_RESET_AFTER_S = 60.0
 # docker-compose: the fleet config inside the image, derived at build time (``write_container_config``).
@@ -127,11 +132,45 @@ def scheduler_argv(config_path: Path, rt: RuntimeSettings) -> list[str]:
             "--exit-with-parent"]
 
 
+def worker_argv(config_path: Path, shard: int, workers: int, bind: str) -> list[str]:
+    """``qkdops worker`` for shard ``shard`` of ``workers`` at the default ports for its index, stopping
+    with ``qkdops up`` even when that is killed with SIGKILL."""
+    return [sys.executable, "-m", "qkdops_cli.cli", "worker", "--config", str(config_path), "--shard", str(shard),
+            "--workers", str(workers), "--bind", bind, "--exit-with-parent"]
+
+
 def find_binary(names: tuple[str, ...]) -> str:
     for name in names:
         if (path := shutil.which(name)) is not None:
             return path
     raise StackError(f"{' or '.join(names)} not found on PATH: {INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One worker of a sharded fleet as the supervisor runs it: index, ports, how many links."""
+
+    index: int
+    ports: WorkerPorts
+    links: int
+    bind: str
+
+    @property
+    def name(self) -> str:
+        """Its name in up.json, its log file, ``qkdops status``, and its ``worker`` label on Prometheus
+        targets and the supervisor's ``qkd_fleet_worker_*`` series."""
+        return f"{WORKER_PREFIX}{self.index}"
+
+    @property
+    def url(self) -> str:
+        """Its control API."""
+        return http_url(self.bind, self.ports.control)
+
+
+def plan_workers(config: FleetConfig, workers: int) -> list[Worker]:
+    """The workers ``qkdops up --workers N`` runs for ``config`` (ConfigError if their ports do not fit)."""
+    return [Worker(i, ports, len(config.shard(i, workers).links), config.runtime.bind)
+            for i, ports in enumerate(worker_ports(config, workers))]
 
 
 @dataclass
@@ -162,8 +201,10 @@ class Stack:
     """
 
     def __init__(self, rt: RuntimeSettings, scheduler_config: Path | None = None, scheduler_bind: str | None = None,
-                 monitoring: MonitoringConfig | None = None, long_term_store: bool = False) -> None:
+                 monitoring: MonitoringConfig | None = None, long_term_store: bool = False,
+                 workers: Sequence[Worker] = ()) -> None:
         self.rt = rt
+        self.workers = tuple(workers)
         self.long_term_store = long_term_store
         self.monitoring = (monitoring or load_monitoring_config()).with_runbook_base(
             rt.runbook_base_url or http_url(rt.bind, rt.control_port))
@@ -185,7 +226,11 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         creds = credentials.prepare_server_credentials(self.state_dir)
         auth = StackAuth(self.state_dir)
-        hosts = local_hosts(self.rt, self.scheduler_bind)
+        targets = None
+        if self.workers:
+            targets = self.state_dir / TARGETS_DIR
+            self._write_worker_targets(targets)
+        hosts = local_hosts(self.rt, self.scheduler_bind, None if targets is None else str(targets))
         config_path = self.state_dir / "prometheus.yml"
         rules = self.state_dir / "rules"   # rendered for this runtime: runbook links on its own base URL
         write_rule_files(self.monitoring, rules)
@@ -216,6 +261,35 @@ class Stack:
             f"--web.listen-address={bind}:{self.rt.prometheus_port}",   # no lifecycle API: /-/quit would let anyone stop it
             f"--web.config.file={creds.prometheus_web_config}",   # basic auth on every endpoint
             f"--web.external-url=http://{bind}:{self.rt.prometheus_port}/"], auth=auth.prometheus)
+
+    def _write_worker_targets(self, directory: Path) -> None:
+        """The workers' target lists, one file per job, replaced atomically (Prometheus watches them)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        lists = worker_targets(self.monitoring, [(w.name, f"{self.rt.bind}:{w.ports.device}", f"{self.rt.bind}:{w.ports.postprocessing}")
+                                                 for w in self.workers])
+        for job, groups in lists.items():
+            tmp = directory / f".{job}.json.tmp"
+            tmp.write_text(json.dumps(groups, indent=2))
+            os.replace(tmp, directory / f"{job}.json")
+
+    def start_workers(self, config_path: Path, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+        """Start every worker and wait for each one's control API; StackError (with its log) if one cannot start.
+
+        Workers are not essential children: one that dies later is restarted with backoff while the
+        others keep their links producing key (module docstring), and its restarts are published.
+        """
+        env = {**os.environ, **credentials.client_environment(self.state_dir), "PYTHONUNBUFFERED": "1"}
+        started = [self._spawn(w.name, w.url, worker_argv(config_path, w.index, len(self.workers), self.rt.bind),
+                               ready_url=f"{w.url}/healthz", essential=False, env=env) for w in self.workers]
+        deadline = time.monotonic() + timeout_s
+        for child in started:
+            self._wait(child, deadline, timeout_s)
+
+    def worker_status(self) -> list[WorkerStatus]:
+        """Each worker as the supervisor sees it: running or not, restarts so far, how many links."""
+        children = {c.name: c for c in self.children}
+        return [WorkerStatus(w.name, (c := children.get(w.name)) is not None and c.process.poll() is None,
+                             c.restarts if c is not None else 0, w.links) for w in self.workers]
 
     @property
     def victoria_metrics_url(self) -> str:
@@ -313,9 +387,12 @@ class Stack:
         return restarted
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """The scheduler first (nothing acts while the rest goes away), then Prometheus and Alertmanager."""
-        self._terminate([c for c in self.children if not c.essential], SCHEDULER_STOP_GRACE_S)
-        self._terminate([c for c in self.children if c.essential], grace_s)
+        """The scheduler first (nothing acts while the rest goes away), then the workers (finishing the
+        blocks in hand), then Prometheus, Alertmanager and the long-term store."""
+        workers = {w.name for w in self.workers}
+        self._terminate([c for c in self.children if c.name == SCHEDULER], SCHEDULER_STOP_GRACE_S)
+        self._terminate([c for c in self.children if c.name in workers], WORKER_STOP_GRACE_S)
+        self._terminate([c for c in self.children if c.name != SCHEDULER and c.name not in workers], grace_s)
 
     @staticmethod
     def _terminate(children: list[Child], grace_s: float) -> None:

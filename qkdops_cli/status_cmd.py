@@ -23,7 +23,7 @@ from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.credentials import CredentialError
 from qkdops.http_client import Auth, StackAuth, open_url
 from qkdops.processes import pid_alive
-from qkdops_cli.stack import SCHEDULER
+from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX
 from qkdops_cli.up_cmd import UP_FILE
 
 # Resolved against each recorded URL: "" probes it as is, an absolute path replaces its path.
@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         for name, option in disabled.items():
             print(f"{name:<24} {'off':<5} ({option})")
         for link in links:
+            if link.get("unavailable"):
+                print(f"link {link['link']:<18} {link['protocol']:<11} UNAVAILABLE (its worker is not answering)")
+                continue
             last = link.get("last_block") or {}
             print(f"link {link['link']:<18} {link['protocol']:<11} next block {link['next_block']:<6} "
                   f"last: {last.get('reason', '-')}, {last.get('secret_key_bits', 0)} key bits, "
@@ -78,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def probe_url(name: str, url: str) -> str:
-    """What to probe for a recorded endpoint (the scheduler's is recorded as its /metrics URL)."""
-    return urljoin(url, PROBES.get(name, ""))
+    """What to probe for a recorded endpoint (the scheduler's is recorded as its /metrics URL; a
+    sharded fleet's worker as its control API, whose /healthz answers once its links step)."""
+    return urljoin(url, "/healthz" if name.startswith(WORKER_PREFIX) else PROBES.get(name, ""))
 
 
 def _auth(auth: StackAuth, name: str) -> Auth | None:
@@ -113,12 +117,16 @@ def _links(api_url: str | None, state_dir: Path) -> list[dict]:
         token = load_token(state_dir, create=False).value
     except TokenError:
         return []
-    out = []
     try:
-        for item in _get(f"{api_url}/api/v1/links", token)["links"]:
-            out.append(_get(f"{api_url}/api/v1/links/{item['link']}", token))
+        listed = _get(f"{api_url}/api/v1/links", token)["links"]
     except (OSError, ValueError, KeyError):
-        return out
+        return []
+    out = []
+    for item in listed:   # one link unanswered (its worker restarting) leaves the others listed
+        try:
+            out.append(_get(f"{api_url}/api/v1/links/{item['link']}", token))
+        except (OSError, ValueError, KeyError):
+            out.append({"link": item["link"], "protocol": item["protocol"], "unavailable": True})
     return out
 
 

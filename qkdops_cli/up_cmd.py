@@ -53,7 +53,10 @@ from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
 from qkdops.runtime.fleet import Fleet
-from qkdops_cli.stack import SCHEDULER, Stack, StackError, stop_orphans, write_up_file
+from control_api.server import LinkControl
+from control_api.shards import ShardedFleet
+from qkdops.kme.server import KeySource, SharedKeyPool
+from qkdops_cli.stack import SCHEDULER, Stack, StackError, plan_workers, stop_orphans, write_up_file
 
 log = logging.getLogger("qkdops.up")
 UP_FILE = "up.json"
@@ -75,6 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "only corrected by `qkdops action`)")
     p.add_argument("--victoria-metrics", action="store_true",
                    help="also run VictoriaMetrics as the long-term store Prometheus remote-writes to (runtime.victoria_metrics_port)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="run the links in N worker processes (`qkdops worker`, restarted if they die), each with its own "
+                        "exporters found by Prometheus through file service discovery; this process keeps the KMEs, the "
+                        "pager sink and the control API, which routes each link's requests to its worker (default: 0, "
+                        "every link in this process)")
     p.add_argument("--duration", type=finite_float, default=0.0, help="stop after this many seconds (0: run until stopped)")
     p.set_defaults(handler=run)
 
@@ -97,14 +105,18 @@ def run(args: argparse.Namespace) -> int:
                 {SCHEDULER: "--no-calibration"} if args.no_calibration else {})
     if args.victoria_metrics and args.no_prometheus:
         raise ValueError("--victoria-metrics stores what this command's Prometheus scrapes: it cannot go with --no-prometheus")
-    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring, args.victoria_metrics)
+    if args.workers < 0:
+        raise ValueError(f"--workers: expected 0 (one process) or more, got {args.workers}")
+    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring, args.victoria_metrics,
+                args.workers)
 
 
 def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float,
          disabled: dict[str, str] | None = None, scheduler_bind: str | None = None, monitoring: MonitoringConfig | None = None,
-         long_term_store: bool = False) -> int:
+         long_term_store: bool = False, workers: int = 0) -> int:
     """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing;
-    ``monitoring``: what the stack's rules and configs are rendered with (default: the shipped one)."""
+    ``monitoring``: what the stack's rules and configs are rendered with (default: the shipped one);
+    ``workers``: how many worker processes run the links (0: this process does)."""
     rt = config.runtime
     rt.state_dir.mkdir(parents=True, exist_ok=True)
     raise_open_file_limit()   # every port may hold up to Limits.max_connections
@@ -112,40 +124,53 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     if not with_servers:
         disabled.setdefault(SCHEDULER, "--no-prometheus")
     with_scheduler = SCHEDULER not in disabled
-    fleet = Fleet(config)
+    planned = plan_workers(config, workers) if workers else []
+    stop_orphans(rt.state_dir / UP_FILE, rt.state_dir)
+    token = control_api.load_token(rt.state_dir, create=True)   # before any worker, which takes it from the state dir
+    fleet: Fleet | None = None
+    keys: SharedKeyPool | None = None
+    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store, planned)
+    if planned:   # the links run in the workers; this process serves the KMEs and routes the control API
+        keys = SharedKeyPool(config)
+        links: LinkControl = ShardedFleet(config, [w.url for w in planned], token.value)
+        key_source: KeySource = keys
+        collectors = [("postprocessing", "post-processing exporter (KMEs, workers)",
+                       PostProcessingCollector(list, keys.kme_stats.snapshot, stack.worker_status), rt.postprocessing_exporter_port)]
+    else:
+        fleet = Fleet(config)
+        links = key_source = fleet
+        collectors = [("device", "device exporter", DeviceCollector(fleet.snapshots), rt.device_exporter_port),
+                      ("postprocessing", "post-processing exporter", PostProcessingCollector(fleet.snapshots, fleet.kme_stats.snapshot),
+                       rt.postprocessing_exporter_port)]
     servers: list[HttpServer] = []
     exporters: dict[str, ServedExporter] = {}  # control API name → exporter; stopped after the control API
-    stop_orphans(rt.state_dir / UP_FILE, rt.state_dir)
-    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store)
     status = 0
     try:
-        for key, name, collector, port in (
-                ("device", "device exporter", DeviceCollector(fleet.snapshots), rt.device_exporter_port),
-                ("postprocessing", "post-processing exporter", PostProcessingCollector(fleet.snapshots, fleet.kme_stats.snapshot),
-                 rt.postprocessing_exporter_port)):
+        for key, name, collector, port in collectors:
             exporter = ServedExporter(key, collector, rt.bind, port)
             _listen(name, rt.bind, port, exporter.start)
             exporters[key] = exporter
-        token = control_api.load_token(rt.state_dir, create=True)
         servers.append(_listen("control API", rt.bind, rt.control_port,
-                               lambda: control_api.serve(fleet, rt, token.value, exporters=exporters)))
+                               lambda: control_api.serve(links, rt, token.value, exporters=exporters)))
         sink_token = credentials.load_secret(credentials.PAGER_SINK_TOKEN, rt.state_dir, create=True)
         servers.append(_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt, sink_token.value)))
         pki = Pki(rt.state_dir / "pki")
         if issued := init_pki(pki, config.key_delivery):
             log.info("development PKI: issued %d certificate/key file(s) under %s", len(issued), pki.root)
         for spec in config.key_delivery.kmes:
-            servers.append(_listen(kme_id(spec.site), rt.bind, spec.port, lambda s=spec: serve_kme(fleet, s, pki)))
+            servers.append(_listen(kme_id(spec.site), rt.bind, spec.port, lambda s=spec: serve_kme(key_source, s, pki)))
         if with_servers:
             stack.start()
             stack.wait_ready()
-        fleet.start()
+        if fleet is not None:
+            fleet.start()
+        else:
+            stack.start_workers(config.source.resolve())
         if with_scheduler:
             stack.start_scheduler()  # after the control API, Prometheus and the fleet: it acts on them
         endpoints = {
             "control_api": f"http://{rt.bind}:{rt.control_port}",
-            "device_exporter": f"http://{rt.bind}:{rt.device_exporter_port}/metrics",
-            "postprocessing_exporter": f"http://{rt.bind}:{rt.postprocessing_exporter_port}/metrics",
+            **{f"{key}_exporter": f"http://{rt.bind}:{exporter.port}/metrics" for key, exporter in exporters.items()},
             "pager_sink": f"http://{rt.bind}:{rt.pager_sink_port}",
             **{kme_id(k.site): f"https://{rt.bind}:{k.port}/api/v1/keys" for k in config.key_delivery.kmes},
             **{child.name: child.url for child in stack.children},
@@ -156,7 +181,8 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
                           {"qkdops": os.getpid(), **{c.name: c.process.pid for c in stack.children}}, disabled)
 
         record()
-        print(f"qkdops up: {len(config.links)} links from {config.source}", flush=True)
+        print(f"qkdops up: {len(config.links)} links from {config.source}"
+              + (f" over {len(planned)} workers" if planned else ""), flush=True)
         for name, url in endpoints.items():
             print(f"  {name:<24} {url}", flush=True)
         for name, option in disabled.items():
@@ -183,7 +209,10 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             server.stop()
         for exporter in exporters.values():  # after the control API, which could start one again
             exporter.stop()
-        fleet.stop()
+        if fleet is not None:
+            fleet.stop()
+        if keys is not None:
+            keys.close()
         (rt.state_dir / UP_FILE).unlink(missing_ok=True)
         print("qkdops up: stopped", flush=True)
     return status

@@ -48,6 +48,7 @@ CONTRACT = {
     "QKDExporterDown": ("page", "cause"),
     "QKDCalibrationSchedulerDown": ("ticket", "cause"),  # issue 6: the calibration scheduler's scrape target
     "QKDKMERequestsRefused": ("ticket", "cause"),  # issue 7: a site's KME refusing an SAE (401)
+    "QKDFleetWorkerRestarted": ("ticket", "cause"),  # issue 17: a sharded fleet's worker process restarted
     "QKDVerificationFailing": ("page", "cause"),  # issue 14: error correction leaves residual errors
     "QKDKeyMismatch": ("page", "cause"),  # issue 14: the two ends' keys differ at hand-off
     "QKDECEfficiencyDegraded": ("ticket", "cause"),  # issue 14: measured EC efficiency f above the model's

@@ -27,6 +27,7 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporters import CATALOGUE, DeviceCollector, PostProcessingCollector, render, serve
+from exporters.postprocessing import WorkerStatus
 from exporters.catalogue import DEVICE, POSTPROCESSING, CatalogueError, Families, load
 from qkdlink.settings import INTENSITY_OF_PARAMETER
 from qkdlink.emulator import FrameRecord, Link, LinkConfig
@@ -136,9 +137,12 @@ def kme_stats() -> KMEStats:
     return stats
 
 
+WORKERS = [WorkerStatus("worker-0", True, 0, 2), WorkerStatus("worker-1", False, 3, 1)]   # a sharded fleet's supervisor's view
+
+
 def exposition(exporter: str, snapshots: Callable[[], list[LinkSnapshot]]) -> str:
     if exporter == POSTPROCESSING:
-        return render(PostProcessingCollector(snapshots, kme_stats().snapshot)).decode()
+        return render(PostProcessingCollector(snapshots, kme_stats().snapshot, lambda: WORKERS)).decode()
     return render(COLLECTORS[exporter](snapshots)).decode()
 
 
@@ -287,7 +291,8 @@ def test_label_values_are_closed_and_never_numbers(fleet: list[FedLink], exporte
         for label, value in labels.items():
             allowed = CATALOGUE.metrics[name].label_values[label]
             if allowed is None:
-                allowed = links if label == "link" else {"sae-a"} if label == "sae" else sites
+                allowed = (links if label == "link" else {"sae-a"} if label == "sae" else {w.worker for w in WORKERS}
+                           if label == "worker" else sites)
             assert value in allowed, (name, label, value)
             if label != "code":  # HTTP status codes: a closed set, numeric by Prometheus convention (promhttp)
                 assert not NUMBER_OR_TIME.fullmatch(value), (name, label, value)

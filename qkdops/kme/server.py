@@ -23,7 +23,7 @@ from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Ser
 from qkdops.kme.etsi import MAX_BODY_BYTES, KMEService, kme_id
 from qkdops.kme.pki import Pki
 from qkdops.kme.stats import KMEStats
-from qkdops.kme.store import KeyPoolStore
+from qkdops.kme.store import KeyPoolStore, open_key_pool
 
 log = logging.getLogger("qkdops.kme")
 CALLS = {"status": ("GET",), "enc_keys": ("GET", "POST"), "dec_keys": ("GET", "POST")}
@@ -38,6 +38,25 @@ class KeySource(Protocol):
     kme_stats: KMEStats
 
     def refresh_key_stores(self, link_id: str) -> None: ...
+
+
+class SharedKeyPool:
+    """The KMEs' key source when the links run in other processes (``qkdops up --workers N``): the
+    state dir's KME store, which the workers hand keys into and these KMEs serve from (SQLite
+    transactions across processes keep every key served once). The store figures each link publishes
+    are re-read by its worker (``Fleet(key_store_refresh_s=…)``), so a KME call here has nothing to
+    refresh."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self.key_pool = open_key_pool(config)
+        self.kme_stats = KMEStats()
+
+    def refresh_key_stores(self, link_id: str) -> None:
+        """Nothing: the owning worker re-reads its links' figures (class docstring)."""
+
+    def close(self) -> None:
+        self.key_pool.close()
 
 
 class _HandshakeLogged(ssl.SSLObject):

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from qkdops.config import FleetConfig
 from qkdops.durable import DurableStore
 
 SCHEMA = """
@@ -271,3 +272,11 @@ class KeyPoolStore(DurableStore):
     def _count(self, link: str, sae: str, call: str, keys: int) -> None:
         self._db.execute("INSERT INTO served (link, sae, call, keys) VALUES (?, ?, ?, ?) "
                          "ON CONFLICT (link, sae, call) DO UPDATE SET keys = keys + excluded.keys", (link, sae, call, keys))
+
+
+def open_key_pool(config: FleetConfig) -> KeyPoolStore:
+    """The state dir's KME store with the configured capacity and pending-key lifetime: one file the
+    fleet hands keys into and the KMEs serve from, whether they share a process or not."""
+    delivery = config.key_delivery
+    return KeyPoolStore(config.runtime.state_dir / "kme.sqlite", delivery.max_key_count * delivery.key_size_bits // 8,
+                        delivery.pending_key_ttl_s)

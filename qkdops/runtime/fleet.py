@@ -34,7 +34,7 @@ from qkdops.runtime.archive import BlockArchive
 from qkdops.runtime.blocks import Block, BlockBuilder
 from qkdops.runtime.faults import RUNTIME_FAULTS, fault_spec
 from qkdops.kme.stats import KMEStats
-from qkdops.kme.store import KeyPoolStore
+from qkdops.kme.store import open_key_pool
 from qkdops.runtime.handoff import FAULT as HANDOFF_FAULT
 from qkdops.runtime.handoff import HandoffQueue
 from qkdops.runtime.keybuffer import KeyBuffer
@@ -181,7 +181,11 @@ class LinkRuntime:
 class Fleet:
     """All links of a ``FleetConfig``; real-time stepping in a background thread (``start``)."""
 
-    def __init__(self, config: FleetConfig, clock: Callable[[], float] = time.time, span_exporter: Any = None) -> None:
+    def __init__(self, config: FleetConfig, clock: Callable[[], float] = time.time, span_exporter: Any = None,
+                 key_store_refresh_s: float = 0.0) -> None:
+        """``key_store_refresh_s`` > 0: the KMEs serve from the shared store in another process (a worker of
+        a sharded fleet), so the published store figures are re-read at this period rather than only after
+        this process's own hand-offs and KME calls."""
         retain_freed_memory()   # before this fleet starts any thread: block-sized buffers reused, not re-faulted
         self.config = config
         self.clock = clock
@@ -190,8 +194,7 @@ class Fleet:
         self.kme_stats = KMEStats()  # requests of the sites' KMEs (qkdops/kme/server.py), published by the exporter
         self.buffer = KeyBuffer(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits)
         delivery = config.key_delivery
-        self.key_pool = KeyPoolStore(rt.state_dir / "kme.sqlite", delivery.max_key_count * delivery.key_size_bits // 8,
-                                     delivery.pending_key_ttl_s)
+        self.key_pool = open_key_pool(config)
         self.tracer, self._shutdown_tracer = make_tracer(rt.tracing, rt.otlp_endpoint, span_exporter)
         now = clock()
         self.handoff = HandoffQueue(self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
@@ -209,6 +212,8 @@ class Fleet:
         for runtime in self.links.values():
             if (n := runtime.recover()):
                 log.info("link %s: post-processed %d archived block(s) left by a previous run", runtime.spec.id, n)
+        self._key_store_refresh_s = key_store_refresh_s
+        self._key_stores_read_at = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._postprocessing: _PostProcessingPool | None = None
@@ -237,6 +242,10 @@ class Fleet:
                         runtime.archive.append(block)
                         self._postprocessing.submit(runtime, block)
         self.handoff.run_due(self.clock())
+        if self._key_store_refresh_s and now - self._key_stores_read_at >= self._key_store_refresh_s:
+            self._key_stores_read_at = now
+            for link_id in self.links:
+                self.refresh_key_stores(link_id)
 
     def start(self, interval_s: float = 0.05) -> None:
         def loop() -> None:
