@@ -169,6 +169,9 @@ class Worker:
 
 def plan_workers(config: FleetConfig, workers: int) -> list[Worker]:
     """The workers ``qkdops up --workers N`` runs for ``config`` (ConfigError if their ports do not fit)."""
+    if workers > len(config.links):
+        raise ValueError(f"--workers {workers}: more workers than the {len(config.links)} link(s) of {config.source} "
+                         "(a worker would run none)")
     return [Worker(i, ports, len(config.shard(i, workers).links), config.runtime.bind)
             for i, ports in enumerate(worker_ports(config, workers))]
 
