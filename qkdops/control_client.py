@@ -53,9 +53,9 @@ class ApiResponseError(Exception):
 def resolve_url(option: str | None, config: str | Path | None) -> str:
     """``--api``, else ``$QKDOPS_API_URL``, else the config's bind and control port."""
     if option:
-        return _checked_url(option, "--api")
+        return checked_url(option, "--api")
     if env := os.environ.get(API_URL_ENV):
-        return _checked_url(env, API_URL_ENV)
+        return checked_url(env, API_URL_ENV)
     runtime = _runtime_settings(config)
     return http_url(runtime.bind, runtime.control_port)
 
@@ -74,7 +74,8 @@ def _runtime_settings(config: str | Path | None) -> RuntimeSettings:
     return RuntimeSettings()
 
 
-def _checked_url(url: str, where: str) -> str:
+def checked_url(url: str, where: str) -> str:
+    """``url`` without a trailing slash if it is a plain http(s) URL with a host; ValueError naming ``where`` otherwise."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ValueError(f"{where}: expected a URL like http://127.0.0.1:9800, got '{url}'")

@@ -35,7 +35,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -48,6 +48,7 @@ from monitoring import pager_sink
 from monitoring.config import DEFAULT_PATH as DEFAULT_MONITORING
 from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.config import DEFAULT_CONFIG, FleetConfig, finite_float, load_config
+from qkdops.control_client import checked_url
 from qkdops.http_server import HttpServer, raise_open_file_limit
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
@@ -56,7 +57,7 @@ from qkdops.runtime.fleet import Fleet
 from control_api.server import LinkControl
 from control_api.shards import ShardedFleet
 from qkdops.kme.server import KeySource, SharedKeyPool
-from qkdops_cli.stack import SCHEDULER, Stack, StackError, plan_workers, stop_orphans, write_up_file
+from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_up_file
 
 log = logging.getLogger("qkdops.up")
 UP_FILE = "up.json"
@@ -83,6 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "exporters found by Prometheus through file service discovery; this process keeps the KMEs, the "
                         "pager sink and the control API, which routes each link's requests to its worker (default: 0, "
                         "every link in this process)")
+    p.add_argument("--worker-api", action="append", default=[], metavar="URL",
+                   help="a worker started elsewhere (`qkdops worker`: compose services, Kubernetes pods), by its control API, "
+                        "in shard order, once per worker: this process runs no links and routes to them; needs --no-prometheus "
+                        "(the orchestrator's Prometheus scrapes the workers) and excludes --workers")
     p.add_argument("--duration", type=finite_float, default=0.0, help="stop after this many seconds (0: run until stopped)")
     p.set_defaults(handler=run)
 
@@ -107,16 +112,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--victoria-metrics stores what this command's Prometheus scrapes: it cannot go with --no-prometheus")
     if args.workers < 0:
         raise ValueError(f"--workers: expected 0 (one process) or more, got {args.workers}")
+    if args.worker_api and (args.workers or not args.no_prometheus):
+        raise ValueError("--worker-api routes to workers an orchestrator runs and scrapes: it goes with --no-prometheus, not with --workers")
+    worker_urls = [checked_url(url, "--worker-api") for url in args.worker_api]
+    if len(worker_urls) > len(config.links):
+        raise ValueError(f"--worker-api: {len(worker_urls)} workers for the {len(config.links)} link(s) of {config.source}")
     return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring, args.victoria_metrics,
-                args.workers)
+                args.workers, worker_urls)
 
 
 def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float,
          disabled: dict[str, str] | None = None, scheduler_bind: str | None = None, monitoring: MonitoringConfig | None = None,
-         long_term_store: bool = False, workers: int = 0) -> int:
+         long_term_store: bool = False, workers: int = 0, worker_urls: Sequence[str] = ()) -> int:
     """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing;
     ``monitoring``: what the stack's rules and configs are rendered with (default: the shipped one);
-    ``workers``: how many worker processes run the links (0: this process does)."""
+    ``workers``: how many worker processes this process starts to run the links (0: it runs them itself,
+    unless ``worker_urls`` names workers run elsewhere, by their control APIs in shard order)."""
     rt = config.runtime
     rt.state_dir.mkdir(parents=True, exist_ok=True)
     raise_open_file_limit()   # every port may hold up to Limits.max_connections
@@ -130,12 +141,13 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     fleet: Fleet | None = None
     keys: SharedKeyPool | None = None
     stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store, planned)
-    if planned:   # the links run in the workers; this process serves the KMEs and routes the control API
+    if planned or worker_urls:   # the links run in the workers; this process serves the KMEs and routes the control API
         keys = SharedKeyPool(config)
-        links: LinkControl = ShardedFleet(config, [w.url for w in planned], token.value)
+        links: LinkControl = ShardedFleet(config, [w.url for w in planned] or worker_urls, token.value)
         key_source: KeySource = keys
         collectors = [("postprocessing", "post-processing exporter (KMEs, workers)",
-                       PostProcessingCollector(list, keys.kme_stats.snapshot, stack.worker_status), rt.postprocessing_exporter_port)]
+                       PostProcessingCollector(list, keys.kme_stats.snapshot, stack.worker_status if planned else None),
+                       rt.postprocessing_exporter_port)]
     else:
         fleet = Fleet(config)
         links = key_source = fleet
@@ -164,7 +176,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             stack.wait_ready()
         if fleet is not None:
             fleet.start()
-        else:
+        elif planned:
             stack.start_workers(config.source.resolve())
         if with_scheduler:
             stack.start_scheduler()  # after the control API, Prometheus and the fleet: it acts on them
@@ -174,6 +186,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             "pager_sink": f"http://{rt.bind}:{rt.pager_sink_port}",
             **{kme_id(k.site): f"https://{rt.bind}:{k.port}/api/v1/keys" for k in config.key_delivery.kmes},
             **{child.name: child.url for child in stack.children},
+            **{f"{WORKER_PREFIX}{i}": url for i, url in enumerate(worker_urls)},   # run elsewhere: probed, not supervised
         }
 
         def record() -> None:
@@ -182,7 +195,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
 
         record()
         print(f"qkdops up: {len(config.links)} links from {config.source}"
-              + (f" over {len(planned)} workers" if planned else ""), flush=True)
+              + (f" over {len(planned) or len(worker_urls)} workers" if planned or worker_urls else ""), flush=True)
         for name, url in endpoints.items():
             print(f"  {name:<24} {url}", flush=True)
         for name, option in disabled.items():

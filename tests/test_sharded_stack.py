@@ -124,3 +124,37 @@ def test_a_sharded_stack_scrapes_routes_and_survives_a_killed_worker(tmp_path: P
         indices = [i for (i,) in blocks.execute("SELECT idx FROM blocks WHERE link='e2e-fast' ORDER BY idx")]
     assert indices == list(range(len(indices))) and len(indices) > next_block   # resumed where it stopped, no gap, no repeat
     assert "worker-0 exited with status -9" in stack.output()
+
+
+def test_workers_run_elsewhere_are_routed_to_by_their_control_apis(tmp_path: Path):
+    """Compose and Kubernetes run `qkdops worker` as services or pods (each on explicit ports) and the
+    supervisor with `--no-prometheus --worker-api URL…`: it routes, the workers run the links."""
+    config_path = sharded_profile(tmp_path)
+    raw = yaml.safe_load(config_path.read_text())
+    state = Path(raw["runtime"]["state_dir"])
+    state.mkdir(parents=True)
+    (state / "api-token").write_text("t" * 43)   # as compose's api-token secret provides it
+    (state / "api-token").chmod(0o600)
+    ports = free_ports(6)
+    workers = [subprocess.Popen([sys.executable, "-m", "qkdops_cli.cli", "worker", "--config", str(config_path), "--shard", str(i),
+                                 "--workers", "2", "--control-port", str(ports[3 * i]), "--device-port", str(ports[3 * i + 1]),
+                                 "--postprocessing-port", str(ports[3 * i + 2])],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True) for i in range(2)]
+    stack = RunningStack(config_path, "--no-prometheus", "--worker-api", f"http://127.0.0.1:{ports[0]}",
+                         "--worker-api", f"http://127.0.0.1:{ports[3]}")
+    try:
+        stack.wait_up(timeout_s=60)
+        wait_for(lambda: stack.api("GET", "/api/v1/links/e2e-other")["next_block"] > 0, 60, "worker 1's link stepping", stack)
+        assert stack.api("POST", "/api/v1/links/e2e-fast/faults", {"fault": "loss_step"})["fault"] == "loss_step"
+        assert [f["name"] for f in stack.api("GET", "/api/v1/links/e2e-fast")["active_faults"]] == ["loss_step"]
+        recorded = json.loads((state / "up.json").read_text())["endpoints"]
+        assert recorded["worker-1"] == f"http://127.0.0.1:{ports[3]}"
+        assert "device_exporter" not in recorded   # the workers serve the device telemetry
+        status = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "status", "--config", str(config_path)],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        assert stack.stop() == 0, stack.output()[-3000:]
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        assert [w.wait(timeout=60) for w in workers] == [0, 0]
