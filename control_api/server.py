@@ -33,9 +33,12 @@ Every other request needs ``Authorization: Bearer TOKEN``. Errors are
 ``{"error": {"code", "message", "field"?}}``: 401 (token; with ``WWW-Authenticate: Bearer``),
 404 (unknown link, fault, action, exporter, runbook or path), 400 (bad JSON, wrong type, bad parameter), 405
 (method; with ``Allow``), 408 (request not sent in time), 409 (exporter's port taken), 413 (body over 64 KiB),
-414 / 431 (request line / headers too large), 503 (too many connections), 500 (logged here, never detailed
-to the client). A bad request never reaches the link, so the link keeps stepping and producing blocks. The
-serving (limits, deadlines, HEAD, protocol errors) is the one HTTP layer's, ``qkdops.http_server``.
+414 / 431 (request line / headers too large), 503 (too many connections; on a sharded fleet's
+supervisor, ``worker_unavailable``: the link's worker is not answering), 500 (logged here, never detailed
+to the client). On a sharded fleet (``qkdops up --workers N``) the link endpoints are answered by the
+worker that runs the link (``control_api.shards``), its refusals passed on as it answered them. A bad
+request never reaches the link, so the link keeps stepping and producing blocks. The serving
+(limits, deadlines, HEAD, protocol errors) is the one HTTP layer's, ``qkdops.http_server``.
 
 Token (``load_token``), first found: env ``QKDOPS_API_TOKEN``; the file named by env
 ``QKDOPS_API_TOKEN_FILE``; ``<state_dir>/api-token``, which the server creates (mode 0600, 256 random

@@ -31,8 +31,10 @@ class Hosts:
     pager_sink: str
     calibration: str | None = None  # the calibration scheduler's metrics; None: not run (no scrape job)
     # A sharded fleet's workers: the directory of the file-SD target lists ``<job>.json`` that
-    # ``qkdops up --workers N`` writes (``worker_targets``); None: the fleet runs in one process.
+    # ``qkdops up --workers N`` writes (``worker_targets``); None: the fleet runs in one process ...
     worker_targets_dir: str | None = None
+    # ... or its workers at fixed addresses (compose services): (worker name, device, post-processing)
+    workers: tuple[tuple[str, str, str], ...] = ()
 
 
 def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None, worker_targets_dir: str | None = None) -> Hosts:
@@ -44,9 +46,11 @@ def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None, worker
 
 
 def worker_targets(monitoring: MonitoringConfig, workers: Sequence[tuple[str, str, str]]) -> dict[str, list[dict[str, Any]]]:
-    """Prometheus file-SD target lists by job (file name ``<job>.json``) for a sharded fleet's workers
-    (worker name, device exporter address, post-processing exporter address): one group per worker,
-    labelled ``worker`` so its targets' ``up`` says which worker is down."""
+    """Target groups by job for a sharded fleet's workers (worker name, device exporter address,
+    post-processing exporter address) — a file-SD list (file name ``<job>.json``) or static configs:
+    one group per worker, labelled ``worker`` so its targets' ``up`` says which worker is down."""
+    if not workers:
+        return {}
     return {monitoring.jobs.device: [{"targets": [device], "labels": {"worker": name}} for name, device, _ in workers],
             monitoring.jobs.postprocessing: [{"targets": [pp], "labels": {"worker": name}} for name, _, pp in workers]}
 
@@ -60,7 +64,11 @@ class RemoteWrite:
     password_file: str
 
 
-COMPOSE_HOSTS = Hosts("qkdops:9810", "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812")
+# docker-compose runs the fleet sharded: services qkdops-worker-0 … run the links (`qkdops worker`), the
+# qkdops service the KMEs, the pager sink and the routing control API (`qkdops up --worker-api …`).
+COMPOSE_WORKERS = 2
+COMPOSE_HOSTS = Hosts(None, "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812",
+                      workers=tuple((f"worker-{i}", f"qkdops-worker-{i}:9810", f"qkdops-worker-{i}:9811") for i in range(COMPOSE_WORKERS)))
 # docker-compose's `secrets:` (files written by `qkdops credentials --compose-dir compose-secrets`), as the
 # containers see them.
 COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
@@ -82,13 +90,17 @@ def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str
     if hosts.calibration is not None:
         jobs.append((monitoring.jobs.calibration, hosts.calibration))
     discovered = (monitoring.jobs.device, monitoring.jobs.postprocessing) if hosts.worker_targets_dir else ()
+    static_workers = worker_targets(monitoring, hosts.workers)
+
+    def static(job: str, target: str | None) -> list[dict[str, Any]]:
+        return ([{"targets": [target]}] if target else []) + static_workers.get(job, [])
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
                    "external_labels": {"stack": "qkdops"}},
         "rule_files": [rule_glob],
         "alerting": {"alertmanagers": [{"basic_auth": {"username": credentials.USER, "password_file": alertmanager_password_file},
                                         "static_configs": [{"targets": [hosts.alertmanager]}]}]},
-        "scrape_configs": [{"job_name": job, **({"static_configs": [{"targets": [target]}]} if target else {}),
+        "scrape_configs": [{"job_name": job, **({"static_configs": groups} if (groups := static(job, target)) else {}),
                             **({"file_sd_configs": [{"files": [f"{hosts.worker_targets_dir}/{job}.json"], "refresh_interval": "30s"}]}
                                if job in discovered else {})}
                            for job, target in jobs],

@@ -23,6 +23,13 @@ at all, nothing starts. ``--no-calibration`` runs without it (game days, manual 
 docker-compose runs it as its own service). ``--victoria-metrics`` adds the long-term store: a single
 VictoriaMetrics node (``runtime.victoria_metrics_port``, basic auth) that Prometheus remote-writes
 every sample to, restarted with backoff if it dies (Prometheus resends from its WAL).
+
+``--workers N`` runs the links in N ``qkdops worker`` processes instead (``worker_cmd``; restarted with
+backoff if they die, found by Prometheus through file service discovery): this process then serves
+the KMEs from the shared store, the pager sink, a post-processing exporter of the KMEs' requests and
+the workers' state, and a control API that routes each link to its worker (``control_api.shards``).
+``--worker-api URL …`` routes to workers an orchestrator runs (compose, Kubernetes) instead of
+starting any.
 """
 
 from __future__ import annotations

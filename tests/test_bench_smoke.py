@@ -23,6 +23,8 @@ SMOKE = {
                       "--frames", "3", "--pools", "10x2048", "--scaling-calls", "2", "--scaling-seconds", "0.3"], ("Total",)),
     "bench_pa.py": (["--smoke"], ("Mbit/s", "tag")),
     "bench_postprocessing.py": (["--smoke"], ("| metro-bb84 |",)),
+    "bench_workers.py": (["--links", "2", "--workers", "2", "--scrapes", "2", "--settle", "0.5", "--scrape-interval", "1", "--idle", "0.5"],
+                         ("| 2 | 2 | 5 |", "| 2 | worker-1 | 1 |")),
     "soak_calibration.py": (["--minutes", "0.5", "--speed", "30"], ("| phase_relock |",)),
 }
 

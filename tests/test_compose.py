@@ -15,6 +15,7 @@ from monitoring.alertmanager import COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS
 from monitoring.config import load_monitoring_config
 from monitoring.prometheus import (
     COMPOSE_PROMETHEUS_CONFIG,
+    COMPOSE_WORKERS,
     COMPOSE_SECRET_FILES,
     render_compose_prometheus_config,
 )
@@ -25,6 +26,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 IMAGE_SERVICES = ("api-token", "qkdops", "calibration")  # built from the Dockerfile
+WORKER_SERVICES = tuple(f"qkdops-worker-{i}" for i in range(COMPOSE_WORKERS))   # the same image, as the qkdops service builds it
 
 
 def test_no_service_exposes_an_http_lifecycle_api():
@@ -52,8 +54,9 @@ def test_every_bind_mounted_file_exists_and_every_image_is_pinned():
 def test_every_scrape_target_is_a_service_port_and_published_ports_are_unique():
     prom = yaml.safe_load(COMPOSE_PROMETHEUS_CONFIG.read_text())
     config = load_config(ROOT / "links.yaml")
-    expected = {f"qkdops:{config.runtime.device_exporter_port}", f"qkdops:{config.runtime.postprocessing_exporter_port}",
-                f"calibration:{config.runtime.calibration_exporter_port}"}
+    rt = config.runtime
+    expected = {f"qkdops:{rt.postprocessing_exporter_port}", f"calibration:{rt.calibration_exporter_port}",
+                *(f"qkdops-worker-{i}:{port}" for i in range(COMPOSE_WORKERS) for port in (rt.device_exporter_port, rt.postprocessing_exporter_port))}
     targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     assert targets == expected
     jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in prom["scrape_configs"]}
@@ -63,6 +66,30 @@ def test_every_scrape_target_is_a_service_port_and_published_ports_are_unique():
     published = [p.split(":")[-2] for s in COMPOSE["services"].values() for p in s.get("ports", [])]
     assert len(published) == len(set(published))
     assert all(p.startswith("127.0.0.1:") for s in COMPOSE["services"].values() for p in s.get("ports", []))
+
+
+def test_the_fleet_is_sharded_over_worker_services_the_supervisor_routes_to():
+    """One qkdops-worker-i service per shard (distinct indices, --workers their count), each on the
+    usual ports inside its container and on the supervisor's state volume; the supervisor's
+    --worker-api list names them in shard order; Prometheus labels their targets worker-i."""
+    rt = load_config(ROOT / "links.yaml").runtime
+    workers = sorted(name for name in SERVICES if name.startswith("qkdops-worker-"))
+    assert workers == list(WORKER_SERVICES)
+    for i, name in enumerate(workers):
+        service = SERVICES[name]
+        assert service["image"] == SERVICES["qkdops"]["image"] and service["restart"] == "unless-stopped"
+        assert service["command"] == ["worker", "--config", CONTAINER_CONFIG, "--shard", str(i), "--workers", str(COMPOSE_WORKERS),
+                                      "--control-port", str(rt.control_port), "--device-port", str(rt.device_exporter_port),
+                                      "--postprocessing-port", str(rt.postprocessing_exporter_port)]
+        assert _mounts(name)["/app/var"] == _mounts("qkdops")["/app/var"]   # one state dir: archive, buffer, KME store
+        assert service["environment"][TOKEN_FILE_ENV] == SERVICES["qkdops"]["environment"][TOKEN_FILE_ENV]
+    command = SERVICES["qkdops"]["command"]
+    routed = [command[i + 1] for i, arg in enumerate(command) if arg == "--worker-api"]
+    assert routed == [f"http://{name}:{rt.control_port}" for name in workers] and "--no-prometheus" in command
+    prom = yaml.safe_load(COMPOSE_PROMETHEUS_CONFIG.read_text())
+    labelled = {sc["labels"]["worker"]: sc["targets"] for job in prom["scrape_configs"] for sc in job.get("static_configs", [])
+                if "labels" in sc}
+    assert sorted(labelled) == [f"worker-{i}" for i in range(COMPOSE_WORKERS)]
 
 
 def test_the_runtime_image_runs_the_same_fleet_without_its_own_prometheus_or_scheduler():
@@ -147,7 +174,8 @@ def test_the_api_token_is_shared_read_only_through_a_volume_that_holds_only_the_
         assert _mounts(name)[directory] == ("api-token", True), name
         assert SERVICES[name]["depends_on"]["api-token"] == {"condition": "service_completed_successfully"}
     # nothing else sees it, and the scheduler does not see the qkdops state (key store, archive)
-    assert {name for name in SERVICES for source, _ in _mounts(name).values() if source == "api-token"} == {"api-token", *IMAGE_SERVICES}
+    token_readers = {name for name in SERVICES for source, _ in _mounts(name).values() if source == "api-token"}
+    assert token_readers == {"api-token", *IMAGE_SERVICES, *WORKER_SERVICES}
     assert all(source != "qkdops-state" for source, _ in _mounts("calibration").values())
     assert "chmod 0700 /app/secrets" in DOCKERFILE and "chown qkdops /app/var /app/secrets" in DOCKERFILE
 
