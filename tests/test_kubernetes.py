@@ -245,3 +245,19 @@ def test_alertmanager_routes_as_everywhere_else_to_the_supervisors_pager_sink() 
     token_file = f"/etc/alertmanager/secrets/{secret}/{wl.SECRETS[secret][0]}"   # where the operator mounts spec.secrets
     assert routing == alertmanager_config(config, f"{wl.SUPERVISOR}:{sink_port}", SecretFiles(), config.scrape_interval_s,
                                           sink_token_file=token_file)
+
+
+def test_the_pods_run_the_image_as_the_dockerfile_builds_it() -> None:
+    """Image name (compose's), user, and the state dir under the mounted volume: a drift here would
+    start pods that cannot write their state or find their config."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert wl.IMAGE == compose["services"]["qkdops"]["image"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"--uid {wl.UID} " in dockerfile
+    (workdir,) = re.findall(r"^WORKDIR (\S+)$", dockerfile, re.MULTILINE)   # where the image keeps links.yaml
+    state_dir = Path(workdir) / (yaml.safe_load((ROOT / "links.yaml").read_text())["runtime"]["state_dir"])
+    assert state_dir.is_relative_to(wl.STATE_MOUNT)
+    for workload in (m for m in _manifests() if m["kind"] in ("StatefulSet", "Deployment")):
+        assert _container(workload)["image"] == wl.IMAGE
+        assert workload["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == wl.UID
+        assert {"name": "state", "mountPath": wl.STATE_MOUNT} in _container(workload)["volumeMounts"]
