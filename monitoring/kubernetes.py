@@ -52,6 +52,14 @@ RETENTION = "15d"   # as the local stack; a year lives in the long-term store
 EMBEDDED_CLAIM = {"apiVersion": "monitoring.coreos.com/v1", "kind": "EmbeddedPersistentVolumeClaim"}
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a shared object out at each use: anchors and aliases (``&id001``) are valid YAML but
+    hard to read in a manifest, and not every tool that reads manifests resolves them."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def prometheus_rules(config: MonitoringConfig) -> list[dict[str, Any]]:
     """One PrometheusRule per rule file, named after it (``qkd-alerts.yml`` → ``qkdops-qkd-alerts``)."""
     return [{"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
@@ -133,7 +141,7 @@ def alertmanager_config_secret(config: MonitoringConfig) -> dict[str, Any]:
     pager_sink = f"{wl.SUPERVISOR}:{wl.supervisor_ports(wl.fleet())['pager-sink']}"
     routing = alertmanager_config(config, pager_sink, SecretFiles(), config.scrape_interval_s, sink_token_file=PAGER_SINK_TOKEN_FILE)
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": ALERTMANAGER_CONFIG, "labels": dict(PART_OF)},
-            "type": "Opaque", "stringData": {"alertmanager.yaml": yaml.safe_dump(routing, sort_keys=False, width=200)}}
+            "type": "Opaque", "stringData": {"alertmanager.yaml": yaml.dump(routing, Dumper=_Dumper, sort_keys=False, width=200)}}
 
 
 HEADER = ("# Rendered by `qkdops generate` (monitoring/kubernetes.py) from the rules, monitoring.yaml and links.yaml:\n"
@@ -153,7 +161,7 @@ WORKLOADS_NOTE = (
 def render(config: MonitoringConfig) -> dict[Path, str]:
     """File → multi-document YAML of every manifest."""
     def documents(objects: list[dict[str, Any]], note: str = "") -> str:
-        return HEADER + note + yaml.safe_dump_all(objects, sort_keys=False, width=10_000, allow_unicode=True)
+        return HEADER + note + yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, width=10_000, allow_unicode=True)
     return {DIRECTORY / "prometheus-rules.yaml": documents(prometheus_rules(config)),
             DIRECTORY / "workloads.yaml": documents(wl.workloads(), WORKLOADS_NOTE),
             DIRECTORY / "scrape.yaml": documents([pod_monitor(config), *service_monitors(config)]),

@@ -103,6 +103,7 @@ def test_the_rules_are_exactly_the_ones_prometheus_loads() -> None:
 def test_every_generated_manifest_is_current_and_no_other_is_there(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(generate_cmd.ARTIFACTS["kubernetes"](load_monitoring_config())) == set(DIRECTORY.glob("*.yaml"))
     assert cli.main(["generate", "--check", "--only", "kubernetes"]) == 0, capsys.readouterr().err
+    assert not [p.name for p in DIRECTORY.glob("*.yaml") if re.search(r"[&*]id\d{3}", p.read_text())], "YAML aliases in a manifest"
 
 
 def _parse(argv: list[str]) -> Any:
