@@ -5,7 +5,8 @@ the alert and recording rules (``alert_rules/*.yml`` from ``alert_rules/template
 ``dashboards/generate.py``) and the docker-compose configs of Prometheus and Alertmanager
 (``prometheus/prometheus.yml``, ``alertmanager/alertmanager.yml`` from ``monitoring.prometheus`` and
 ``monitoring.alertmanager``, the same functions ``qkdops up`` renders its local configs with) and the
-Kubernetes manifests (``deploy/kubernetes/``: PrometheusRules of those rules, ServiceMonitors).
+Kubernetes manifests (``deploy/kubernetes/``: PrometheusRules of those rules, the sharded fleet's
+workloads, the PodMonitor and ServiceMonitors, the Prometheus and Alertmanager resources).
 
 ``--check`` writes nothing and exits 1 naming every file that is missing or stale (with the first
 lines of its diff), so CI and a reviewer see generated files drift from their sources. The per-kind

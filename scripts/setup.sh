@@ -37,13 +37,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
-# For the tests only (scripts/test.sh sets QKDOPS_SETUP_TESTS=1): prometheus-operator's CRD schemas,
-# compiled to validators (npm @kubernetes-models/prometheus-operator, MIT), which tests/test_kubernetes.py
-# runs with node against deploy/kubernetes/.
+# For the tests only (scripts/test.sh sets QKDOPS_SETUP_TESTS=1): the schemas of every object in
+# deploy/kubernetes/, compiled to validators that tests/test_kubernetes.py runs with node — prometheus-
+# operator's CRDs (npm @kubernetes-models/prometheus-operator, MIT) and Kubernetes' own OpenAPI schemas
+# for the core objects (npm kubernetes-models, MIT). Pinned; installed again when either is missing.
 K8S_SCHEMAS=.venv/k8s-schemas
-K8S_SCHEMAS_PACKAGE=@kubernetes-models/prometheus-operator@6.0.0
-if [ "${QKDOPS_SETUP_TESTS:-}" = 1 ] && [ ! -f "$K8S_SCHEMAS/node_modules/@kubernetes-models/prometheus-operator/package.json" ]; then
+K8S_SCHEMAS_PACKAGES=(@kubernetes-models/prometheus-operator@6.0.0 kubernetes-models@5.1.0)
+if [ "${QKDOPS_SETUP_TESTS:-}" = 1 ] && { [ ! -f "$K8S_SCHEMAS/node_modules/@kubernetes-models/prometheus-operator/package.json" ] \
+        || [ ! -f "$K8S_SCHEMAS/node_modules/kubernetes-models/package.json" ]; }; then
     { command -v node && command -v npm; } >/dev/null 2>&1 || apt_install nodejs npm
-    echo "setup: installing $K8S_SCHEMAS_PACKAGE with npm (Kubernetes manifest schemas, tests only)" >&2
-    npm install --silent --no-audit --no-fund --prefix "$K8S_SCHEMAS" "$K8S_SCHEMAS_PACKAGE" >/dev/null
+    echo "setup: installing ${K8S_SCHEMAS_PACKAGES[*]} with npm (Kubernetes manifest schemas, tests only)" >&2
+    npm install --silent --no-audit --no-fund --prefix "$K8S_SCHEMAS" "${K8S_SCHEMAS_PACKAGES[@]}" >/dev/null
 fi

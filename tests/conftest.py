@@ -20,7 +20,7 @@ E2E_MODULES = frozenset({
 CONTRACT_MODULES = frozenset({
     "test_alert_rules", "test_architecture", "test_cli_calibrate", "test_cli_emulate", "test_cli_fault", "test_cli_keyrate",
     "test_compose", "test_control_api", "test_credentials", "test_dashboards", "test_dashboards_cmd", "test_exporter_control",
-    "test_exporters", "test_fuzz_inputs", "test_generate_cmd", "test_http_server", "test_key_length_conventions", "test_kme",
+    "test_exporters", "test_fuzz_inputs", "test_generate_cmd", "test_http_server", "test_key_length_conventions", "test_kme", "test_kubernetes",
     "test_no_key_material", "test_pager_sink", "test_runbooks", "test_sharding", "test_slo",
 })
 TIERS = ("unit", "contract", "e2e")
