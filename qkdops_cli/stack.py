@@ -422,14 +422,16 @@ def write_up_file(path: Path, endpoints: Mapping[str, str], pids: Mapping[str, i
     os.replace(tmp, path)
 
 
-def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0) -> None:
+def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0, config_path: Path | None = None) -> None:
     """Stop what a killed (kill -9) `qkdops up` left running, as its ``up_file`` recorded it.
 
     Prometheus and Alertmanager run in sessions of their own, so that Ctrl-C reaches only `up`,
     which stops them in order; when `up` itself is killed they stay, holding their ports and the
     state directory, and the next `up` could not start. A child is stopped only if `up` is gone and
-    the child's command line names ``state_dir`` (a recycled pid belongs to someone else). The
-    scheduler stops by itself when `up` is gone.
+    the child's command line names ``state_dir`` or ``config_path`` (a recycled pid belongs to someone
+    else). The scheduler and the workers stop by themselves when `up` is gone, but a worker finishes
+    the blocks in hand first (up to ``WORKER_STOP_GRACE_S``) while holding its ports, so it is stopped
+    here too.
     """
     try:
         pids = json.loads(up_file.read_text())["pids"]
@@ -437,12 +439,13 @@ def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0) -> None:
         return
     if pid_alive(pids.get("qkdops", 0)):
         return  # a live `up` owns them (its ports tell the new one so)
+    names = (str(state_dir), *((str(config_path),) if config_path is not None else ()))
     for name, pid in pids.items():
-        if name != "qkdops" and pid_alive(pid) and str(state_dir) in command_line(pid):
+        if name != "qkdops" and pid_alive(pid) and any(n in command_line(pid) for n in names):
             log.warning("stopping %s (pid %d), left running by a `qkdops up` that was killed", name, pid)
             with contextlib.suppress(ProcessLookupError):  # it may end on its own meanwhile
                 os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + grace_s
+                deadline = time.monotonic() + (WORKER_STOP_GRACE_S if name.startswith(WORKER_PREFIX) else grace_s)
                 while pid_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.1)
                 if pid_alive(pid):

@@ -143,7 +143,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         disabled.setdefault(SCHEDULER, "--no-prometheus")
     with_scheduler = SCHEDULER not in disabled
     planned = plan_workers(config, workers) if workers else []
-    stop_orphans(rt.state_dir / UP_FILE, rt.state_dir)
+    stop_orphans(rt.state_dir / UP_FILE, rt.state_dir, config_path=config.source.resolve())
     token = control_api.load_token(rt.state_dir, create=True)   # before any worker, which takes it from the state dir
     fleet: Fleet | None = None
     keys: SharedKeyPool | None = None

@@ -158,3 +158,29 @@ def test_workers_run_elsewhere_are_routed_to_by_their_control_apis(tmp_path: Pat
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         assert [w.wait(timeout=60) for w in workers] == [0, 0]
+
+
+def test_a_killed_supervisors_workers_are_stopped_before_the_next_one_starts(tmp_path: Path):
+    """kill -9 of `qkdops up --workers 2`: its workers notice and stop, and the next `up` waits for
+    them (they hold their ports and would step the same links), so every link's blocks stay one
+    numbered sequence."""
+    config_path = sharded_profile(tmp_path)
+    first = RunningStack(config_path, "--workers", str(WORKERS), "--no-prometheus")
+    try:
+        first.wait_up(timeout_s=120)
+        wait_for(lambda: first.api("GET", "/api/v1/links/e2e-other")["next_block"] >= 3, 60, "blocks before the kill", first)
+        os.kill(first.process.pid, signal.SIGKILL)   # the supervisor only: its workers are left to notice
+        first.process.wait(10)
+    finally:
+        first.log.close()
+    second = RunningStack(config_path, "--workers", str(WORKERS), "--no-prometheus")
+    try:
+        second.wait_up(timeout_s=120)
+        resumed = second.api("GET", "/api/v1/links/e2e-other")["next_block"]
+        wait_for(lambda: second.api("GET", "/api/v1/links/e2e-other")["next_block"] >= resumed + 3, 60, "blocks after", second)
+    finally:
+        assert second.stop() == 0, second.output()[-3000:]
+    with sqlite3.connect(second.state_dir / "blocks.sqlite") as blocks:
+        for link in ("e2e-fast", "e2e-other"):
+            indices = [i for (i,) in blocks.execute("SELECT idx FROM blocks WHERE link=? ORDER BY idx", (link,))]
+            assert indices == list(range(len(indices))), link
