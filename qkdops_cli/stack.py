@@ -42,11 +42,26 @@ its Prometheus target is down and ``qkdops status`` says so. A scheduler that ca
 exit 1) fails ``qkdops up`` at start-up instead, like a taken port: an operator is watching then, and a
 stack that silently runs without calibration is worse than a clear error (``--no-calibration`` is the
 explicit way to run without it).
+
+High availability (``qkdops up --ha``; ``monitoring.prometheus`` says how the configs make it work): two
+Prometheus replicas (``prometheus``: replica ``a`` on ``runtime.prometheus_port``, ``prometheus_b``:
+replica ``b`` on ``runtime.prometheus_replica_port``), each with its own TSDB, and an Alertmanager
+cluster of three peers (``alertmanager``, ``alertmanager_b``, ``alertmanager_c``) gossiping on
+``runtime.alertmanager*_cluster_port``, each with its own storage and the same config. Redundancy is
+the point, so one dead replica or peer does not stop the stack: it is restarted with the scheduler's
+backoff while its siblings keep measuring and paging (a restarted peer rejoins the cluster and takes the
+notification log from its peers, so it does not page again what they already paged). The stack stops
+with status 1 only when *every* member of a kind is down at once — then nothing measures or pages, the
+reason a single server is essential. Gossip has no authentication (Alertmanager's mutual TLS for it is
+experimental), so the cluster ports listen on ``runtime.bind`` like every other port: keep that local.
+The scheduler reads replica ``a``; while ``a`` is down its signals fall back to the control API's link
+status, as they do whenever Prometheus does not answer (``calibration_jobs.signals``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -58,6 +73,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import yaml
@@ -78,6 +94,10 @@ INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus, prome
 SCHEDULER = "calibration_scheduler"  # its name in up.json, `qkdops up`'s listing and `qkdops status`
 VICTORIA_METRICS = "victoria_metrics"   # the long-term store (`qkdops up --victoria-metrics`)
 LONG_TERM_RETENTION = "1y"
+# HA (`qkdops up --ha`): the Prometheus replicas (name in up.json → its `replica` external label) and the
+# Alertmanager peers; the first of each is the one a stack without --ha runs, on the same port and storage.
+PROMETHEUS_REPLICAS = {"prometheus": "a", "prometheus_b": "b"}
+ALERTMANAGER_PEERS = ("alertmanager", "alertmanager_b", "alertmanager_c")
 SCHEDULER_READY_TIMEOUT_S = 30.0
 SCHEDULER_STOP_GRACE_S = 10.0
 RESTART_BACKOFF_MAX_S = 60.0
@@ -149,6 +169,7 @@ class Child:
     restarts: int = 0
     failures: int = 0  # consecutive short-lived runs: the backoff exponent
     restart_at: float | None = None  # when a dead non-essential child is due to be restarted
+    group: str = ""  # HA: the kind it is a replica of; the stack stops only when every member is dead
 
 
 class Stack:
@@ -158,12 +179,14 @@ class Stack:
     ``qkd-calibration`` scrape job); ``scheduler_bind``: the ``runtime.bind`` of that file, where it
     listens (``qkdops up --bind`` overrides only its own servers' address); ``monitoring``: the monitoring
     config the rules and configs are rendered with (default: the shipped ``monitoring.yaml``), runbook
-    links moved to this runtime's ``runbook_base_url`` or its own control API.
+    links moved to this runtime's ``runbook_base_url`` or its own control API; ``ha``: Prometheus and
+    Alertmanager as replicas (module docstring).
     """
 
     def __init__(self, rt: RuntimeSettings, scheduler_config: Path | None = None, scheduler_bind: str | None = None,
-                 monitoring: MonitoringConfig | None = None, long_term_store: bool = False) -> None:
+                 monitoring: MonitoringConfig | None = None, long_term_store: bool = False, ha: bool = False) -> None:
         self.rt = rt
+        self.ha = ha
         self.long_term_store = long_term_store
         self.monitoring = (monitoring or load_monitoring_config()).with_runbook_base(
             rt.runbook_base_url or http_url(rt.bind, rt.control_port))
@@ -185,16 +208,16 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         creds = credentials.prepare_server_credentials(self.state_dir)
         auth = StackAuth(self.state_dir)
-        hosts = local_hosts(self.rt, self.scheduler_bind)
+        hosts = local_hosts(self.rt, self.scheduler_bind, self.ha)
         config_path = self.state_dir / "prometheus.yml"
         rules = self.state_dir / "rules"   # rendered for this runtime: runbook links on its own base URL
         write_rule_files(self.monitoring, rules)
         remote_write = None
         if self.long_term_store:
             remote_write = RemoteWrite(f"{self.victoria_metrics_url}/api/v1/write", str(creds.victoria_metrics_password_file))
-        config = prometheus_config(self.monitoring, hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
+        render = functools.partial(prometheus_config, self.monitoring, hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
                                    alertmanager_password_file=str(creds.alertmanager_password_file), remote_write=remote_write)
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        config_path.write_text(yaml.safe_dump(render(replica="a" if self.ha else None), sort_keys=False))
         am_config_path = self.state_dir / "alertmanager.yml"
         try:
             secret_files = secret_files_from_env(os.environ)
@@ -206,6 +229,10 @@ class Stack:
         bind = self.rt.bind
         if self.long_term_store:
             self._spawn_victoria_metrics(find_binary(("victoria-metrics",)), auth.victoria_metrics)
+        if self.ha:
+            self._spawn_alertmanager_cluster(alertmanager, am_config_path, creds, auth.alertmanager)
+            self._spawn_prometheus_replicas(prometheus, render, creds, auth.prometheus)
+            return
         self._spawn("alertmanager", f"http://{bind}:{self.rt.alertmanager_port}", [
             alertmanager, f"--config.file={am_config_path}", f"--storage.path={self.state_dir / 'alertmanager'}",
             f"--web.listen-address={bind}:{self.rt.alertmanager_port}", "--cluster.listen-address=",
@@ -216,6 +243,38 @@ class Stack:
             f"--web.listen-address={bind}:{self.rt.prometheus_port}",   # no lifecycle API: /-/quit would let anyone stop it
             f"--web.config.file={creds.prometheus_web_config}",   # basic auth on every endpoint
             f"--web.external-url=http://{bind}:{self.rt.prometheus_port}/"], auth=auth.prometheus)
+
+    def _spawn_alertmanager_cluster(self, binary: str, config_path: Path, creds: credentials.ServerCredentials,
+                                    auth: Auth) -> None:
+        """Three Alertmanager peers, same config, each with its own storage, gossiping with the other two
+        on ``runtime.bind``; not essential one by one (module docstring). Peers notify in turn,
+        ``--cluster.peer-timeout`` (15 s) apart, and skip what the notification log says an earlier one sent."""
+        rt, bind = self.rt, self.rt.bind
+        ports = dict(zip(ALERTMANAGER_PEERS, ((rt.alertmanager_port, rt.alertmanager_cluster_port),
+                                              (rt.alertmanager_b_port, rt.alertmanager_b_cluster_port),
+                                              (rt.alertmanager_c_port, rt.alertmanager_c_cluster_port))))
+        for name, (port, cluster_port) in ports.items():
+            peers = [f"--cluster.peer={bind}:{other}" for peer, (_, other) in ports.items() if peer != name]
+            self._spawn(name, f"http://{bind}:{port}", [
+                binary, f"--config.file={config_path}", f"--storage.path={self.state_dir / name}",
+                f"--web.listen-address={bind}:{port}", f"--cluster.listen-address={bind}:{cluster_port}", *peers,
+                f"--web.config.file={creds.alertmanager_web_config}", f"--web.external-url=http://{bind}:{port}/"],
+                auth=auth, essential=False, group="alertmanager")
+
+    def _spawn_prometheus_replicas(self, binary: str, render: functools.partial[dict[str, Any]],
+                                   creds: credentials.ServerCredentials, auth: Auth) -> None:
+        """The HA pair: the same config but for the ``replica`` label (``render(replica=…)``), each with its
+        own TSDB; replica ``a`` keeps the single Prometheus's port, config file and TSDB."""
+        ports = {"a": self.rt.prometheus_port, "b": self.rt.prometheus_replica_port}
+        for name, replica in PROMETHEUS_REPLICAS.items():
+            config_path = self.state_dir / ("prometheus.yml" if replica == "a" else f"prometheus-{replica}.yml")
+            config_path.write_text(yaml.safe_dump(render(replica=replica), sort_keys=False))
+            url = http_url(self.rt.bind, ports[replica])
+            self._spawn(name, url, [
+                binary, f"--config.file={config_path}", f"--storage.tsdb.path={self.state_dir / name}",
+                f"--web.listen-address={self.rt.bind}:{ports[replica]}",   # no lifecycle API, as for the single one
+                f"--web.config.file={creds.prometheus_web_config}", f"--web.external-url={url}/"],
+                auth=auth, essential=False, group="prometheus")
 
     @property
     def victoria_metrics_url(self) -> str:
@@ -254,9 +313,9 @@ class Stack:
             raise StackError(f"{exc}{hint}; `qkdops up --no-calibration` runs the stack without it") from None
 
     def _spawn(self, name: str, url: str, argv: list[str], ready_url: str = "", essential: bool = True,
-               env: dict[str, str] | None = None, auth: Auth | None = None) -> Child:
+               env: dict[str, str] | None = None, auth: Auth | None = None, group: str = "") -> Child:
         child = Child(name, url, self._popen(name, argv, env), self.state_dir / f"{name}.log", argv,
-                      ready_url or f"{url}/-/ready", auth, essential, env)
+                      ready_url or f"{url}/-/ready", auth, essential, env, group=group)
         self.children.append(child)
         return child
 
@@ -286,8 +345,11 @@ class Stack:
             time.sleep(0.2)
 
     def dead(self) -> Child | None:
-        """An essential child that exited on its own, if any (the stack must stop)."""
-        return next((c for c in self.children if c.essential and c.process.poll() is not None), None)
+        """An essential child that exited on its own, or a replica whose every sibling is down too (HA),
+        if any: the stack must stop."""
+        down = [c for c in self.children if c.process.poll() is not None]
+        return next((c for c in down if c.essential or c.group and all(o in down for o in self.children if o.group == c.group)),
+                    None)
 
     def tend(self, now: float | None = None) -> bool:
         """Restart non-essential children that exited, with backoff; True when one was restarted (new pid)."""
@@ -314,8 +376,14 @@ class Stack:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """The scheduler first (nothing acts while the rest goes away), then Prometheus and Alertmanager."""
-        self._terminate([c for c in self.children if not c.essential], SCHEDULER_STOP_GRACE_S)
-        self._terminate([c for c in self.children if c.essential], grace_s)
+        first = [c for c in self.children if c.name == SCHEDULER]
+        self._terminate(first, SCHEDULER_STOP_GRACE_S)
+        peers = [c for c in self.children if c.group == "alertmanager"]
+        self._terminate([c for c in self.children if c not in first and c not in peers], grace_s)
+        # Alertmanager peers one at a time: each leaves the cluster while the others are there to take
+        # the news (stopped together, the last waits out memberlist's 10-s leave timeout).
+        for peer in peers:
+            self._terminate([peer], grace_s)
 
     @staticmethod
     def _terminate(children: list[Child], grace_s: float) -> None:

@@ -23,6 +23,12 @@ at all, nothing starts. ``--no-calibration`` runs without it (game days, manual 
 docker-compose runs it as its own service). ``--victoria-metrics`` adds the long-term store: a single
 VictoriaMetrics node (``runtime.victoria_metrics_port``, basic auth) that Prometheus remote-writes
 every sample to, restarted with backoff if it dies (Prometheus resends from its WAL).
+
+``--ha`` runs monitoring highly available: two Prometheus replicas (``runtime.prometheus_port`` and
+``runtime.prometheus_replica_port``) and a cluster of three Alertmanagers (``runtime.alertmanager_port``,
+``alertmanager_b_port``, ``alertmanager_c_port``; gossip on the ``*_cluster_port`` fields). A dead
+replica or peer is restarted with backoff and the stack keeps running; it stops only when every
+replica (or every peer) is down at once (``qkdops_cli.stack``).
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "only corrected by `qkdops action`)")
     p.add_argument("--victoria-metrics", action="store_true",
                    help="also run VictoriaMetrics as the long-term store Prometheus remote-writes to (runtime.victoria_metrics_port)")
+    p.add_argument("--ha", action="store_true",
+                   help="two Prometheus replicas and a three-peer Alertmanager cluster; one dead replica is restarted, "
+                        "not fatal (runtime.prometheus_replica_port, runtime.alertmanager_*_port)")
     p.add_argument("--duration", type=finite_float, default=0.0, help="stop after this many seconds (0: run until stopped)")
     p.set_defaults(handler=run)
 
@@ -97,14 +106,18 @@ def run(args: argparse.Namespace) -> int:
                 {SCHEDULER: "--no-calibration"} if args.no_calibration else {})
     if args.victoria_metrics and args.no_prometheus:
         raise ValueError("--victoria-metrics stores what this command's Prometheus scrapes: it cannot go with --no-prometheus")
-    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring, args.victoria_metrics)
+    if args.ha and args.no_prometheus:
+        raise ValueError("--ha replicates this command's Prometheus and Alertmanager: it cannot go with --no-prometheus")
+    return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring, args.victoria_metrics,
+                args.ha)
 
 
 def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float,
          disabled: dict[str, str] | None = None, scheduler_bind: str | None = None, monitoring: MonitoringConfig | None = None,
-         long_term_store: bool = False) -> int:
+         long_term_store: bool = False, ha: bool = False) -> int:
     """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing;
-    ``monitoring``: what the stack's rules and configs are rendered with (default: the shipped one)."""
+    ``monitoring``: what the stack's rules and configs are rendered with (default: the shipped one);
+    ``ha``: replicated Prometheus and Alertmanager (``--ha``)."""
     rt = config.runtime
     rt.state_dir.mkdir(parents=True, exist_ok=True)
     raise_open_file_limit()   # every port may hold up to Limits.max_connections
@@ -116,7 +129,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     servers: list[HttpServer] = []
     exporters: dict[str, ServedExporter] = {}  # control API name → exporter; stopped after the control API
     stop_orphans(rt.state_dir / UP_FILE, rt.state_dir)
-    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store)
+    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store, ha)
     status = 0
     try:
         for key, name, collector, port in (
@@ -171,7 +184,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
                 status = 1
                 break
             if stack.tend():
-                record()  # the restarted scheduler's pid
+                record()  # the restarted child's pid
             if duration_s and time.monotonic() - started >= duration_s:
                 break
     except StackError as exc:
