@@ -36,6 +36,8 @@ class SecretFileError(ValueError):
     """A pager key file the environment names is missing, unreadable or empty."""
 
 
+# The peers of the HA cluster (`qkdops up --ha`), by their names in up.json; the first is the single one.
+ALERTMANAGER_PEERS = ("alertmanager", "alertmanager_b", "alertmanager_c")
 GROUP_BY = ["alertname", "link", "site", "slo"]  # site: KME alerts (per site, no link)
 SINK_RECEIVER = "pager-sink-{kind}"  # one per pager_sink.KINDS endpoint
 

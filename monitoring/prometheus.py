@@ -25,7 +25,9 @@ from qkdops.config import RuntimeSettings
 
 REPO = CHECKOUT   # the compose files are rendered into the checkout
 COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"   # replica a
-REPLICAS = ("a", "b")
+# The HA pair's processes (their names in `qkdops up`'s up.json and listing) → their `replica` label.
+PROMETHEUS_REPLICAS = {"prometheus": "a", "prometheus_b": "b"}
+REPLICAS = tuple(PROMETHEUS_REPLICAS.values())
 COMPOSE_PROMETHEUS_CONFIGS = {"a": COMPOSE_PROMETHEUS_CONFIG, "b": REPO / "prometheus" / "prometheus-b.yml"}
 
 

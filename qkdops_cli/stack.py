@@ -81,10 +81,10 @@ import yaml
 from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
-from monitoring.alertmanager import SecretFileError, alertmanager_config, secret_files_from_env
+from monitoring.alertmanager import ALERTMANAGER_PEERS, SecretFileError, alertmanager_config, secret_files_from_env
 from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.processes import command_line, pid_alive
-from monitoring.prometheus import RemoteWrite, local_hosts, prometheus_config
+from monitoring.prometheus import PROMETHEUS_REPLICAS, RemoteWrite, local_hosts, prometheus_config
 from monitoring.rules import write_rule_files
 
 log = logging.getLogger("qkdops_cli.stack")
@@ -94,10 +94,6 @@ INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus, prome
 SCHEDULER = "calibration_scheduler"  # its name in up.json, `qkdops up`'s listing and `qkdops status`
 VICTORIA_METRICS = "victoria_metrics"   # the long-term store (`qkdops up --victoria-metrics`)
 LONG_TERM_RETENTION = "1y"
-# HA (`qkdops up --ha`): the Prometheus replicas (name in up.json → its `replica` external label) and the
-# Alertmanager peers; the first of each is the one a stack without --ha runs, on the same port and storage.
-PROMETHEUS_REPLICAS = {"prometheus": "a", "prometheus_b": "b"}
-ALERTMANAGER_PEERS = ("alertmanager", "alertmanager_b", "alertmanager_c")
 SCHEDULER_READY_TIMEOUT_S = 30.0
 SCHEDULER_STOP_GRACE_S = 10.0
 RESTART_BACKOFF_MAX_S = 60.0

@@ -23,7 +23,9 @@ from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.credentials import CredentialError
 from qkdops.http_client import Auth, StackAuth, open_url
 from qkdops.processes import pid_alive
-from qkdops_cli.stack import ALERTMANAGER_PEERS, PROMETHEUS_REPLICAS, SCHEDULER
+from monitoring.alertmanager import ALERTMANAGER_PEERS
+from monitoring.prometheus import PROMETHEUS_REPLICAS
+from qkdops_cli.stack import SCHEDULER
 from qkdops_cli.up_cmd import UP_FILE
 
 # Resolved against each recorded URL: "" probes it as is, an absolute path replaces its path.

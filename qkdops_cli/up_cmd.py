@@ -58,11 +58,11 @@ from qkdops.http_server import HttpServer, raise_open_file_limit
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
+from qkdops.processes import UP_FILE
 from qkdops.runtime.fleet import Fleet
 from qkdops_cli.stack import SCHEDULER, Stack, StackError, stop_orphans, write_up_file
 
 log = logging.getLogger("qkdops.up")
-UP_FILE = "up.json"
 T = TypeVar("T")
 
 
