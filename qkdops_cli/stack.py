@@ -213,7 +213,8 @@ class Stack:
             remote_write = RemoteWrite(f"{self.victoria_metrics_url}/api/v1/write", str(creds.victoria_metrics_password_file))
         render = functools.partial(prometheus_config, self.monitoring, hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
                                    alertmanager_password_file=str(creds.alertmanager_password_file), remote_write=remote_write)
-        config_path.write_text(yaml.safe_dump(render(replica="a" if self.ha else None), sort_keys=False))
+        if not self.ha:   # --ha: each replica its own (_spawn_prometheus_replicas)
+            config_path.write_text(yaml.safe_dump(render(), sort_keys=False))
         am_config_path = self.state_dir / "alertmanager.yml"
         try:
             secret_files = secret_files_from_env(os.environ)

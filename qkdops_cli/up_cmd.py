@@ -179,8 +179,8 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         started = time.monotonic()
         while not stopping.wait(0.5):
             if (dead := stack.dead()) is not None:
-                log.error("%s exited with status %s; stopping the stack (log: %s)", dead.name,
-                          dead.process.returncode, dead.log_path)
+                log.error("%s exited with status %s%s; stopping the stack (log: %s)", dead.name, dead.process.returncode,
+                          f" and every other {dead.group} replica is down too" if dead.group else "", dead.log_path)
                 status = 1
                 break
             if stack.tend():
