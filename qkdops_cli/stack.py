@@ -80,8 +80,9 @@ import yaml
 
 from qkdops import credentials
 from qkdops.config import RuntimeSettings, parse_config, read_yaml
+from qkdops.durations import format_seconds
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
-from monitoring.alertmanager import ALERTMANAGER_PEERS, SecretFileError, alertmanager_config, secret_files_from_env
+from monitoring.alertmanager import ALERTMANAGER_PEERS, SecretFileError, alertmanager_config, peer_timeout_s, secret_files_from_env
 from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.processes import command_line, pid_alive
 from monitoring.prometheus import PROMETHEUS_REPLICAS, RemoteWrite, local_hosts, prometheus_config
@@ -245,8 +246,10 @@ class Stack:
                                     auth: Auth) -> None:
         """Three Alertmanager peers, same config, each with its own storage, gossiping with the other two
         on ``runtime.bind``; not essential one by one (module docstring). Peers notify in turn,
-        ``--cluster.peer-timeout`` (15 s) apart, and skip what the notification log says an earlier one sent."""
+        ``--cluster.peer-timeout`` apart (``monitoring.alertmanager.peer_timeout_s``: 15 s on the demo
+        profile), and skip what the notification log says an earlier one sent."""
         rt, bind = self.rt, self.rt.bind
+        timeout = format_seconds(peer_timeout_s(self.monitoring, rt.scrape_interval_s))
         ports = dict(zip(ALERTMANAGER_PEERS, ((rt.alertmanager_port, rt.alertmanager_cluster_port),
                                               (rt.alertmanager_b_port, rt.alertmanager_b_cluster_port),
                                               (rt.alertmanager_c_port, rt.alertmanager_c_cluster_port))))
@@ -255,6 +258,7 @@ class Stack:
             self._spawn(name, f"http://{bind}:{port}", [
                 binary, f"--config.file={config_path}", f"--storage.path={self.state_dir / name}",
                 f"--web.listen-address={bind}:{port}", f"--cluster.listen-address={bind}:{cluster_port}", *peers,
+                f"--cluster.peer-timeout={timeout}",
                 f"--web.config.file={creds.alertmanager_web_config}", f"--web.external-url=http://{bind}:{port}/"],
                 auth=auth, essential=False, group="alertmanager")
 

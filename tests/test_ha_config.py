@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitoring.alertmanager import ALERTMANAGER_PEERS, SecretFiles, alertmanager_config
+from monitoring.alertmanager import ALERTMANAGER_PEERS, PEER_TIMEOUT_S, SecretFiles, alertmanager_config, peer_timeout_s
 from monitoring.config import load_monitoring_config
 from monitoring.prometheus import COMPOSE_PROMETHEUS_CONFIGS, PROMETHEUS_REPLICAS, local_hosts, prometheus_config
 from monitoring.rules import write_rule_files
@@ -108,6 +108,7 @@ def test_each_peer_gossips_with_the_other_two_and_each_server_keeps_its_own_stor
         assert f"{flag}{rt.state_dir / child.name}" in child.argv, child.name
         if child.group == "alertmanager":
             assert f"--cluster.listen-address=127.0.0.1:{cluster[child.name]}" in child.argv
+            assert "--cluster.peer-timeout=15s" in child.argv   # the default scrape interval: Alertmanager's default
             assert sorted(a for a in child.argv if a.startswith("--cluster.peer=")) == \
                 sorted(f"--cluster.peer=127.0.0.1:{port}" for name, port in cluster.items() if name != child.name)
     a, b = (yaml.safe_load((rt.state_dir / name).read_text()) for name in ("prometheus.yml", "prometheus-b.yml"))
@@ -141,3 +142,14 @@ def test_the_ha_ports_are_ports_and_distinct_from_every_other():
         bad = {**raw, "runtime": {**raw["runtime"], field: value}}
         with pytest.raises(ConfigError, match=expected):
             parse_config(bad, DEFAULT_CONFIG)
+
+
+def test_the_last_peer_has_waited_its_turn_before_the_group_can_send_anything_new():
+    """Else a resolution sent by the first peer during the last one's wait makes it page again."""
+    monitoring = load_monitoring_config()
+    shortest = min(t.group_interval for t in monitoring.timing.values())   # at the 5-s reference interval
+    for interval_s in (0.5, 1.0, 5.0, 30.0):
+        timeout = peer_timeout_s(monitoring, interval_s)
+        assert 0 < timeout <= PEER_TIMEOUT_S
+        assert (len(ALERTMANAGER_PEERS) - 1) * timeout <= shortest * interval_s / 5.0 / 2, interval_s
+    assert peer_timeout_s(monitoring, monitoring.scrape_interval_s) == PEER_TIMEOUT_S   # compose's peers run the default
