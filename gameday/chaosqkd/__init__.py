@@ -1,6 +1,8 @@
 """The qkdops extension for Chaos Toolkit: actions (``actions``) and probes (``probes``) that act on
 and observe a running stack only through its public interfaces — the control API, the pager sink,
-Prometheus and Alertmanager — never through its internals.
+Prometheus and Alertmanager — never through its internals. The one exception is a crash of a monitoring
+replica (``actions.kill_monitoring_replica``). No API offers that, because a crash is the point. It
+uses the pid that ``qkdops up`` records in ``up.json`` (``up_file``).
 
 Every provider takes Chaos Toolkit's ``configuration``: ``qkdops_config`` names the stack's
 ``links.yaml`` (its ports, bind address, and state dir holding the control API token and the
