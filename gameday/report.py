@@ -42,7 +42,9 @@ def _markdown(outcomes: Sequence[Outcome]) -> str:
              "| scenario | link | fault | result | time to detect (page/ticket delivered, or calibration) | time to recover | unexpected alerts |",
              "|---|---|---|---|---|---|---|"]
     for o in outcomes:
-        detect = ", ".join(f"{alert} {'never' if s is None else f'{s:.1f} s'}" for alert, s in o.detect_s.items()) or "no page expected"
+        detect = ", ".join(f"{alert} {'never' if s is None else f'{s:.1f} s'}"
+                           + (f" (delivered {o.deliveries[alert]}×)" if o.deliveries.get(alert, 1) != 1 else "")
+                           for alert, s in o.detect_s.items()) or "no page expected"
         recover = "-" if o.recover_s is None else f"{o.recover_s:.1f} s"
         lines.append(f"| {o.scenario} | {o.link} | {o.fault} | {'passed' if o.passed else 'FAILED'} | {detect} "
                      f"| {recover} | {', '.join(o.unexpected) or 'none'} |")

@@ -11,7 +11,12 @@ probes' own view: time to detect = first delivery of each expected page (or tick
 injection; time to recover = the injection … the end of the method's last activity (the recovery
 probe); unexpected = pages that were not expected — for the link, or for the whole stack (no link
 label, e.g. QKDExporterDown) — and any alert in ``silent`` that notified, of alerts that started
-firing during the run (one firing since before it, e.g. a burn ticket, is not this fault's doing).
+firing during the run (one firing since before it, e.g. a burn ticket, is not this fault's doing);
+and every expected page (or ticket) must be delivered exactly once (``deliveries``): a second firing
+notification of it within a run (far shorter than the repeat interval) is a duplicate — what an HA
+pair or cluster that failed to deduplicate would send, and what the ``prometheus-crash`` and
+``alertmanager-crash`` game days exist to rule out. A stack fault that cannot be injected into this
+stack (a replica crash on a stack without ``--ha``) stops the run before anything is injected.
 """
 
 from __future__ import annotations
@@ -55,9 +60,10 @@ class Outcome:
     injected_at: float | None = None
     method_done_at: float | None = None              # the method's last activity (the recovery probe) ended
     finished_at: float | None = None
-    status: str = "not run"                          # completed | failed | interrupted | aborted
+    status: str = "not run"                          # completed | failed | interrupted | aborted | not steady | not runnable
     deviated: bool = False
     detect_s: dict[str, float | None] = field(default_factory=dict)   # expected page (or job) → seconds (None: never)
+    deliveries: dict[str, int] = field(default_factory=dict)          # expected page (or ticket) → firing notifications
     recover_s: float | None = None
     unexpected: list[str] = field(default_factory=list)
     failed_activities: list[str] = field(default_factory=list)
@@ -68,8 +74,9 @@ class Outcome:
     def passed(self) -> bool:
         on_time = all(v is not None and v <= self.limits["detect_s"] for v in self.detect_s.values())
         recovered = self.recover_s is not None and self.recover_s <= self.limits["recover_s"]
+        once = all(n == 1 for n in self.deliveries.values())
         return (self.status == "completed" and not self.deviated and not self.failed_activities and on_time
-                and recovered and not self.unexpected)
+                and recovered and not self.unexpected and once)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
@@ -99,8 +106,8 @@ class _Progress(RunEventHandler):
             if "InterruptExecution" in error:  # SIGTERM inside an activity: Chaos Toolkit calls it a failure
                 self.signal_exit()
         func = activity.get("provider", {}).get("func")
-        if status == "succeeded" and func in INJECTORS:
-            self.outcome.injected_at = run["output"]["injected_at"]
+        if status == "succeeded" and func in INJECTORS and self.outcome.injected_at is None:
+            self.outcome.injected_at = run["output"]["injected_at"]   # the first: a stack fault `during` a link fault comes second
         if status == "succeeded" and func == "calibration_corrected" and self.outcome.injected_at is not None:
             # an automatic scenario's detection: the calibration job saw the drift and corrected it
             self.outcome.detect_s[f"{run['output']['job_name']} corrected"] = run["output"]["seen_at"] - self.outcome.injected_at
@@ -130,6 +137,14 @@ def run(scenario: Scenario, config_path: Path, say: Callable[[str], None] = prin
                                    "gameday_started_at": started}
     configuration = experiment["configuration"]
     say(f"{scenario.name}: {scenario.title}")
+    if (stack := scenario.stack_fault) is not None and stack.check is not None:
+        try:
+            getattr(actions, stack.check)(scenario.parameters[stack.parameter], configuration=configuration)
+        except ActivityFailed as exc:
+            outcome.status, outcome.finished_at = "not runnable", time.time()
+            outcome.failed_activities.append(f"{scenario.fault} on this stack: {exc}")
+            say(f"  => FAILED before injecting anything: {exc}")
+            return outcome
     say(f"  waiting (≤ {SETTLE_S:g} s) for {scenario.link} to produce key with no page open …")
     try:
         probes.recovered(scenario.link, SETTLE_S, configuration)  # e.g. after the previous scenario's burn alerts
@@ -156,8 +171,9 @@ def run(scenario: Scenario, config_path: Path, say: Callable[[str], None] = prin
         say("  => INTERRUPTED: the link's faults are cleared")
         raise Interrupted(outcome)
     _judge(scenario, outcome, configuration)
-    say(f"  => {'PASSED' if outcome.passed else 'FAILED'}: detect {outcome.detect_s}, recover "
-        f"{'-' if outcome.recover_s is None else f'{outcome.recover_s:.1f} s'}, unexpected {outcome.unexpected or 'none'}")
+    say(f"  => {'PASSED' if outcome.passed else 'FAILED'}: detect {outcome.detect_s}, delivered {outcome.deliveries} "
+        f"(each exactly once), recover {'-' if outcome.recover_s is None else f'{outcome.recover_s:.1f} s'}, "
+        f"unexpected {outcome.unexpected or 'none'}")
     return outcome
 
 
@@ -183,6 +199,7 @@ def _judge(scenario: Scenario, outcome: Outcome, configuration: dict[str, Any]) 
     for kind, alert in scenario.expected:
         times = [_unix(n["received_at"]) for n in notes if n["kind"] == kind and _has(n, alert, "firing")]
         outcome.detect_s[alert] = None if not times or injected is None else min(times) - injected
+        outcome.deliveries[alert] = len(times)
     for note in notes:
         for a in note.get("alerts", []):
             name, link = a["labels"].get("alertname", ""), a["labels"].get("link")

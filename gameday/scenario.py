@@ -8,6 +8,7 @@ extension block is what the run is judged against::
         link: metro-bb84                 # the link the fault is injected on
         fault: fiber_cut                 # a fault of `qkdops fault list`, or of the stack (STACK_FAULTS)
         parameters: {}                   # its parameters (others take their defaults)
+        during: {fault: fiber_cut}       # a stack fault only, optional: the link fault it strikes during
         expect:
           pages: [QKDFiberCut]           # must be delivered to the pager sink as pages
           tickets: []                    # must be delivered to the pager sink as tickets
@@ -16,21 +17,28 @@ extension block is what the run is judged against::
         limits: {detect_s: 30, recover_s: 180, run_s: 420}
 
 ``load`` checks both halves and that they agree — the method injects exactly the declared fault on
-the declared link (a stack fault: exactly its action, undone again in the rollbacks), every waiting
-probe is bounded within ``run_s``, and the rollbacks clear the link's faults — so a scenario cannot
-claim one thing and do another. Errors name the file and field.
+the declared link (a stack fault: exactly its action, undone again in the rollbacks; with ``during``,
+after exactly one injection of that link fault), every waiting probe is bounded within ``run_s``, and
+the rollbacks clear the link's faults — so a scenario cannot claim one thing and do another. Errors
+name the file and field.
+
+``during`` is how the HA game days are written (``prometheus-crash``, ``alertmanager-crash``): the link
+fault is what pages, the stack fault (a monitoring replica killed) is what the page must survive, and
+``qkdops gameday run`` judges that it arrives exactly once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chaoslib.exceptions import ChaosException
 from chaoslib.experiment import ensure_experiment_is_valid
 
+from monitoring.alertmanager import ALERTMANAGER_PEERS
+from monitoring.prometheus import PROMETHEUS_REPLICAS
 from monitoring.rules import RULES_DIR
 from qkdlink.emulator import FaultError
 from qkdops.runtime.faults import fault_spec
@@ -55,10 +63,14 @@ class StackFault:
     undo: str
     parameter: str
     choices: tuple[str, ...]
+    check: str | None = None  # an action run before anything is injected; it raises when the stack cannot take the fault
 
 
 STACK_FAULTS: Mapping[str, StackFault] = {
     "exporter_crash": StackFault("stop_exporter", "start_exporter", "exporter", ("device", "postprocessing")),
+    # SIGKILL of one Prometheus replica or Alertmanager peer of `qkdops up --ha`, restarted by its supervisor
+    "monitoring_replica_crash": StackFault("kill_monitoring_replica", "await_monitoring_replica", "replica",
+                                           (*PROMETHEUS_REPLICAS, *ALERTMANAGER_PEERS), check="ha_replica"),
 }
 INJECTORS = ("inject_fault", *(f.inject for f in STACK_FAULTS.values()))
 
@@ -87,6 +99,8 @@ class Scenario:
     silent: tuple[str, ...]
     recovery: str
     limits: Limits
+    during: str | None = None                        # the link fault a stack fault strikes during
+    during_parameters: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -150,10 +164,11 @@ def _scenario(r: FieldReader, path: Path, experiment: dict[str, Any], severities
     if len(blocks) != 1:
         r.problem("extensions", f"expected exactly one extension named {EXTENSION!r}")
     where = "extensions[qkdops]"
-    block = r.mapping(blocks[0], where, ["name", "parameters"], required=["link", "fault", "expect", "recovery", "limits"])
+    block = r.mapping(blocks[0], where, ["name", "parameters", "during"], required=["link", "fault", "expect", "recovery", "limits"])
     link = r.string(block["link"], f"{where}.link")
     fault = r.string(block["fault"], f"{where}.fault")
     parameters = _parameters(r, fault, block.get("parameters") or {})
+    during, during_parameters = _during(r, fault, block.get("during"))
     recovery = r.choice(block["recovery"], f"{where}.recovery", RECOVERY)
     severities = alert_severities() if severities is None else severities
     expect = r.mapping(block["expect"], f"{where}.expect", ["pages", "tickets", "silent"])
@@ -168,7 +183,8 @@ def _scenario(r: FieldReader, path: Path, experiment: dict[str, Any], severities
     limits = Limits(*(r.number(limits_raw[k], f"{where}.limits.{k}") for k in ("detect_s", "recover_s", "run_s")))
     if not 0 < limits.detect_s <= limits.run_s or not 0 < limits.recover_s <= limits.run_s or not limits.run_s <= MAX_RUN_S:
         r.fail(f"{where}.limits", f"0 < detect_s, recover_s <= run_s <= {MAX_RUN_S:g}", limits_raw)
-    scenario = Scenario(path.stem, path, experiment, link, fault, parameters, pages, tickets, silent, recovery, limits)
+    scenario = Scenario(path.stem, path, experiment, link, fault, parameters, pages, tickets, silent, recovery, limits,
+                        during, during_parameters)
     _check_agreement(r, scenario)
     return scenario
 
@@ -194,6 +210,21 @@ def _parameters(r: FieldReader, fault: str, given: Any) -> dict[str, Any]:
         return fault_spec(fault).validate(given)
     except FaultError as exc:
         r.problem(f"{where}.fault", f"{exc}; or a fault of the stack: {', '.join(STACK_FAULTS)}")
+
+
+def _during(r: FieldReader, fault: str, raw: Any) -> tuple[str | None, dict[str, Any]]:
+    """The link fault a stack fault strikes during (absent: none); only a stack fault has one."""
+    if raw is None:
+        return None, {}
+    where = "extensions[qkdops].during"
+    if fault not in STACK_FAULTS:
+        r.problem(where, f"only a fault of the stack ({', '.join(STACK_FAULTS)}) strikes during a link fault; {fault} is the link's")
+    during = r.mapping(raw, where, ["parameters"], required=["fault"])
+    name = r.string(during["fault"], f"{where}.fault")
+    try:
+        return name, fault_spec(name).validate(during.get("parameters") or {})
+    except FaultError as exc:
+        r.problem(f"{where}.fault", str(exc))
 
 
 def activities(experiment: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -236,13 +267,16 @@ def _check_agreement(r: FieldReader, s: Scenario) -> None:
             waited += value
     if stack is not None:
         name = s.parameters[stack.parameter]
-        if injects != [(stack.inject, {"name": name})]:
-            r.problem("method", f"expected exactly one {stack.inject}(name={name}) and no other fault")
+        link_fault = [] if s.during is None else injects[:1]
+        if s.during is not None and (len(link_fault) != 1 or not _injects(link_fault[0], s.link, s.during, s.during_parameters)):
+            r.problem("method", f"expected first exactly one inject_fault of {s.during} on {s.link} with the parameters of "
+                                "extensions[qkdops].during")
+        if injects[len(link_fault):] != [(stack.inject, {"name": name})]:
+            during = f" after the inject_fault of {s.during}" if s.during else ""
+            r.problem("method", f"expected exactly one {stack.inject}(name={name}){during} and no other fault")
         if not undone:
             r.problem("rollbacks", f"expected a {stack.undo}(name={name})")
-    elif len(injects) != 1 or injects[0][0] != "inject_fault" or injects[0][1].get("link") != s.link \
-            or injects[0][1].get("fault") != s.fault \
-            or fault_spec(s.fault).validate(injects[0][1].get("parameters") or {}) != dict(s.parameters):
+    elif len(injects) != 1 or not _injects(injects[0], s.link, s.fault, s.parameters):
         r.problem("method", f"expected exactly one inject_fault of {s.fault} on {s.link} with the declared parameters")
     if not rolled_back:
         r.problem("rollbacks", f"expected a clear_fault of every fault of {s.link} (no fault argument)")
@@ -250,9 +284,17 @@ def _check_agreement(r: FieldReader, s: Scenario) -> None:
         r.problem("extensions[qkdops].limits.run_s", f"the activities may wait {waited:g} s, more than run_s {s.limits.run_s:g}")
 
 
+def _injects(inject: tuple[str, dict[str, Any]], link: str, fault: str, parameters: Mapping[str, Any]) -> bool:
+    """Whether a method's injection is ``inject_fault`` of ``fault`` on ``link`` with ``parameters``."""
+    func, args = inject
+    return func == "inject_fault" and args.get("link") == link and args.get("fault") == fault \
+        and fault_spec(fault).validate(args.get("parameters") or {}) == dict(parameters)
+
+
 def plan(s: Scenario) -> str:
     """What ``qkdops gameday run`` would do, in order, without touching anything."""
-    lines = [f"{s.name}: {s.title}", f"  link {s.link}; fault {s.fault} {dict(s.parameters) or ''}".rstrip(),
+    during = f" during {s.during} {dict(s.during_parameters) or ''}".rstrip() if s.during else ""
+    lines = [f"{s.name}: {s.title}", f"  link {s.link}; fault {s.fault} {dict(s.parameters) or ''}".rstrip() + during,
              f"  expect pages: {', '.join(s.pages) or 'none'}; tickets: {', '.join(s.tickets) or 'none'}; "
              f"must stay silent: {', '.join(s.silent) or 'none'}",
              f"  recovery: {s.recovery}; limits: detect {s.limits.detect_s:g} s, recover {s.limits.recover_s:g} s, "

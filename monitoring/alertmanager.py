@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from monitoring.config import MonitoringConfig
+from monitoring.config import REFERENCE_INTERVAL_S, MonitoringConfig
 from monitoring.prometheus import COMPOSE_HOSTS, COMPOSE_SECRET_FILES, REPO
 
 COMPOSE_ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
@@ -36,6 +36,8 @@ class SecretFileError(ValueError):
     """A pager key file the environment names is missing, unreadable or empty."""
 
 
+# The peers of the HA cluster (`qkdops up --ha`), by their names in up.json; the first is the single one.
+ALERTMANAGER_PEERS = ("alertmanager", "alertmanager_b", "alertmanager_c")
 GROUP_BY = ["alertname", "link", "site", "slo"]  # site: KME alerts (per site, no link)
 SINK_RECEIVER = "pager-sink-{kind}"  # one per pager_sink.KINDS endpoint
 
@@ -74,6 +76,24 @@ def secret_files_from_env(environ: Mapping[str, str]) -> SecretFiles:
             raise SecretFileError(f"{variable} names {path}, which cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
         found[field_name] = str(path)
     return SecretFiles(**found)
+
+
+PEER_TIMEOUT_S = 15.0  # Alertmanager's default --cluster.peer-timeout (what compose's peers run with)
+
+
+def peer_timeout_s(monitoring: MonitoringConfig, evaluation_interval_s: float, peers: int = len(ALERTMANAGER_PEERS)) -> float:
+    """``--cluster.peer-timeout`` for an HA cluster of ``peers``: how long each peer waits after the one
+    before it to send a due notification.
+
+    A peer takes the group's alerts when the group is flushed, waits its turn, and only then reads the
+    notification log. So the last peer's wait, (peers − 1) × this, must end well before the group's next
+    flush (``group_interval``) can change what was sent. Otherwise a resolution that the first peer sends
+    meanwhile makes the last peer send the old firing page again (seen on the 1-s test profile, with
+    the default 15 s and a 12-s group interval: the page arrived twice). The result is Alertmanager's
+    default, lowered to half the shortest group interval over (peers − 1): 15 s on the 5-s demo
+    profile, 3 s on the 1-s test profile."""
+    shortest = min(t.group_interval for t in monitoring.timing.values()) * evaluation_interval_s / REFERENCE_INTERVAL_S
+    return min(PEER_TIMEOUT_S, shortest / (2 * (peers - 1)))
 
 
 # Causes that stop a link's key outright and page within seconds: once one fires, QKDLinkDown (three

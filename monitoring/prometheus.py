@@ -2,6 +2,13 @@
 rule files and the Alertmanager it sends to, for the local stack (local addresses) and for
 docker-compose (``prometheus/prometheus.yml``: service names and ``/run/secrets/`` paths; a test keeps
 it current), so the two cannot drift apart.
+
+High availability, the standard way (``qkdops up --ha``; compose always): two identical replicas
+scrape the same targets and evaluate the same rules, told apart only by the external label
+``replica`` (``a``, ``b``). Each sends every alert to every Alertmanager peer of the cluster, with
+``replica`` dropped first (``alert_relabel_configs``), so both replicas' alerts are one alert to the
+cluster, which notifies it once. The label stays on what leaves by ``remote_write``, where the long-term
+store deduplicates the two copies (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -18,7 +25,11 @@ from qkdops.assets import CHECKOUT
 from qkdops.config import RuntimeSettings
 
 REPO = CHECKOUT   # the compose files are rendered into the checkout
-COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
+COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"   # replica a
+# The HA pair's processes (their names in `qkdops up`'s up.json and listing) → their `replica` label.
+PROMETHEUS_REPLICAS = {"prometheus": "a", "prometheus_b": "b"}
+REPLICAS = tuple(PROMETHEUS_REPLICAS.values())
+COMPOSE_PROMETHEUS_CONFIGS = {"a": COMPOSE_PROMETHEUS_CONFIG, "b": REPO / "prometheus" / "prometheus-b.yml"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class Hosts:
     alertmanager: str
     pager_sink: str
     calibration: str | None = None  # the calibration scheduler's metrics; None: not run (no scrape job)
+    alertmanager_peers: tuple[str, ...] = ()  # the other peers of an Alertmanager cluster (HA); alerts go to all
     # A sharded fleet's workers: the directory of the file-SD target lists ``<job>.json`` that
     # ``qkdops up --workers N`` writes (``worker_targets``); None: the fleet runs in one process ...
     worker_targets_dir: str | None = None
@@ -37,12 +49,15 @@ class Hosts:
     workers: tuple[tuple[str, str, str], ...] = ()
 
 
-def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None, worker_targets_dir: str | None = None) -> Hosts:
+def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None, ha: bool = False,
+                worker_targets_dir: str | None = None) -> Hosts:
     """Local addresses; ``calibration_bind``: where the scheduler listens (None: it is not run);
-    ``worker_targets_dir``: a sharded fleet's target lists (its supervisor serves no device exporter)."""
+    ``ha``: the Alertmanager cluster's other two peers too (``qkdops up --ha``); ``worker_targets_dir``:
+    a sharded fleet's target lists (its supervisor serves no device exporter)."""
+    peers = (f"{rt.bind}:{rt.alertmanager_b_port}", f"{rt.bind}:{rt.alertmanager_c_port}") if ha else ()
     return Hosts(None if worker_targets_dir else f"{rt.bind}:{rt.device_exporter_port}", f"{rt.bind}:{rt.postprocessing_exporter_port}",
                  f"{rt.bind}:{rt.alertmanager_port}", f"{rt.bind}:{rt.pager_sink_port}",
-                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}", worker_targets_dir)
+                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}", peers, worker_targets_dir)
 
 
 def worker_targets(monitoring: MonitoringConfig, workers: Sequence[tuple[str, str, str]]) -> dict[str, list[dict[str, Any]]]:
@@ -68,6 +83,7 @@ class RemoteWrite:
 # qkdops service the KMEs, the pager sink and the routing control API (`qkdops up --worker-api …`).
 COMPOSE_WORKERS = 2
 COMPOSE_HOSTS = Hosts(None, "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812",
+                      ("alertmanager-b:9093", "alertmanager-c:9093"),
                       workers=tuple((f"worker-{i}", f"qkdops-worker-{i}:9810", f"qkdops-worker-{i}:9811") for i in range(COMPOSE_WORKERS)))
 # docker-compose's `secrets:` (files written by `qkdops credentials --compose-dir compose-secrets`), as the
 # containers see them.
@@ -79,12 +95,18 @@ COMPOSE_REMOTE_WRITE = RemoteWrite("http://vmauth:8427/api/v1/write", COMPOSE_SE
 
 
 def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str, scrape_interval_s: float, *,
-                      alertmanager_password_file: str, remote_write: RemoteWrite | None = None) -> dict[str, Any]:
+                      alertmanager_password_file: str, remote_write: RemoteWrite | None = None,
+                      replica: str | None = None) -> dict[str, Any]:
     """Scrape both exporters and the calibration scheduler under the monitoring config's job names
     (what rules and dashboards select on) — a sharded fleet's workers found through the target lists
-    in ``hosts.worker_targets_dir``, which Prometheus re-reads when they change — send alerts to Alertmanager with basic auth (its password
-    read from ``alertmanager_password_file`` at each reload), and with ``remote_write`` copy every
-    sample to the long-term store."""
+    in ``hosts.worker_targets_dir`` (re-read when they change) or at ``hosts.workers`` — send alerts to
+    Alertmanager (every peer of ``hosts``) with basic auth (its password read from
+    ``alertmanager_password_file`` at each reload), and with ``remote_write`` copy every sample to the
+    long-term store. ``replica`` (one of ``REPLICAS``): this is one of an HA pair — external label
+    ``replica``, dropped from the alerts it sends (module docstring); None: the single Prometheus,
+    configured as before HA existed."""
+    if replica is not None and replica not in REPLICAS:
+        raise ValueError(f"replica {replica!r}: expected one of {', '.join(REPLICAS)}")
     interval = f"{scrape_interval_s:g}s"
     jobs = [(monitoring.jobs.device, hosts.device), (monitoring.jobs.postprocessing, hosts.postprocessing)]
     if hosts.calibration is not None:
@@ -96,10 +118,11 @@ def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str
         return ([{"targets": [target]}] if target else []) + static_workers.get(job, [])
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval,
-                   "external_labels": {"stack": "qkdops"}},
+                   "external_labels": {"stack": "qkdops", **({"replica": replica} if replica else {})}},
         "rule_files": [rule_glob],
-        "alerting": {"alertmanagers": [{"basic_auth": {"username": credentials.USER, "password_file": alertmanager_password_file},
-                                        "static_configs": [{"targets": [hosts.alertmanager]}]}]},
+        "alerting": {**({"alert_relabel_configs": [{"action": "labeldrop", "regex": "replica"}]} if replica else {}),
+                     "alertmanagers": [{"basic_auth": {"username": credentials.USER, "password_file": alertmanager_password_file},
+                                        "static_configs": [{"targets": [hosts.alertmanager, *hosts.alertmanager_peers]}]}]},
         "scrape_configs": [{"job_name": job, **({"static_configs": groups} if (groups := static(job, target)) else {}),
                             **({"file_sd_configs": [{"files": [f"{hosts.worker_targets_dir}/{job}.json"], "refresh_interval": "30s"}]}
                                if job in discovered else {})}
@@ -110,10 +133,11 @@ def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str
     }
 
 
-def render_compose_prometheus_config(monitoring: MonitoringConfig) -> str:
-    header = ("# Rendered by monitoring.prometheus.prometheus_config for docker-compose (service names);\n"
+def render_compose_prometheus_config(monitoring: MonitoringConfig, replica: str = "a") -> str:
+    """Replica ``replica`` of compose's HA pair (service ``prometheus``: a, ``prometheus-b``: b)."""
+    header = (f"# Rendered by monitoring.prometheus.prometheus_config for docker-compose (service names), HA replica {replica};\n"
               "# `qkdops up` renders the same with local addresses. Do not edit: a test keeps it current.\n")
     return header + yaml.safe_dump(prometheus_config(monitoring, COMPOSE_HOSTS, "/etc/prometheus/rules/*.yml", monitoring.scrape_interval_s,
                                                      alertmanager_password_file=COMPOSE_SECRET_FILES["alertmanager-password"],
-                                                     remote_write=COMPOSE_REMOTE_WRITE),
+                                                     remote_write=COMPOSE_REMOTE_WRITE, replica=replica),
                                    sort_keys=False)

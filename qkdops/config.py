@@ -122,6 +122,15 @@ class RuntimeSettings:
     key_store_capacity_bits: int = 10 ** 10
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
+    # `qkdops up --ha` (qkdops_cli.stack): the second Prometheus replica, the second and third
+    # Alertmanager peers, and the three peers' gossip (cluster) ports. Reserved, and held distinct,
+    # whether or not --ha runs, so turning it on never finds a port taken by the stack itself.
+    prometheus_replica_port: int = 9091
+    alertmanager_b_port: int = 9095
+    alertmanager_c_port: int = 9096
+    alertmanager_cluster_port: int = 9094
+    alertmanager_b_cluster_port: int = 9097
+    alertmanager_c_cluster_port: int = 9098
     victoria_metrics_port: int = 8428   # the long-term store, when `qkdops up --victoria-metrics` runs it
     scrape_interval_s: float = 5.0
     pager_sink_port: int = 9820
@@ -132,6 +141,13 @@ class RuntimeSettings:
     # Where the alerts' runbook links point (the control API's /runbooks/, as whoever reads the page
     # reaches it); empty: this runtime's own control API address.
     runbook_base_url: str = ""
+
+
+PORT_FIELDS = ("control_port", "device_exporter_port", "postprocessing_exporter_port", "prometheus_port", "alertmanager_port",
+               "pager_sink_port", "calibration_exporter_port", "victoria_metrics_port", "prometheus_replica_port",
+               "alertmanager_b_port", "alertmanager_c_port", "alertmanager_cluster_port", "alertmanager_b_cluster_port",
+               "alertmanager_c_cluster_port")
+"""Every port field of RuntimeSettings: each is validated as a port and all must differ."""
 
 
 @dataclass(frozen=True)
@@ -222,8 +238,7 @@ def worker_ports(config: FleetConfig, workers: int) -> list[WorkerPorts]:
     base = rt.worker_port_base
     if base + 3 * workers - 1 > 65535:
         reader.fail("runtime.worker_port_base", f"a base leaving room for {workers} workers (3 ports each, up to 65535)", base)
-    taken = {rt.control_port, rt.device_exporter_port, rt.postprocessing_exporter_port, rt.prometheus_port, rt.alertmanager_port,
-             rt.pager_sink_port, rt.calibration_exporter_port, rt.victoria_metrics_port, *(k.port for k in config.key_delivery.kmes)}
+    taken = {*(getattr(rt, name) for name in PORT_FIELDS), *(k.port for k in config.key_delivery.kmes)}
     if clash := sorted(taken & set(range(base, base + 3 * workers))):
         reader.fail("runtime.worker_port_base", f"worker ports {base}-{base + 3 * workers - 1} clear of the other ports", clash)
     return [WorkerPorts(base + 3 * i, base + 3 * i + 1, base + 3 * i + 2) for i in range(workers)]
@@ -252,11 +267,10 @@ def parse_config(raw: Any, path: Path) -> FleetConfig:
         if spec.id in seen:
             reader.fail(f"links[{i}].id", "a unique link id", spec.id)
         seen.add(spec.id)
-    ports = [runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port, runtime.prometheus_port,
-             runtime.alertmanager_port, runtime.pager_sink_port, runtime.calibration_exporter_port, runtime.victoria_metrics_port]
+    ports = [getattr(runtime, name) for name in PORT_FIELDS]
     if len(set(ports)) != len(ports):
-        reader.fail("runtime", "distinct control, exporter, Prometheus, Alertmanager, pager sink, calibration and VictoriaMetrics ports",
-                    ports)
+        reader.fail("runtime", "distinct control, exporter, Prometheus (and replica), Alertmanager (peers' HTTP and cluster), "
+                    "pager sink, calibration and VictoriaMetrics ports", ports)
     delivery = _key_delivery(reader, top.get("key_delivery", {}), links)
     taken = [k.port for k in delivery.kmes if k.port and k.port in ports]
     if taken:
@@ -322,9 +336,7 @@ def _runtime(reader: FieldReader, raw: Any, path: Path) -> RuntimeSettings:
     defaults = RuntimeSettings()
     data = reader.mapping(raw, "runtime", {f.name for f in dataclasses.fields(RuntimeSettings)})
     values: dict[str, Any] = {}
-    for name in ("control_port", "device_exporter_port", "postprocessing_exporter_port", "prometheus_port",
-                 "alertmanager_port", "pager_sink_port", "calibration_exporter_port", "victoria_metrics_port",
-                 "worker_port_base"):
+    for name in (*PORT_FIELDS, "worker_port_base"):   # a base: the workers' ports follow it
         if name in data:
             values[name] = reader.integer(data[name], f"runtime.{name}", 1, 65535)
     if "bind" in data:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 
+UP_FILE = "up.json"
+"""What a running ``qkdops up`` records in its state dir — endpoints, pids of itself and its children
+(replicas under their own names), parts left out — for ``qkdops status``, the next ``up`` and game days."""
+
 
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine. A zombie (exited, not yet reaped: in a container

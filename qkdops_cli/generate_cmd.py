@@ -3,7 +3,7 @@ repository from its one source and the one monitoring config (``monitoring.yaml`
 the alert and recording rules (``alert_rules/*.yml`` from ``alert_rules/templates/``), the SLO rules
 (``alert_rules/qkd-slos.yml`` from ``slo/``), the Grafana dashboards (``dashboards/*.json`` from
 ``dashboards/generate.py``) and the docker-compose configs of Prometheus and Alertmanager
-(``prometheus/prometheus.yml``, ``alertmanager/alertmanager.yml`` from ``monitoring.prometheus`` and
+(``prometheus/prometheus.yml`` and ``prometheus-b.yml``, the HA pair, ``alertmanager/alertmanager.yml`` from ``monitoring.prometheus`` and
 ``monitoring.alertmanager``, the same functions ``qkdops up`` renders its local configs with) and the
 Kubernetes manifests (``deploy/kubernetes/``: PrometheusRules of those rules, the sharded fleet's
 workloads, the PodMonitor and ServiceMonitors, the Prometheus and Alertmanager resources).
@@ -28,7 +28,7 @@ from monitoring import kubernetes, slo
 from monitoring.alertmanager import COMPOSE_ALERTMANAGER_CONFIG, render_compose_alertmanager_config
 from monitoring.config import DEFAULT_PATH as DEFAULT_MONITORING
 from monitoring.config import MonitoringConfig, TemplateError, load_monitoring_config
-from monitoring.prometheus import COMPOSE_PROMETHEUS_CONFIG, render_compose_prometheus_config
+from monitoring.prometheus import COMPOSE_PROMETHEUS_CONFIGS, render_compose_prometheus_config
 from monitoring.rules import RULES_DIR, SLO_RULES, render_rule_files
 from qkdops.config import ConfigError
 
@@ -45,7 +45,8 @@ ARTIFACTS: Mapping[str, Callable[[MonitoringConfig], dict[Path, str]]] = {
     "alert-rules": lambda config: _rules(config, slo_rules=False),
     "slo-rules": lambda config: _rules(config, slo_rules=True),
     "dashboards": _dashboards,
-    "compose-prometheus": lambda config: {COMPOSE_PROMETHEUS_CONFIG: render_compose_prometheus_config(config)},
+    "compose-prometheus": lambda config: {path: render_compose_prometheus_config(config, replica)
+                                          for replica, path in COMPOSE_PROMETHEUS_CONFIGS.items()},
     "compose-alertmanager": lambda config: {COMPOSE_ALERTMANAGER_CONFIG: render_compose_alertmanager_config(config)},
     "kubernetes": kubernetes.render,
 }

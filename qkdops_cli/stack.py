@@ -42,11 +42,26 @@ its Prometheus target is down and ``qkdops status`` says so. A scheduler that ca
 exit 1) fails ``qkdops up`` at start-up instead, like a taken port: an operator is watching then, and a
 stack that silently runs without calibration is worse than a clear error (``--no-calibration`` is the
 explicit way to run without it).
+
+High availability (``qkdops up --ha``; ``monitoring.prometheus`` says how the configs make it work): two
+Prometheus replicas (``prometheus``: replica ``a`` on ``runtime.prometheus_port``, ``prometheus_b``:
+replica ``b`` on ``runtime.prometheus_replica_port``), each with its own TSDB, and an Alertmanager
+cluster of three peers (``alertmanager``, ``alertmanager_b``, ``alertmanager_c``) gossiping on
+``runtime.alertmanager*_cluster_port``, each with its own storage and the same config. Redundancy is
+the point, so one dead replica or peer does not stop the stack: it is restarted with the scheduler's
+backoff while its siblings keep measuring and paging (a restarted peer rejoins the cluster and takes the
+notification log from its peers, so it does not page again what they already paged). The stack stops
+with status 1 only when *every* member of a kind is down at once — then nothing measures or pages, the
+reason a single server is essential. Gossip has no authentication (Alertmanager's mutual TLS for it is
+experimental), so the cluster ports listen on ``runtime.bind`` like every other port: keep that local.
+The scheduler reads replica ``a``; while ``a`` is down its signals fall back to the control API's link
+status, as they do whenever Prometheus does not answer (``calibration_jobs.signals``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -58,6 +73,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import yaml
@@ -65,11 +81,12 @@ import yaml
 from qkdops import credentials
 from exporters.postprocessing import WorkerStatus
 from qkdops.config import FleetConfig, RuntimeSettings, WorkerPorts, parse_config, read_yaml, worker_ports
+from qkdops.durations import format_seconds
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
-from monitoring.alertmanager import SecretFileError, alertmanager_config, secret_files_from_env
+from monitoring.alertmanager import ALERTMANAGER_PEERS, SecretFileError, alertmanager_config, peer_timeout_s, secret_files_from_env
 from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.processes import command_line, pid_alive
-from monitoring.prometheus import RemoteWrite, local_hosts, prometheus_config, worker_targets
+from monitoring.prometheus import PROMETHEUS_REPLICAS, RemoteWrite, local_hosts, prometheus_config, worker_targets
 from monitoring.rules import write_rule_files
 
 log = logging.getLogger("qkdops_cli.stack")
@@ -191,6 +208,7 @@ class Child:
     restarts: int = 0
     failures: int = 0  # consecutive short-lived runs: the backoff exponent
     restart_at: float | None = None  # when a dead non-essential child is due to be restarted
+    group: str = ""  # HA: the kind it is a replica of; the stack stops only when every member is dead
 
 
 class Stack:
@@ -200,13 +218,15 @@ class Stack:
     ``qkd-calibration`` scrape job); ``scheduler_bind``: the ``runtime.bind`` of that file, where it
     listens (``qkdops up --bind`` overrides only its own servers' address); ``monitoring``: the monitoring
     config the rules and configs are rendered with (default: the shipped ``monitoring.yaml``), runbook
-    links moved to this runtime's ``runbook_base_url`` or its own control API.
+    links moved to this runtime's ``runbook_base_url`` or its own control API; ``ha``: Prometheus and
+    Alertmanager as replicas (module docstring).
     """
 
     def __init__(self, rt: RuntimeSettings, scheduler_config: Path | None = None, scheduler_bind: str | None = None,
-                 monitoring: MonitoringConfig | None = None, long_term_store: bool = False,
+                 monitoring: MonitoringConfig | None = None, long_term_store: bool = False, ha: bool = False,
                  workers: Sequence[Worker] = ()) -> None:
         self.rt = rt
+        self.ha = ha
         self.workers = tuple(workers)
         self.long_term_store = long_term_store
         self.monitoring = (monitoring or load_monitoring_config()).with_runbook_base(
@@ -233,16 +253,17 @@ class Stack:
         if self.workers:
             targets = self.state_dir / TARGETS_DIR
             self._write_worker_targets(targets)
-        hosts = local_hosts(self.rt, self.scheduler_bind, None if targets is None else str(targets))
+        hosts = local_hosts(self.rt, self.scheduler_bind, self.ha, None if targets is None else str(targets))
         config_path = self.state_dir / "prometheus.yml"
         rules = self.state_dir / "rules"   # rendered for this runtime: runbook links on its own base URL
         write_rule_files(self.monitoring, rules)
         remote_write = None
         if self.long_term_store:
             remote_write = RemoteWrite(f"{self.victoria_metrics_url}/api/v1/write", str(creds.victoria_metrics_password_file))
-        config = prometheus_config(self.monitoring, hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
+        render = functools.partial(prometheus_config, self.monitoring, hosts, str(rules / "*.yml"), self.rt.scrape_interval_s,
                                    alertmanager_password_file=str(creds.alertmanager_password_file), remote_write=remote_write)
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        if not self.ha:   # --ha: each replica its own (_spawn_prometheus_replicas)
+            config_path.write_text(yaml.safe_dump(render(), sort_keys=False))
         am_config_path = self.state_dir / "alertmanager.yml"
         try:
             secret_files = secret_files_from_env(os.environ)
@@ -254,6 +275,10 @@ class Stack:
         bind = self.rt.bind
         if self.long_term_store:
             self._spawn_victoria_metrics(find_binary(("victoria-metrics",)), auth.victoria_metrics)
+        if self.ha:
+            self._spawn_alertmanager_cluster(alertmanager, am_config_path, creds, auth.alertmanager)
+            self._spawn_prometheus_replicas(prometheus, render, creds, auth.prometheus)
+            return
         self._spawn("alertmanager", f"http://{bind}:{self.rt.alertmanager_port}", [
             alertmanager, f"--config.file={am_config_path}", f"--storage.path={self.state_dir / 'alertmanager'}",
             f"--web.listen-address={bind}:{self.rt.alertmanager_port}", "--cluster.listen-address=",
@@ -294,6 +319,41 @@ class Stack:
         return [WorkerStatus(w.name, (c := children.get(w.name)) is not None and c.process.poll() is None,
                              c.restarts if c is not None else 0, w.links) for w in self.workers]
 
+    def _spawn_alertmanager_cluster(self, binary: str, config_path: Path, creds: credentials.ServerCredentials,
+                                    auth: Auth) -> None:
+        """Three Alertmanager peers, same config, each with its own storage, gossiping with the other two
+        on ``runtime.bind``; not essential one by one (module docstring). Peers notify in turn,
+        ``--cluster.peer-timeout`` apart (``monitoring.alertmanager.peer_timeout_s``: 15 s on the demo
+        profile), and skip what the notification log says an earlier one sent."""
+        rt, bind = self.rt, self.rt.bind
+        timeout = format_seconds(peer_timeout_s(self.monitoring, rt.scrape_interval_s))
+        ports = dict(zip(ALERTMANAGER_PEERS, ((rt.alertmanager_port, rt.alertmanager_cluster_port),
+                                              (rt.alertmanager_b_port, rt.alertmanager_b_cluster_port),
+                                              (rt.alertmanager_c_port, rt.alertmanager_c_cluster_port))))
+        for name, (port, cluster_port) in ports.items():
+            peers = [f"--cluster.peer={bind}:{other}" for peer, (_, other) in ports.items() if peer != name]
+            self._spawn(name, f"http://{bind}:{port}", [
+                binary, f"--config.file={config_path}", f"--storage.path={self.state_dir / name}",
+                f"--web.listen-address={bind}:{port}", f"--cluster.listen-address={bind}:{cluster_port}", *peers,
+                f"--cluster.peer-timeout={timeout}",
+                f"--web.config.file={creds.alertmanager_web_config}", f"--web.external-url=http://{bind}:{port}/"],
+                auth=auth, essential=False, group="alertmanager")
+
+    def _spawn_prometheus_replicas(self, binary: str, render: functools.partial[dict[str, Any]],
+                                   creds: credentials.ServerCredentials, auth: Auth) -> None:
+        """The HA pair: the same config but for the ``replica`` label (``render(replica=…)``), each with its
+        own TSDB; replica ``a`` keeps the single Prometheus's port, config file and TSDB."""
+        ports = {"a": self.rt.prometheus_port, "b": self.rt.prometheus_replica_port}
+        for name, replica in PROMETHEUS_REPLICAS.items():
+            config_path = self.state_dir / ("prometheus.yml" if replica == "a" else f"prometheus-{replica}.yml")
+            config_path.write_text(yaml.safe_dump(render(replica=replica), sort_keys=False))
+            url = http_url(self.rt.bind, ports[replica])
+            self._spawn(name, url, [
+                binary, f"--config.file={config_path}", f"--storage.tsdb.path={self.state_dir / name}",
+                f"--web.listen-address={self.rt.bind}:{ports[replica]}",   # no lifecycle API, as for the single one
+                f"--web.config.file={creds.prometheus_web_config}", f"--web.external-url={url}/"],
+                auth=auth, essential=False, group="prometheus")
+
     @property
     def victoria_metrics_url(self) -> str:
         return http_url(self.rt.bind, self.rt.victoria_metrics_port)
@@ -331,9 +391,9 @@ class Stack:
             raise StackError(f"{exc}{hint}; `qkdops up --no-calibration` runs the stack without it") from None
 
     def _spawn(self, name: str, url: str, argv: list[str], ready_url: str = "", essential: bool = True,
-               env: dict[str, str] | None = None, auth: Auth | None = None) -> Child:
+               env: dict[str, str] | None = None, auth: Auth | None = None, group: str = "") -> Child:
         child = Child(name, url, self._popen(name, argv, env), self.state_dir / f"{name}.log", argv,
-                      ready_url or f"{url}/-/ready", auth, essential, env)
+                      ready_url or f"{url}/-/ready", auth, essential, env, group=group)
         self.children.append(child)
         return child
 
@@ -363,8 +423,11 @@ class Stack:
             time.sleep(0.2)
 
     def dead(self) -> Child | None:
-        """An essential child that exited on its own, if any (the stack must stop)."""
-        return next((c for c in self.children if c.essential and c.process.poll() is not None), None)
+        """An essential child that exited on its own, or a replica whose every sibling is down too (HA),
+        if any: the stack must stop."""
+        down = [c for c in self.children if c.process.poll() is not None]
+        return next((c for c in down if c.essential or c.group and all(o in down for o in self.children if o.group == c.group)),
+                    None)
 
     def tend(self, now: float | None = None) -> bool:
         """Restart non-essential children that exited, with backoff; True when one was restarted (new pid)."""
@@ -392,10 +455,16 @@ class Stack:
     def stop(self, grace_s: float = 10.0) -> None:
         """The scheduler first (nothing acts while the rest goes away), then the workers (finishing the
         blocks in hand), then Prometheus, Alertmanager and the long-term store."""
-        workers = {w.name for w in self.workers}
-        self._terminate([c for c in self.children if c.name == SCHEDULER], SCHEDULER_STOP_GRACE_S)
-        self._terminate([c for c in self.children if c.name in workers], WORKER_STOP_GRACE_S)
-        self._terminate([c for c in self.children if c.name != SCHEDULER and c.name not in workers], grace_s)
+        first = [c for c in self.children if c.name == SCHEDULER]
+        self._terminate(first, SCHEDULER_STOP_GRACE_S)
+        workers = [c for c in self.children if c.name in {w.name for w in self.workers}]
+        self._terminate(workers, WORKER_STOP_GRACE_S)
+        peers = [c for c in self.children if c.group == "alertmanager"]
+        self._terminate([c for c in self.children if c not in first and c not in workers and c not in peers], grace_s)
+        # Alertmanager peers one at a time: each leaves the cluster while the others are there to take
+        # the news (stopped together, the last waits out memberlist's 10-s leave timeout).
+        for peer in peers:
+            self._terminate([peer], grace_s)
 
     @staticmethod
     def _terminate(children: list[Child], grace_s: float) -> None:

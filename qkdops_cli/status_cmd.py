@@ -2,7 +2,7 @@
 
 Reads ``<state_dir>/up.json`` written by ``qkdops up``, probes every endpoint (control API, pager
 sink and calibration scheduler ``/healthz``, exporters ``/metrics``, Prometheus and Alertmanager
-``/-/ready``, with the basic auth ``qkdops up`` generated in the state dir, the KMEs' HTTPS
+``/-/ready`` (every replica and peer of ``qkdops up --ha``), with the basic auth ``qkdops up`` generated in the state dir, the KMEs' HTTPS
 listeners) and, when the control API answers, prints each link's last
 block and how much key waits for hand-off and sits in its two KME stores. Parts left out on purpose
 (``qkdops up --no-calibration``) are listed as ``off`` with the option and do not count as down. Exit 0
@@ -23,14 +23,17 @@ from qkdops.config import DEFAULT_CONFIG, load_config
 from qkdops.credentials import CredentialError
 from qkdops.http_client import Auth, StackAuth, open_url
 from qkdops.processes import pid_alive
+from monitoring.alertmanager import ALERTMANAGER_PEERS
+from monitoring.prometheus import PROMETHEUS_REPLICAS
 from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX
 from qkdops_cli.up_cmd import UP_FILE
 
 # Resolved against each recorded URL: "" probes it as is, an absolute path replaces its path.
+# Every Prometheus replica and Alertmanager peer (`qkdops up --ha`) is listed and probed on its own.
 PROBES = {"control_api": "/healthz", "device_exporter": "", "postprocessing_exporter": "", "pager_sink": "/healthz",
-          "prometheus": "/-/ready", "alertmanager": "/-/ready", SCHEDULER: "/healthz"}
+          **dict.fromkeys((*PROMETHEUS_REPLICAS, *ALERTMANAGER_PEERS), "/-/ready"), SCHEDULER: "/healthz"}
 # Endpoints whose probe needs credentials (StackAuth's attribute); the others' probes are open.
-AUTHENTICATED = {"prometheus": "prometheus", "alertmanager": "alertmanager"}
+AUTHENTICATED = {**dict.fromkeys(PROMETHEUS_REPLICAS, "prometheus"), **dict.fromkeys(ALERTMANAGER_PEERS, "alertmanager")}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -30,6 +30,12 @@ the KMEs from the shared store, the pager sink, a post-processing exporter of th
 the workers' state, and a control API that routes each link to its worker (``control_api.shards``).
 ``--worker-api URL …`` routes to workers an orchestrator runs (compose, Kubernetes) instead of
 starting any.
+
+``--ha`` runs monitoring highly available: two Prometheus replicas (``runtime.prometheus_port`` and
+``runtime.prometheus_replica_port``) and a cluster of three Alertmanagers (``runtime.alertmanager_port``,
+``alertmanager_b_port``, ``alertmanager_c_port``; gossip on the ``*_cluster_port`` fields). A dead
+replica or peer is restarted with backoff and the stack keeps running; it stops only when every
+replica (or every peer) is down at once (``qkdops_cli.stack``).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from qkdops.http_server import HttpServer, raise_open_file_limit
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
+from qkdops.processes import UP_FILE
 from qkdops.runtime.fleet import Fleet
 from control_api.server import LinkControl
 from control_api.shards import ShardedFleet
@@ -67,7 +74,6 @@ from qkdops.kme.server import KeySource, SharedKeyPool
 from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_up_file
 
 log = logging.getLogger("qkdops.up")
-UP_FILE = "up.json"
 T = TypeVar("T")
 
 
@@ -86,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "only corrected by `qkdops action`)")
     p.add_argument("--victoria-metrics", action="store_true",
                    help="also run VictoriaMetrics as the long-term store Prometheus remote-writes to (runtime.victoria_metrics_port)")
+    p.add_argument("--ha", action="store_true",
+                   help="two Prometheus replicas and a three-peer Alertmanager cluster; one dead replica is restarted, "
+                        "not fatal (runtime.prometheus_replica_port, runtime.alertmanager_*_port)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="run the links in N worker processes (`qkdops worker`, restarted if they die), each with its own "
                         "exporters found by Prometheus through file service discovery; this process keeps the KMEs, the "
@@ -124,17 +133,20 @@ def run(args: argparse.Namespace) -> int:
     worker_urls = [checked_url(url, "--worker-api") for url in args.worker_api]
     if len(worker_urls) > len(config.links):
         raise ValueError(f"--worker-api: {len(worker_urls)} workers for the {len(config.links)} link(s) of {config.source}")
+    if args.ha and args.no_prometheus:
+        raise ValueError("--ha replicates this command's Prometheus and Alertmanager: it cannot go with --no-prometheus")
     return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring, args.victoria_metrics,
-                args.workers, worker_urls)
+                args.ha, args.workers, worker_urls)
 
 
 def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, duration_s: float,
          disabled: dict[str, str] | None = None, scheduler_bind: str | None = None, monitoring: MonitoringConfig | None = None,
-         long_term_store: bool = False, workers: int = 0, worker_urls: Sequence[str] = ()) -> int:
+         long_term_store: bool = False, ha: bool = False, workers: int = 0, worker_urls: Sequence[str] = ()) -> int:
     """``disabled``: parts left out on purpose (name → the option that did it), for up.json and the listing;
     ``monitoring``: what the stack's rules and configs are rendered with (default: the shipped one);
-    ``workers``: how many worker processes this process starts to run the links (0: it runs them itself,
-    unless ``worker_urls`` names workers run elsewhere, by their control APIs in shard order)."""
+    ``ha``: replicated Prometheus and Alertmanager (``--ha``); ``workers``: how many worker processes this
+    process starts to run the links (0: it runs them itself, unless ``worker_urls`` names workers run
+    elsewhere, by their control APIs in shard order)."""
     rt = config.runtime
     rt.state_dir.mkdir(parents=True, exist_ok=True)
     raise_open_file_limit()   # every port may hold up to Limits.max_connections
@@ -147,7 +159,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     token = control_api.load_token(rt.state_dir, create=True)   # before any worker, which takes it from the state dir
     fleet: Fleet | None = None
     keys: SharedKeyPool | None = None
-    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store, planned)
+    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store, ha, planned)
     if planned or worker_urls:   # the links run in the workers; this process serves the KMEs and routes the control API
         keys = SharedKeyPool(config)
         links: LinkControl = ShardedFleet(config, [w.url for w in planned] or worker_urls, token.value)
@@ -212,12 +224,12 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         started = time.monotonic()
         while not stopping.wait(0.5):
             if (dead := stack.dead()) is not None:
-                log.error("%s exited with status %s; stopping the stack (log: %s)", dead.name,
-                          dead.process.returncode, dead.log_path)
+                log.error("%s exited with status %s%s; stopping the stack (log: %s)", dead.name, dead.process.returncode,
+                          f" and every other {dead.group} replica is down too" if dead.group else "", dead.log_path)
                 status = 1
                 break
             if stack.tend():
-                record()  # the restarted scheduler's pid
+                record()  # the restarted child's pid
             if duration_s and time.monotonic() - started >= duration_s:
                 break
     except StackError as exc:

@@ -39,6 +39,11 @@ BITS_LINK = {**FAST_LINK, "id": "e2e-bits", "repetition_rate_hz": 1.0e8, "block_
              "postprocessing": {"engine": "bits"}}
 
 
+# `qkdops up --ha`'s extra ports (qkdops.config.RuntimeSettings): free ones, so a test stack never gossips with another
+HA_PORTS = ("prometheus_replica_port", "alertmanager_b_port", "alertmanager_c_port", "alertmanager_cluster_port",
+            "alertmanager_b_cluster_port", "alertmanager_c_cluster_port")
+
+
 def free_ports(n: int) -> list[int]:
     sockets = []
     for _ in range(n):
@@ -58,11 +63,12 @@ def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_i
     raw["links"].extend(extra_links or [])
     sites = list(dict.fromkeys(link["sites"][end] for link in raw["links"] for end in ("alice", "bob")))
     # one call, so no two ports coincide (two calls may each get a port the other just released)
-    control, device, pp, prom, am, sink, calibration, vm, *kme_ports = free_ports(8 + len(sites))
+    control, device, pp, prom, am, sink, calibration, vm, *rest = free_ports(8 + len(HA_PORTS) + len(sites))
     raw["runtime"].update(state_dir=str(directory / "state"), control_port=control, device_exporter_port=device,
                           postprocessing_exporter_port=pp, prometheus_port=prom, alertmanager_port=am,
                           pager_sink_port=sink, calibration_exporter_port=calibration, victoria_metrics_port=vm,
-                          scrape_interval_s=scrape_interval_s)
+                          scrape_interval_s=scrape_interval_s, **dict(zip(HA_PORTS, rest)))
+    kme_ports = rest[len(HA_PORTS):]
     raw["key_delivery"] = {"kmes": [{"site": site, "port": port, "saes": [f"sae-{site}"]}
                                     for site, port in zip(sites, kme_ports)]}
     path = directory / "links.yaml"
@@ -95,7 +101,7 @@ class RunningStack:
         self.auth = StackAuth(self.state_dir, environ={})
         self.ports = {k: raw[k] for k in ("control_port", "device_exporter_port", "postprocessing_exporter_port",
                                           "prometheus_port", "alertmanager_port", "pager_sink_port",
-                                          "calibration_exporter_port", "victoria_metrics_port") if k in raw}
+                                          "calibration_exporter_port", "victoria_metrics_port", *HA_PORTS) if k in raw}
         self.log = open(config_path.parent / "qkdops-up.log", "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "qkdops_cli.cli", "up", "--config", str(config_path), *extra_args],
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -134,7 +140,9 @@ class RunningStack:
     def get_json(self, port_key: str, path: str, **query: Any) -> Any:
         """GET from Prometheus, Alertmanager, VictoriaMetrics or the pager sink with its credentials."""
         auth = {"prometheus_port": self.auth.prometheus, "alertmanager_port": self.auth.alertmanager,
-                "victoria_metrics_port": self.auth.victoria_metrics, "pager_sink_port": self.auth.pager_sink}[port_key]
+                "victoria_metrics_port": self.auth.victoria_metrics, "pager_sink_port": self.auth.pager_sink,
+                "prometheus_replica_port": self.auth.prometheus,
+                **{key: self.auth.alertmanager for key in ("alertmanager_b_port", "alertmanager_c_port")}}[port_key]
         with open_url(f"{self.url(port_key)}{path}", auth, query=query) as response:
             return json.loads(response.read())
 

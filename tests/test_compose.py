@@ -16,6 +16,7 @@ from monitoring.config import load_monitoring_config
 from monitoring.prometheus import (
     COMPOSE_PROMETHEUS_CONFIG,
     COMPOSE_WORKERS,
+    COMPOSE_PROMETHEUS_CONFIGS,
     COMPOSE_SECRET_FILES,
     render_compose_prometheus_config,
 )
@@ -36,7 +37,41 @@ def test_no_service_exposes_an_http_lifecycle_api():
 
 
 def test_committed_prometheus_config_is_the_rendered_one():
-    assert COMPOSE_PROMETHEUS_CONFIG.read_text() == render_compose_prometheus_config(load_monitoring_config())
+    for replica, path in COMPOSE_PROMETHEUS_CONFIGS.items():
+        assert path.read_text() == render_compose_prometheus_config(load_monitoring_config(), replica), replica
+
+
+PROMETHEUS_PAIR = {"prometheus": "a", "prometheus-b": "b"}
+ALERTMANAGER_CLUSTER = ("alertmanager", "alertmanager-b", "alertmanager-c")
+
+
+def test_compose_runs_a_prometheus_pair_alerting_to_every_peer_of_an_alertmanager_cluster_of_three():
+    """HA the standard way: the replicas differ only in the ``replica`` label, which they drop from alerts
+    so the cluster sees one alert; the peers gossip with each other and keep their own state."""
+    configs = {}
+    for service, replica in PROMETHEUS_PAIR.items():
+        mounts = _mounts(service)
+        source, read_only = mounts["/etc/prometheus/prometheus.yml"]
+        assert ROOT / source == COMPOSE_PROMETHEUS_CONFIGS[replica] and read_only, service
+        assert mounts["/prometheus"][0] == f"{service}-data", service  # its own TSDB
+        assert SERVICES[service]["command"] == SERVICES["prometheus"]["command"]
+        configs[replica] = yaml.safe_load(COMPOSE_PROMETHEUS_CONFIGS[replica].read_text())
+        assert configs[replica]["global"]["external_labels"] == {"stack": "qkdops", "replica": replica}
+        assert configs[replica]["alerting"]["alert_relabel_configs"] == [{"action": "labeldrop", "regex": "replica"}]
+        targets = [t for am in configs[replica]["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
+        assert targets == [f"{peer}:9093" for peer in ALERTMANAGER_CLUSTER]
+    a, b = configs["a"], configs["b"]
+    assert a["scrape_configs"] == b["scrape_configs"] and a["rule_files"] == b["rule_files"]
+    assert {**a, "global": None} == {**b, "global": None}   # nothing else differs
+    for peer in ALERTMANAGER_CLUSTER:
+        command = SERVICES[peer]["command"]
+        assert "--cluster.listen-address=0.0.0.0:9094" in command, peer
+        assert sorted(c.removeprefix("--cluster.peer=") for c in command if c.startswith("--cluster.peer=")) == \
+            sorted(f"{other}:9094" for other in ALERTMANAGER_CLUSTER if other != peer), peer
+        assert _mounts(peer)["/alertmanager"][0] == f"{peer}-data", peer
+        assert _mounts(peer)["/etc/alertmanager/alertmanager.yml"] == _mounts("alertmanager")["/etc/alertmanager/alertmanager.yml"]
+        assert SERVICES[peer]["secrets"] == SERVICES["alertmanager"]["secrets"], peer
+    assert not any(p.split(":")[-2] == "9094" for s in SERVICES.values() for p in s.get("ports", []))  # gossip stays inside
 
 
 def test_every_bind_mounted_file_exists_and_every_image_is_pinned():
@@ -225,8 +260,8 @@ def test_every_generated_credential_is_a_compose_secret_in_the_ignored_directory
 
 
 def test_prometheus_and_alertmanager_run_with_basic_auth_and_health_checks_that_log_in():
-    for name, web, password in (("prometheus", "prometheus-web.yml", "prometheus-password"),
-                                ("alertmanager", "alertmanager-web.yml", "alertmanager-password")):
+    for name, web, password in (*((name, "prometheus-web.yml", "prometheus-password") for name in PROMETHEUS_PAIR),
+                                *((name, "alertmanager-web.yml", "alertmanager-password") for name in ALERTMANAGER_CLUSTER)):
         service = SERVICES[name]
         assert f"--web.config.file={COMPOSE_SECRET_FILES[web]}" in service["command"], name
         assert {web, password} <= _secrets(name), name
@@ -248,8 +283,8 @@ def test_each_client_gets_the_credential_file_its_rendered_config_or_environment
     assert SERVICES["calibration"]["environment"][credentials.PROMETHEUS_PASSWORD.file_env] == COMPOSE_SECRET_FILES["prometheus-password"]
     assert _secrets("calibration") == {"prometheus-password"}
     # nobody gets a secret it does not use: the web configs only to their server
-    assert {name for name in SERVICES if "prometheus-web.yml" in _secrets(name)} == {"prometheus"}
-    assert {name for name in SERVICES if "alertmanager-web.yml" in _secrets(name)} == {"alertmanager"}
+    assert {name for name in SERVICES if "prometheus-web.yml" in _secrets(name)} == set(PROMETHEUS_PAIR)
+    assert {name for name in SERVICES if "alertmanager-web.yml" in _secrets(name)} == set(ALERTMANAGER_CLUSTER)
 
 
 def test_grafana_queries_prometheus_and_the_long_term_store_with_basic_auth_from_the_secrets():

@@ -5,6 +5,8 @@ are unexpected — when they started firing during the run; another link's pages
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gameday import runner
 from gameday.chaosqkd import Endpoints
 from gameday.scenario import SCENARIOS_DIR, load
+from qkdops.config import DEFAULT_CONFIG
 from qkdops.http_client import StackAuth
+from qkdops.processes import UP_FILE
 from test_pager_sink import TOKEN, Sink, notification
 
 
@@ -93,3 +98,29 @@ def test_an_expected_ticket_is_detected(sink: Sink) -> None:
 def test_a_stack_wide_page_is_detected(sink: Sink) -> None:
     crash = _judged("exporter-crash", [("page", "QKDExporterDown", None)], sink)
     assert crash.detect_s["QKDExporterDown"] is not None and crash.unexpected == [] and crash.passed
+
+
+def test_an_expected_page_delivered_once_is_counted(sink: Sink) -> None:
+    once = _judged("prometheus-crash", [("page", "QKDFiberCut", "metro-bb84")], sink)
+    assert once.deliveries == {"QKDFiberCut": 1} and once.passed
+
+
+def test_an_expected_page_delivered_twice_is_a_duplicate_and_fails_the_run(sink: Sink) -> None:
+    """What an HA pair or cluster that failed to deduplicate sends: the same page from two peers."""
+    twice = _judged("alertmanager-crash", [("page", "QKDFiberCut", "metro-bb84"), ("page", "QKDFiberCut", "metro-bb84", "firing", 0.2)],
+                    sink)
+    assert twice.deliveries == {"QKDFiberCut": 2} and twice.detect_s["QKDFiberCut"] is not None and not twice.passed
+
+
+def test_a_replica_crash_on_a_stack_without_ha_is_refused_before_anything_is_injected(tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["runtime"]["state_dir"] = str(tmp_path / "state")
+    config = tmp_path / "links.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / UP_FILE).write_text(json.dumps({"pids": {"qkdops": os.getpid(), "prometheus": os.getpid(),
+                                                                     "alertmanager": os.getpid()}, "endpoints": {}}))
+    said: list[str] = []
+    outcome = runner.run(load(SCENARIOS_DIR / "alertmanager-crash.yaml"), config, said.append)
+    assert outcome.status == "not runnable" and not outcome.passed and outcome.injected_at is None
+    assert "qkdops up --ha" in outcome.failed_activities[0] and any("FAILED before injecting anything" in line for line in said)

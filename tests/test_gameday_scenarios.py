@@ -100,3 +100,41 @@ def test_plan_touches_nothing_and_bad_names_exit_2():
     assert listing.returncode == 0 and all(f"{name}: " in listing.stdout for name in names())
     unknown = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "gameday", "plan", "backhoe"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2 and "unknown scenario 'backhoe'" in unknown.stderr and "fiber-cut" in unknown.stderr
+
+
+def _replica_crash() -> dict[str, Any]:
+    return yaml.safe_load((SCENARIOS_DIR / "prometheus-crash.yaml").read_text())
+
+
+def test_the_ha_scenarios_crash_one_replica_during_a_fibre_cut_and_wait_for_its_restart():
+    for name, replica in (("prometheus-crash", "prometheus"), ("alertmanager-crash", "alertmanager")):
+        s = load(SCENARIOS_DIR / f"{name}.yaml")
+        assert (s.fault, dict(s.parameters), s.during, s.pages) == ("monitoring_replica_crash", {"replica": replica}, "fiber_cut",
+                                                                   ("QKDFiberCut",))
+        funcs = [a["provider"]["func"] for a in s.experiment["method"]]
+        assert funcs[:2] == ["inject_fault", "kill_monitoring_replica"] and "await_monitoring_replica" in funcs
+        assert s.stack_fault is not None and s.stack_fault.check == "ha_replica"
+        assert "during fiber_cut" in plan(s)
+
+
+@pytest.mark.parametrize(("mutate", "field", "expected"), [
+    (lambda r: _qkdops(r).update(parameters={"replica": "grafana"}), "extensions[qkdops].parameters",
+     "one of prometheus, prometheus_b, alertmanager, alertmanager_b, alertmanager_c"),
+    (lambda r: _qkdops(r).update(during={"fault": "fibre_cut"}), "extensions[qkdops].during.fault", "unknown fault 'fibre_cut'"),
+    (lambda r: _qkdops(r).update(during={"fault": "loss_step", "parameters": {"loss_db": 3}}), "method",
+     "inject_fault of loss_step on metro-bb84"),
+    (lambda r: _qkdops(r).pop("during"), "method", "no other fault"),
+    (lambda r: r["method"].insert(0, r["method"].pop(1)), "method", "first exactly one inject_fault of fiber_cut"),
+    (lambda r: _method(r, "kill_monitoring_replica").update(name="prometheus_b"), "method",
+     "exactly one kill_monitoring_replica(name=prometheus) after the inject_fault of fiber_cut"),
+    (lambda r: r.update(rollbacks=[a for a in r["rollbacks"] if a["provider"]["func"] != "await_monitoring_replica"]), "rollbacks",
+     "await_monitoring_replica(name=prometheus)"),
+])
+def test_a_replica_crash_scenario_must_inject_its_link_fault_first_then_exactly_its_crash(tmp_path: Path, mutate, field: str,
+                                                                                          expected: str):
+    _assert_refused(tmp_path, _replica_crash(), mutate, field, expected)
+
+
+def test_only_a_stack_fault_strikes_during_a_link_fault(tmp_path: Path):
+    _assert_refused(tmp_path, _fiber_cut(), lambda r: _qkdops(r).update(during={"fault": "fiber_cut"}), "extensions[qkdops].during",
+                    "only a fault of the stack")

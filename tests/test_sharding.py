@@ -72,7 +72,7 @@ def test_prometheus_finds_the_workers_through_file_sd(tmp_path: Path):
     workers = [(w.name, f"127.0.0.1:{w.ports.device}", f"127.0.0.1:{w.ports.postprocessing}") for w in plan_workers(config, 2)]
     for job, groups in worker_targets(monitoring, workers).items():
         (targets / f"{job}.json").write_text(json.dumps(groups))
-    rendered = prometheus_config(monitoring, local_hosts(config.runtime, None, str(targets)), str(tmp_path / "rules/*.yml"), 5.0,
+    rendered = prometheus_config(monitoring, local_hosts(config.runtime, None, worker_targets_dir=str(targets)), str(tmp_path / "rules/*.yml"), 5.0,
                                  alertmanager_password_file=str(tmp_path / "am-password"))
     jobs = {job["job_name"]: job for job in rendered["scrape_configs"]}
     device, pp = jobs[monitoring.jobs.device], jobs[monitoring.jobs.postprocessing]
