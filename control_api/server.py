@@ -17,12 +17,13 @@ Endpoints (``/api/v1``; JSON in and out)::
     DELETE /api/v1/links/{link}/faults/{fault}         clear one → {"link", "cleared": [...]}
     POST   /api/v1/links/{link}/actions/{action}       calibration action → CalibrationResult
     GET    /api/v1/links/{link}/blocks?last=N          last N (≤ 1000) archived blocks' class counts + nominal params
-    GET    /api/v1/exporters                           {"exporters": [{"name", "port", "serving"}, ...]}
+    GET    /api/v1/exporters                           {"exporters": [{"name", "port", "serving"[, "worker"]}, ...]}
     DELETE /api/v1/exporters/{exporter}                stop its HTTP server (port refuses, as if crashed) → {"name", "serving": false}
     POST   /api/v1/exporters/{exporter}                start it again on the same address → {"name", "serving": true}
 
-The exporters (``device``, ``postprocessing``) are those ``qkdops up`` serves in-process; stopping
-one is the "exporter crash" game day, starting it the runbook's restart. Both are idempotent; a
+The exporters (``device``, ``postprocessing``) are those ``qkdops up`` serves in-process (on a sharded
+fleet: every instance of the kind, each listed with its ``worker``, stopped and started together);
+stopping one is the "exporter crash" game day, starting it the runbook's restart. Both are idempotent; a
 start whose port has been taken meanwhile is a 409.
 
 Runbooks are read-only documentation that alerts link to (``runbook_url``): an on-call engineer
@@ -98,13 +99,16 @@ REDACTED = "[redacted]"
 
 
 class Exporter(Protocol):
-    """An exporter the API can stop and start (``exporters.server.ServedExporter``)."""
+    """An exporter the API can stop and start (``exporters.server.ServedExporter``; on a sharded fleet's
+    supervisor ``control_api.shards.ShardedExporter``, every instance of its kind)."""
 
     name: str
     port: int
 
     @property
     def serving(self) -> bool: ...
+
+    def listing(self) -> list[dict[str, Any]]: ...   # each instance: {"name", "port", "serving"[, "worker"]}
 
     def start(self) -> bool: ...
 
@@ -332,8 +336,7 @@ def _act(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
 
 
 def _exporters(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
-    return HTTPStatus.OK, {"exporters": [{"name": e.name, "port": e.port, "serving": e.serving}
-                                         for e in req.exporters.values()]}
+    return HTTPStatus.OK, {"exporters": [entry for e in req.exporters.values() for entry in e.listing()]}
 
 
 def _exporter(req: Request) -> Exporter:
@@ -347,7 +350,7 @@ def _exporter(req: Request) -> Exporter:
 def _stop_exporter(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
     exporter = _exporter(req)
     if exporter.stop():
-        log.warning("exporter %s stopped through the control API: port %d refuses connections", exporter.name, exporter.port)
+        log.warning("exporter %s stopped through the control API: its port(s) refuse connections", exporter.name)
     return HTTPStatus.OK, {"name": exporter.name, "serving": exporter.serving}
 
 
@@ -360,7 +363,7 @@ def _start_exporter(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
                        f"exporter: {exporter.name} cannot listen on port {exporter.port}: {exc.strerror or exc}",
                        "exporter") from None
     if started:
-        log.info("exporter %s started through the control API on port %d", exporter.name, exporter.port)
+        log.info("exporter %s started through the control API", exporter.name)
     return HTTPStatus.OK, {"name": exporter.name, "serving": exporter.serving}
 
 

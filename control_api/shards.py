@@ -7,6 +7,11 @@ the calibration scheduler, game days, runbooks — keeps its one address and tok
 API with the same token. The owner of a link follows from its position in the config
 (``FleetConfig.shard``), so routing needs no lookup and survives a worker's restart.
 
+The exporters ``/api/v1/exporters`` stops and starts (the exporter-crash game day, the runbook's
+restart) are kinds on a sharded fleet: ``ShardedExporter("device")`` is every worker's device
+exporter, ``"postprocessing"`` every worker's and the supervisor's own; stopping one stops them all,
+as the game day means, and the listing shows each instance with its worker.
+
 A worker's own refusal (an unknown fault, a bad parameter) is passed on as that worker answered it
 (``ApiResponseError``: same status, code, message and field); a worker that does not answer
 (restarting after a crash) is ``WorkerUnavailable``, a 503 naming the link and the worker, so a
@@ -16,7 +21,7 @@ caller retries rather than mistaking it for a missing link.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from qkdlink.emulator import CalibrationResult
 from qkdops.config import FleetConfig
@@ -74,3 +79,61 @@ class ShardedFleet:
     def act(self, link_id: str, action: str) -> CalibrationResult:
         answer = self._call(link_id, "act", action)
         return CalibrationResult(answer["action"], answer["ok"], answer["message"], answer["before"], answer["after"])
+
+
+class LocalExporter(Protocol):
+    """An exporter served in this process (``exporters.server.ServedExporter``)."""
+
+    name: str
+    port: int
+
+    @property
+    def serving(self) -> bool: ...
+
+    def start(self) -> bool: ...
+
+    def stop(self) -> bool: ...
+
+
+class ShardedExporter:
+    """One kind of exporter over a sharded fleet: every worker's (through its control API) and, for
+    the post-processing exporter, the supervisor's own (``local``). ``port`` is the local one's (0:
+    none here; each worker's is in ``listing``)."""
+
+    def __init__(self, name: str, workers: ShardedFleet, local: LocalExporter | None = None) -> None:
+        self.name, self.local, self.fleet = name, local, workers
+        self.port = local.port if local is not None else 0
+
+    def _each_worker(self, call: str) -> list[Any]:
+        answers = []
+        for index, client in enumerate(self.fleet.workers):
+            try:
+                answers.append(getattr(client, call)(*(() if call == "exporters" else (self.name,))))
+            except ApiUnreachable:
+                raise WorkerUnavailable(f"exporter '{self.name}': worker {index} ({client.url}) is not answering "
+                                        "(restarting after a crash?): try again in a few seconds") from None
+        return answers
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every instance: ``{"name", "port", "serving"}``, with ``"worker": "worker-i"`` for a worker's."""
+        here = [{"name": self.name, "port": self.local.port, "serving": self.local.serving}] if self.local is not None else []
+        return here + [{**entry, "worker": f"worker-{i}"} for i, answer in enumerate(self._each_worker("exporters"))
+                       for entry in answer if entry["name"] == self.name]
+
+    @property
+    def serving(self) -> bool:
+        return all(entry["serving"] for entry in self.listing())
+
+    def stop(self) -> bool:
+        """Stop every instance (each is idempotent); True: the stop was carried out."""
+        if self.local is not None:
+            self.local.stop()
+        self._each_worker("stop_exporter")
+        return True
+
+    def start(self) -> bool:
+        """Start every instance again; OSError if the local one's port was taken, a worker's 409 passed on."""
+        if self.local is not None:
+            self.local.start()
+        self._each_worker("start_exporter")
+        return True

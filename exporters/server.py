@@ -26,7 +26,7 @@ import threading
 from http import HTTPStatus
 
 from collections.abc import Collection
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -101,6 +101,10 @@ class ServedExporter:
     @property
     def serving(self) -> bool:
         return self._server is not None
+
+    def listing(self) -> list[dict[str, Any]]:
+        """What the control API lists for it: one instance, here."""
+        return [{"name": self.name, "port": self.port, "serving": self.serving}]
 
     def start(self) -> bool:
         with self._lock:

@@ -68,8 +68,8 @@ from qkdops.kme.pki import Pki, init_pki
 from qkdops.kme.server import serve_kme
 from qkdops.processes import UP_FILE
 from qkdops.runtime.fleet import Fleet
-from control_api.server import LinkControl
-from control_api.shards import ShardedFleet
+from control_api.server import Exporter, LinkControl
+from control_api.shards import ShardedExporter, ShardedFleet
 from qkdops.kme.server import KeySource, SharedKeyPool
 from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_up_file
 
@@ -174,13 +174,16 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
                       ("postprocessing", "post-processing exporter", PostProcessingCollector(fleet.snapshots, fleet.kme_stats.snapshot),
                        rt.postprocessing_exporter_port)]
     servers: list[HttpServer] = []
-    exporters: dict[str, ServedExporter] = {}  # control API name → exporter; stopped after the control API
+    exporters: dict[str, Exporter] = {}  # control API name → exporter (every instance of a kind, on a sharded fleet)
+    served: dict[str, ServedExporter] = {}   # the ones this process serves; stopped after the control API
     status = 0
     try:
         for key, name, collector, port in collectors:
             exporter = ServedExporter(key, collector, rt.bind, port)
             _listen(name, rt.bind, port, exporter.start)
-            exporters[key] = exporter
+            exporters[key] = served[key] = exporter
+        if isinstance(links, ShardedFleet):   # the control API stops and starts every instance of a kind
+            exporters.update({kind: ShardedExporter(kind, links, served.get(kind)) for kind in ("device", "postprocessing")})
         servers.append(_listen("control API", rt.bind, rt.control_port,
                                lambda: control_api.serve(links, rt, token.value, exporters=exporters)))
         sink_token = credentials.load_secret(credentials.PAGER_SINK_TOKEN, rt.state_dir, create=True)
@@ -201,7 +204,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             stack.start_scheduler()  # after the control API, Prometheus and the fleet: it acts on them
         endpoints = {
             "control_api": f"http://{rt.bind}:{rt.control_port}",
-            **{f"{key}_exporter": f"http://{rt.bind}:{exporter.port}/metrics" for key, exporter in exporters.items()},
+            **{f"{key}_exporter": f"http://{rt.bind}:{exporter.port}/metrics" for key, exporter in served.items()},
             "pager_sink": f"http://{rt.bind}:{rt.pager_sink_port}",
             **{kme_id(k.site): f"https://{rt.bind}:{k.port}/api/v1/keys" for k in config.key_delivery.kmes},
             **{child.name: child.url for child in stack.children},
@@ -239,7 +242,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         stack.stop()
         for server in reversed(servers):
             server.stop()
-        for exporter in exporters.values():  # after the control API, which could start one again
+        for exporter in served.values():  # after the control API, which could start one again
             exporter.stop()
         if fleet is not None:
             fleet.stop()

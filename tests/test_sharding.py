@@ -16,7 +16,9 @@ import yaml
 from stack_helpers import metro_fleet_yaml
 
 from control_api import server as control_api
-from control_api.shards import ShardedFleet
+from control_api.shards import ShardedExporter, ShardedFleet
+from exporters import DeviceCollector, PostProcessingCollector
+from exporters.server import ServedExporter
 from monitoring.config import load_monitoring_config
 from monitoring.prometheus import local_hosts, prometheus_config, worker_targets
 from qkdops.config import ConfigError, FleetConfig, load_config, worker_ports
@@ -94,6 +96,7 @@ class Sharded:
     direct: list[ControlClient]
     fleets: list[Fleet]
     servers: list[HttpServer]
+    exporters: list[ServedExporter]   # worker 0's device, post-processing, worker 1's …, then the supervisor's own
 
 
 @pytest.fixture
@@ -101,16 +104,28 @@ def sharded(tmp_path: Path) -> Iterator[Sharded]:
     """Two workers (a Fleet and its control API each, on one state dir) behind a routing control API."""
     config = config_of(tmp_path, LINKS[:3])
     fleets = [Fleet(dataclasses.replace(config.shard(i, 2))) for i in range(2)]
-    servers = [control_api.serve(f, dataclasses.replace(config.runtime, control_port=0), TOKEN) for f in fleets]
+    exporters = [[ServedExporter("device", DeviceCollector(f.snapshots), "127.0.0.1", 0),
+                  ServedExporter("postprocessing", PostProcessingCollector(f.snapshots), "127.0.0.1", 0)] for f in fleets]
+    own = ServedExporter("postprocessing", PostProcessingCollector(list), "127.0.0.1", 0)
+    every = [e for pair in exporters for e in pair] + [own]
+    for exporter in every:
+        exporter.start()
+    servers = [control_api.serve(f, dataclasses.replace(config.runtime, control_port=0), TOKEN, exporters={e.name: e for e in pair})
+               for f, pair in zip(fleets, exporters)]
     urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
-    front = control_api.serve(ShardedFleet(config, urls, TOKEN), dataclasses.replace(config.runtime, control_port=0), TOKEN)
+    routed = ShardedFleet(config, urls, TOKEN)
+    front = control_api.serve(routed, dataclasses.replace(config.runtime, control_port=0), TOKEN,
+                              exporters={"device": ShardedExporter("device", routed),
+                                         "postprocessing": ShardedExporter("postprocessing", routed, own)})
     servers.append(front)
     try:
         yield Sharded(ControlClient(f"http://127.0.0.1:{front.server_address[1]}", TOKEN),
-                      [ControlClient(url, TOKEN) for url in urls], fleets, servers)
+                      [ControlClient(url, TOKEN) for url in urls], fleets, servers, every)
     finally:
         for server in servers:
             server.stop()
+        for exporter in every:
+            exporter.stop()
         for fleet in fleets:
             fleet.stop()
 
@@ -150,3 +165,24 @@ def test_a_worker_that_does_not_answer_is_a_503_naming_link_and_worker(sharded: 
     assert (down.value.status, down.value.code, down.value.field) == (503, "worker_unavailable", "link")
     assert "link 'm1' runs on worker 1" in down.value.message
     assert sharded.front.status("m0")["link"] == "m0"   # the other worker's links are unaffected
+
+
+def test_an_exporter_kind_is_stopped_and_started_on_every_worker(sharded: Sharded):
+    """The exporter-crash game day's actions on a sharded fleet: "device" is every worker's device
+    exporter, "postprocessing" every worker's and the supervisor's own; the listing names the worker."""
+    listed = sharded.front.exporters()
+    assert sorted((e["name"], e.get("worker", "supervisor")) for e in listed) == [
+        ("device", "worker-0"), ("device", "worker-1"),
+        ("postprocessing", "supervisor"), ("postprocessing", "worker-0"), ("postprocessing", "worker-1")]
+    assert {e["port"] for e in listed} == {e.port for e in sharded.exporters}
+    assert sharded.front.stop_exporter("device") == {"name": "device", "serving": False}
+    assert [e.serving for e in sharded.exporters] == [False, True, False, True, True]
+    assert sharded.front.start_exporter("device") == {"name": "device", "serving": True}
+    assert sharded.front.stop_exporter("postprocessing")["serving"] is False
+    assert not any(e.serving for e in sharded.exporters[1::2])   # both workers' and the supervisor's own
+    assert sharded.front.start_exporter("postprocessing")["serving"] is True
+    assert all(e.serving for e in sharded.exporters)
+    sharded.servers[0].stop()
+    with pytest.raises(ApiResponseError) as down:
+        sharded.front.stop_exporter("device")
+    assert (down.value.status, down.value.code) == (503, "worker_unavailable") and "worker 0" in down.value.message
