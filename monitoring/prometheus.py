@@ -7,8 +7,10 @@ High availability, the standard way (``qkdops up --ha``; compose always): two id
 scrape the same targets and evaluate the same rules, told apart only by the external label
 ``replica`` (``a``, ``b``). Each sends every alert to every Alertmanager peer of the cluster, with
 ``replica`` dropped first (``alert_relabel_configs``), so both replicas' alerts are one alert to the
-cluster, which notifies it once. The label stays on what leaves by ``remote_write``, where the long-term
-store deduplicates the two copies (docs/architecture.md).
+cluster, which notifies it once. It is dropped from what leaves by ``remote_write`` too
+(``write_relabel_configs``, applied after the external labels), so both replicas write the same series
+and the long-term store, deduplicating at the scrape interval (``-dedup.minScrapeInterval``), keeps one
+sample per interval of the pair (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -128,7 +130,10 @@ def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str
                                if job in discovered else {})}
                            for job, target in jobs],
         **({"remote_write": [{"url": remote_write.url, "basic_auth": {"username": credentials.USER,
-                                                                       "password_file": remote_write.password_file}}]}
+                                                                       "password_file": remote_write.password_file},
+                              # write relabelling comes after the external labels: both replicas then send
+                              # the same series, which the store deduplicates to one sample per interval
+                              **({"write_relabel_configs": [{"action": "labeldrop", "regex": "replica"}]} if replica else {})}]}
            if remote_write else {}),
     }
 

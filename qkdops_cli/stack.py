@@ -368,7 +368,9 @@ class Stack:
         self._spawn(VICTORIA_METRICS, self.victoria_metrics_url, [
             binary, "-envflag.enable", f"-httpListenAddr={self.rt.bind}:{self.rt.victoria_metrics_port}",
             f"-storageDataPath={self.state_dir / 'victoria-metrics'}", f"-retentionPeriod={LONG_TERM_RETENTION}",
-            "-search.latencyOffset=0s"],   # answer the newest samples, as Prometheus does (the default hides 30 s)
+            "-search.latencyOffset=0s",   # answer the newest samples, as Prometheus does (the default hides 30 s)
+            # the HA pair writes the same series twice: one sample per scrape interval kept
+            *([f"-dedup.minScrapeInterval={format_seconds(self.rt.scrape_interval_s)}"] if self.ha else [])],
             ready_url=f"{self.victoria_metrics_url}/health", essential=False, env=env, auth=auth)
 
     def start_scheduler(self, argv: list[str] | None = None, timeout_s: float = SCHEDULER_READY_TIMEOUT_S) -> None:

@@ -51,6 +51,9 @@ def test_both_replica_configs_and_the_compose_pair_pass_promtool(tmp_path: Path)
     assert a["alerting"]["alert_relabel_configs"] == [{"action": "labeldrop", "regex": "replica"}]
     targets = a["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert targets == [f"127.0.0.1:{port}" for port in (RT.alertmanager_port, RT.alertmanager_b_port, RT.alertmanager_c_port)]
+    # the long-term store gets the same series from both (write relabelling follows the external labels)
+    for path in COMPOSE_PROMETHEUS_CONFIGS.values():
+        assert yaml.safe_load(path.read_text())["remote_write"][0]["write_relabel_configs"] == [{"action": "labeldrop", "regex": "replica"}]
 
 
 def test_without_ha_the_single_prometheus_is_configured_as_before(tmp_path: Path):
