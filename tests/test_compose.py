@@ -300,7 +300,8 @@ def test_the_long_term_store_is_reached_only_through_vmauth_with_the_password():
     prom = yaml.safe_load(COMPOSE_PROMETHEUS_CONFIG.read_text())
     (remote,) = prom["remote_write"]
     assert remote == {"url": "http://vmauth:8427/api/v1/write",
-                      "basic_auth": {"username": credentials.USER, "password_file": COMPOSE_SECRET_FILES["victoria-metrics-password"]}}
+                      "basic_auth": {"username": credentials.USER, "password_file": COMPOSE_SECRET_FILES["victoria-metrics-password"]},
+                      "write_relabel_configs": [{"action": "labeldrop", "regex": "replica"}]}   # the pair writes one series
     assert "victoria-metrics-password" in _secrets("prometheus")
     assert _secrets("vmauth") == {"vmauth-config.yml"} and SERVICES["vmauth"]["ports"] == ["127.0.0.1:8427:8427"]
     for name in ("vmstorage", "vminsert", "vmselect"):
