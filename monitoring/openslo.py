@@ -367,18 +367,23 @@ def _alerting(r: FieldReader, raw: Any, path: str, by_kind: Mapping[str, Mapping
                   for k in alert_annotations})
     tiers: dict[str, tuple[dict[str, Any], str]] = {}    # long window → (condition, its path)
     policies = [] if raw is None else r.sequence(raw, path, "a list of alert policies", empty=True) or []
+    resolved = True
     for i, item in enumerate(policies):
         named = _named(r, item, f"{path}[{i}]", "AlertPolicy", by_kind.get("AlertPolicy", {}), "alertPolicyRef")
-        if named is not None and (condition := _policy(r, *named, by_kind.get("AlertCondition", {}))) is not None:
-            tier, cond, cond_path = condition
-            if tier in tiers:
-                r.problem(f"{path}[{i}]", f"a second condition for the {tier} tier (also {tiers[tier][1]})")
-            tiers.setdefault(tier, (cond, cond_path))
+        condition = None if named is None else _policy(r, *named, by_kind.get("AlertCondition", {}))
+        if condition is None:
+            resolved = False
+            continue
+        tier, cond, cond_path = condition
+        if tier in tiers:
+            r.problem(f"{path}[{i}]", f"a second condition for the {tier} tier (also {tiers[tier][1]})")
+        tiers.setdefault(tier, (cond, cond_path))
     kinds = {}
     for kind in ("page", "ticket"):
         named = [(t, *tiers[t]) for t, (_, k) in TIERS.items() if k == kind and t in tiers]
         both = [t for t, (_, k) in TIERS.items() if k == kind]
-        kinds[kind] = _alert_kind(r, kind, both, named, path, paths)
+        # A policy already refused leaves its tier out: a missing tier is then no news.
+        kinds[kind] = _alert_kind(r, kind, both, named, path, paths) if resolved else {"disable": True}
     alerting: dict[str, Any] = {"page_alert": kinds["page"], "ticket_alert": kinds["ticket"]}
     if alert_annotations:
         alerting["annotations"] = alert_annotations
