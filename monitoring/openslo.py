@@ -100,6 +100,8 @@ def translate(r: FieldReader, documents: Sequence[Any]) -> list[Translation]:
     for doc in docs:
         if (first := by_kind.setdefault(doc.kind, {}).setdefault(doc.name, doc)) is not doc:
             r.problem(f"{doc.path}.metadata.name", f"{doc.kind} {doc.name!r} is already defined by {first.path}")
+    for service in by_kind.get("Service", {}).values():    # a Service is its name (SLOs name it in spec.service)
+        r.mapping(service.spec, f"{service.path}.spec", ["description"])
     return [t for doc in docs if doc.kind == "SLO" and (t := _slo(r, doc, by_kind))]
 
 
@@ -407,13 +409,13 @@ def _alert_kind(r: FieldReader, kind: str, both: list[str], named: list[tuple[st
                         f"{named[0][0]} needs one for {missing} too (burn rate {TIERS[missing][0]}, lookbackWindow {missing})")
         return {"disable": True}
     (_, first, first_path), (_, second, second_path) = named
-    for field in ("severity", "alertAfter"):
-        if first.get(field) != second.get(field):
+    for field, value in (("severity", lambda c: c["severity"]), ("alertAfter", lambda c: duration_seconds(c["alertAfter"] or "0m"))):
+        if value(first) != value(second):
             r.problem(f"{second_path}.{field}", f"must equal the {named[0][0]} tier's ({first_path}): the {kind} "
                                                 f"tiers share one rule configuration")
     config: dict[str, Any] = {"labels": {"severity": first["severity"]}}
     paths[f"slos[0].alerting.{kind}_alert.labels.severity"] = f"{first_path}.severity"
-    if first.get("alertAfter") and duration_seconds(first["alertAfter"]) > 0:
+    if first["alertAfter"] and duration_seconds(first["alertAfter"]) > 0:
         config["for"] = first["alertAfter"]
         paths[f"slos[0].alerting.{kind}_alert.for"] = f"{first_path}.alertAfter"
     return config
