@@ -42,11 +42,9 @@ REFUSED_KINDS = {
                                "severity and link (monitoring.yaml); remove this document",
 }
 
-# The generator's burn-rate tiers (monitoring.slo.TIERS), as an OpenSLO burnrate condition names them:
-# long window → (burn rate, which of page_alert / ticket_alert configures it). Kept here, not imported:
-# monitoring.slo imports this module. tests/test_openslo.py holds the two equal.
-TIERS = {"1h": (Decimal("14.4"), "page"), "6h": (Decimal("6"), "page"),
-         "1d": (Decimal("3"), "ticket"), "3d": (Decimal("1"), "ticket")}
+Tiers = Mapping[str, tuple[Decimal, str]]
+"""The generator's burn-rate tiers as an OpenSLO burnrate condition names them: long window → (burn rate,
+which of page_alert / ticket_alert configures it). Passed in by ``monitoring.slo``, which imports this module."""
 
 # qkdops/<name> annotation of an SLO → where it goes in the Sloth spec (slo/README.md, "OpenSLO input").
 _EXTENSION = {"min-events": "min_events", "queries-return": "queries_return", "recording-rules": "recording_rules"}
@@ -93,8 +91,9 @@ def is_openslo(documents: Sequence[Any]) -> bool:
     return any(isinstance(d, dict) and "apiVersion" in d for d in documents)
 
 
-def translate(r: FieldReader, documents: Sequence[Any]) -> list[Translation]:
-    """Every SLO of one file's OpenSLO documents as a Sloth spec; problems are recorded in ``r`` (collecting)."""
+def translate(r: FieldReader, documents: Sequence[Any], tiers: Tiers) -> list[Translation]:
+    """Every SLO of one file's OpenSLO documents as a Sloth spec, its alert conditions mapped onto ``tiers``;
+    problems are recorded in ``r`` (collecting)."""
     docs = [d for i, raw in enumerate(documents) if raw is not None and (d := _document(r, raw, f"documents[{i}]"))]
     by_kind: dict[str, dict[str, _Doc]] = {}
     for doc in docs:
@@ -102,7 +101,7 @@ def translate(r: FieldReader, documents: Sequence[Any]) -> list[Translation]:
             r.problem(f"{doc.path}.metadata.name", f"{doc.kind} {doc.name!r} is already defined by {first.path}")
     for service in by_kind.get("Service", {}).values():    # a Service is its name (SLOs name it in spec.service)
         r.mapping(service.spec, f"{service.path}.spec", ["description"])
-    return [t for doc in docs if doc.kind == "SLO" and (t := _slo(r, doc, by_kind))]
+    return [t for doc in docs if doc.kind == "SLO" and (t := _slo(r, doc, by_kind, tiers))]
 
 
 def _document(r: FieldReader, raw: Any, path: str) -> _Doc | None:
@@ -158,7 +157,7 @@ def _named(r: FieldReader, raw: Any, path: str, kind: str, registry: Mapping[str
 
 
 # ---- SLO ------------------------------------------------------------------------------------------
-def _slo(r: FieldReader, doc: _Doc, by_kind: Mapping[str, Mapping[str, _Doc]]) -> Translation | None:
+def _slo(r: FieldReader, doc: _Doc, by_kind: Mapping[str, Mapping[str, _Doc]], tiers: Tiers) -> Translation | None:
     before = len(r.problems)
     spec_path = f"{doc.path}.spec"
     spec = r.mapping(doc.spec, spec_path, ["description", "indicator", "indicatorRef", "timeWindow", "alertPolicies"],
@@ -185,7 +184,7 @@ def _slo(r: FieldReader, doc: _Doc, by_kind: Mapping[str, Mapping[str, _Doc]]) -
             ext[field] = _recording_rules(r, value, paths[f"slos[0].qkdops.{field}"]) if key == "recording-rules" else value
     info = {k[len(_INFO_LABEL):]: v for k, v in annotations.items() if k.startswith(_INFO_LABEL)}
     paths.update({f"slos[0].infoLabels.{k}": field_path(ann_path, PREFIX + _INFO_LABEL + k) for k in info})
-    alerting = _alerting(r, spec.get("alertPolicies"), f"{spec_path}.alertPolicies", by_kind, annotations, ann_path, paths)
+    alerting = _alerting(r, spec.get("alertPolicies"), f"{spec_path}.alertPolicies", by_kind, tiers, annotations, ann_path, paths)
     if len(r.problems) > before or objective is None or sli is None:
         return None
     slo.update(objective=objective, sli=sli, alerting=alerting, qkdops=ext)
@@ -360,53 +359,53 @@ def _query(r: FieldReader, raw: Any, path: str, sources: Mapping[str, _Doc]) -> 
 
 
 # ---- alerting -------------------------------------------------------------------------------------
-def _alerting(r: FieldReader, raw: Any, path: str, by_kind: Mapping[str, Mapping[str, _Doc]], annotations: Mapping[str, Any],
+def _alerting(r: FieldReader, raw: Any, path: str, by_kind: Mapping[str, Mapping[str, _Doc]], tiers: Tiers, annotations: Mapping[str, Any],
               ann_path: str, paths: dict[str, str]) -> dict[str, Any]:
     """Sloth ``alerting``: the tiers the SLO's alert policies name, each policy's one burn-rate condition
     mapped onto the generator tier with the same long window and burn rate. No policies: no alerts."""
     alert_annotations = {k[len(_ALERT_ANNOTATION):]: v for k, v in annotations.items() if k.startswith(_ALERT_ANNOTATION)}
     paths.update({f"slos[0].alerting.annotations.{k}": field_path(ann_path, PREFIX + _ALERT_ANNOTATION + k)
                   for k in alert_annotations})
-    tiers: dict[str, tuple[dict[str, Any], str]] = {}    # long window → (condition, its path)
+    chosen: dict[str, tuple[dict[str, Any], str]] = {}    # long window → (condition, its path)
     policies = [] if raw is None else r.sequence(raw, path, "a list of alert policies", empty=True) or []
     resolved = True
     for i, item in enumerate(policies):
         named = _named(r, item, f"{path}[{i}]", "AlertPolicy", by_kind.get("AlertPolicy", {}), "alertPolicyRef")
-        condition = None if named is None else _policy(r, *named, by_kind.get("AlertCondition", {}))
+        condition = None if named is None else _policy(r, *named, by_kind.get("AlertCondition", {}), tiers)
         if condition is None:
             resolved = False
             continue
         tier, cond, cond_path = condition
-        if tier in tiers:
-            r.problem(f"{path}[{i}]", f"a second condition for the {tier} tier (also {tiers[tier][1]})")
-        tiers.setdefault(tier, (cond, cond_path))
+        if tier in chosen:
+            r.problem(f"{path}[{i}]", f"a second condition for the {tier} tier (also {chosen[tier][1]})")
+        chosen.setdefault(tier, (cond, cond_path))
     kinds = {}
     for kind in ("page", "ticket"):
-        named = [(t, *tiers[t]) for t, (_, k) in TIERS.items() if k == kind and t in tiers]
-        both = [t for t, (_, k) in TIERS.items() if k == kind]
+        named = [(t, *chosen[t]) for t, (_, k) in tiers.items() if k == kind and t in chosen]
+        both = [t for t, (_, k) in tiers.items() if k == kind]
         # A policy already refused leaves its tier out: a missing tier is then no news.
-        kinds[kind] = _alert_kind(r, kind, both, named, path, paths) if resolved else {"disable": True}
+        kinds[kind] = _alert_kind(r, kind, both, named, path, paths, tiers) if resolved else {"disable": True}
     alerting: dict[str, Any] = {"page_alert": kinds["page"], "ticket_alert": kinds["ticket"]}
     if alert_annotations:
         alerting["annotations"] = alert_annotations
     if _ALERT_NAME in annotations:
         alerting["name"] = annotations[_ALERT_NAME]
         paths["slos[0].alerting.name"] = field_path(ann_path, PREFIX + _ALERT_NAME)
-    elif tiers:
+    elif chosen:
         r.problem(field_path(ann_path, PREFIX + _ALERT_NAME), "required with alertPolicies: the Prometheus alert name "
                                                              "of the burn-rate alerts (e.g. QKDBlockSuccessBudgetBurn)")
     return alerting
 
 
 def _alert_kind(r: FieldReader, kind: str, both: list[str], named: list[tuple[str, dict[str, Any], str]], path: str,
-                paths: dict[str, str]) -> dict[str, Any]:
+                paths: dict[str, str], tiers: Tiers) -> dict[str, Any]:
     """Sloth ``page_alert`` or ``ticket_alert``: both of its tiers or neither (one rule config drives both)."""
     if not named:
         return {"disable": True}
     if len(named) != len(both):
         missing = next(t for t in both if t not in {n[0] for n in named})
         r.problem(path, f"the {' and '.join(both)} tiers are one {kind} alert configuration: a condition for "
-                        f"{named[0][0]} needs one for {missing} too (burn rate {TIERS[missing][0]}, lookbackWindow {missing})")
+                        f"{named[0][0]} needs one for {missing} too (burn rate {tiers[missing][0]}, lookbackWindow {missing})")
         return {"disable": True}
     (_, first, first_path), (_, second, second_path) = named
     for field, value in (("severity", lambda c: c["severity"]), ("alertAfter", lambda c: duration_seconds(c["alertAfter"] or "0m"))):
@@ -421,7 +420,7 @@ def _alert_kind(r: FieldReader, kind: str, both: list[str], named: list[tuple[st
     return config
 
 
-def _policy(r: FieldReader, raw: Any, path: str, conditions: Mapping[str, _Doc]) -> tuple[str, dict[str, Any], str] | None:
+def _policy(r: FieldReader, raw: Any, path: str, conditions: Mapping[str, _Doc], tiers: Tiers) -> tuple[str, dict[str, Any], str] | None:
     """The tier an AlertPolicy's one condition maps onto, the condition, and its path."""
     policy = r.mapping(raw, path, ["description", "alertWhenBreaching", "alertWhenResolved", "alertWhenNoData"],
                        required=["conditions"], rejected={
@@ -443,10 +442,10 @@ def _policy(r: FieldReader, raw: Any, path: str, conditions: Mapping[str, _Doc])
         r.problem(f"{path}.conditions", f"expected one condition (OpenSLO v1 allows one per policy), got {len(items)}")
         return None
     named = _named(r, items[0], f"{path}.conditions[0]", "AlertCondition", conditions, "conditionRef")
-    return None if named is None else _condition(r, *named)
+    return None if named is None else _condition(r, *named, tiers)
 
 
-def _condition(r: FieldReader, raw: Any, path: str) -> tuple[str, dict[str, Any], str] | None:
+def _condition(r: FieldReader, raw: Any, path: str, tiers: Tiers) -> tuple[str, dict[str, Any], str] | None:
     spec = r.mapping(raw, path, ["description"], required=["severity", "condition"])
     if spec is None or not {"severity", "condition"} <= spec.keys():
         return None
@@ -455,7 +454,7 @@ def _condition(r: FieldReader, raw: Any, path: str) -> tuple[str, dict[str, Any]
     cond = r.mapping(spec["condition"], where, ["kind", "alertAfter"], required=["op", "threshold", "lookbackWindow"])
     if cond is None or severity is None or not {"op", "threshold", "lookbackWindow"} <= cond.keys():
         return None
-    tiers = ", ".join(f"{rate} over {long}" for long, (rate, _) in TIERS.items())
+    known = ", ".join(f"{rate} over {long}" for long, (rate, _) in tiers.items())
     problems = len(r.problems)
     if cond.get("kind", "burnrate") != "burnrate":
         r.fail(f"{where}.kind", "burnrate", cond["kind"])
@@ -468,10 +467,10 @@ def _condition(r: FieldReader, raw: Any, path: str) -> tuple[str, dict[str, Any]
         r.fail(f"{where}.threshold", "a number", threshold)
     if len(r.problems) > problems or window is None:
         return None
-    tier = next((long for long, (rate, _) in TIERS.items()
+    tier = next((long for long, (rate, _) in tiers.items()
                  if duration_seconds(long) == duration_seconds(window) and rate == Decimal(str(threshold))), None)
     if tier is None:
-        r.problem(where, f"burn rate {threshold} over {window} is none of the generator's tiers ({tiers}; each also "
+        r.problem(where, f"burn rate {threshold} over {window} is none of the generator's tiers ({known}; each also "
                          "checks a short window of 1/12 the long one): it cannot be honoured exactly")
         return None
     return tier, {"severity": severity, "alertAfter": alert_after}, where

@@ -210,7 +210,8 @@ def parse_spec(text: str, source: str, values: Mapping[str, str]) -> list[SLO]:
     r = FieldReader(source, SpecError, collect=True)
     documents = r.documents(text)   # no alias bombs, deep nesting or duplicate keys
     if openslo.is_openslo(documents):
-        slos = [slo for t in openslo.translate(r, documents) for slo in _spec(t.reader, t.spec)]
+        tiers = {t.long: (t.burn_rate, t.kind) for t in TIERS}
+        slos = [slo for t in openslo.translate(r, documents, tiers) for slo in _spec(t.reader, t.spec)]
     elif len(documents) > 1:
         r.problem("", f"{len(documents)} YAML documents: a Sloth spec is one document (only OpenSLO files, "
                       f"apiVersion: {openslo.API_VERSION}, hold several)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitoring import openslo, slo
+from monitoring import slo
 from monitoring.config import load_monitoring_config
 from monitoring.rules import SPEC_DIR
 from qkdops_cli.cli import main
@@ -108,10 +108,6 @@ def shipped() -> dict[str, slo.SLO]:
 
 
 # ---- same generator, same guarantees --------------------------------------------------------------
-def test_the_tiers_are_the_generators() -> None:
-    assert openslo.TIERS == {t.long: (t.burn_rate, t.kind) for t in slo.TIERS}
-
-
 def test_the_example_generates_exactly_what_the_sloth_specs_do() -> None:
     """slo/examples/qkd-openslo.yaml: block-success (events, SLI and DataSource documents, policies by
     name) and key-availability (inline SLI, count queries, min_events 60, an input recording rule)."""
