@@ -1,4 +1,5 @@
-"""SLO specs in Sloth's ``prometheus/v1`` format → multiwindow multi-burn-rate Prometheus rules.
+"""SLO specs in Sloth's ``prometheus/v1`` format (or OpenSLO v1, ``monitoring.openslo``) → multiwindow
+multi-burn-rate Prometheus rules.
 
 Pure: spec files are read and validated into :class:`SLO` objects (``load_specs``), turned into rule
 groups as plain Python data (``rule_groups``) and rendered as YAML (``render``); ``qkdops slo
@@ -34,6 +35,7 @@ from typing import Any
 import yaml
 
 from qkdops.durations import seconds as duration_seconds
+from monitoring import openslo
 from monitoring.config import TemplateError, render_template
 from qkdops.yaml_fields import FieldError, FieldReader, describe, field_path
 from qkdops.yaml_input import excerpt
@@ -198,14 +200,24 @@ def generate(spec_dir: Path, values: Mapping[str, str]) -> tuple[str, list[SLO]]
 
 
 def parse_spec(text: str, source: str, values: Mapping[str, str]) -> list[SLO]:
-    """Validate one spec document, its ``[[ name ]]`` placeholders filled from ``values`` first, every
-    problem of it at once; ``source`` names it in messages."""
+    """Validate one spec file, its ``[[ name ]]`` placeholders filled from ``values`` first, every problem
+    of it at once; ``source`` names it in messages. A Sloth spec is one document; a file of OpenSLO v1
+    documents is translated SLO by SLO into Sloth specs (``monitoring.openslo``) read the same way."""
     try:
         text = render_template(text, source, values)
     except TemplateError as exc:
         raise SpecError([str(exc)]) from None
     r = FieldReader(source, SpecError, collect=True)
-    slos = _spec(r, r.load(text))   # no alias bombs, deep nesting or duplicate keys
+    documents = r.documents(text)   # no alias bombs, deep nesting or duplicate keys
+    if openslo.is_openslo(documents):
+        tiers = {t.long: (t.burn_rate, t.kind) for t in TIERS}
+        slos = [slo for t in openslo.translate(r, documents, tiers) for slo in _spec(t.reader, t.spec)]
+    elif len(documents) > 1:
+        r.problem("", f"{len(documents)} YAML documents: a Sloth spec is one document (only OpenSLO files, "
+                      f"apiVersion: {openslo.API_VERSION}, hold several)")
+        slos = []
+    else:
+        slos = _spec(r, documents[0] if documents else None)
     r.finish()
     return slos
 

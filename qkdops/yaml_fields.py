@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from qkdops.durations import is_duration
 from qkdops.durations import seconds as duration_seconds
-from qkdops.yaml_input import YamlInputError, clip, excerpt, load_file, load_text
+from qkdops.yaml_input import YamlInputError, clip, excerpt, load_documents, load_file, load_text
 
 __all__ = ["FieldError", "FieldReader", "describe", "field_path"]
 
@@ -104,6 +104,13 @@ class FieldReader:
         raises in either mode: without a document there is nothing to check."""
         try:
             return load_file(Path(self.source)) if text is None else load_text(text, self.source)
+        except YamlInputError as exc:
+            raise self.error(str(exc)) from None
+
+    def documents(self, text: str) -> list[Any]:
+        """Every document of the YAML stream ``text`` (``---``-separated), refused as :meth:`load` refuses."""
+        try:
+            return load_documents(text, self.source)
         except YamlInputError as exc:
             raise self.error(str(exc)) from None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "YamlInputError", "load_file", "load_text"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "YamlInputError", "load_documents", "load_file", "load_text"]
 
 MAX_BYTES = 4 << 20
 """Largest document read (4 MiB): the biggest shipped file is ~40 KiB."""
@@ -117,6 +117,17 @@ def _expanded_nodes(root: yaml.Node) -> int:
 
 def load_text(text: str, source: str) -> Any:
     """The one YAML document in ``text`` as plain Python data; ``source`` names it in errors."""
+    return _load(text, source, single=True)[0]
+
+
+def load_documents(text: str, source: str) -> list[Any]:
+    """Every YAML document in ``text`` (a stream separated by ``---``), each as plain Python data and each
+    held to the limits of one document; ``[]`` for an empty stream. For formats written as several
+    documents per file (OpenSLO, Kubernetes manifests)."""
+    return _load(text, source, single=False)
+
+
+def _load(text: str, source: str, single: bool) -> list[Any]:
     if len(text) > MAX_BYTES:
         raise YamlInputError(f"{source}: refused: larger than {MAX_BYTES >> 20} MiB")
     try:
@@ -124,13 +135,13 @@ def load_text(text: str, source: str) -> Any:
     except yaml.YAMLError as exc:
         raise YamlInputError(f"{source}: invalid YAML: {clip(str(exc))}") from None
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_nodes(node) > MAX_NODES:
-            raise YamlInputError(f"{source}: refused: more than {MAX_NODES:,} values once its aliases are "
-                                 "expanded (an alias bomb?)")
-        return loader.construct_document(node)
+        if single:
+            node = loader.get_single_node()
+            return [None if node is None else _construct(loader, node, source)]
+        documents = []
+        while loader.check_node():
+            documents.append(_construct(loader, loader.get_node(), source))
+        return documents
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -143,6 +154,13 @@ def load_text(text: str, source: str) -> Any:
         raise YamlInputError(f"{source}: refused: {clip(str(exc), 120)}") from None
     finally:
         loader.dispose()
+
+
+def _construct(loader: _Loader, node: yaml.Node, source: str) -> Any:
+    if _expanded_nodes(node) > MAX_NODES:
+        raise YamlInputError(f"{source}: refused: more than {MAX_NODES:,} values once its aliases are "
+                             "expanded (an alias bomb?)")
+    return loader.construct_document(node)
 
 
 def load_file(path: Path) -> Any:

@@ -1,7 +1,7 @@
 """``qkdops slo generate [--check]``: turn the SLO specs in ``slo/`` into ``alert_rules/qkd-slos.yml``.
 
-The specs are Sloth ``prometheus/v1`` documents (``slo/README.md``); every ``*.yaml``/``*.yml`` file
-of the spec directory is read, in name order. ``--check`` writes nothing and exits 1 when the rule
+The specs are Sloth ``prometheus/v1`` documents or files of OpenSLO v1 documents (``slo/README.md``);
+every ``*.yaml``/``*.yml`` file of the spec directory is read, in name order. ``--check`` writes nothing and exits 1 when the rule
 file is not what the specs generate, so CI (and a test) catch a spec edited without regenerating.
 
 Exit codes: 0 written (or current), 1 ``--check`` found the file stale or missing, 2 a spec is
