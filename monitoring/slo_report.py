@@ -15,9 +15,11 @@ Numbers, and why they are computed this way:
   reads) over the error budget — 1 spends the budget exactly over the period. The tier's short
   window (5m) would follow single blocks of 10-30 s; the long one is what pages.
 * **coverage**: the share of the window in which the SLI had data — the steps of a subquery over
-  the window, one per slot (the window / 1440, at least a minute), at which the SLI's events query
-  over that slot returned a value. A 30-day window over a week-old Prometheus reads 23 %, and the
-  availability is then the availability of that week: said, not hidden.
+  the window (the window / 1440, at least a second: half hours over 30 days, seconds over 10
+  minutes) at which the SLI's events query over the last ``LOOKBACK`` (or the step, if longer)
+  returned a value. A 30-day window over a week-old Prometheus reads 23 %, and the availability is
+  then the availability of that week: said, not hidden. The lookback can only overstate: by at
+  most a minute after each stretch of data, where the data stopped (not at the report's instant).
 
 Every query is evaluated at one instant (``ReportTime``), so a test can recompute the numbers from
 the raw counters at the same instant.
@@ -36,8 +38,8 @@ from qkdops.durations import format_seconds, seconds as duration_seconds
 from qkdops.http_client import PrometheusClient, PrometheusQueryError
 
 BURN_TIER = TIERS[0]                 # the fastest page tier: burn now is over its long window
-COVERAGE_SLOTS = 1440                # coverage resolution: a 30-day window in half hours
-MIN_SLOT_S = 60                      # a rate over less than a minute may hold under two scrapes
+COVERAGE_STEPS = 1440               # coverage resolution: a 30-day window in half hours
+LOOKBACK_S = 60                      # a rate over less than a minute may hold under two scrapes (5-s default)
 
 LabelKey = tuple[tuple[str, str], ...]
 OK, NO_EVENTS, NO_DATA = "ok", "no events", "no data"
@@ -93,9 +95,13 @@ def budget_left(availability: float, objective: float) -> float:
     return 1 - (1 - availability) / (1 - objective)
 
 
-def coverage_slot(window: str) -> str:
-    """The subquery step coverage is counted in: the window / COVERAGE_SLOTS, whole seconds, at least a minute."""
-    return format_seconds(max(MIN_SLOT_S, math.ceil(duration_seconds(window) / COVERAGE_SLOTS)), composite=False)
+def coverage_query(slo: SLO, window: str) -> tuple[str, int]:
+    """PromQL counting, per series, the steps of ``window`` at which the SLI had data, and the number of steps."""
+    step_s = max(1, math.ceil(duration_seconds(window) / COVERAGE_STEPS))
+    presence = window_queries(slo, format_seconds(max(step_s, LOOKBACK_S), composite=False))
+    step = format_seconds(step_s, composite=False)
+    return (f"count_over_time(({presence.total or presence.ratio})[{window}:{step}])",
+            math.ceil(duration_seconds(window) / step_s))
 
 
 def build_report(client: PrometheusClient, slos: Sequence[SLO], at: float, window: str | None = None) -> Report:
@@ -115,10 +121,8 @@ def slo_rows(client: PrometheusClient, slo: SLO, at: float, window: str,
     objective = float(slo.objective / Decimal(100))
     here = f"SLO {slo.name}"
     q, burn_q = window_queries(slo, window), window_queries(slo, BURN_TIER.long)
-    slot = coverage_slot(window)
-    presence = window_queries(slo, slot)
-    covered = _by_labels(_query(client, f"count_over_time(({presence.total or presence.ratio})[{window}:{slot}])", at, here))
-    steps = math.ceil(duration_seconds(window) / duration_seconds(slot))
+    coverage, steps = coverage_query(slo, window)
+    covered = _by_labels(_query(client, coverage, at, here))
     totals, errors, ratios = _ratios(client, q, at, here)
     _, _, burn_ratios = _ratios(client, burn_q, at, here)
     keys = sorted(set(ratios) | set(covered))

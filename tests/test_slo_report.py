@@ -45,10 +45,8 @@ class FakePrometheus(PrometheusClient):
 
 def answers_for(spec: slo.SLO, window: str, *, total=(), errors=(), burn_total=(), burn_errors=(), covered=()):
     q, burn = slo.window_queries(spec, window), slo.window_queries(spec, "1h")
-    slot = slo_report.coverage_slot(window)
-    presence = slo.window_queries(spec, slot).total
     return {q.total: list(total), q.errors: list(errors), burn.total: list(burn_total), burn.errors: list(burn_errors),
-            f"count_over_time(({presence})[{window}:{slot}])": list(covered)}
+            slo_report.coverage_query(spec, window)[0]: list(covered)}
 
 
 def test_availability_budget_burn_and_coverage_per_link():
@@ -66,7 +64,7 @@ def test_availability_budget_burn_and_coverage_per_link():
 def test_no_error_series_is_no_errors_and_overspending_goes_negative():
     spec = SLOS["key-handoff-success"]                            # 99.9 %: budget 0.1 %
     fake = FakePrometheus(answers_for(spec, "7d", total=[(A, 2000.0), (B, 1000.0)], errors=[(B, 3.0)],
-                                      covered=[(A, 10080 // 7), (B, 10080 // 7)]))
+                                      covered=[(A, 1440), (B, 1440)]))
     a, b = slo_report.slo_rows(fake, spec, AT, "7d")
     assert a.availability == 1.0 and a.budget_left == 1.0 and a.errors == 0.0
     assert b.availability == pytest.approx(0.997) and b.budget_left == pytest.approx(-2.0)
@@ -86,8 +84,13 @@ def test_count_slis_are_counted_as_the_spec_counts_them_and_rate_slis_times_the_
     assert "[2h]" in rate.ratio and "{{" not in rate.ratio
 
 
-def test_coverage_slot_is_the_window_over_1440_at_least_a_minute():
-    assert [slo_report.coverage_slot(w) for w in ("30d", "1d", "10m")] == ["1800s", "60s", "60s"]
+def test_coverage_counts_steps_of_the_window_over_1440_looking_back_at_least_a_minute():
+    spec = SLOS["block-success"]
+    month, day, ten = (slo_report.coverage_query(spec, w) for w in ("30d", "1d", "10m"))
+    assert (month[1], day[1], ten[1]) == (1440, 1440, 600)
+    assert month[0].endswith("[30d:1800s])") and "[1800s]" in month[0] and "* 1800" in month[0]
+    assert day[0].endswith("[1d:60s])") and "[60s]" in day[0]
+    assert ten[0].endswith("[10m:1s])") and "[60s]" in ten[0]
 
 
 def test_firing_burn_alerts_are_matched_to_their_link_fastest_tier_first():
@@ -117,9 +120,9 @@ def test_raw_slis_report_their_ratio_without_events(tmp_path: Path):
             alerting: {name: RawBurn}
         """))
     spec = slo.generate(tmp_path, {})[1][0]
-    window, slot = slo.window_queries(spec, "30d"), slo_report.coverage_slot("30d")
+    window = slo.window_queries(spec, "30d")
     fake = FakePrometheus({window.ratio: [({"link": "x"}, 0.002)], slo.window_queries(spec, "1h").ratio: [({"link": "x"}, "NaN")],
-                           f"count_over_time(({slo.window_queries(spec, slot).ratio})[30d:{slot}])": [({"link": "x"}, 1440)]})
+                           slo_report.coverage_query(spec, "30d")[0]: [({"link": "x"}, 1440)]})
     (row,) = slo_report.slo_rows(fake, spec, AT, "30d")
     assert (row.availability, row.events, row.burn_rate, row.coverage) == (pytest.approx(0.998), None, None, 1.0)
     assert row.budget_left == pytest.approx(0.8)
@@ -168,7 +171,7 @@ def test_cli_rejects_a_malformed_window_with_exit_2(password, window: str, capsy
 
 def test_report_json_is_plain_json():
     spec = SLOS["block-success"]
-    fake = FakePrometheus(answers_for(spec, "6h", total=[(A, 50.0)], covered=[(A, 360)]))
+    fake = FakePrometheus(answers_for(spec, "6h", total=[(A, 50.0)], covered=[(A, 1440)]))
     body = json.loads(json.dumps(slo_report.build_report(fake, [spec], AT, "6h").as_json()))
     assert body["window"] == "6h" and body["burn_window"] == "1h" and body["burn_page_threshold"] == 14.4
     (row,) = body["rows"]
