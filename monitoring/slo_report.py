@@ -38,7 +38,7 @@ from qkdops.durations import format_seconds, seconds as duration_seconds
 from qkdops.http_client import PrometheusClient, PrometheusQueryError
 
 BURN_TIER = TIERS[0]                 # the fastest page tier: burn now is over its long window
-COVERAGE_STEPS = 1440               # coverage resolution: a 30-day window in half hours
+COVERAGE_STEPS = 1440                # coverage resolution: a 30-day window in half hours
 LOOKBACK_S = 60                      # a rate over less than a minute may hold under two scrapes (5-s default)
 
 LabelKey = tuple[tuple[str, str], ...]
@@ -135,8 +135,8 @@ def slo_rows(client: PrometheusClient, slo: SLO, at: float, window: str,
         if ratio is not None:
             row.status, row.availability = OK, 1 - ratio
             row.budget_left = budget_left(row.availability, objective)
-        else:
-            row.status = NO_EVENTS if key in ratios or key in covered else NO_DATA
+        else:   # the series exists, with no events in the window
+            row.status = NO_EVENTS
         if (burn := burn_ratios.get(key)) is not None:
             row.burn_rate = burn / float(slo.error_budget)
         row.firing = sorted((a for alert_labels, a in alerts if labels.items() <= alert_labels.items()),
