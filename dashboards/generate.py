@@ -16,12 +16,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grafana_foundation_sdk.builders import dashboard, heatmap, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import common, dashboard, heatmap, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DashboardLinkType, DataSourceRef, GridPos, Threshold, ThresholdsMode, VariableRefresh
+from grafana_foundation_sdk.models.common import GraphTresholdsStyleMode
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from monitoring import slo as slo_specs
 from monitoring.config import MonitoringConfig, promql_number
+from monitoring.rules import SPEC_DIR
 
 DIRECTORY = Path(__file__).resolve().parent
 INTENDED_EMPTY = "Intended empty state:"
@@ -56,6 +59,7 @@ class P:
     instant: bool = False
     runbook_links: bool = False
     trace_links: bool = False
+    threshold_lines: bool = False   # time series: draw the thresholds as dashed lines (e.g. burn-rate tiers)
 
 
 def row(title: str) -> P:
@@ -75,6 +79,8 @@ def _panel(spec: P, panel_id: int, x: int, y: int, config: MonitoringConfig):
         b = b.min(spec.min)
     if spec.max is not None:
         b = b.max(spec.max)
+    if spec.threshold_lines:
+        b = b.thresholds_style(common.GraphThresholdsStyleConfig().mode(GraphTresholdsStyleMode.DASHED))
     if spec.runbook_links:
         b = b.data_links([dashboard.DashboardLink("Runbook for ${__data.fields.alertname}").type(DashboardLinkType.LINK)
                           .url(config.runbook_url("${__data.fields.alertname}")).target_blank(True)])
@@ -479,16 +485,56 @@ def decoy_estimation_row() -> list[P]:
 
 
 def slo(config: MonitoringConfig) -> dict:
-    windows = ["5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"]
-    return build("qkdops-slo", DASHBOARD_TITLES["qkdops-slo"], "The SLOs of slo/qkd.yaml for one link ($link): SLI, burn rates, budget.", [
+    """An overview of every SLO on $link, then one row per SLO of the specs in slo/ (nothing per SLO written by hand)."""
+    specs = slo_specs.generate(SPEC_DIR, config.values())[1]
+    return build("qkdops-slo", DASHBOARD_TITLES["qkdops-slo"], "The SLOs of slo/ for one link ($link): objective, SLI, "
+                 "error budget burn-down, burn rate per window against its alert tiers, firing burn alerts.", [
         P("timeseries", "SLI per SLO (1 h)", "Share of good events per SLO over the last hour, with each objective.", "percentunit",
-          [(f"1 - slo:sli_error:ratio_rate1h{L}", "{{slo}}"), ("slo:objective:ratio", "{{slo}} objective")], GOOD_HIGH_99, w=24, max=1),
-        P("timeseries", "Burn rate per window", "Error-budget burn rate per SLO and window (1 = spending the budget exactly over "
-          "30 d; the page alerts fire at 14.4 and 6).", "short",
-          [(f"slo:burn_rate:ratio_rate{w}{L}", "{{slo}} " + w) for w in windows], BURN, w=24, min=0),
-        P("stat", "Error budget remaining (30 d)", "Share of each SLO's 30-day error budget left on this link.", "percentunit",
-          [(f"slo:error_budget_remaining:ratio{L}", "{{slo}}")], BUDGET, w=24, max=1),
+          [(f"1 - slo:sli_error:ratio_rate1h{L}", "{{slo}}"), ("slo:objective:ratio", "{{slo}} objective")], GOOD_HIGH_99, w=12, max=1),
+        P("stat", "Error budget remaining", "Share of each SLO's error budget over its period (30 d) left on this link; "
+          "negative: overspent.", "percentunit", [(f"slo:error_budget_remaining:ratio{L}", "{{slo}}")], BUDGET, w=12, max=1),
+        *(panel for spec in specs for panel in slo_row(spec)),
     ], config)
+
+
+# Burn-rate tiers' colours on the burn-rate panels, slowest to fastest (slo.TIERS: 1x, 3x, 6x, 14.4x).
+TIER_COLOURS = {"3d": "yellow", "1d": "orange", "6h": "red", "1h": "dark-red"}
+
+
+def slo_row(spec: slo_specs.SLO) -> list[P]:
+    """One SLO on $link: objective, SLI over its period, error budget burn-down, burn rate per window against
+    the thresholds its alert tiers fire at, and its firing burn alerts — names as slo/README.md documents them."""
+    sel = f'{{slo="{spec.name}", link="$link"}}'
+    objective = float(spec.objective / 100)
+    tiers = [(t, {"severity": t.kind, **spec.labels, **spec.alert_labels, **(spec.page if t.kind == "page" else spec.ticket).labels})
+             for t in slo_specs.TIERS if not (spec.page if t.kind == "page" else spec.ticket).disable]
+    tier_text = "; ".join(f"{slo_specs.fmt_decimal(t.burn_rate)} over {t.long} and {t.short} ({labels['severity']}, tier {t.long})"
+                          for t, labels in tiers) or "no burn alerts"
+    budget = f"{slo_specs.fmt_decimal(100 - spec.objective)} %"
+    return [
+        row(f"SLO {spec.name}: {slo_specs.fmt_decimal(spec.objective)} % over {spec.period}"),
+        P("stat", f"{spec.name}: objective", f"The {spec.name} objective of {spec.source} (slo:objective:ratio): "
+          f"an error budget of {budget} of its events over {spec.period}.", "percentunit",
+          [(f'slo:objective:ratio{{slo="{spec.name}"}}', "objective")], w=3, h=7),
+        P("stat", f"{spec.name}: SLI ({spec.period})", f"Share of good events over the last {spec.period} on this link "
+          f"(events-weighted; 1 - slo:sli_error:ratio_rate{spec.period}); red below the objective. `qkdops slo report` "
+          "prints the same per link, with the share of the period Prometheus has data for.", "percentunit",
+          [(f"1 - slo:sli_error:ratio_rate{spec.period}{sel}", "SLI")], [(None, "red"), (objective, "green")], w=3, h=7, max=1),
+        P("timeseries", f"{spec.name}: error budget remaining", f"Share of the {budget} error budget of the last {spec.period} "
+          "left (slo:error_budget_remaining:ratio): 1 untouched, 0 spent, below 0 overspent (dashed lines at 25 % and 0). Falling "
+          "steeply: the burn-rate panel beside it says how fast.", "percentunit",
+          [(f"slo:error_budget_remaining:ratio{sel}", "budget left")], BUDGET, w=9, h=7, max=1, threshold_lines=True),
+        P("timeseries", f"{spec.name}: burn rate per window", "Error-budget burn rate over each window "
+          f"(slo:burn_rate:ratio_rate<window>; 1 spends the budget exactly over {spec.period}). A tier fires when both its "
+          f"windows exceed its dashed line: {tier_text}.", "short",
+          [(f"slo:burn_rate:ratio_rate{w}{sel}", w) for w in slo_specs.WINDOWS],
+          [(None, "green"), *sorted((float(t.burn_rate), TIER_COLOURS[t.long]) for t, _ in tiers)], w=9, h=7, min=0,
+          threshold_lines=True),
+        P("table", f"{spec.name}: firing burn alerts", f"{spec.alert_name or spec.name} alerts firing now on this link, by tier "
+          f"and severity; the data link opens the runbook. {ALERTS_EMPTY}", "short",
+          [(f'sum by (alertname, tier, severity) (ALERTS{{alertstate="firing", slo="{spec.name}", link="$link"}})', "")],
+          [(None, "red")], w=24, h=4, runbook_links=True),
+    ]
 
 
 DASHBOARDS = {"executive": executive, "oncall": oncall, "debug": debug, "slo": slo}

@@ -565,6 +565,27 @@ def _events_expr(slo: SLO, window: str) -> str:
     return total if slo.queries_return == "count" else f"{_paren(total)} * {fmt_decimal(duration_seconds(window))}"
 
 
+@dataclass(frozen=True)
+class WindowQueries:
+    """PromQL for an SLI over one window, as the generated rules read it, for readers of the raw data
+    (``qkdops slo report``) that want any window, not only the recorded ones."""
+
+    ratio: str             # the error ratio: what slo:sli_error:ratio_rate<window> records
+    errors: str | None     # error events in the window (events SLIs; None for a raw ratio)
+    total: str | None      # all events in the window
+
+
+def window_queries(slo: SLO, window: str) -> WindowQueries:
+    """The SLI's queries over ``window``; events are counts, whatever the spec's ``queries_return``."""
+    if slo.error_query is None or slo.total_query is None:
+        return WindowQueries(_ratio_expr(slo, window), None, None)
+    seconds = fmt_decimal(duration_seconds(window))
+    def count(query: str) -> str:
+        filled = _fill(query, window)
+        return filled if slo.queries_return == "count" else f"{_paren(filled)} * {seconds}"
+    return WindowQueries(_ratio_expr(slo, window), count(slo.error_query), count(slo.total_query))
+
+
 def _rule(kind: str, name: str, expr: str, labels: Mapping[str, str],
           annotations: Mapping[str, str] | None = None, for_: str | None = None) -> dict[str, Any]:
     rule: dict[str, Any] = {kind: name, "expr": Expr(expr)}

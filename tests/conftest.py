@@ -15,13 +15,14 @@ import pytest
 E2E_MODULES = frozenset({
     "test_alerting_e2e", "test_alertmanager", "test_bench_smoke", "test_calibration_e2e", "test_cli_keys", "test_dashboard_render",
     "test_gameday_e2e", "test_ha_e2e", "test_install", "test_kme_crash", "test_long_term_store", "test_postprocessing_e2e",
-    "test_sharded_stack", "test_stack", "test_stack_e2e", "test_up",
+    "test_sharded_stack", "test_slo_report_e2e", "test_stack", "test_stack_e2e", "test_up",
 })
 CONTRACT_MODULES = frozenset({
     "test_alert_rules", "test_architecture", "test_cli_calibrate", "test_cli_emulate", "test_cli_fault", "test_cli_keyrate",
     "test_compose", "test_control_api", "test_credentials", "test_dashboards", "test_dashboards_cmd", "test_exporter_control",
     "test_exporters", "test_fuzz_inputs", "test_generate_cmd", "test_ha_config", "test_http_server", "test_key_length_conventions",
-    "test_kme", "test_kubernetes", "test_no_key_material", "test_pager_sink", "test_runbooks", "test_sharding", "test_slo",
+    "test_kme", "test_kubernetes", "test_no_key_material", "test_openslo", "test_pager_sink", "test_runbooks", "test_sharding", "test_slo",
+    "test_slo_report",
 })
 TIERS = ("unit", "contract", "e2e")
 

@@ -243,3 +243,29 @@ def test_debug_postprocessing_row_compares_measured_ec_with_the_model_and_latenc
     oncall = _by_title("oncall.json")["Verification aborts and key mismatches"]
     assert {"qkd_blocks_total", "qkd_key_confirmation_failures_total"} <= {m for t in oncall["targets"] for m in metric_names(t["expr"])}
     assert any('reason="verification"' in t["expr"] for t in oncall["targets"])
+
+
+def test_slo_dashboard_has_a_row_per_spec_slo_with_objective_sli_burn_down_burn_rates_and_alerts():
+    """Issue 18: generated from the specs — each SLO's objective, SLI over its period, budget remaining over time,
+    burn rate per window with its alert tiers' thresholds as lines, and its firing burn alerts."""
+    from monitoring import slo
+    from monitoring.rules import SPEC_DIR
+
+    specs = slo.generate(SPEC_DIR, load_monitoring_config().values())[1]
+    rows = [p["title"] for p in DASHBOARDS["slo.json"]["panels"] if p["type"] == "row"]
+    assert rows == [f"SLO {s.name}: {slo.fmt_decimal(s.objective)} % over {s.period}" for s in specs]
+    for spec, title in zip(specs, rows):
+        objective, sli, budget, burn, alerts = _row("slo.json", title)
+        assert [p["type"] for p in (objective, sli, budget, burn, alerts)] == ["stat", "stat", "timeseries", "timeseries", "table"]
+        assert objective["targets"][0]["expr"] == f'slo:objective:ratio{{slo="{spec.name}"}}'
+        sel = f'{{slo="{spec.name}", link="$link"}}'
+        assert sli["targets"][0]["expr"] == f"1 - slo:sli_error:ratio_rate{spec.period}{sel}"
+        assert [s["value"] for s in sli["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, float(spec.objective / 100)]
+        assert budget["targets"][0]["expr"] == f"slo:error_budget_remaining:ratio{sel}"
+        assert [t["expr"] for t in burn["targets"]] == [f"slo:burn_rate:ratio_rate{w}{sel}" for w in slo.WINDOWS]
+        tiers = [t for t in slo.TIERS if not (spec.page if t.kind == "page" else spec.ticket).disable]
+        assert [s["value"] for s in burn["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [
+            None, *sorted(float(t.burn_rate) for t in tiers)]
+        assert all(p["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "dashed" for p in (budget, burn))
+        assert f'slo="{spec.name}"' in alerts["targets"][0]["expr"] and "tier" in alerts["targets"][0]["expr"]
+        assert INTENDED_EMPTY in alerts["description"]
