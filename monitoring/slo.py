@@ -20,7 +20,13 @@ Where this departs from Sloth, on purpose (each is something Sloth users ask for
 * every rule carries an ``slo`` label and each window is recorded once, so ``promtool check rules``
   finds no duplicate rules;
 * an error query that returns nothing for a series the total query has (no error has ever been
-  counted) reads as zero errors, not as "no data".
+  counted) reads as zero errors, not as "no data";
+* coverage-aware thresholds: a tier judges the errors seen so far as a share of its whole window
+  (``ratio > threshold / coverage``), so a window only partly covered by data — a young stack, or
+  one back from a gap — neither pages on a transient (the game day's 6h tier paged a 50-minute-old
+  stack at 3.06 % against 3 %) nor stays blind to a real burn: a burn at error ratio r still pages
+  after window × threshold / r, the Google SRE Workbook's (ch. 5) detection time, as on a mature
+  stack clean before it. Fully covered windows (coverage 1) get the Workbook's thresholds exactly.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ ALERT_CLASS = "symptom"  # an SLO burn is a consequence; the cause alerts (e.g. 
 
 # Windows the SLI error ratio is recorded over: every window of a tier below, once each.
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+# When each series' SLI data began (Unix seconds): what the coverage of a window is computed from.
+DATA_SINCE = "slo:sli_data_since:timestamp_seconds"
 
 
 @dataclass(frozen=True)
@@ -501,6 +509,9 @@ def _recordings(slo: SLO) -> list[dict[str, Any]]:
     sel = _selector(slo)
     budget = fmt_decimal(slo.error_budget)
     rules = [_rule("record", f"slo:sli_error:ratio_rate{w}", _ratio_expr(slo, w), labels) for w in slo.windows()]
+    rules.append(_rule("record", DATA_SINCE, _since_expr(sel), labels))
+    rules += [_rule("record", f"slo:sli_coverage:ratio{w}", f"clamp_max((time() - {DATA_SINCE}{sel}) / "
+                    f"{fmt_decimal(duration_seconds(w))}, 1)", labels) for w in WINDOWS]
     if slo.min_events:
         rules += [_rule("record", f"slo:sli_events:increase{t.long}", _events_expr(slo, t.long), labels) for t in TIERS]
     rules += [_rule("record", f"slo:burn_rate:ratio_rate{w}", f"slo:sli_error:ratio_rate{w}{sel} / {budget}", labels)
@@ -523,8 +534,10 @@ def _alerts(slo: SLO) -> list[dict[str, Any]]:
         if config.disable:
             continue
         threshold = fmt_decimal(tier.burn_rate * slo.error_budget)
-        expr = (f"slo:sli_error:ratio_rate{tier.long}{sel} > {threshold}\n"
-                f"and\nslo:sli_error:ratio_rate{tier.short}{sel} > {threshold}")
+        # The errors seen so far as a share of the whole window (ratio × coverage > threshold), written
+        # so that $value stays the window's error ratio; coverage 0 makes the threshold +Inf (no alert).
+        expr = "\nand\n".join(f"slo:sli_error:ratio_rate{w}{sel} > {threshold} / slo:sli_coverage:ratio{w}{sel}"
+                              for w in (tier.long, tier.short))
         if slo.min_events:
             expr += f"\nand\nslo:sli_events:increase{tier.long}{sel} >= {slo.min_events}"
         labels = {"severity": tier.kind, "class": ALERT_CLASS, **slo.labels, **slo.alert_labels, **config.labels,
@@ -556,6 +569,20 @@ def _ratio_expr(slo: SLO, window: str) -> str:
     errors, total = _paren(_fill(slo.error_query, window)), _paren(_fill(slo.total_query, window))
     # No error series for a link that has events means no errors, not no data.
     return f"(\n{_indent(errors)}\n  or\n{_indent('0 * ' + total)}\n)\n/\n{total}"
+
+
+def _since_expr(sel: str) -> str:
+    """When the series' SLI data began: kept while the 5-minute ratio exists, restarted when it reappears.
+
+    Self-referencing: each evaluation reads the value it recorded the previous time (within Prometheus'
+    5-minute lookback). The 5-minute ratio exists whenever its window holds two samples of the total
+    query — whatever its value: ``timestamp()`` is taken, not the ratio, so a 0/0 (NaN) ratio of a
+    link without events in the window still counts as data (it is: no events, so no errors). After a
+    gap longer than that, the ratio is absent, the series ends, and it restarts at the next ratio:
+    a window reaching back across a gap is not fully covered, and is judged as the young window it is.
+    """
+    ratio = f"slo:sli_error:ratio_rate5m{sel}"
+    return f"{DATA_SINCE}{sel} and {ratio}\nor\ntimestamp({ratio})"
 
 
 def _events_expr(slo: SLO, window: str) -> str:

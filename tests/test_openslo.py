@@ -170,7 +170,8 @@ def test_base_maps_policies_onto_the_page_tiers(tmp_path: Path) -> None:
     assert (s.page.disable, s.page.for_, dict(s.page.labels), s.ticket.disable) == (False, "2m", {"severity": "page"}, True)
     alerts = [r for g in slo.rule_groups([s]) for r in g["rules"] if "alert" in r]
     assert [(a["labels"]["tier"], a["expr"].splitlines()[0]) for a in alerts] == [
-        ("1h", 'slo:sli_error:ratio_rate1h{slo="ok"} > 0.0144'), ("6h", 'slo:sli_error:ratio_rate6h{slo="ok"} > 0.006')]
+        ("1h", 'slo:sli_error:ratio_rate1h{slo="ok"} > 0.0144 / slo:sli_coverage:ratio1h{slo="ok"}'),
+        ("6h", 'slo:sli_error:ratio_rate6h{slo="ok"} > 0.006 / slo:sli_coverage:ratio6h{slo="ok"}')]
 
 
 def test_good_over_total_counts_a_series_without_good_events_as_all_bad(tmp_path: Path) -> None:

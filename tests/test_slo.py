@@ -345,9 +345,9 @@ def test_thresholds_are_exact_decimal_literals(tmp_path: Path) -> None:
         for tier in slo.TIERS:
             rule = next(r for r in alerts if r["labels"]["slo"] == f"o{i}" and r["labels"]["tier"] == tier.long)
             threshold = format((tier.burn_rate * budget).normalize(), "f")
-            assert rule["expr"].startswith(f'slo:sli_error:ratio_rate{tier.long}{{slo="o{i}"}} > {threshold}\n'), rule["expr"]
-    assert alerts[0]["expr"].startswith('slo:sli_error:ratio_rate1h{slo="o0"} > 0.0144\n')
-    assert next(r for r in alerts if r["labels"]["slo"] == "o2")["expr"].startswith('slo:sli_error:ratio_rate1h{slo="o2"} > 0.00144\n')
+            assert rule["expr"].startswith(f'slo:sli_error:ratio_rate{tier.long}{{slo="o{i}"}} > {threshold} / '), rule["expr"]
+    assert alerts[0]["expr"].startswith('slo:sli_error:ratio_rate1h{slo="o0"} > 0.0144 / ')
+    assert next(r for r in alerts if r["labels"]["slo"] == "o2")["expr"].startswith('slo:sli_error:ratio_rate1h{slo="o2"} > 0.00144 / ')
 
 
 def test_no_float_noise_anywhere_in_the_committed_rules() -> None:
@@ -369,6 +369,26 @@ def test_each_window_is_recorded_once_and_rules_are_unique(tmp_path: Path) -> No
     assert budget["expr"] == '1 - slo:sli_error:ratio_rate3d{slo="ok"} / 0.01'
     keys = [(r.get("record") or r["alert"], tuple(sorted(r.get("labels", {}).items()))) for r in rules_of(committed())]
     assert len(keys) == len(set(keys))
+
+
+def test_tiers_judge_young_windows_by_their_coverage(tmp_path: Path) -> None:
+    """Issue 18 item 2: each tier's threshold is divided by the coverage of each of its windows, and the
+    coverage is recorded for every tier window from one self-referencing "data since" series. What it
+    does to alerts on young, mature and gappy stacks: alert_rules/tests/slo_coverage_test.yml."""
+    rules = rules_of(generated(load(tmp_path, BASE)))
+    since = next(r for r in rules if r.get("record") == slo.DATA_SINCE)
+    assert since["expr"] == (f'{slo.DATA_SINCE}{{slo="ok"}} and slo:sli_error:ratio_rate5m{{slo="ok"}}\n'
+                             'or\ntimestamp(slo:sli_error:ratio_rate5m{slo="ok"})')  # a NaN ratio is data too
+    coverage = {r["record"]: r["expr"] for r in rules if r.get("record", "").startswith("slo:sli_coverage:ratio")}
+    assert list(coverage) == [f"slo:sli_coverage:ratio{w}" for w in slo.WINDOWS]
+    assert coverage["slo:sli_coverage:ratio6h"] == f'clamp_max((time() - {slo.DATA_SINCE}{{slo="ok"}}) / 21600, 1)'
+    for tier in slo.TIERS:
+        alert = next(r for r in rules if r.get("alert") and r["labels"]["tier"] == tier.long)
+        for window in (tier.long, tier.short):
+            assert f'slo:sli_error:ratio_rate{window}{{slo="ok"}} > ' in alert["expr"]
+            assert f' / slo:sli_coverage:ratio{window}{{slo="ok"}}\n' in alert["expr"] + "\n"
+    names = [r.get("record") for r in rules]  # recorded after the ratios it reads, before the alerts read it
+    assert names.index("slo:sli_error:ratio_rate5m") < names.index(slo.DATA_SINCE) < names.index("slo:sli_coverage:ratio5m")
 
 
 def test_period_and_min_events_come_from_the_extension(tmp_path: Path) -> None:
