@@ -6,9 +6,10 @@ resolved notification.
 (1-s blocks); Alertmanager's timers scale with the scrape interval (page group_wait 2 s,
 group_interval 12 s). Every wait is bounded. The page arrives in seconds, but the first symptom of a
 fibre cut takes minutes: QKDSessionAbortRateHigh (half the blocks of 10 minutes aborted, `for: 5m`)
-about 5 minutes after the cut (measured: 304 s), the block-success SLO's 1h burn tier 1h × 14.4 % = 8.6 minutes after
-it plus its `for: 2m` (slo/README.md, "Coverage": the young stack's hour is judged as a whole hour,
-as a mature stack's — before coverage it fired after ~130 s, judging two minutes of data as an hour).
+about 5 minutes after the cut (measured: 304 s), the block-success SLO's 1h burn tier 1h × 14.4 % =
+8.6 minutes after it plus its `for: 2m` (slo/README.md, "Coverage": the young stack's hour is judged
+as a whole hour, as a mature stack's — before coverage it fired after ~130 s, judging two minutes of
+data as an hour). The test takes about five and a half minutes.
 """
 
 from __future__ import annotations
