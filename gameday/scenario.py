@@ -5,6 +5,7 @@ extension block is what the run is judged against::
 
     extensions:
       - name: qkdops
+        scenario: fiber-cut              # optional: its name in `qkdops gameday run` (default: the file's stem)
         link: metro-bb84                 # the link the fault is injected on
         fault: fiber_cut                 # a fault of `qkdops fault list`, or of the stack (STACK_FAULTS)
         parameters: {}                   # its parameters (others take their defaults)
@@ -22,6 +23,10 @@ after exactly one injection of that link fault), every waiting probe is bounded 
 the rollbacks clear the link's faults — so a scenario cannot claim one thing and do another. Errors
 name the file and field.
 
+A scenario is named after its file unless the block names it (``scenario``): the Alertmanager crash
+is ``alertmanager-crash``, kept in ``cluster-peer-crash.yaml`` because tools that check Alertmanager
+configurations take any ``alertmanager*.yaml`` for one.
+
 ``during`` is how the HA game days are written (``prometheus-crash``, ``alertmanager-crash``): the link
 fault is what pages, the stack fault (a monitoring replica killed) is what the page must survive, and
 ``qkdops gameday run`` judges that it arrives exactly once.
@@ -29,6 +34,7 @@ fault is what pages, the stack fault (a monitoring replica killed) is what the p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +49,10 @@ from monitoring.rules import RULES_DIR
 from qkdlink.emulator import FaultError
 from qkdops.runtime.faults import fault_spec
 from qkdops.yaml_fields import FieldError, FieldReader
-from qkdops.yaml_input import excerpt, load_file
+from qkdops.yaml_input import YamlInputError, excerpt, load_file
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
+SCENARIO_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 EXTENSION = "qkdops"
 MAX_RUN_S = 86400.0
@@ -88,7 +95,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Scenario:
-    name: str                       # the file's stem: `qkdops gameday run fiber-cut`
+    name: str                       # `qkdops gameday run fiber-cut`: the block's ``scenario``, else the file's stem
     path: Path
     experiment: dict[str, Any]      # the Chaos Toolkit experiment, as loaded
     link: str
@@ -127,18 +134,42 @@ def alert_severities(rules_dir: Path = RULES_DIR) -> dict[str, str]:
     return out
 
 
+def files(directory: Path = SCENARIOS_DIR) -> dict[str, Path]:
+    """Scenario name → its file, by name; ScenarioError when two files claim one name. A file that
+    does not parse is listed under its stem, so loading it reports what is wrong."""
+    out: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        name = _declared_name(path) or path.stem
+        if name in out:
+            raise ScenarioError(f"{path}: scenario name '{name}' is also {out[name]}'s")
+        out[name] = path
+    return dict(sorted(out.items()))
+
+
+def _declared_name(path: Path) -> str | None:
+    """The ``scenario`` of the file's ``qkdops`` block, if it parses and has one (``load`` checks it)."""
+    try:
+        experiment = load_file(path)
+    except YamlInputError:   # load reports it, naming the file
+        return None
+    blocks = [e for e in (experiment or {}).get("extensions", []) if isinstance(e, dict) and e.get("name") == EXTENSION] \
+        if isinstance(experiment, dict) else []
+    name = blocks[0].get("scenario") if len(blocks) == 1 else None
+    return name if isinstance(name, str) else None
+
+
 def names(directory: Path = SCENARIOS_DIR) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+    return list(files(directory))
 
 
 def load_all(selector: str, directory: Path = SCENARIOS_DIR) -> list[Scenario]:
-    """``all`` or one scenario name (a file stem), or ScenarioError listing the known ones."""
-    known = names(directory)
+    """``all`` or one scenario name, or ScenarioError listing the known ones."""
+    known = files(directory)
     if selector == "all":
-        return [load(directory / f"{name}.yaml") for name in known]
+        return [load(path) for path in known.values()]
     if selector not in known:
         raise ScenarioError(f"unknown scenario '{selector}' (scenarios: {', '.join(known)}, or all)")
-    return [load(directory / f"{selector}.yaml")]
+    return [load(known[selector])]
 
 
 def load(path: Path, severities: Mapping[str, str] | None = None) -> Scenario:
@@ -164,7 +195,10 @@ def _scenario(r: FieldReader, path: Path, experiment: dict[str, Any], severities
     if len(blocks) != 1:
         r.problem("extensions", f"expected exactly one extension named {EXTENSION!r}")
     where = "extensions[qkdops]"
-    block = r.mapping(blocks[0], where, ["name", "parameters", "during"], required=["link", "fault", "expect", "recovery", "limits"])
+    block = r.mapping(blocks[0], where, ["name", "scenario", "parameters", "during"],
+                      required=["link", "fault", "expect", "recovery", "limits"])
+    name = r.string(block["scenario"], f"{where}.scenario", SCENARIO_NAME, "a scenario name (lower-case words joined by -)") \
+        if "scenario" in block else path.stem
     link = r.string(block["link"], f"{where}.link")
     fault = r.string(block["fault"], f"{where}.fault")
     parameters = _parameters(r, fault, block.get("parameters") or {})
@@ -183,7 +217,7 @@ def _scenario(r: FieldReader, path: Path, experiment: dict[str, Any], severities
     limits = Limits(*(r.number(limits_raw[k], f"{where}.limits.{k}") for k in ("detect_s", "recover_s", "run_s")))
     if not 0 < limits.detect_s <= limits.run_s or not 0 < limits.recover_s <= limits.run_s or not limits.run_s <= MAX_RUN_S:
         r.fail(f"{where}.limits", f"0 < detect_s, recover_s <= run_s <= {MAX_RUN_S:g}", limits_raw)
-    scenario = Scenario(path.stem, path, experiment, link, fault, parameters, pages, tickets, silent, recovery, limits,
+    scenario = Scenario(name or path.stem, path, experiment, link, fault, parameters, pages, tickets, silent, recovery, limits,
                         during, during_parameters)
     _check_agreement(r, scenario)
     return scenario

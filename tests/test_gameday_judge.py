@@ -18,7 +18,7 @@ import yaml
 
 from gameday import runner
 from gameday.chaosqkd import Endpoints
-from gameday.scenario import SCENARIOS_DIR, load
+from gameday.scenario import load_all
 from qkdops.config import DEFAULT_CONFIG
 from qkdops.http_client import StackAuth
 from qkdops.processes import UP_FILE
@@ -51,7 +51,7 @@ def _deliver(sink: Sink, kind: str, alertname: str, link: str | None, status: st
 
 
 def _judged(name: str, deliveries: list[tuple[Any, ...]], sink: Sink) -> runner.Outcome:
-    scenario = load(SCENARIOS_DIR / f"{name}.yaml")
+    (scenario,) = load_all(name)
     started = time.time() - 0.5
     outcome = runner.Outcome(scenario.name, scenario.title, scenario.link, scenario.fault, started,
                              injected_at=started + 0.25, method_done_at=time.time() + 5,
@@ -121,6 +121,6 @@ def test_a_replica_crash_on_a_stack_without_ha_is_refused_before_anything_is_inj
     (tmp_path / "state" / UP_FILE).write_text(json.dumps({"pids": {"qkdops": os.getpid(), "prometheus": os.getpid(),
                                                                      "alertmanager": os.getpid()}, "endpoints": {}}))
     said: list[str] = []
-    outcome = runner.run(load(SCENARIOS_DIR / "alertmanager-crash.yaml"), config, said.append)
+    outcome = runner.run(load_all("alertmanager-crash")[0], config, said.append)
     assert outcome.status == "not runnable" and not outcome.passed and outcome.injected_at is None
     assert "qkdops up --ha" in outcome.failed_activities[0] and any("FAILED before injecting anything" in line for line in said)

@@ -108,7 +108,7 @@ def _replica_crash() -> dict[str, Any]:
 
 def test_the_ha_scenarios_crash_one_replica_during_a_fibre_cut_and_wait_for_its_restart():
     for name, replica in (("prometheus-crash", "prometheus"), ("alertmanager-crash", "alertmanager")):
-        s = load(SCENARIOS_DIR / f"{name}.yaml")
+        (s,) = load_all(name)
         assert (s.fault, dict(s.parameters), s.during, s.pages) == ("monitoring_replica_crash", {"replica": replica}, "fiber_cut",
                                                                    ("QKDFiberCut",))
         funcs = [a["provider"]["func"] for a in s.experiment["method"]]
@@ -138,3 +138,21 @@ def test_a_replica_crash_scenario_must_inject_its_link_fault_first_then_exactly_
 def test_only_a_stack_fault_strikes_during_a_link_fault(tmp_path: Path):
     _assert_refused(tmp_path, _fiber_cut(), lambda r: _qkdops(r).update(during={"fault": "fiber_cut"}), "extensions[qkdops].during",
                     "only a fault of the stack")
+
+
+def test_a_scenario_may_name_itself_and_two_files_cannot_claim_one_name(tmp_path: Path):
+    """alertmanager-crash lives in cluster-peer-crash.yaml (an alertmanager*.yaml is taken for an
+    Alertmanager config by tools that check those); a bad or doubled name is refused."""
+    assert "alertmanager-crash" in names() and "cluster-peer-crash" not in names()
+    assert not any(p.name.startswith("alertmanager") for p in SCENARIOS_DIR.glob("*.yaml"))
+    raw = _replica_crash()
+    for stem in ("one", "two"):
+        (tmp_path / f"{stem}.yaml").write_text(yaml.safe_dump(raw))
+    _qkdops(raw)["scenario"] = "one"
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ScenarioError, match="scenario name 'one' is also"):
+        names(tmp_path)
+    _qkdops(raw)["scenario"] = "Not A Name"
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ScenarioError, match=r"extensions\[qkdops\]\.scenario"):
+        load(tmp_path / "two.yaml")
