@@ -4,6 +4,8 @@ calibration store's lease ask whether a recorded process still runs."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 UP_FILE = "up.json"
 """What a running ``qkdops up`` records in its state dir — endpoints, pids of itself and its children
@@ -39,3 +41,26 @@ def command_line(pid: int) -> str:
             return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+PARENT_CHECK_S = 1.0
+
+
+def stop_on_signals() -> threading.Event:
+    """An event SIGINT and SIGTERM set: installed before a long start-up, so a stop asked for during it
+    is honoured once the process runs, not by the default handler's abrupt exit."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def run_until_stopped(stop: threading.Event, exit_with_parent: bool) -> int | None:
+    """Block until ``stop`` is set (None) or — with ``exit_with_parent`` — the process that started
+    this one is gone (its pid, returned): a child of ``qkdops up`` (scheduler, worker) must not outlive
+    an ``up`` killed with SIGKILL, holding its ports and state. Checked every ``PARENT_CHECK_S``."""
+    parent = os.getppid()
+    while not stop.wait(PARENT_CHECK_S):
+        if exit_with_parent and os.getppid() != parent:
+            return parent
+    return None

@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ from typing import Any
 from calibration_jobs.config import DEFAULT_JOBS_FILE, JOB_NAMES, JobsConfig, load_jobs_config
 from calibration_jobs.metrics import CalibrationCollector
 from calibration_jobs.runner import JobRunner, RunBusy, RunReport
+from qkdops.processes import run_until_stopped, stop_on_signals
 from calibration_jobs.service import CalibrationService, SchedulerLocked
 from calibration_jobs.signals import PrometheusQuery, SignalReader
 from calibration_jobs.store import CalibrationStore
@@ -48,7 +46,6 @@ from qkdops.http_client import StackAuth, http_url
 
 STORE_FILE = "calibration.sqlite"
 API_WAIT_S = 60.0  # the scheduler starts beside the runtime: give the control API this long to answer
-PARENT_CHECK_S = 1.0
 log = logging.getLogger("qkdops.calibration")
 
 
@@ -180,15 +177,9 @@ def _scheduler(args: argparse.Namespace) -> int:
     server = exporter_server.serve(w.collector, rt.bind, rt.calibration_exporter_port, name="calibration")
     log.info("calibration scheduler: %d job(s) on %d link(s); metrics on http://%s:%d/metrics; signals from %s",
              len(ids), len(links), rt.bind, server.server_port, w.prometheus.url if w.prometheus else "link status")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    parent = os.getppid()
     try:
-        while not stop.wait(PARENT_CHECK_S):
-            if args.exit_with_parent and os.getppid() != parent:
-                log.warning("calibration scheduler: the process that started it (pid %d) is gone; stopping", parent)
-                break
+        if (parent := run_until_stopped(stop_on_signals(), args.exit_with_parent)) is not None:
+            log.warning("calibration scheduler: the process that started it (pid %d) is gone; stopping", parent)
     finally:
         log.info("calibration scheduler: stopping (waiting for running jobs)")
         service.stop(wait=True)

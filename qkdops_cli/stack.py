@@ -296,9 +296,7 @@ class Stack:
         lists = worker_targets(self.monitoring, [(w.name, f"{self.rt.bind}:{w.ports.device}", f"{self.rt.bind}:{w.ports.postprocessing}")
                                                  for w in self.workers])
         for job, groups in lists.items():
-            tmp = directory / f".{job}.json.tmp"
-            tmp.write_text(json.dumps(groups, indent=2))
-            os.replace(tmp, directory / f"{job}.json")
+            _replace_json(directory / f"{job}.json", groups)
 
     def start_workers(self, config_path: Path, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
         """Start every worker and wait for each one's control API; StackError (with its log) if one cannot start.
@@ -488,8 +486,14 @@ def write_up_file(path: Path, endpoints: Mapping[str, str], pids: Mapping[str, i
     """What `qkdops status` reads: where each part of a running `qkdops up` listens, and which parts
     were left out on purpose (name → the option that did it). Replaced atomically: it is rewritten
     when a child restarts while `qkdops status` may be reading it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"endpoints": dict(endpoints), "pids": dict(pids), "disabled": dict(disabled or {})}, indent=2))
+    _replace_json(path, {"endpoints": dict(endpoints), "pids": dict(pids), "disabled": dict(disabled or {})})
+
+
+def _replace_json(path: Path, value: object) -> None:
+    """Write ``value`` as JSON to ``path`` atomically (a temporary file beside it, then a rename): a
+    reader — `qkdops status`, Prometheus's file discovery — sees the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, path)
 
 

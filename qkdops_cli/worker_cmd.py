@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from control_api import server as control_api
@@ -33,10 +30,10 @@ from exporters import DeviceCollector, PostProcessingCollector
 from exporters.server import ServedExporter
 from qkdops.config import DEFAULT_CONFIG, load_config, worker_ports
 from qkdops.http_server import HttpServer
+from qkdops.processes import run_until_stopped, stop_on_signals
 from qkdops.runtime.fleet import Fleet
 
 log = logging.getLogger("qkdops.worker")
-PARENT_CHECK_S = 1.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,13 +61,10 @@ def run(args: argparse.Namespace) -> int:
     shard = dataclasses.replace(config.shard(args.shard, args.workers), runtime=rt)
     name = f"worker {args.shard}/{args.workers}"
     token = control_api.load_token(rt.state_dir, create=False)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     fleet = Fleet(shard, key_store_refresh_s=rt.scrape_interval_s)   # the KMEs run in the supervisor
     exporters: dict[str, ServedExporter] = {}
     server: HttpServer | None = None
-    parent = os.getppid()
     try:
         for key, collector, port in (("device", DeviceCollector(fleet.snapshots), ports.device),
                                      ("postprocessing", PostProcessingCollector(fleet.snapshots), ports.postprocessing)):
@@ -80,10 +74,8 @@ def run(args: argparse.Namespace) -> int:
         fleet.start()
         log.info("%s: %d link(s) (%s); control API :%d, device exporter :%d, post-processing exporter :%d", name,
                  len(shard.links), ", ".join(s.id for s in shard.links), ports.control, ports.device, ports.postprocessing)
-        while not stop.wait(PARENT_CHECK_S):
-            if args.exit_with_parent and os.getppid() != parent:
-                log.warning("%s: the process that started it (pid %d) is gone; stopping", name, parent)
-                break
+        if (parent := run_until_stopped(stop, args.exit_with_parent)) is not None:
+            log.warning("%s: the process that started it (pid %d) is gone; stopping", name, parent)
     except OSError as exc:
         print(f"qkdops worker: {name} cannot listen on {rt.bind}: {exc.strerror or exc}", file=sys.stderr)
         return 1
