@@ -10,17 +10,35 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 
+SETUP_RETRY_S = 15.0   # how long opening waits out another process setting up the same file
+
+
 def open_durable(path: Path, schema: str) -> sqlite3.Connection:
-    """Connection usable from any thread (callers serialise access with their own lock)."""
+    """Connection usable from any thread (callers serialise access with their own lock).
+
+    The workers of a sharded fleet open the same new files at the same moment. Switching a new file
+    to WAL needs an exclusive lock, and SQLite answers "database is locked" at once — without its busy
+    wait — to a connection that meets another doing the same; so the setup is retried (bounded by
+    ``SETUP_RETRY_S``) until the first one has finished. Once a file is in WAL mode it stays so.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.executescript(schema)
-    return db
+    deadline = time.monotonic() + SETUP_RETRY_S
+    while True:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(schema)
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 class DurableStore:
