@@ -32,6 +32,7 @@ import yaml
 from monitoring import kubernetes_workloads as wl
 from monitoring.alertmanager import SecretFiles, alertmanager_config
 from monitoring.config import MonitoringConfig
+from monitoring.prometheus import RETENTION
 from monitoring.rules import render_rule_files
 from qkdops.assets import CHECKOUT
 
@@ -46,7 +47,6 @@ PAGER_SINK_SECRET = "qkdops-pager-sink-token"
 # where the operator mounts an Alertmanager's spec.secrets
 PAGER_SINK_TOKEN_FILE = f"/etc/alertmanager/secrets/{PAGER_SINK_SECRET}/{wl.SECRETS[PAGER_SINK_SECRET][0]}"
 PROMETHEUS_ACCOUNT = "qkdops-prometheus"
-RETENTION = "15d"   # as the local stack; a year lives in the long-term store
 # The operator's CRD takes a volume claim template's apiVersion/kind as free strings and ignores them; the
 # models the tests validate with insist on these two, so they are set to what both accept.
 EMBEDDED_CLAIM = {"apiVersion": "monitoring.coreos.com/v1", "kind": "EmbeddedPersistentVolumeClaim"}

@@ -30,6 +30,11 @@ REPO = CHECKOUT   # the compose files are rendered into the checkout
 COMPOSE_PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"   # replica a
 # The HA pair's processes (their names in `qkdops up`'s up.json and listing) → their `replica` label.
 PROMETHEUS_REPLICAS = {"prometheus": "a", "prometheus_b": "b"}
+# How long Prometheus keeps samples (--storage.tsdb.retention.time; Prometheus' own default is 15d):
+# an SLO's 30-day window and five days' margin, and the most `qkdops history` backfills. Beyond, the
+# long-term store.
+RETENTION_DAYS = 35
+RETENTION = f"{RETENTION_DAYS}d"
 REPLICAS = tuple(PROMETHEUS_REPLICAS.values())
 COMPOSE_PROMETHEUS_CONFIGS = {"a": COMPOSE_PROMETHEUS_CONFIG, "b": REPO / "prometheus" / "prometheus-b.yml"}
 

@@ -19,6 +19,7 @@ from qkdops_cli import gameday_cmd
 from qkdops_cli import credentials_cmd
 from qkdops_cli import generate_cmd
 from qkdops_cli import worker_cmd
+from qkdops_cli import history_cmd
 from qkdops.runtime.memory import retain_freed_memory
 
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     credentials_cmd.register(sub)
     generate_cmd.register(sub)
     worker_cmd.register(sub)
+    history_cmd.register(sub)
     return parser
 
 

@@ -86,7 +86,7 @@ from qkdops.http_client import Auth, StackAuth, http_url, open_url
 from monitoring.alertmanager import ALERTMANAGER_PEERS, SecretFileError, alertmanager_config, peer_timeout_s, secret_files_from_env
 from monitoring.config import MonitoringConfig, load_monitoring_config
 from qkdops.processes import command_line, pid_alive
-from monitoring.prometheus import PROMETHEUS_REPLICAS, RemoteWrite, local_hosts, prometheus_config, worker_targets
+from monitoring.prometheus import PROMETHEUS_REPLICAS, RETENTION, RemoteWrite, local_hosts, prometheus_config, worker_targets
 from monitoring.rules import write_rule_files
 
 log = logging.getLogger("qkdops_cli.stack")
@@ -286,6 +286,7 @@ class Stack:
             f"--web.external-url=http://{bind}:{self.rt.alertmanager_port}/"], auth=auth.alertmanager)
         self._spawn("prometheus", f"http://{bind}:{self.rt.prometheus_port}", [
             prometheus, f"--config.file={config_path}", f"--storage.tsdb.path={self.state_dir / 'prometheus'}",
+            f"--storage.tsdb.retention.time={RETENTION}",
             f"--web.listen-address={bind}:{self.rt.prometheus_port}",   # no lifecycle API: /-/quit would let anyone stop it
             f"--web.config.file={creds.prometheus_web_config}",   # basic auth on every endpoint
             f"--web.external-url=http://{bind}:{self.rt.prometheus_port}/"], auth=auth.prometheus)
@@ -348,6 +349,7 @@ class Stack:
             url = http_url(self.rt.bind, ports[replica])
             self._spawn(name, url, [
                 binary, f"--config.file={config_path}", f"--storage.tsdb.path={self.state_dir / name}",
+                f"--storage.tsdb.retention.time={RETENTION}",
                 f"--web.listen-address={self.rt.bind}:{ports[replica]}",   # no lifecycle API, as for the single one
                 f"--web.config.file={creds.prometheus_web_config}", f"--web.external-url={url}/"],
                 auth=auth, essential=False, group="prometheus")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -34,7 +35,7 @@ from qkdops.runtime.archive import BlockArchive
 from qkdops.runtime.blocks import Block, BlockBuilder
 from qkdops.runtime.faults import RUNTIME_FAULTS, fault_spec
 from qkdops.kme.stats import KMEStats
-from qkdops.kme.store import open_key_pool
+from qkdops.kme.store import KeyPoolStore, open_key_pool
 from qkdops.runtime.handoff import FAULT as HANDOFF_FAULT
 from qkdops.runtime.handoff import HandoffQueue
 from qkdops.runtime.keybuffer import KeyBuffer
@@ -178,34 +179,67 @@ class LinkRuntime:
         return len(pending)
 
 
+class DiscardedKeys:
+    """Where a history run's keys go (``Fleet(deliver_keys=False)``): nowhere. The emulated past's keys
+    were consumed in the past, so each is counted as handed off the moment it is distilled; its
+    hand-off latency is the time this took (deposit → recorded), as measured, not assumed."""
+
+    def __init__(self, capacity_bits: int) -> None:
+        self.capacity_bits = capacity_bits
+        self._deposited_at = time.perf_counter()
+
+    def deposit(self, link: str, index: int, alice: bytes, bob: bytes) -> str:
+        self._deposited_at = time.perf_counter()
+        return "success"
+
+    def latency_s(self) -> float:
+        """Since the last deposit: the runtime records the hand-off right after depositing."""
+        return time.perf_counter() - self._deposited_at
+
+    def level_bits(self, link: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Nothing held."""
+
+
 class Fleet:
     """All links of a ``FleetConfig``; real-time stepping in a background thread (``start``)."""
 
     def __init__(self, config: FleetConfig, clock: Callable[[], float] = time.time, span_exporter: Any = None,
-                 key_store_refresh_s: float = 0.0) -> None:
+                 key_store_refresh_s: float = 0.0, deliver_keys: bool = True) -> None:
         """``key_store_refresh_s`` > 0: the KMEs serve from the shared store in another process (a worker of
         a sharded fleet), so the published store figures are re-read at this period rather than only after
-        this process's own hand-offs and KME calls."""
+        this process's own hand-offs and KME calls. ``deliver_keys`` False (a history run, ``qkdops
+        history``): keys go nowhere — no key buffer, KME store or hand-off queue is opened, and each
+        distilled key counts as handed off at once and is dropped (``DiscardedKeys``)."""
         retain_freed_memory()   # before this fleet starts any thread: block-sized buffers reused, not re-faulted
         self.config = config
         self.clock = clock
         rt = config.runtime
         self.archive = BlockArchive(rt.state_dir / "blocks.sqlite")
         self.kme_stats = KMEStats()  # requests of the sites' KMEs (qkdops/kme/server.py), published by the exporter
-        self.buffer = KeyBuffer(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits)
         delivery = config.key_delivery
-        self.key_pool = open_key_pool(config)
         self.tracer, self._shutdown_tracer = make_tracer(rt.tracing, rt.otlp_endpoint, span_exporter)
         now = clock()
-        self.handoff = HandoffQueue(self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
-                                    self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s, self.tracer,
-                                    clock, mismatch=lambda link_id: self.links[link_id].state.record_key_mismatch())
+        self.buffer: KeyBuffer | DiscardedKeys
+        self.key_pool: KeyPoolStore | None = None
+        self.handoff: HandoffQueue | None = None
+        if deliver_keys:
+            self.buffer = KeyBuffer(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits)
+            self.key_pool = open_key_pool(config)
+            self.handoff = HandoffQueue(
+                self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
+                self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s, self.tracer,
+                clock, mismatch=lambda link_id: self.links[link_id].state.record_key_mismatch())
+        else:
+            self.buffer = DiscardedKeys(rt.key_store_capacity_bits)
+        model_key: Callable[[int], bytes] = os.urandom if deliver_keys else bytes
         self.links: dict[str, LinkRuntime] = {
             spec.id: LinkRuntime(spec, rt.frame_seconds, self.archive, self.buffer,
-                                 lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer, s.postprocessing),
-                                 now,
-                                 lambda link_id, index: self.handoff.buffered(link_id, index, self.clock()),
-                                 delivery.max_key_count)
+                                 lambda link, s=spec: PostProcessor(s.id, s.protocol, link.nominal, self.tracer, s.postprocessing,
+                                                                    model_key),
+                                 now, self._buffered, delivery.max_key_count)
             for spec in config.links}
         for link_id in self.links:
             self.refresh_key_stores(link_id)
@@ -226,7 +260,8 @@ class Fleet:
             for runtime in self.links.values():
                 if (block := runtime.step_frame()) is not None:
                     results.append(runtime.process(block))
-            self.handoff.run_due(self.clock())
+            if self.handoff is not None:
+                self.handoff.run_due(self.clock())
         return results
 
     def tick(self) -> None:
@@ -241,7 +276,8 @@ class Fleet:
                     else:
                         runtime.archive.append(block)
                         self._postprocessing.submit(runtime, block)
-        self.handoff.run_due(self.clock())
+        if self.handoff is not None:
+            self.handoff.run_due(self.clock())
         if self._key_store_refresh_s and now - self._key_stores_read_at >= self._key_store_refresh_s:
             self._key_stores_read_at = now
             for link_id in self.links:
@@ -268,7 +304,8 @@ class Fleet:
         self._shutdown_tracer()
         self.archive.close()
         self.buffer.close()
-        self.key_pool.close()
+        if self.key_pool is not None:
+            self.key_pool.close()
 
     # ---- key delivery -------------------------------------------------------------------------------
     def _handoff_fault(self, link_id: str) -> Mapping[str, float] | None:
@@ -276,6 +313,13 @@ class Fleet:
         with r.lock:
             fault = r.runtime_faults.get(HANDOFF_FAULT)
             return None if fault is None else fault.parameters
+
+    def _buffered(self, link_id: str, index: int) -> None:
+        """A block's key is in the buffer: queue its hand-off (or, keys discarded, count it done)."""
+        if self.handoff is not None:
+            self.handoff.buffered(link_id, index, self.clock())
+        elif isinstance(self.buffer, DiscardedKeys):
+            self.links[link_id].state.record_handoff("success", self.buffer.latency_s(), 0.0)
 
     def _record_handoff(self, link_id: str, outcome: str, latency_s: float | None) -> None:
         self.links[link_id].state.record_handoff(outcome, latency_s, self.buffer.level_bits(link_id))
@@ -285,6 +329,8 @@ class Fleet:
     def refresh_key_stores(self, link_id: str) -> None:
         """Publish what the link's two KME stores hold and have served (after a hand-off or a KME call)."""
         r = self.links[link_id]
+        if self.key_pool is None:
+            return
         key_bytes = self.config.key_delivery.key_size_bits // 8
         held = {site: self.key_pool.level(site, link_id).held_bytes // key_bytes for site in (r.spec.sites.alice, r.spec.sites.bob)}
         served = {key: float(n) for key, n in self.key_pool.served(link_id).items()}
@@ -322,8 +368,8 @@ class Fleet:
                 "qber": last.qber, "y1_lower": last.y1_lower, "e1_upper": last.e1_upper},
             "key_delivery": {
                 "buffered_bits": self.buffer.level_bits(r.spec.id),
-                "stores": {site: dataclasses.asdict(self.key_pool.level(site, r.spec.id))
-                           for site in (r.spec.sites.alice, r.spec.sites.bob)}},
+                "stores": {} if self.key_pool is None else {site: dataclasses.asdict(self.key_pool.level(site, r.spec.id))
+                                                            for site in (r.spec.sites.alice, r.spec.sites.bob)}},
             "objectives": dataclasses.asdict(r.state.objectives) if r.state.objectives is not None else None,
         }
 

@@ -164,8 +164,12 @@ class PostProcessor:
     """Runs the stages for one link."""
 
     def __init__(self, link: str, protocol: str, nominal: Mapping[str, float], tracer: Tracer,
-                 settings: PostProcessingSpec | None = None) -> None:
+                 settings: PostProcessingSpec | None = None, model_key: Callable[[int], bytes] = os.urandom) -> None:
+        """``model_key(n)``: the model engine's n-byte key — random by default; a history run
+        (``qkdops history``), whose keys are never delivered, passes zeros (``bytes``) and saves the
+        random-number generation, most of a model block's cost."""
         self.link, self.protocol_name = link, protocol
+        self.model_key = model_key
         self.protocol = get_protocol(protocol)
         self.nominal = dict(nominal)
         self.tracer = tracer
@@ -319,7 +323,7 @@ class PostProcessor:
         ell = secret_key_length(w.estimate, leak) // 8 * 8
         if ell <= 0:
             return self._aborted(w, "estimation", sifted, errors, leak), b""
-        return self._result(w, "none", sifted, errors, ell, leak=leak), os.urandom(ell // 8)
+        return self._result(w, "none", sifted, errors, ell, leak=leak), self.model_key(ell // 8)
 
     # ---- results --------------------------------------------------------------------------------
     def _result(self, w: _Work, reason: str, sifted: Mapping[str, int], errors: Mapping[str, int], ell: int,

@@ -1,0 +1,86 @@
+"""The history run's pieces that need no server: the incident plan, the rule levels, the since series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from history.plan import DEFAULT_PLAN, PlanError, load_plan
+from history.tsdb import HistoryError, RecordingRule, levels, since_series
+from monitoring.slo import DATA_SINCE
+
+LINKS = [("metro-bb84", "bb84-decoy"), ("relay-mdi", "mdi"), ("longhaul-tf", "tf")]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_default_plan_loads_and_fits_the_shipped_fleet():
+    plan = load_plan(DEFAULT_PLAN, [link for link, _ in LINKS])
+    occurrences = plan.occurrences(LINKS, 0.0, 30 * 86400.0)
+    faults = {o.fault for o in occurrences}
+    assert {"polarization_drift", "fiber_cut", "loss_step", "classical_channel_outage"} <= faults
+    # protocol filters: the phase drift only on the interferometric links, the cut only on TF
+    assert {o.link for o in occurrences if o.fault == "phase_drift"} == {"relay-mdi", "longhaul-tf"}
+    assert {o.link for o in occurrences if o.fault == "fiber_cut"} == {"longhaul-tf"}
+    assert occurrences == sorted(occurrences, key=lambda o: (o.start, o.link, o.fault))
+
+
+def test_recurring_incidents_repeat_and_are_clipped_to_the_history(tmp_path):
+    plan = load_plan(write(tmp_path, "incidents:\n  - {fault: loss_step, at: 1h, every: 1d, duration: 30m, links: [a]}\n"), ["a", "b"])
+    occurrences = plan.occurrences([("a", "tf"), ("b", "tf")], 1000.0, 1000.0 + 2 * 86400 + 3600 + 600)
+    assert [(o.start - 1000, o.end - 1000) for o in occurrences] == [(3600, 5400), (90000, 91800), (176400, 177000)]
+    assert {o.link for o in occurrences} == {"a"}
+    assert occurrences[0].parameters == {"loss_db": 3.0}   # the catalogue's default
+
+
+def test_a_bad_plan_names_the_file_and_every_bad_field_at_once(tmp_path):
+    path = write(tmp_path, """incidents:
+  - {fault: warp_drive, at: 1h, duration: 1h}
+  - {fault: key_handoff_failure, at: 1h, duration: 1h}
+  - {fault: loss_step, at: soon, duration: 1h, links: [nowhere]}
+  - {fault: loss_step, at: 1h, duration: 2d, every: 1d, parameters: {loss_db: -4}}
+  - {fault: loss_step, at: 1h}
+  - {fault: fiber_cut, at: 1h, duration: 1h, protocols: [qkd]}
+""")
+    with pytest.raises(PlanError) as err:
+        load_plan(path, ["a"])
+    text = str(err.value)
+    assert str(path) in text
+    for field in ("incidents[0].fault", "incidents[1].fault", "incidents[2].at", "incidents[2].links",
+                  "incidents[3].parameters", "incidents[4]", "incidents[5].protocols"):
+        assert field in text, field
+    assert "warp_drive" in text and "delivers no keys" in text and "nowhere" in text
+
+
+def test_a_missing_plan_file_is_named(tmp_path):
+    with pytest.raises(PlanError, match="plan.yaml"):
+        load_plan(tmp_path / "plan.yaml")
+
+
+def test_the_since_series_carries_on_across_short_gaps_and_restarts_after_a_long_one():
+    points = [0.0, 30.0, 60.0, 300.0, 330.0, 700.0, 730.0]   # 60 → 300 is within the 5-min lookback; 330 → 700 is not
+    assert since_series(points) == [(0.0, 0.0), (30.0, 0.0), (60.0, 0.0), (300.0, 0.0), (330.0, 0.0), (700.0, 700.0), (730.0, 700.0)]
+    assert since_series([]) == []
+
+
+def rule(record: str, expr: str) -> RecordingRule:
+    return RecordingRule(record, expr, {}, 30.0, "g")
+
+
+def test_rules_are_evaluated_after_the_rules_they_read_and_the_since_rule_after_its_ratio():
+    raw = rule("a:x:rate5m", "rate(x_total[5m])")
+    ratio = rule("slo:sli_error:ratio_rate5m", "a:x:rate5m / 2")
+    since = rule(DATA_SINCE, f"{DATA_SINCE} and slo:sli_error:ratio_rate5m or timestamp(slo:sli_error:ratio_rate5m)")
+    coverage = rule("slo:sli_coverage:ratio1h", f"clamp_max((time() - {DATA_SINCE}) / 3600, 1)")
+    other = rule("b:y:max10m", "max_over_time(y[10m])")
+    assert levels([coverage, since, ratio, raw, other]) == [[raw, other], [ratio], [since], [coverage]]
+
+
+def test_rules_reading_each_other_in_a_cycle_are_refused():
+    with pytest.raises(HistoryError, match="cycle"):
+        levels([rule("a:b:c", "x:y:z + 1"), rule("x:y:z", "a:b:c + 1")])
