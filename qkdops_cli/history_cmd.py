@@ -50,8 +50,9 @@ def add_options(p: argparse.ArgumentParser, fleet_option: bool = True) -> None:
                    help=f"sample (and rule evaluation) step of the history (default {DEFAULT_STEP_S:g}s; at most 30s "
                         "keeps two samples in the rules' 1-minute windows)")
     p.add_argument("--jobs", type=Path, default=DEFAULT_JOBS_FILE, metavar="FILE", help="calibration jobs (default: jobs.yaml)")
-    p.add_argument("--monitoring", type=Path, default=DEFAULT_MONITORING, metavar="FILE",
-                   help="monitoring config: job names, SLO and rule values (default: monitoring.yaml)")
+    if fleet_option:
+        p.add_argument("--monitoring", type=Path, default=DEFAULT_MONITORING, metavar="FILE",
+                       help="monitoring config: job names, SLO and rule values (default: monitoring.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +94,12 @@ def run_history(config: FleetConfig, args: argparse.Namespace, end: float, exten
     data_dirs = [state / name for name in PROMETHEUS_REPLICAS if name == "prometheus" or (state / name).is_dir()]
     return backfill(config, monitoring, jobs, plan, args.days, end, data_dirs, float(seconds(args.history_step)),
                     extend_to=extend_to, progress=True)
+
+
+def has_blocks(config: FleetConfig) -> bool:
+    """Whether the local Prometheus's data dir holds any TSDB block (a first start holds none)."""
+    data = config.runtime.state_dir / "prometheus"
+    return data.is_dir() and any((p / "meta.json").is_file() for p in data.iterdir())
 
 
 def live_end(config: FleetConfig) -> float:

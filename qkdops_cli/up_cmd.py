@@ -71,6 +71,8 @@ from qkdops.runtime.fleet import Fleet
 from control_api.server import Exporter, LinkControl
 from control_api.shards import ShardedExporter, ShardedFleet
 from qkdops.kme.server import KeySource, SharedKeyPool
+from history.tsdb import HistoryError
+from qkdops_cli import history_cmd
 from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_up_file
 
 log = logging.getLogger("qkdops.up")
@@ -105,6 +107,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in shard order, once per worker: this process runs no links and routes to them; needs --no-prometheus "
                         "(the orchestrator's Prometheus scrapes the workers) and excludes --workers")
     p.add_argument("--duration", type=finite_float, default=0.0, help="stop after this many seconds (0: run until stopped)")
+    p.add_argument("--history", type=finite_float, default=0.0, metavar="DAYS",
+                   help="on a first start (Prometheus holds no data yet), backfill this many days of emulated past first "
+                        "(`qkdops history`), emulated up to the moment the stack starts")
+    history_cmd.add_options(p, fleet_option=False)
     p.set_defaults(handler=run)
 
 
@@ -135,6 +141,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--worker-api: {len(worker_urls)} workers for the {len(config.links)} link(s) of {config.source}")
     if args.ha and args.no_prometheus:
         raise ValueError("--ha replicates this command's Prometheus and Alertmanager: it cannot go with --no-prometheus")
+    if args.history:
+        if args.no_prometheus:
+            raise ValueError("--history backfills this command's Prometheus: it cannot go with --no-prometheus")
+        if history_cmd.has_blocks(config):
+            log.info("--history: skipped, the local Prometheus already holds data (%s)", config.runtime.state_dir / "prometheus")
+        else:
+            try:
+                result = history_cmd.run_history(config, argparse.Namespace(**{**vars(args), "days": args.history}), time.time(),
+                                                 extend_to=True)
+            except history_cmd.HistoryInputError as exc:
+                raise ValueError(str(exc)) from None
+            except HistoryError as exc:
+                print(f"qkdops up: --history: {exc}", file=sys.stderr)
+                return 1
+            log.info("%s", result.summary())
     return _run(config, not args.no_prometheus, stopping, args.duration, disabled, scheduler_bind, monitoring, args.victoria_metrics,
                 args.ha, args.workers, worker_urls)
 

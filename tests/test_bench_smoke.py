@@ -15,6 +15,7 @@ SMOKE = {
     "bench_ec.py": (["--smoke"], ("Throughput", "Frame failure rate", "Side by side")),
     "bench_emulator.py": (["--links", "3", "--frames", "2"], ("| tf |",)),
     "bench_estimation.py": (["--repeat", "3"], ("| tf | finite |",)),
+    "bench_history.py": (["--days", "0.02"], ("| 0.02 | 3 |",)),
     "bench_exporters.py": (["--links", "3", "--repeats", "1"], ("| 3 | device |", "| 3 | post-processing |")),
     "bench_http.py": (["--clients", "3", "--requests", "1", "--slow", "2", "--hold", "1"],
                       ("| control API | 3 | 0 |", "| KME a (mTLS) | 3 | 0 |", "slow clients held")),
