@@ -17,6 +17,7 @@ COPY monitoring ./monitoring
 COPY dashboards ./dashboards
 COPY calibration_jobs ./calibration_jobs
 COPY gameday ./gameday
+COPY history ./history
 COPY qkdops_cli ./qkdops_cli
 # Editable install: the code finds its data beside it in /app (links.yaml, monitoring.yaml, runbooks/
 # served at /runbooks/<AlertName>, the metric catalogue, calibration_jobs/jobs.yaml), exactly as in a
