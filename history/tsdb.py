@@ -30,6 +30,7 @@ import socket
 import subprocess
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,14 @@ BLOCK_S = 7200                    # the TSDB's block range (tsdb.DefaultBlockDur
 LOOKBACK_S = 300                  # Prometheus' instant-vector lookback (the since rule's tolerance)
 QUERY_CHUNK_S = 86400             # one range query per rule per day (≤ 11,000 points at a 10-s step)
 _NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_RANGE_RE = re.compile(r"\[(\d+[smhdwy])\]")
+# A rule over a window of a day or more (the SLOs' 1d/3d/30d ratios, the visibility baseline) reads up
+# to 30 days of 30-s samples at every evaluation: at the history's 30-s step their level took most of a
+# 30-day backfill's rule time (over 10 minutes of one core, measured). Evaluated every 4 minutes instead — under the 5-minute lookback,
+# so every instant still finds a sample — it is an eighth of that; a day-long window moves little in 4 min.
+LONG_WINDOW_S = 86400.0
+LONG_WINDOW_STEP_S = 240.0
+QUERY_THREADS = 2                 # range queries at once: the private Prometheus evaluates each on one core
 
 
 class HistoryError(RuntimeError):
@@ -174,8 +183,10 @@ def recording_rules(rule_files: Mapping[str, str], default_interval_s: float) ->
             interval = float(seconds(group["interval"])) if group.get("interval") else default_interval_s
             for rule in group.get("rules", []):
                 if "record" in rule:
-                    rules.append(RecordingRule(rule["record"], str(rule["expr"]), dict(rule.get("labels") or {}), interval,
-                                               f"{name}:{group['name']}"))
+                    expr = str(rule["expr"])
+                    windows = [float(seconds(w)) for w in _RANGE_RE.findall(expr)]
+                    step = max(interval, LONG_WINDOW_STEP_S) if windows and max(windows) >= LONG_WINDOW_S else interval
+                    rules.append(RecordingRule(rule["record"], expr, dict(rule.get("labels") or {}), step, f"{name}:{group['name']}"))
     return rules
 
 
@@ -308,12 +319,14 @@ class RuleBackfill:
                     if rule.record == DATA_SINCE:
                         self._since(client, rule, pending)
                 # one day at a time, every rule of the level: each 2-hour file then holds all of them
-                for chunk_start in _chunks(self.start, self.end, QUERY_CHUNK_S):
-                    chunk_end = min(chunk_start + QUERY_CHUNK_S, self.end)
-                    for rule in level:
-                        if rule.record != DATA_SINCE:
-                            self._evaluate(client, rule, chunk_start, chunk_end, pending)
-                    self._flush(writer, pending, before=chunk_end)
+                evaluated = [r for r in level if r.record != DATA_SINCE]
+                with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="qkdops-history-rules") as pool:
+                    for chunk_start in _chunks(self.start, self.end, QUERY_CHUNK_S):
+                        chunk_end = min(chunk_start + QUERY_CHUNK_S, self.end)
+                        for lines in pool.map(lambda r: self._evaluate(client, r, chunk_start, chunk_end), evaluated):
+                            for block, line in lines:
+                                pending[block].append(line)
+                        self._flush(writer, pending, before=chunk_end)
                 self._flush(writer, pending, before=math.inf)
                 writer.close()
                 self.samples += writer.samples
@@ -324,12 +337,13 @@ class RuleBackfill:
         finally:
             self.prometheus.stop()
 
-    def _evaluate(self, client: PrometheusClient, rule: RecordingRule, start: float, end: float,
-                  pending: dict[int, list[bytes]]) -> None:
+    def _evaluate(self, client: PrometheusClient, rule: RecordingRule, start: float, end: float) -> list[tuple[int, bytes]]:
+        """The rule's samples over [start, end) (the last chunk: end included), each with its block range."""
         first = math.ceil(start / rule.interval_s) * rule.interval_s   # group evaluations align to the interval
         if first > end:
-            return
+            return []
         data = client.query_range(rule.expr, first, end, rule.interval_s)
+        lines = []
         for series in data.get("result", []):
             labels = {**series["metric"], **rule.labels}
             key = series_key(rule.record, labels)
@@ -337,7 +351,8 @@ class RuleBackfill:
                 t = float(t)
                 if t >= end and end < self.end:   # the next chunk's first evaluation
                     continue
-                pending[int(t // BLOCK_S)].append(key + b" " + _value(float(v)) + b" " + _timestamp(t) + b"\n")
+                lines.append((int(t // BLOCK_S), key + b" " + _value(float(v)) + b" " + _timestamp(t) + b"\n"))
+        return lines
 
     def _since(self, client: PrometheusClient, rule: RecordingRule, pending: dict[int, list[bytes]]) -> None:
         ratio = "slo:sli_error:ratio_rate5m"

@@ -19,7 +19,7 @@ from monitoring.config import load_monitoring_config
 from monitoring.rules import render_rule_files
 from monitoring.slo import DATA_SINCE
 from qkdops.http_client import PrometheusClient
-from stack_helpers import free_ports, wait_for
+from stack_helpers import RunningStack, e2e_profile, free_ports, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
                                                    reason="Prometheus not installed: `bash scripts/setup.sh` installs it")]
@@ -151,3 +151,25 @@ def test_the_bring_up_pages_nobody_and_the_real_burn_pages_in_its_detection_time
     assert "QKDBlockSuccessBudgetBurn/1h" in one_hour, firing_at
     print("page tiers holding after the cut (s):", {k: round(v - cut) for k, v in sorted(firing_at.items())})
     assert one_hour["QKDBlockSuccessBudgetBurn/1h"] <= 8.64 * 60 + 90, one_hour
+
+
+def test_up_with_history_starts_a_stack_whose_slos_carry_on_from_the_history(tmp_path):
+    """``qkdops up --history`` on a first start: the backfill ends as the stack starts, so each SLO's
+    coverage series keeps the history's first moment (no gap for the since rule to restart at) and the
+    hour-long windows are fully covered within seconds of the start; the history's samples are there."""
+    stack = RunningStack(e2e_profile(tmp_path), "--history", "0.05", "--no-calibration")
+    try:
+        stack.wait_up(240)
+        first_block = sqlite3.connect(stack.state_dir / "history" / "blocks.sqlite").execute(
+            "SELECT min(json_extract(body, '$.start_timestamp')) FROM blocks").fetchone()[0]
+        wait_for(lambda: len(stack.by_link(f'{DATA_SINCE}{{slo="block-success"}}')) == 3, 60, "the live since rule", stack)
+        time.sleep(5)   # several live evaluations on
+        for link, since in stack.by_link(f'{DATA_SINCE}{{slo="block-success"}}').items():
+            assert abs(since - first_block) <= 120, (link, since, first_block)
+        assert set(stack.by_link('slo:sli_coverage:ratio1h{slo="block-success"}').values()) == {1.0}
+        assert len(stack.by_link("count_over_time(qkd_secret_key_bits_total[30m] offset 30m)")) == 3
+        burns = [a["labels"]["alertname"] for n in stack.notifications() for a in n["alerts"] if "BudgetBurn" in a["labels"]["alertname"]]
+        assert not burns, burns
+    finally:
+        stack.stop()
+    assert "history: 0.05 days of 3 link(s)" in (tmp_path / "qkdops-up.log").read_text()
