@@ -38,11 +38,13 @@ from monitoring.config import MonitoringConfig
 from monitoring.prometheus import RETENTION_DAYS, local_hosts
 from monitoring.rules import render_rule_files
 from qkdops.config import FleetConfig
+from qkdops.processes import pid_alive
 
 HISTORY_DIR = "history"           # under the state dir: the history's block archive and calibration store
 WORK_DIR = "history-work"         # under the state dir: removed when the run ends
 MAX_DAYS = float(RETENTION_DAYS)   # what the local Prometheus keeps
 SCRATCH = Path("/dev/shm")
+SCRATCH_PREFIX = "qkdops-history-"   # + the pid of the run that owns it
 DEFAULT_STEP_S = 30.0             # two samples in every 1-minute rate() window the rules use
 
 
@@ -98,7 +100,9 @@ def backfill(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig
     shards = max(1, min(processes or os.cpu_count() or 1, len(config.links)))
     # the emulated fleet's archive and calibration store take a write per block and per job run:
     # on tmpfs when there is one (measured: a fifth less time), moved to the state dir at the end
-    scratch = Path(tempfile.mkdtemp(prefix="qkdops-history-", dir=SCRATCH if SCRATCH.is_dir() else None))
+    scratch_root = SCRATCH if SCRATCH.is_dir() else Path(tempfile.gettempdir())
+    _remove_dead_scratch(scratch_root)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root))
     try:
         started = time.monotonic()
         end, samples, incidents = _emulate(config, monitoring, jobs, plan, start, end, step_s, shards, extend_to, progress,
@@ -122,6 +126,14 @@ def backfill(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_dead_scratch(root: Path) -> None:
+    """Scratch dirs of history runs that were killed (tmpfs is memory: nobody else frees it)."""
+    for path in root.glob(f"{SCRATCH_PREFIX}*"):
+        pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _emulate(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig, plan: Plan, start: float, end: float,

@@ -156,9 +156,6 @@ class HistoryRun:
     def run(self, progress: Callable[[float], None] | None = None) -> None:
         """Emulate to the end; ``progress(emulated seconds done)`` after every step."""
         self._progress = progress
-        if self.now == self.start:
-            self._incidents()
-            self._jobs()
         while self.next_sample <= self.end:
             self._advance(self.next_sample)
 

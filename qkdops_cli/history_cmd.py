@@ -15,6 +15,7 @@ delivered, one emulator frame per block). The history's block archive stays in
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,8 @@ def add_options(p: argparse.ArgumentParser, fleet_option: bool = True) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # SIGTERM unwinds like Ctrl-C, so the run's scratch (tmpfs) and work dirs are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         config = load_config(args.fleet)
     except (ConfigError, OSError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,17 @@ def test_rules_are_evaluated_after_the_rules_they_read_and_the_since_rule_after_
 def test_rules_reading_each_other_in_a_cycle_are_refused():
     with pytest.raises(HistoryError, match="cycle"):
         levels([rule("a:b:c", "x:y:z + 1"), rule("x:y:z", "a:b:c + 1")])
+
+
+def test_scratch_dirs_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    from history.backfill import SCRATCH_PREFIX, _remove_dead_scratch
+
+    child = subprocess.Popen(["true"])   # a pid that has exited
+    child.wait()
+    stale = tmp_path / f"{SCRATCH_PREFIX}{child.pid}-abc"
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "unrelated"
+    for d in (stale, live, other):
+        d.mkdir()
+    _remove_dead_scratch(tmp_path)
+    assert not stale.exists() and live.exists() and other.exists()
