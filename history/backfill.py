@@ -33,12 +33,12 @@ from tqdm import tqdm
 from calibration_jobs.config import JobsConfig
 from history.emulation import HistoryRun, Target, Targets
 from history.plan import Plan
-from history.tsdb import HistoryError, OpenMetricsBlocks, PrivatePrometheus, RuleBackfill, move_blocks, recording_rules
+from history.tsdb import HistoryError, HistoryInputError, OpenMetricsBlocks, PrivatePrometheus, RuleBackfill, move_blocks, recording_rules
 from monitoring.config import MonitoringConfig
 from monitoring.prometheus import RETENTION_DAYS, local_hosts
 from monitoring.rules import render_rule_files
 from qkdops.config import FleetConfig
-from qkdops.processes import pid_alive
+from qkdops.processes import find_binary, pid_alive
 
 HISTORY_DIR = "history"           # under the state dir: the history's block archive and calibration store
 WORK_DIR = "history-work"         # under the state dir: removed when the run ends
@@ -62,15 +62,9 @@ class BackfillResult:
 
     def summary(self) -> str:
         days = (self.end - self.start) / 86400
-        return (f"history: {days:g} days of {self.links} link(s), {self.incidents} incident(s); "
+        return (f"history: {days:g} day(s) of {self.links} link(s), {self.incidents} incident(s); "
                 f"{self.raw_samples:,} exporter samples in {self.emulation_s:.0f} s, {self.rule_samples:,} recording-rule "
                 f"samples in {self.rules_s:.0f} s; {self.blocks} block(s) loaded")
-
-
-def find_tool(name: str) -> str:
-    if (path := shutil.which(name)) is None:
-        raise HistoryError(f"{name} not found on PATH (Debian: apt-get install prometheus; README: Quick start)")
-    return path
 
 
 def targets(config: FleetConfig, monitoring: MonitoringConfig) -> Targets:
@@ -90,8 +84,9 @@ def backfill(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig
     history ends seconds before the caller starts the stack. ``processes``: how many processes emulate
     the links, each a shard of the fleet (``FleetConfig.shard``; default: one per CPU, at most one per link)."""
     if not 0 < days <= MAX_DAYS:
-        raise HistoryError(f"--days: expected more than 0 and at most {MAX_DAYS:g} (the local Prometheus' retention), got {days:g}")
-    promtool, prometheus = find_tool("promtool"), find_tool("prometheus")
+        raise HistoryInputError(f"days of history: expected more than 0 and at most {MAX_DAYS:g} (the local Prometheus' "
+                                f"retention), got {days:g}")
+    promtool, prometheus = find_binary(("promtool",), HistoryError), find_binary(("prometheus",), HistoryError)
     work = config.runtime.state_dir / WORK_DIR
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

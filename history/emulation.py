@@ -15,10 +15,12 @@ each because the past cannot be replayed into the present:
 The calibration jobs are the real ``JobRunner`` with the real checks and store, reading each link's
 status (as the scheduler does when Prometheus has no fresh samples) and acting through the fleet;
 their waits (verification after an action) advance the emulated clock. Each (job, link) runs on its
-trigger — interval or cron, from jobs.yaml — but at most once per sample step (the decoy estimation,
-which only publishes, at most half-hourly: ``MIN_PERIOD_S``); while one run waits
-(a verification over the next frames), the other links' due jobs run, as the scheduler's threads
-would. The incident plan's faults are injected and cleared at their times, at step resolution.
+trigger — interval or cron, from jobs.yaml — at frame resolution (a job due within a frame runs at
+its end: nothing changes in between), as often as live, because a sustained drift outruns a slower
+loop (a 0.02 rad/s polarization drift checked every 30 s instead of 5 s aborts every block); the
+decoy estimation, which only publishes, runs at most half-hourly (``MIN_PERIOD_S``). While one run
+waits (a verification over the next frames), the other links' due jobs run, as the scheduler's
+threads would. The incident plan's faults are injected and cleared at their times, at step resolution.
 
 At every sample step the exporters' expositions (device, post-processing, calibration) are rendered
 exactly as a scrape would get them and handed to a sink with the step's timestamp, with the
@@ -28,9 +30,11 @@ labels the local Prometheus's scrape gives them (``job``, ``instance``) and each
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,7 +88,7 @@ def history_config(config: FleetConfig, state_dir: Path, step_s: float) -> Fleet
 
 class FleetControl:
     """The control API's answers for the calibration jobs, from the fleet in this process (no HTTP):
-    the subset of ``ControlClient`` a ``JobRunner`` calls, with the same JSON shapes."""
+    a ``qkdops.control_client.LinkControl``, with the same JSON shapes as the control API."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -111,6 +115,87 @@ class _Scheduled:
     next_at: float
 
 
+class _Interrupted(BaseException):
+    """Raised in a job run parked at the end of a history (close): unwinds it like a stopped scheduler."""
+
+
+class _LinkWorker:
+    """The thread one link's job runs execute on, one run at a time, in lock step with the emulation:
+    it runs only while the emulation waits for it (``resume``), and a run's sleep parks it until the
+    emulation resumes it at the frame that ends the sleep. Runs on different links thus overlap in
+    emulated time, as on the scheduler's threads, and the emulation stays deterministic (one thread
+    runs at a time). All shared state is touched by one thread at a time, handed over by the events."""
+
+    def __init__(self, link: str) -> None:
+        self.link = link
+        self.scheduled: _Scheduled | None = None   # the run in progress, and when it fired
+        self.fired = 0.0
+        self.ended: tuple[_Scheduled, float] | None = None   # the run that just ended, to reschedule
+        self.wake_at = math.inf
+        self.error: BaseException | None = None
+        self.closing = False
+        self._task: Callable[[], None] | None = None
+        self._go, self._parked = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"qkdops-history-{link}", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self.scheduled is not None
+
+    def start(self, scheduled: _Scheduled, fired: float, task: Callable[[], None]) -> None:
+        self.scheduled, self.fired, self._task = scheduled, fired, task
+        self.resume()
+
+    def resume(self) -> None:
+        """(Emulation thread) let the run go on until it sleeps again or ends."""
+        self._parked.clear()
+        self._go.set()
+        self._parked.wait()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def park(self, until: float) -> None:
+        """(Run's thread) hand control back until the emulation's clock reaches ``until``."""
+        self.wake_at = until
+        self._parked.set()
+        self._go.wait()
+        self._go.clear()
+        if self.closing:
+            raise _Interrupted
+
+    def close(self) -> None:
+        """Unwind a parked run and end the thread."""
+        self.closing = True
+        self._task = None
+        self.resume()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self._go.wait()
+            self._go.clear()
+            if self.closing:
+                self._parked.set()
+                return
+            task, self._task = self._task, None
+            try:
+                if task is not None:
+                    task()
+            except _Interrupted:
+                pass
+            except BaseException as exc:   # re-raised on the emulation thread, which names the run
+                self.error = exc
+            if self.scheduled is not None:
+                self.ended = (self.scheduled, self.fired)
+            self.wake_at = math.inf
+            self.scheduled = None
+            self._parked.set()
+            if self.closing:
+                return
+
+
 class HistoryRun:
     """Emulate ``config``'s fleet from ``start`` to ``end`` (Unix seconds) and hand every sample step's
     scrapes to ``sink``. ``state_dir`` keeps the run's block archive and calibration store."""
@@ -129,8 +214,8 @@ class HistoryRun:
         self.store = CalibrationStore(state_dir / "calibration.sqlite", clock=lambda: self.now)
         self.calibration = CalibrationCollector(self.store)
         control = FleetControl(self.fleet)
-        signals = SignalReader(control, None, jobs.signals.max_age_s, clock=lambda: self.now)  # type: ignore[arg-type]
-        self.runner = JobRunner(jobs, control, signals, self.store, clock=lambda: self.now,  # type: ignore[arg-type]
+        signals = SignalReader(control, None, jobs.signals.max_age_s, clock=lambda: self.now)
+        self.runner = JobRunner(jobs, control, signals, self.store, clock=lambda: self.now,
                                 sleep=self._sleep, observe_duration=self.calibration.observe_duration)
         self._rng = random.Random(seed)
         links = control.links()
@@ -145,11 +230,14 @@ class HistoryRun:
         self.pending: list[Occurrence] = plan.occurrences(self.fleet.link_ids(), start, end)
         self.active: list[Occurrence] = []
         self.incidents_started = 0
-        self._busy: set[str] = set()
-        # a month of job runs would log thousands of routine lines; the store keeps every run
-        self._job_log = logging.getLogger("qkdops.calibration")
-        self._job_log_level = self._job_log.level
-        self._job_log.setLevel(logging.ERROR)
+        self._workers = {entry["link"]: _LinkWorker(entry["link"]) for entry in links}
+        self._running: _LinkWorker | None = None   # the worker whose run holds control now
+        # a month of job runs and their actions would log tens of thousands of routine lines (a day of
+        # the shipped fleet: 2,200 actions); the calibration store and the archive keep every one
+        self._quiet = {name: logging.getLogger(name) for name in ("qkdops.calibration", "qkdops.fleet")}
+        self._levels = {name: logger.level for name, logger in self._quiet.items()}
+        for logger in self._quiet.values():
+            logger.setLevel(logging.ERROR)
         self._progress: Callable[[float], None] | None = None
 
     # ---- the clock --------------------------------------------------------------------------------
@@ -164,28 +252,42 @@ class HistoryRun:
         self.end = max(self.end, end)
 
     def close(self) -> None:
+        for worker in self._workers.values():   # runs still waiting at the end are interrupted
+            self._running = worker
+            worker.close()
         self.fleet.stop()
         self.store.close()
-        self._job_log.setLevel(self._job_log_level)
+        for name, logger in self._quiet.items():
+            logger.setLevel(self._levels[name])
 
     def _sleep(self, seconds: float) -> None:
-        """A job's wait: the emulated world moves on (and is sampled, and other links' jobs run) meanwhile.
-        Nothing changes between two frames, so a poll's short wait moves on to the next frame."""
-        next_frame = min(r.started_at + (r.frames + 1) * r.frame_seconds for r in self.fleet.links.values())
-        self._advance(max(self.now + max(seconds, 0.0), next_frame))
+        """A job's wait (on its link's worker thread): the emulated world moves on — sampled, other
+        links' jobs running — until it ends. Nothing changes between two frames, so a poll's short
+        wait ends at the next frame."""
+        worker = self._running
+        assert worker is not None, "a job slept outside a history run"
+        worker.park(max(self.now + max(seconds, 0.0), self._next_frame()))
+
+    def _next_frame(self) -> float:
+        return min(r.started_at + (r.frames + 1) * r.frame_seconds for r in self.fleet.links.values())
 
     def _advance(self, to: float) -> None:
-        """Step the fleet to ``to``; at every step boundary on the way: sample, then start and clear
-        incidents and run the jobs that are due (on links whose own job is not the one waiting)."""
-        while self.next_sample <= to and self.next_sample <= self.end:
-            self._step_to(self.next_sample)
-            self._sample(self.next_sample)
-            self.next_sample += self.step_s
-            self._incidents()
+        """Step the fleet to ``to`` frame by frame. At every frame boundary on the way: the job runs whose
+        wait has ended go on, then the due jobs start (a job due within a frame runs at its end, since
+        nothing changes in between). At every sample step, first: sample, then start and clear incidents."""
+        while True:
+            sample_at = self.next_sample if self.next_sample <= self.end else math.inf
+            if (boundary := min(self._next_frame(), sample_at)) > to:
+                break
+            self._step_to(boundary)
+            if boundary == sample_at:
+                self._sample(sample_at)
+                self.next_sample += self.step_s
+                self._incidents()
+                if self._progress is not None:
+                    self._progress(min(self.now, self.end) - self.start)
             self._jobs()
-            if self._progress is not None:
-                self._progress(min(self.now, self.end) - self.start)
-        self._step_to(to)   # a job waiting at the end moves on past it: only samples stop at the end
+        self._step_to(to)
 
     def _step_to(self, t: float) -> None:
         if t > self.now:
@@ -206,20 +308,30 @@ class HistoryRun:
                 self.incidents_started += 1
 
     def _jobs(self) -> None:
-        """Run the due (job, link)s. A run's waits advance the clock and run other links' due jobs
-        (nested), as the scheduler's threads would; one link's runs stay one at a time, as in
-        ``JobRunner``."""
+        """Let the waiting runs whose wait has ended go on, then start the due (job, link)s on their
+        links' workers; one link's runs stay one at a time, as in ``JobRunner``."""
+        for worker in self._workers.values():
+            if worker.busy and worker.wake_at <= self.now:
+                self._hand_over(worker, worker.resume)
         for s in self.scheduled:
-            if s.next_at <= self.now and s.link not in self._busy:
-                fired = self.now
-                s.next_at = math.inf   # not again from inside its own run
-                self._busy.add(s.link)
-                try:
-                    self.runner.run(s.job.name, s.link, s.protocol)
-                finally:
-                    self._busy.discard(s.link)
-                # at most once per step, whatever the trigger (and the decoy estimation less often)
-                s.next_at = max(self._next_fire(s.job, fired), fired + max(self.step_s, MIN_PERIOD_S.get(s.job.name, 0.0)))
+            worker = self._workers[s.link]
+            if s.next_at <= self.now and not worker.busy:
+                s.next_at = math.inf   # rescheduled when the run ends
+                run = functools.partial(self.runner.run, s.job.name, s.link, s.protocol)
+                self._hand_over(worker, functools.partial(worker.start, s, self.now, run))
+
+    def _hand_over(self, worker: _LinkWorker, go: Callable[[], None]) -> None:
+        """Run ``go`` (a start or resume of ``worker``) until its run sleeps or ends; reschedule it if it ended."""
+        self._running = worker
+        try:
+            go()
+        finally:
+            self._running = None
+        if (ended := worker.ended) is not None:
+            worker.ended = None
+            s, fired = ended
+            # on its trigger, at frame resolution (the decoy estimation less often)
+            s.next_at = max(self._next_fire(s.job, fired), fired + MIN_PERIOD_S.get(s.job.name, 0.0))
 
     def _next_fire(self, job: JobSettings, after: float) -> float:
         t = job.trigger

@@ -42,6 +42,7 @@ from monitoring.slo import DATA_SINCE
 from qkdops import credentials
 from qkdops.durations import seconds
 from qkdops.http_client import Auth, PrometheusClient, PrometheusUnreachable
+from qkdops.processes import log_tail
 
 log = logging.getLogger("qkdops.history")
 BLOCK_S = 7200                    # the TSDB's block range (tsdb.DefaultBlockDuration)
@@ -60,6 +61,11 @@ QUERY_THREADS = 2                 # range queries at once: the private Prometheu
 
 class HistoryError(RuntimeError):
     """A history run could not finish: the message says which step and why."""
+
+
+class HistoryInputError(HistoryError):
+    """A history run was asked for something it cannot do (an option or input file is bad): the
+    commands exit 2 for it, before any work."""
 
 
 def _timestamp(t: float) -> bytes:
@@ -257,14 +263,14 @@ class PrivatePrometheus:
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             if self.process.poll() is not None:
-                raise HistoryError(f"the private Prometheus exited ({self.process.returncode}): {_tail(self.log)}")
+                raise HistoryError(f"the private Prometheus exited ({self.process.returncode}): {log_tail(self.log)}")
             try:
                 client.get("/api/v1/status/tsdb", timeout_s=5.0)
                 break
             except (PrometheusUnreachable, ValueError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise HistoryError(f"the private Prometheus was not ready within {self.ready_timeout_s:.0f} s: {_tail(self.log)}") from None
+                    raise HistoryError(f"the private Prometheus was not ready within {self.ready_timeout_s:.0f} s: {log_tail(self.log)}") from None
                 time.sleep(0.2)
         self.client = client
         return client
@@ -288,13 +294,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class RuleBackfill:

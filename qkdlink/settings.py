@@ -75,14 +75,16 @@ class PhaseSettings:
 
     loop_gain_rad_per_s: float = 2.0 * math.pi * 1e3   # first-order loop gain K = hold range
     actuator_range_rad: float = 200.0                   # fibre-stretcher range (≈ 30 fringes)
-    drift_rad_per_s: float = 0.1                        # initial linear drift (laser frequency offset)
-    drift_walk_rad_per_s_per_sqrt_s: float = 0.01       # random walk of that drift rate
+    drift_rad_per_s: float = 0.1                        # mean linear drift (laser frequency offset)
+    drift_walk_rad_per_s_per_sqrt_s: float = 0.01       # how fast that drift rate wanders (σ of the OU process)
+    drift_correlation_s: float = 1800.0                 # ... and how long before it reverts to the mean (τ)
     diffusion_rad2_per_s: float = 100.0                 # phase noise (fibre, lasers): Var = D t
 
     def __post_init__(self) -> None:
         _require_non_negative(self, "drift_rad_per_s")
         _require(self, "drift_rad_per_s")
         _require(self, "loop_gain_rad_per_s", 1e-9)
+        _require(self, "drift_correlation_s", 1e-9)
 
 
 @dataclass(frozen=True)

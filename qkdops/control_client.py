@@ -16,7 +16,7 @@ import json
 import os
 import urllib.error
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from qkdops.config import DEFAULT_CONFIG, RuntimeSettings, load_config
@@ -84,6 +84,17 @@ def checked_url(url: str, where: str) -> str:
     except ValueError:
         raise ValueError(f"{where}: bad port in '{url}'") from None
     return url.rstrip("/")
+
+
+class LinkControl(Protocol):
+    """The part of the control API the calibration jobs use, with its JSON shapes: ``ControlClient``
+    over HTTP, or the history's in-process fleet (``history.emulation.FleetControl``)."""
+
+    def status(self, link: str) -> dict[str, Any]: ...
+
+    def act(self, link: str, action: str) -> dict[str, Any]: ...
+
+    def blocks(self, link: str, last: int) -> dict[str, Any]: ...
 
 
 class ControlClient:

@@ -1,11 +1,17 @@
 """Facts about processes on this machine, by pid: the one place the stack, ``qkdops status`` and the
-calibration store's lease ask whether a recorded process still runs."""
+calibration store's lease ask whether a recorded process still runs; and the servers' binaries and
+logs, which the stack and the history's private Prometheus both start and explain."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
+from pathlib import Path
+
+INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus, prometheus-alertmanager and victoria-metrics)"
+"""How to get the servers' binaries, for every error that misses one."""
 
 UP_FILE = "up.json"
 """What a running ``qkdops up`` records in its state dir — endpoints, pids of itself and its children
@@ -64,3 +70,20 @@ def run_until_stopped(stop: threading.Event, exit_with_parent: bool) -> int | No
         if exit_with_parent and os.getppid() != parent:
             return parent
     return None
+
+
+def find_binary(names: tuple[str, ...], error: type[Exception]) -> str:
+    """The first of ``names`` on PATH (Debian and upstream name some servers differently), else
+    ``error`` — the caller's own, so its command reports it as it reports its other failures."""
+    for name in names:
+        if (path := shutil.which(name)) is not None:
+            return path
+    raise error(f"{' or '.join(names)} not found on PATH: {INSTALL_HINT}")
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last ``lines`` of a server's log on one line, for the error that says why it stopped."""
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

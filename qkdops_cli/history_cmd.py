@@ -23,7 +23,7 @@ from pathlib import Path
 from calibration_jobs.config import DEFAULT_JOBS_FILE, load_jobs_config
 from history.backfill import DEFAULT_STEP_S, MAX_DAYS, BackfillResult, backfill
 from history.plan import DEFAULT_PLAN, PlanError, load_plan
-from history.tsdb import HistoryError
+from history.tsdb import HistoryError, HistoryInputError
 from monitoring.config import DEFAULT_PATH as DEFAULT_MONITORING
 from monitoring.config import load_monitoring_config
 from monitoring.prometheus import PROMETHEUS_REPLICAS
@@ -76,17 +76,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class HistoryInputError(ValueError):
-    """A history option or input file is bad (exit 2)."""
-
-
 def run_history(config: FleetConfig, args: argparse.Namespace, end: float, extend_to: bool = False) -> BackfillResult:
     """Load the inputs ``args`` name and backfill ``args.days`` days ending at ``end``."""
     if not is_duration(args.history_step) or not 1 <= float(seconds(args.history_step)) <= 30:
         raise HistoryInputError(f"--history-step: expected a duration from 1s to 30s, got {args.history_step!r}")
-    if not 0 < args.days <= MAX_DAYS:
-        raise HistoryInputError(f"--days: expected more than 0 and at most {MAX_DAYS:g} (the local Prometheus' retention), "
-                                f"got {args.days:g}")
     try:
         plan = load_plan(args.incidents, [link.id for link in config.links])
         jobs = load_jobs_config(args.jobs)

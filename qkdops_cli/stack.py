@@ -65,7 +65,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -85,14 +84,13 @@ from qkdops.durations import format_seconds
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
 from monitoring.alertmanager import ALERTMANAGER_PEERS, SecretFileError, alertmanager_config, peer_timeout_s, secret_files_from_env
 from monitoring.config import MonitoringConfig, load_monitoring_config
-from qkdops.processes import command_line, pid_alive
+from qkdops.processes import command_line, find_binary, log_tail, pid_alive
 from monitoring.prometheus import PROMETHEUS_REPLICAS, RETENTION, RemoteWrite, local_hosts, prometheus_config, worker_targets
 from monitoring.rules import write_rule_files
 
 log = logging.getLogger("qkdops_cli.stack")
 
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's name
-INSTALL_HINT = "run `bash scripts/setup.sh` (installs Debian's prometheus, prometheus-alertmanager and victoria-metrics)"
 SCHEDULER = "calibration_scheduler"  # its name in up.json, `qkdops up`'s listing and `qkdops status`
 VICTORIA_METRICS = "victoria_metrics"   # the long-term store (`qkdops up --victoria-metrics`)
 LONG_TERM_RETENTION = "1y"
@@ -154,13 +152,6 @@ def worker_argv(config_path: Path, shard: int, workers: int, bind: str) -> list[
     with ``qkdops up`` even when that is killed with SIGKILL."""
     return [sys.executable, "-m", "qkdops_cli.cli", "worker", "--config", str(config_path), "--shard", str(shard),
             "--workers", str(workers), "--bind", bind, "--exit-with-parent"]
-
-
-def find_binary(names: tuple[str, ...]) -> str:
-    for name in names:
-        if (path := shutil.which(name)) is not None:
-            return path
-    raise StackError(f"{' or '.join(names)} not found on PATH: {INSTALL_HINT}")
 
 
 @dataclass(frozen=True)
@@ -244,8 +235,8 @@ class Stack:
         return f"http://{self.scheduler_bind}:{self.rt.calibration_exporter_port}/metrics"
 
     def start(self) -> None:
-        prometheus = find_binary(("prometheus",))
-        alertmanager = find_binary(ALERTMANAGER_BINARIES)
+        prometheus = find_binary(("prometheus",), StackError)
+        alertmanager = find_binary(ALERTMANAGER_BINARIES, StackError)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         creds = credentials.prepare_server_credentials(self.state_dir)
         auth = StackAuth(self.state_dir)
@@ -274,7 +265,7 @@ class Stack:
         am_config_path.write_text(yaml.safe_dump(am_config, sort_keys=False, width=200))
         bind = self.rt.bind
         if self.long_term_store:
-            self._spawn_victoria_metrics(find_binary(("victoria-metrics",)), auth.victoria_metrics)
+            self._spawn_victoria_metrics(find_binary(("victoria-metrics",), StackError), auth.victoria_metrics)
         if self.ha:
             self._spawn_alertmanager_cluster(alertmanager, am_config_path, creds, auth.alertmanager)
             self._spawn_prometheus_replicas(prometheus, render, creds, auth.prometheus)
@@ -413,7 +404,7 @@ class Stack:
     def _wait(self, child: Child, deadline: float, timeout_s: float) -> None:
         while True:
             if child.process.poll() is not None:
-                raise StackError(f"{child.name} exited with status {child.process.returncode}: {_tail(child.log_path)}")
+                raise StackError(f"{child.name} exited with status {child.process.returncode}: {log_tail(child.log_path)}")
             try:
                 with open_url(child.ready_url, child.auth, timeout_s=1) as response:
                     if response.status == 200:
@@ -421,7 +412,7 @@ class Stack:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise StackError(f"{child.name} not ready at {child.ready_url} after {timeout_s:g} s: {_tail(child.log_path)}")
+                raise StackError(f"{child.name} not ready at {child.ready_url} after {timeout_s:g} s: {log_tail(child.log_path)}")
             time.sleep(0.2)
 
     def dead(self) -> Child | None:
@@ -445,7 +436,7 @@ class Stack:
                 child.failures += 1
                 child.restart_at = now + delay
                 log.error("%s exited with status %s; restarting it in %g s (the stack keeps running; log %s): %s",
-                          child.name, child.process.returncode, delay, child.log_path, _tail(child.log_path))
+                          child.name, child.process.returncode, delay, child.log_path, log_tail(child.log_path))
             elif now >= child.restart_at:
                 child.process = self._popen(child.name, child.argv, child.env)
                 child.started_at, child.restart_at = now, None
@@ -528,9 +519,3 @@ def stop_orphans(up_file: Path, state_dir: Path, grace_s: float = 10.0, config_p
                 if pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
 
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

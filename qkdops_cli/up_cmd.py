@@ -71,7 +71,7 @@ from qkdops.runtime.fleet import Fleet
 from control_api.server import Exporter, LinkControl
 from control_api.shards import ShardedExporter, ShardedFleet
 from qkdops.kme.server import KeySource, SharedKeyPool
-from history.tsdb import HistoryError
+from history.tsdb import HistoryError, HistoryInputError
 from qkdops_cli import history_cmd
 from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_up_file
 
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 result = history_cmd.run_history(config, argparse.Namespace(**{**vars(args), "days": args.history}), time.time(),
                                                  extend_to=True)
-            except history_cmd.HistoryInputError as exc:
+            except HistoryInputError as exc:
                 raise ValueError(str(exc)) from None
             except HistoryError as exc:
                 print(f"qkdops up: --history: {exc}", file=sys.stderr)

@@ -25,7 +25,8 @@ from monitoring.alertmanager import (
     COMPOSE_ALERTMANAGER_CONFIG, COMPOSE_SECRETS, SECRET_FILE_ENV, SecretFileError, SecretFiles, alertmanager_config,
     render_compose_alertmanager_config, secret_files_from_env,
 )
-from qkdops_cli.stack import ALERTMANAGER_BINARIES, find_binary
+from qkdops.processes import find_binary
+from qkdops_cli.stack import ALERTMANAGER_BINARIES
 from stack_helpers import free_ports, wait_for
 
 CASES = yaml.safe_load((COMPOSE_ALERTMANAGER_CONFIG.parent / "route-tests.yml").read_text())
@@ -138,7 +139,7 @@ def test_timers_follow_the_evaluation_interval():
 def alertmanager(tmp_path: Path) -> Iterator[tuple[str, str, StackAuth]]:
     """(Alertmanager URL, pager sink URL, credentials): the local rendering with 0.5-s timers, its sink
     in-process, both with the authentication `qkdops up` gives them."""
-    binary = find_binary(ALERTMANAGER_BINARIES)
+    binary = find_binary(ALERTMANAGER_BINARIES, RuntimeError)
     creds = credentials.prepare_server_credentials(tmp_path / "state", environ={})
     auth = StackAuth(tmp_path / "state", environ={})
     sink_token = credentials.load_secret(credentials.PAGER_SINK_TOKEN, tmp_path / "state", create=False, environ={})

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from qkdlink.emulator import FAULTS, DeviceSettings, FaultError, Link, LinkConfig, LinkConfigError
-from qkdlink.settings import PhaseSettings, choice_parameters, intensity_parameters
+from qkdlink.emulator.devices import Disturbance, PhaseReference, Polarization
+from qkdlink.settings import PhaseSettings, PolarizationSettings, choice_parameters, intensity_parameters
 from qkdlink.protocols import PROTOCOL_NAMES, get_protocol
 from qkdlink.protocols.base import BlockCounts
 
@@ -281,6 +282,39 @@ def test_phase_reference_static_error_and_jitter() -> None:
     assert link.telemetry().phase_error_rad == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("dt", [1.0, 10.0])
+def test_phase_drift_rate_wanders_but_stays_bounded(dt: float) -> None:
+    """The drift rate is an Ornstein–Uhlenbeck process: over days its mean is r₀ and its spread
+    σ√(τ/2), whatever the frame length (Gillespie's exact update), where a random walk would have
+    wandered σ√t (3 rad/s after a day: a stretcher wound through in a minute)."""
+    s = PhaseSettings()
+    ref = PhaseReference(s, active=True)
+    rng = np.random.default_rng(11)
+    rates = []
+    for _ in range(int(20 * 86400 / dt)):   # 20 days, sampled every 10 min
+        ref.evolve(dt, rng, Disturbance())
+        ref.locked = True   # the rate's statistics, not the loop's
+        rates.append(ref.drift_rad_per_s)
+    sample = np.asarray(rates[:: int(600 / dt)])
+    spread = s.drift_walk_rad_per_s_per_sqrt_s * math.sqrt(s.drift_correlation_s / 2)
+    assert spread == pytest.approx(0.3)
+    assert sample.std() == pytest.approx(spread, rel=0.15)
+    assert abs(sample.mean() - s.drift_rad_per_s) < 0.1
+    assert np.abs(sample).max() < 6 * spread
+
+
+def test_polarization_flip_probability_is_malus_averaged_over_the_frame() -> None:
+    """A 10-s frame under a 0.02 rad/s drift: its pulses see θ from 0 to 0.2 rad, so they flip with
+    the mean of sin²θ along the sweep (about a third of sin²(0.2)), not with the end's value."""
+    pol = Polarization(PolarizationSettings(diffusion_rad2_per_s=0.0, realign_residual_rad=0.0))
+    pol.evolve(10.0, np.random.default_rng(1), Disturbance(polarization_drift_rad_per_s=0.02))
+    sweep = np.linspace(0.0, 0.2, 100_001)
+    assert pol.flip_probability() == pytest.approx(float(np.mean(np.sin(sweep) ** 2)), rel=1e-4)
+    assert pol.flip_probability() == pytest.approx(math.sin(0.2) ** 2 / 3, rel=0.01)
+    pol.realign(np.random.default_rng(2))
+    assert pol.flip_probability() == 0.0   # realigned: the next frame starts from the residual
+
+
 @pytest.mark.parametrize("protocol", AVAILABLE)
 def test_polarization_drift_raises_qber_and_realign_restores(protocol: str) -> None:
     link = make(protocol)
@@ -289,8 +323,11 @@ def test_polarization_drift_raises_qber_and_realign_restores(protocol: str) -> N
     drifted = run(link, 6)[-1]
     theta = drifted.telemetry.polarization_drift_rad
     assert theta == pytest.approx(0.3)
+    # the frame's pulses saw θ sweep 0.25 → 0.3: Malus averaged over the sweep
+    flip = 0.5 - (math.sin(2 * theta) - math.sin(2 * (theta - 0.05))) / (4 * 0.05)
+    assert math.sin(theta - 0.05) ** 2 < flip < math.sin(theta) ** 2
     expected = baseline.effective["misalignment_error"]
-    expected = expected + math.sin(theta) ** 2 - 2 * expected * math.sin(theta) ** 2
+    expected = expected + flip - 2 * expected * flip
     assert drifted.effective["misalignment_error"] == pytest.approx(expected)
     assert drifted.truth.phase_error_rate > baseline.truth.phase_error_rate
     if protocol == "bb84-decoy":
