@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402 (after choosing the headless backe
 
 from dashboards.render import RenderError, query_range  # noqa: E402
 from gameday.runner import Outcome  # noqa: E402
+from qkdops.http_client import Auth  # noqa: E402
 
 SIGNALS = (  # (title, PromQL with LINK, unit)
     ("secret key rate", 'rate(qkd_secret_key_bits_total{link="LINK"}[30s]) / 8', "bytes/s"),
@@ -24,12 +25,13 @@ SIGNALS = (  # (title, PromQL with LINK, unit)
 )
 
 
-def write(outcomes: Sequence[Outcome], directory: Path, prometheus_url: str) -> Path:
-    """Write report.json, report.md and <scenario>.png under ``directory``; returns the Markdown path."""
+def write(outcomes: Sequence[Outcome], directory: Path, prometheus_url: str, auth: Auth | None) -> Path:
+    """Write report.json, report.md and <scenario>.png under ``directory``; returns the Markdown path.
+    ``auth``: the stack's Prometheus credentials (the timelines' queries)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps([o.to_json() for o in outcomes], indent=2) + "\n")
     for outcome in outcomes:
-        _plot(outcome, directory / f"{outcome.scenario}.png", prometheus_url)
+        _plot(outcome, directory / f"{outcome.scenario}.png", prometheus_url, auth)
     markdown = directory / "report.md"
     markdown.write_text(_markdown(outcomes))
     return markdown
@@ -59,12 +61,12 @@ def _markdown(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(o: Outcome, path: Path, prometheus_url: str) -> None:
+def _plot(o: Outcome, path: Path, prometheus_url: str, auth: Auth | None) -> None:
     start, end = o.started_at - 60, (o.finished_at or o.started_at) + 15
     fig, axes = plt.subplots(len(SIGNALS), 1, figsize=(9, 2.4 * len(SIGNALS)), sharex=True)
     for ax, (title, expr, unit) in zip(axes, SIGNALS):
         try:
-            series = query_range(prometheus_url, expr.replace("LINK", o.link), start, end, max(1.0, (end - start) / 300))
+            series = query_range(prometheus_url, expr.replace("LINK", o.link), start, end, max(1.0, (end - start) / 300), auth)
         except RenderError as exc:
             series = []
             ax.text(0.5, 0.5, f"no data: {exc}", transform=ax.transAxes, ha="center", fontsize=8)

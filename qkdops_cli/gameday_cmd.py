@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from qkdops.config import DEFAULT_CONFIG, load_config
-from qkdops.http_client import http_url
+from qkdops.credentials import CredentialError
+from qkdops.http_client import Auth, StackAuth, http_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,7 +71,11 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     finally:
         if outcomes:
-            path = report.write(outcomes, directory, http_url(config.runtime.bind, config.runtime.prometheus_port))
+            try:
+                auth: Auth | None = StackAuth(config.runtime.state_dir).prometheus
+            except CredentialError:   # the report is written all the same; its timelines say why they are empty
+                auth = None
+            path = report.write(outcomes, directory, http_url(config.runtime.bind, config.runtime.prometheus_port), auth)
             print(f"report: {path}", flush=True)
     return 0 if all(o.passed for o in outcomes) else 1
 

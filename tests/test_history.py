@@ -100,3 +100,19 @@ def test_scratch_dirs_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
         d.mkdir()
     _remove_dead_scratch(tmp_path)
     assert not stale.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.parametrize("days", [0.0, -1.0, 35.5])
+def test_days_outside_the_retention_are_refused_before_any_work(tmp_path, days):
+    """``qkdops history`` and ``qkdops up --history`` exit 2 for it (a HistoryInputError), nothing written."""
+    from calibration_jobs.config import load_jobs_config
+    from history.backfill import backfill
+    from history.tsdb import HistoryInputError
+    from monitoring.config import load_monitoring_config
+    from qkdops.config import load_config
+
+    config = load_config()
+    with pytest.raises(HistoryInputError, match=r"days of history: expected more than 0 and at most 35 .*got"):
+        backfill(config, load_monitoring_config(), load_jobs_config(), load_plan(), days, 1.8e9, [tmp_path / "prometheus"],
+                 progress=False)
+    assert not any(tmp_path.iterdir())
