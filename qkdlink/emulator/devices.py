@@ -142,7 +142,7 @@ class PhaseReference:
     The relative phase drifts linearly at rate r (laser frequency offset, fibre thermal drift) plus
     Wiener phase noise of diffusion D (Var = D t). The rate wanders as an Ornstein–Uhlenbeck process
     about its mean r₀ — dr = −(r − r₀)/τ dt + σ dW (Uhlenbeck and Ornstein, Phys. Rev. 36, 823
-    (1930)), stepped with the exact update of Gillespie, Phys. Rev. E 54, 2084 (1996), eq. (1.9) —
+    (1930)), stepped with the exact update of Gillespie, Phys. Rev. E 54, 2084 (1996) —
     because the users' lasers are temperature-stabilised: their offset wanders by σ√(τ/2) (0.3 rad/s
     at the defaults) but does not run away, as a pure random walk of r would (σ√t: 3 rad/s after a
     day, a stretcher wound through in a minute). A first-order loop of
