@@ -30,7 +30,7 @@ from calibration_jobs.config import JobsConfig, JobSettings
 from calibration_jobs.decoy import estimate_window, recommend
 from calibration_jobs.signals import STATUS, LinkSignals, SignalReader, SignalsUnavailable, averaged, from_status
 from calibration_jobs.store import CalibrationStore, JobState, RunBusy
-from qkdops.control_client import ApiResponseError, ApiUnreachable, LinkControl
+from qkdops.control_client import ApiResponseError, ApiUnreachable, CalibrationApi
 
 log = logging.getLogger("qkdops.calibration")
 OUTCOMES = ("healthy", "corrected", "failed", "error", "held")
@@ -69,7 +69,7 @@ class RunReport:
 class JobRunner:
     """Runs jobs against links through a control client and signal reader, recording to a store."""
 
-    def __init__(self, config: JobsConfig, api: LinkControl, signals: SignalReader, store: CalibrationStore,
+    def __init__(self, config: JobsConfig, api: CalibrationApi, signals: SignalReader, store: CalibrationStore,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
                  observe_duration: Callable[[str, str, str, float], None] | None = None) -> None:
         self.config, self.api, self.signals, self.store = config, api, signals, store

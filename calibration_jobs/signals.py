@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qkdlink.settings import INTENSITY_OF_PARAMETER
-from qkdops.control_client import ApiResponseError, ApiUnreachable, LinkControl
+from qkdops.control_client import ApiResponseError, ApiUnreachable, CalibrationApi
 from qkdops.http_client import Auth, PrometheusClient
 
 PROMETHEUS = "prometheus"
@@ -152,7 +152,7 @@ class PrometheusQuery(PrometheusClient):
 class SignalReader:
     """Reads ``LinkSignals`` from Prometheus, falling back to the control API's link status."""
 
-    def __init__(self, api: LinkControl, prometheus: PrometheusQuery | None, max_age_s: float,
+    def __init__(self, api: CalibrationApi, prometheus: PrometheusQuery | None, max_age_s: float,
                  clock: Callable[[], float] = time.time) -> None:
         self.api, self.prometheus, self.max_age_s, self.clock = api, prometheus, max_age_s, clock
 

@@ -88,7 +88,7 @@ def history_config(config: FleetConfig, state_dir: Path, step_s: float) -> Fleet
 
 class FleetControl:
     """The control API's answers for the calibration jobs, from the fleet in this process (no HTTP):
-    a ``qkdops.control_client.LinkControl``, with the same JSON shapes as the control API."""
+    a ``qkdops.control_client.CalibrationApi``, with the same JSON shapes as the control API."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet

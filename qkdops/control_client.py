@@ -86,7 +86,7 @@ def checked_url(url: str, where: str) -> str:
     return url.rstrip("/")
 
 
-class LinkControl(Protocol):
+class CalibrationApi(Protocol):
     """The part of the control API the calibration jobs use, with its JSON shapes: ``ControlClient``
     over HTTP, or the history's in-process fleet (``history.emulation.FleetControl``)."""
 
