@@ -75,8 +75,8 @@ class RunBusy(Exception):
 
 
 class CalibrationStore(DurableStore):
-    def __init__(self, path: Path, clock: Any = time.time) -> None:
-        super().__init__(path, SCHEMA)
+    def __init__(self, path: Path, clock: Any = time.time, durable: bool = True) -> None:
+        super().__init__(path, SCHEMA, durable=durable)
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.break_dead_leases()

@@ -17,8 +17,12 @@ from pathlib import Path
 SETUP_RETRY_S = 15.0   # how long opening waits out another process setting up the same file
 
 
-def open_durable(path: Path, schema: str) -> sqlite3.Connection:
+def open_durable(path: Path, schema: str, durable: bool = True) -> sqlite3.Connection:
     """Connection usable from any thread (callers serialise access with their own lock).
+
+    ``durable`` False: a scratch file (a history run's state, which a crash throws away anyway):
+    ``synchronous=OFF``, commits not synced to disk — syncing every block and job run was 28 % of a
+    100-link history's wall time (docs/benchmarks.md).
 
     The workers of a sharded fleet open the same new files at the same moment. Switching a new file
     to WAL needs an exclusive lock, and SQLite answers "database is locked" at once — without its busy
@@ -31,7 +35,7 @@ def open_durable(path: Path, schema: str) -> sqlite3.Connection:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
             db.executescript(schema)
             return db
         except sqlite3.OperationalError as exc:
@@ -50,14 +54,14 @@ class DurableStore:
     removed key material) checkpoints the WAL into the database and truncates it to zero bytes —
     otherwise the WAL keeps the page images that carried the key until SQLite reuses them."""
 
-    def __init__(self, path: Path, schema: str, private: bool = False) -> None:
+    def __init__(self, path: Path, schema: str, private: bool = False, durable: bool = True) -> None:
         if private:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             os.chmod(path, 0o600)
         self.path = path
         self._lock = threading.Lock()
-        self._db = open_durable(path, schema)
+        self._db = open_durable(path, schema, durable)
         if private:
             self._db.execute("PRAGMA secure_delete=ON")
 

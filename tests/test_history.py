@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from calibration_jobs.store import CalibrationStore
 from history.plan import DEFAULT_PLAN, PlanError, load_plan
 from history.tsdb import HistoryError, RecordingRule, levels, since_series
 from monitoring.slo import DATA_SINCE
+from qkdops.config import load_config
+from qkdops.runtime.fleet import Fleet
 
 LINKS = [("metro-bb84", "bb84-decoy"), ("relay-mdi", "mdi"), ("longhaul-tf", "tf")]
 
@@ -116,3 +120,20 @@ def test_days_outside_the_retention_are_refused_before_any_work(tmp_path, days):
         backfill(config, load_monitoring_config(), load_jobs_config(), load_plan(), days, 1.8e9, [tmp_path / "prometheus"],
                  progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_history_s_stores_skip_the_sync_the_live_ones_keep(tmp_path, fleet_config_path):
+    """A history's archive and calibration store are scratch (synchronous=OFF: a crash loses the run anyway);
+    the live fleet's and job service's commits survive power loss (FULL)."""
+    config = load_config(fleet_config_path)
+    scratch = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, state_dir=tmp_path / "history"))
+    live, history = Fleet(config), Fleet(scratch, deliver_keys=False)
+    stores = [live.archive, history.archive, CalibrationStore(tmp_path / "live.sqlite"),
+              CalibrationStore(tmp_path / "history.sqlite", durable=False)]
+    try:
+        assert [s._db.execute("PRAGMA synchronous").fetchone()[0] for s in stores] == [2, 0, 2, 0]   # FULL, OFF
+    finally:
+        for fleet in (live, history):
+            fleet.stop()
+        for store in stores[2:]:
+            store.close()

@@ -30,8 +30,8 @@ class ArchiveError(RuntimeError):
 class BlockArchive(DurableStore):
     """Thread-safe; one connection, serialised by a lock (writes are a few per second)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA, private=True)  # block seeds rebuild the emulated keys: 0600
+    def __init__(self, path: Path, durable: bool = True) -> None:
+        super().__init__(path, SCHEMA, private=True, durable=durable)  # block seeds rebuild the emulated keys: 0600
 
     def append(self, block: Block) -> None:
         """Commit ``block``; the same block again is a no-op, a different one with its index an error."""
