@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,20 +109,19 @@ class CalibrationStore(DurableStore):
                          (now, f"its process ({owner}) stopped mid-run", run_id))
 
     # ---- job state ------------------------------------------------------------------------------
+    _STATE = ("failures, held_until, exhausted, last_action_at, last_success_at, last_outcome, last_reason, memory, "
+              "published FROM job_state")
+
     def state(self, job: str, link: str, protocol: str) -> JobState:
         with self._lock:
-            row = self._db.execute(
-                "SELECT failures, held_until, exhausted, last_action_at, last_success_at, last_outcome, last_reason, "
-                "memory, published FROM job_state WHERE job=? AND link=?", (job, link)).fetchone()
-        if row is None:
-            return JobState(job, link, protocol)
-        return JobState(job, link, protocol, row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6],
-                        json.loads(row[7]), json.loads(row[8]))
+            row = self._db.execute(f"SELECT {self._STATE} WHERE job=? AND link=?", (job, link)).fetchone()
+        return JobState(job, link, protocol) if row is None else _job_state(job, link, protocol, row)
 
     def states(self) -> list[JobState]:
+        """Every (job, link)'s state in one query (a scrape reads them all)."""
         with self._lock:
-            keys = self._db.execute("SELECT job, link, protocol FROM job_state ORDER BY link, job").fetchall()
-        return [self.state(*k) for k in keys]
+            rows = self._db.execute(f"SELECT job, link, protocol, {self._STATE} ORDER BY link, job").fetchall()
+        return [_job_state(*row[:3], row[3:]) for row in rows]
 
     # ---- runs -----------------------------------------------------------------------------------
     @contextmanager
@@ -209,3 +208,9 @@ def _held(pid: int, host: str, acquired_at: float, now: float) -> bool:
     """Whether a lease still binds: its holder's process runs (one on another host is assumed to)
     and it is younger than LEASE_TTL_S (older ones are broken: pid reuse, a lost host)."""
     return (host != socket.gethostname() or pid_alive(pid)) and now - acquired_at < LEASE_TTL_S
+
+
+def _job_state(job: str, link: str, protocol: str, row: Sequence[Any]) -> JobState:
+    """A ``job_state`` row (``CalibrationStore._STATE``'s columns) as a JobState."""
+    return JobState(job, link, protocol, row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6],
+                    json.loads(row[7]), json.loads(row[8]))
