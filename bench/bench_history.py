@@ -62,12 +62,12 @@ def main() -> None:
         if done.returncode != 0:
             sys.exit(f"qkdops history failed ({done.returncode}): {done.stderr[-2000:]}")
         summary = done.stdout.strip().splitlines()[-1]
-        numbers = re.search(r"([\d,]+) exporter samples in (\d+) s, ([\d,]+) recording-rule samples in (\d+) s; (\d+) block", summary)
+        numbers = re.search(r"([\d,]+) exporter samples in (\d+) s, ([\d,]+) rule samples \(.*\) in (\d+) s; (\d+) block", summary)
         assert numbers, summary
         raw, emulation, rules, rules_s, blocks = numbers.groups()
         links = args.links or len(yaml.safe_load(config.read_text())["links"])
         print(f"{summary}\n")
-        print("| days | links | emulation (s) | recording rules (s) | total wall (s) | exporter samples | rule samples | blocks "
+        print("| days | links | emulation (s) | rules (s) | total wall (s) | exporter samples | rule samples | blocks "
               "| data dir (MiB) | emulated days per minute |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         print(f"| {args.days:g} | {links} | {emulation} | {rules_s} | {wall:.0f} | {raw} | {rules} | {blocks} "

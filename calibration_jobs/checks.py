@@ -211,6 +211,12 @@ class DetectorRegate(Check):
     healthy (a reference learned from healthy runs: a busy metro link is legitimately at ~0.45) means
     the detector is saturating. Re-gating fixes the first; if the live time stays low it is stray
     light, which no calibration removes.
+
+    Healthy, for the reference, means the link is making key: its last block's QBER is within the
+    abort threshold. A dark fibre (cut, or a loss step) leaves the detectors idle — live time near 1 —
+    with nothing else wrong for this check; learning from those runs raised a metro link's reference
+    to ~1 in a 15-minute cut, after which its normal 0.45 read as saturation, re-gating could not
+    change it, and the job held off for good (found in a backfilled history's ALERTS).
     """
 
     name, action = "detector_regate", "regate_detectors"
@@ -232,8 +238,9 @@ class DetectorRegate(Check):
         if problems:
             return Decision(True, "; ".join(problems))
         reference = memory.get("live_time_reference")
-        memory["live_time_reference"] = s.live_time_ratio if reference is None else \
-            (1 - REFERENCE_WEIGHT) * reference + REFERENCE_WEIGHT * s.live_time_ratio
+        if s.block_qber is not None and s.qber_threshold is not None and s.block_qber <= s.qber_threshold:
+            memory["live_time_reference"] = s.live_time_ratio if reference is None else \
+                (1 - REFERENCE_WEIGHT) * reference + REFERENCE_WEIGHT * s.live_time_ratio
         return Decision(False, f"dark counts {s.dark_count_rate_hz:.4g} Hz (healthy {s.dark_count_rate_nominal_hz:.4g} Hz), "
                                f"live time {s.live_time_ratio:.3f}")
 

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from calibration_jobs.config import JobsConfig
 from history.emulation import HistoryRun, Target, Targets
 from history.plan import Plan
-from history.tsdb import HistoryError, HistoryInputError, OpenMetricsBlocks, PrivatePrometheus, RuleBackfill, move_blocks, recording_rules
+from history.tsdb import (HistoryError, HistoryInputError, OpenMetricsBlocks, PrivatePrometheus, RuleBackfill, alerting_rules, move_blocks,
+                          recording_rules)
 from monitoring.config import MonitoringConfig
 from monitoring.prometheus import RETENTION_DAYS, local_hosts
 from monitoring.rules import render_rule_files
@@ -59,12 +60,13 @@ class BackfillResult:
     incidents: int
     emulation_s: float
     rules_s: float
+    alerts_fired: int
 
     def summary(self) -> str:
         days = (self.end - self.start) / 86400
         return (f"history: {days:g} day(s) of {self.links} link(s), {self.incidents} incident(s); "
-                f"{self.raw_samples:,} exporter samples in {self.emulation_s:.0f} s, {self.rule_samples:,} recording-rule "
-                f"samples in {self.rules_s:.0f} s; {self.blocks} block(s) loaded")
+                f"{self.raw_samples:,} exporter samples in {self.emulation_s:.0f} s, {self.rule_samples:,} rule samples "
+                f"(recordings, ALERTS: {self.alerts_fired} alert(s) fired) in {self.rules_s:.0f} s; {self.blocks} block(s) loaded")
 
 
 def targets(config: FleetConfig, monitoring: MonitoringConfig) -> Targets:
@@ -107,17 +109,19 @@ def backfill(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig
         tsdb_dir.mkdir()
         for i in range(shards):
             move_blocks(work / f"tsdb-{i}", tsdb_dir)
-        rules = recording_rules(render_rule_files(monitoring), step_s)
+        rule_files = render_rule_files(monitoring)
+        rules, alerts = recording_rules(rule_files, step_s), alerting_rules(rule_files, step_s)
         started = time.monotonic()
-        backfiller = RuleBackfill(PrivatePrometheus(prometheus, tsdb_dir, work), rules, start, end, work, promtool)
-        with _bar(progress, len(rules), "recording rules", "rule") as bar:
+        backfiller = RuleBackfill(PrivatePrometheus(prometheus, tsdb_dir, work), rules, start, end, work, promtool, alerts)
+        with _bar(progress, len(rules) + len(alerts), "rules", "rule") as bar:
             backfiller.run(lambda done: bar.update(done - bar.n))
         rules_s = time.monotonic() - started
         for target in data_dirs[1:]:   # an HA pair: each replica its own copy
             move_blocks(tsdb_dir, target, copy=True)
         blocks = len(move_blocks(tsdb_dir, data_dirs[0]))
         _keep_archives(scratch, shards, config.runtime.state_dir / HISTORY_DIR)
-        return BackfillResult(start, end, len(config.links), samples, backfiller.samples, blocks, incidents, emulated, rules_s)
+        return BackfillResult(start, end, len(config.links), samples, backfiller.samples, blocks, incidents, emulated, rules_s,
+                              backfiller.alerts_fired)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

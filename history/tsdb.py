@@ -17,6 +17,16 @@ levels, the private Prometheus restarted on the new blocks between levels. The o
 rule (``slo:sli_data_since:timestamp_seconds``, the SLOs' coverage) cannot be evaluated by a range
 query — each evaluation reads the previous one's result — and is computed here from where the
 5-minute ratio it follows exists, as the rule's definition says (``since_series``).
+
+Alerting rules: ``create-blocks-from rules`` ignores them, so a backfilled past had no ``ALERTS``
+and every alert panel was empty over it. After the last recording level, each alerting rule's
+expression is range-queried at its group's interval and run through Prometheus's alert state
+machine (``alert_states``: pending, ``for``, firing, ``keep_firing_for``, resolution), and
+``ALERTS`` / ``ALERTS_FOR_STATE`` are written as the rule manager writes them. One difference
+stays: the rule manager ends a resolved alert's series with a staleness marker, which
+OpenMetrics text cannot carry (a stale marker is one particular NaN bit pattern), so an instant
+query over the history still finds an ended alert for up to the 5-minute lookback — the same as
+every backfilled series that ends, recording rules included.
 """
 
 from __future__ import annotations
@@ -181,19 +191,87 @@ class RecordingRule:
     group: str
 
 
-def recording_rules(rule_files: Mapping[str, str], default_interval_s: float) -> list[RecordingRule]:
-    """Every recording rule of the rendered rule files (name → text), in file and group order."""
-    rules = []
+@dataclass(frozen=True)
+class AlertingRule:
+    alert: str
+    expr: str
+    for_s: float
+    keep_firing_for_s: float
+    labels: Mapping[str, str]
+    interval_s: float
+    group: str
+
+
+def _rules(rule_files: Mapping[str, str], default_interval_s: float) -> Iterable[tuple[dict[str, Any], float, str]]:
+    """(rule, its group's interval, ``file:group``) for every rule of the rendered rule files (name → text), in order."""
     for name, text in rule_files.items():
         for group in (yaml.safe_load(text) or {}).get("groups", []):
             interval = float(seconds(group["interval"])) if group.get("interval") else default_interval_s
             for rule in group.get("rules", []):
-                if "record" in rule:
-                    expr = str(rule["expr"])
-                    windows = [float(seconds(w)) for w in _RANGE_RE.findall(expr)]
-                    step = max(interval, LONG_WINDOW_STEP_S) if windows and max(windows) >= LONG_WINDOW_S else interval
-                    rules.append(RecordingRule(rule["record"], expr, dict(rule.get("labels") or {}), step, f"{name}:{group['name']}"))
+                yield rule, interval, f"{name}:{group['name']}"
+
+
+def recording_rules(rule_files: Mapping[str, str], default_interval_s: float) -> list[RecordingRule]:
+    """Every recording rule of the rendered rule files (name → text), in file and group order."""
+    rules = []
+    for rule, interval, group in _rules(rule_files, default_interval_s):
+        if "record" in rule:
+            expr = str(rule["expr"])
+            windows = [float(seconds(w)) for w in _RANGE_RE.findall(expr)]
+            step = max(interval, LONG_WINDOW_STEP_S) if windows and max(windows) >= LONG_WINDOW_S else interval
+            rules.append(RecordingRule(rule["record"], expr, dict(rule.get("labels") or {}), step, group))
     return rules
+
+
+def alerting_rules(rule_files: Mapping[str, str], default_interval_s: float) -> list[AlertingRule]:
+    """Every alerting rule of the rendered rule files, in order. HistoryError for a templated label
+    (``{{ … }}``): its value depends on the evaluation, which the backfill does not render."""
+    rules = []
+    for rule, interval, group in _rules(rule_files, default_interval_s):
+        if "alert" in rule:
+            labels = {str(k): str(v) for k, v in (rule.get("labels") or {}).items()}
+            if templated := sorted(k for k, v in labels.items() if "{{" in v):
+                raise HistoryError(f"{group}: alert {rule['alert']}: templated label(s) {', '.join(templated)} cannot be backfilled")
+            rules.append(AlertingRule(rule["alert"], str(rule["expr"]), float(seconds(rule.get("for") or "0s")),
+                                      float(seconds(rule.get("keep_firing_for") or "0s")), labels, interval, group))
+    return rules
+
+
+def alert_states(times: Sequence[float], interval_s: float, for_s: float, keep_firing_for_s: float,
+                 last_evaluation: float) -> list[tuple[float, str, float]]:
+    """One alert's ``(evaluation time, "pending" | "firing", active since)`` at every evaluation at which it is
+    active, given the evaluations at which its expression returned its series (``times``, ascending, on the
+    group's grid) — Prometheus's alerting-rule state machine (``rules/alerting.go``, ``AlertingRule.Eval``):
+    new → pending since that evaluation, firing once pending for ``for_s`` (at once for 0); an evaluation
+    without the series ends a pending alert, and a firing one unless ``keep_firing_for_s`` (counted from
+    the first evaluation without it) still holds it; an alert that ended and returns is a new one."""
+    out: list[tuple[float, str, float]] = []
+    active_at: float | None = None
+    firing = False
+    kept_evaluations = math.ceil(keep_firing_for_s / interval_s) if keep_firing_for_s > 0 else 0
+
+    def absent(previous: float, evaluations: int) -> None:
+        """``evaluations`` evaluations after ``previous`` without the series."""
+        nonlocal active_at, firing
+        if active_at is None or evaluations <= 0:
+            return
+        kept = min(evaluations, kept_evaluations) if firing else 0
+        out.extend((previous + i * interval_s, "firing", active_at) for i in range(1, kept + 1))
+        if kept < evaluations:
+            active_at, firing = None, False
+
+    previous: float | None = None
+    for t in times:
+        if previous is not None:
+            absent(previous, round((t - previous) / interval_s) - 1)
+        if active_at is None:
+            active_at = t
+        firing = firing or t - active_at >= for_s
+        out.append((t, "firing" if firing else "pending", active_at))
+        previous = t
+    if previous is not None:
+        absent(previous, round((last_evaluation - previous) / interval_s))
+    return out
 
 
 def levels(rules: Sequence[RecordingRule]) -> list[list[RecordingRule]]:
@@ -301,13 +379,15 @@ class RuleBackfill:
     (which holds the raw blocks) and write each level's results there as blocks."""
 
     def __init__(self, prometheus: PrivatePrometheus, rules: Sequence[RecordingRule], start: float, end: float,
-                 work_dir: Path, promtool: str) -> None:
-        self.prometheus, self.rules, self.start, self.end = prometheus, list(rules), start, end
+                 work_dir: Path, promtool: str, alerts: Sequence[AlertingRule] = ()) -> None:
+        self.prometheus, self.rules, self.alerts, self.start, self.end = prometheus, list(rules), list(alerts), start, end
         self.work_dir, self.promtool = work_dir, promtool
         self.samples = 0
+        self.alerts_fired = 0   # firing episodes: (alert, labels, active since) that reached firing
 
     def run(self, progress: Callable[[int], None] | None = None) -> None:
-        """``progress(rules done)`` after each rule of each level."""
+        """``progress(rules done)`` after each rule of each level, then after the alerting rules (evaluated
+        last: they read the recorded series)."""
         client = self.prometheus.start()
         try:
             done = 0
@@ -333,8 +413,49 @@ class RuleBackfill:
                 if progress is not None:
                     progress(done)
                 client = self.prometheus.restart()
+            if self.alerts:
+                self._alerting(client)
+                if progress is not None:
+                    progress(done + len(self.alerts))
         finally:
             self.prometheus.stop()
+
+    def _alerting(self, client: PrometheusClient) -> None:
+        """``ALERTS`` and ``ALERTS_FOR_STATE`` as the rule manager writes them (``alert_states``), from
+        each alerting rule's expression evaluated at its group's interval."""
+        writer = OpenMetricsBlocks(self.work_dir / "alerts", self.prometheus.data_dir, self.promtool)
+        pending: dict[int, list[bytes]] = defaultdict(list)
+        with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="qkdops-history-alerts") as pool:
+            found = pool.map(lambda rule: self._presence(client, rule.expr, rule.interval_s), self.alerts)
+            for rule, present in zip(self.alerts, found):
+                last = math.floor(self.end / rule.interval_s) * rule.interval_s
+                for metric, times in present.items():
+                    labels = {**{k: v for k, v in metric if k != "__name__"}, **rule.labels, "alertname": rule.alert}
+                    keys = {state: series_key("ALERTS", {**labels, "alertstate": state}) for state in ("pending", "firing")}
+                    for_state = series_key("ALERTS_FOR_STATE", labels)
+                    fired: set[float] = set()
+                    for t, state, since in alert_states(times, rule.interval_s, rule.for_s, rule.keep_firing_for_s, last):
+                        stamp = b" " + _timestamp(t) + b"\n"
+                        pending[int(t // BLOCK_S)] += [keys[state] + b" 1" + stamp, for_state + b" " + _value(since) + stamp]
+                        if state == "firing":
+                            fired.add(since)
+                    self.alerts_fired += len(fired)
+        self._flush(writer, pending, before=math.inf)
+        writer.close()
+        self.samples += writer.samples
+
+    def _presence(self, client: PrometheusClient, expr: str, interval_s: float) -> dict[tuple[tuple[str, str], ...], list[float]]:
+        """The evaluation times (on the ``interval_s`` grid, ascending) at which ``expr`` returned each of its series."""
+        present: dict[tuple[tuple[str, str], ...], list[float]] = defaultdict(list)
+        for chunk_start in _chunks(self.start, self.end, QUERY_CHUNK_S):
+            chunk_end = min(chunk_start + QUERY_CHUNK_S, self.end)
+            first = math.ceil(chunk_start / interval_s) * interval_s
+            if first > chunk_end:
+                continue
+            for series in client.query_range(expr, first, chunk_end, interval_s).get("result", []):
+                times = present[tuple(sorted(series["metric"].items()))]
+                times.extend(float(t) for t, _ in series["values"] if not times or float(t) > times[-1])
+        return present
 
     def _evaluate(self, client: PrometheusClient, rule: RecordingRule, start: float, end: float) -> list[tuple[int, bytes]]:
         """The rule's samples over [start, end) (the last chunk: end included), each with its block range."""
@@ -356,16 +477,8 @@ class RuleBackfill:
     def _since(self, client: PrometheusClient, rule: RecordingRule, pending: dict[int, list[bytes]]) -> None:
         ratio = "slo:sli_error:ratio_rate5m"
         selector = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(rule.labels.items()))
-        present: dict[bytes, list[float]] = defaultdict(list)
-        for chunk_start in _chunks(self.start, self.end, QUERY_CHUNK_S):
-            chunk_end = min(chunk_start + QUERY_CHUNK_S, self.end)
-            first = math.ceil(chunk_start / rule.interval_s) * rule.interval_s
-            data = client.query_range(f"{ratio}{{{selector}}}", first, chunk_end, rule.interval_s)
-            for series in data.get("result", []):
-                key = series_key(rule.record, {**series["metric"], **rule.labels})
-                times = present[key]
-                times.extend(float(t) for t, _ in series["values"] if not times or float(t) > times[-1])
-        for key, times in present.items():
+        for metric, times in self._presence(client, f"{ratio}{{{selector}}}", rule.interval_s).items():
+            key = series_key(rule.record, {**dict(metric), **rule.labels})
             for t, value in since_series(times):
                 pending[int(t // BLOCK_S)].append(key + b" " + _value(value) + b" " + _timestamp(t) + b"\n")
 

@@ -229,6 +229,18 @@ def test_detector_live_time_reference_is_learned_only_from_healthy_runs() -> Non
     assert not check.assess(bb84(live_time_ratio=0.39), REGATE, memory).act  # above 0.38
 
 
+def test_a_dark_fibre_teaches_the_live_time_reference_nothing() -> None:
+    """A fibre cut idles the detectors (live time ~1, QBER of dark counts alone): learning from it made a
+    metro link's normal live time read as saturation after the cut, for good."""
+    check, memory = DetectorRegate(), {}
+    assert not check.assess(bb84(live_time_ratio=0.45), REGATE, memory).act
+    for _ in range(30):   # 15 minutes of runs every 30 s in the cut
+        assert not check.assess(bb84(live_time_ratio=0.99, block_qber=0.5), REGATE, memory).act
+    assert not check.assess(bb84(live_time_ratio=0.99, block_qber=None), REGATE, memory).act   # no block yet
+    assert memory == {"live_time_reference": 0.45}
+    assert not check.assess(bb84(live_time_ratio=0.45), REGATE, memory).act   # the cut mended: healthy again
+
+
 def test_detector_live_time_alone_never_acts_without_a_reference() -> None:
     assert not DetectorRegate().assess(bb84(live_time_ratio=0.05), REGATE, {}).act
 

@@ -11,7 +11,7 @@ import pytest
 
 from calibration_jobs.store import CalibrationStore
 from history.plan import DEFAULT_PLAN, PlanError, load_plan
-from history.tsdb import HistoryError, RecordingRule, levels, since_series
+from history.tsdb import HistoryError, RecordingRule, alert_states, alerting_rules, levels, since_series
 from monitoring.slo import DATA_SINCE
 from qkdops.config import load_config
 from qkdops.runtime.fleet import Fleet
@@ -137,3 +137,36 @@ def test_a_history_s_stores_skip_the_sync_the_live_ones_keep(tmp_path, fleet_con
             fleet.stop()
         for store in stores[2:]:
             store.close()
+
+
+def test_alerts_go_pending_fire_after_for_and_end_as_prometheus_rules_do():
+    """``alert_states`` against rules/alerting.go's state machine, on a 30-s evaluation grid."""
+    # for 60 s: pending at 0 and 30, firing from 60; a missed evaluation (120) ends it; back at 150: a new alert
+    assert alert_states([0, 30, 60, 90, 150, 180], 30, 60, 0, 240) == [
+        (0, "pending", 0), (30, "pending", 0), (60, "firing", 0), (90, "firing", 0), (150, "pending", 150), (180, "pending", 150)]
+    assert alert_states([0], 30, 0, 0, 90) == [(0, "firing", 0)]   # for 0: fires at its first evaluation
+    # a pending alert missing once starts over
+    assert alert_states([0, 60], 30, 120, 0, 60) == [(0, "pending", 0), (60, "pending", 60)]
+    # keep_firing_for 60 s: two more evaluations firing after the last one with the series, then it ends ...
+    assert alert_states([0, 30], 30, 0, 60, 300) == [(0, "firing", 0), (30, "firing", 0), (60, "firing", 0), (90, "firing", 0)]
+    # ... and a series back within that time is the same alert, still active since 0
+    assert alert_states([0, 90], 30, 0, 60, 90) == [(0, "firing", 0), (30, "firing", 0), (60, "firing", 0), (90, "firing", 0)]
+
+
+def test_alerting_rules_are_read_with_their_for_and_labels_and_templated_labels_refused():
+    text = """groups:
+  - name: g
+    interval: 1m
+    rules:
+      - alert: Down
+        expr: up == 0
+        for: 2m
+        labels: {severity: page}
+      - record: r
+        expr: up
+"""
+    (rule,) = alerting_rules({"a.yml": text}, 30.0)
+    assert (rule.alert, rule.for_s, rule.keep_firing_for_s, dict(rule.labels), rule.interval_s, rule.group) == \
+        ("Down", 120.0, 0.0, {"severity": "page"}, 60.0, "a.yml:g")
+    with pytest.raises(HistoryError, match=r"a.yml:g: alert Down: templated label\(s\) severity"):
+        alerting_rules({"a.yml": text.replace("{severity: page}", "{severity: '{{ $labels.job }}'}")}, 30.0)
