@@ -22,7 +22,7 @@ def open_durable(path: Path, schema: str, durable: bool = True) -> sqlite3.Conne
 
     ``durable`` False: a scratch file (a history run's state, which a crash throws away anyway):
     ``synchronous=OFF``, commits not synced to disk — syncing every block and job run was 28 % of a
-    100-link history's wall time (docs/benchmarks.md).
+    100-link history's wall time with its state on disk, ~4 % on tmpfs (docs/benchmarks.md).
 
     The workers of a sharded fleet open the same new files at the same moment. Switching a new file
     to WAL needs an exclusive lock, and SQLite answers "database is locked" at once — without its busy
