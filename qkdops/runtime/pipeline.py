@@ -247,11 +247,11 @@ class PostProcessor:
                     span.set_attribute("qkd.abort", w.estimate.abort_reason)
                     raise Abort(w.estimate.abort_reason)
             w.design = previous_qber if previous_qber is not None else self.expected_qber
-            rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(block.seed).spawn(4)]
             if not bits:
                 with self._timed("privacy_amplification", stages, cpu, w):
                     result, key = self._model(w, sifted, errors)
                 return Processed(result, key, key, stages, cpu)
+            rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(block.seed).spawn(4)]
             w.channel = ClassicalChannel(block.classical_latency_s, channel_up)
             with self._timed("error_correction", stages, cpu, w) as span:
                 decoder_cpu = self._correct(w, rngs[0], rngs[1])
