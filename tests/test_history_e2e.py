@@ -273,3 +273,28 @@ def test_up_with_history_starts_a_stack_whose_slos_carry_on_from_the_history(tmp
     finally:
         stack.stop()
     assert "history: 0.05 day(s) of 3 link(s)" in (tmp_path / "qkdops-up.log").read_text()
+
+
+def test_history_into_a_running_stack_ends_where_its_data_begins_and_is_picked_up(tmp_path):
+    """``qkdops history`` beside a running stack: the backfill ends where the running Prometheus's own
+    data begins (no overlap with what it scraped), and that Prometheus picks the new blocks up on its
+    own — samples from before the stack started answer within its block-reload minute, no restart."""
+    stack = RunningStack(e2e_profile(tmp_path), "--no-calibration")
+    try:
+        stack.wait_up()
+        wait_for(lambda: len(stack.by_link("qkd_link_info")) == 3, 60, "the first scrapes", stack)
+        client = PrometheusClient(stack.url("prometheus_port"), stack.auth.prometheus)
+        live_from = client.get("/api/v1/status/tsdb")["headStats"]["minTime"] / 1000.0
+        assert not stack.by_link("count_over_time(qkd_link_info[10m] offset 15m)")   # nothing before the stack
+        done = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "history", "--days", "0.02", "--fleet", str(stack.config_path)],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "0.02 day(s) of 3 link(s)" in done.stdout, done.stdout
+        wait_for(lambda: len(stack.by_link("count_over_time(qkd_link_info[10m] offset 15m)")) == 3, 150,
+                 "the history's samples in the running Prometheus", stack, interval_s=5)
+        # no overlap with what the stack scraped: the history ended where the live head began
+        history_end = sqlite3.connect(stack.state_dir / "history" / "blocks.sqlite").execute(
+            "SELECT max(json_extract(body, '$.end_timestamp')) FROM blocks").fetchone()[0]
+        assert live_from - 300 <= history_end <= live_from, (history_end, live_from)
+    finally:
+        stack.stop()
