@@ -213,7 +213,7 @@ class HistoryRun:
         self.sink, self.targets = sink, targets
         state_dir.mkdir(parents=True, exist_ok=True)
         self.config = history_config(config, state_dir, step_s)
-        self.fleet = Fleet(self.config, clock=lambda: self.now, deliver_keys=False)
+        self.fleet = Fleet(self.config, clock=lambda: self.now, deliver_keys=False, durable=False)
         self.store = CalibrationStore(state_dir / "calibration.sqlite", clock=lambda: self.now, durable=False)
         self.calibration = CalibrationCollector(self.store)
         control = FleetControl(self.fleet)

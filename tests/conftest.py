@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qkdops.runtime import fleet, blocks
+from qkdops.runtime import blocks, fleet
 
 # Test tiers (README, "Tests"): every test gets exactly one of these markers, by its module.
 #   e2e       starts real processes or servers: `qkdops up`, Prometheus, Alertmanager, a fresh venv

@@ -127,7 +127,7 @@ def test_a_history_s_stores_skip_the_sync_the_live_ones_keep(tmp_path, fleet_con
     the live fleet's and job service's commits survive power loss (FULL)."""
     config = load_config(fleet_config_path)
     scratch = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, state_dir=tmp_path / "history"))
-    live, history = Fleet(config), Fleet(scratch, deliver_keys=False)
+    live, history = Fleet(config), Fleet(scratch, deliver_keys=False, durable=False)
     stores = [live.archive, history.archive, CalibrationStore(tmp_path / "live.sqlite"),
               CalibrationStore(tmp_path / "history.sqlite", durable=False)]
     try:

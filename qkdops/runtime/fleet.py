@@ -207,18 +207,18 @@ class Fleet:
     """All links of a ``FleetConfig``; real-time stepping in a background thread (``start``)."""
 
     def __init__(self, config: FleetConfig, clock: Callable[[], float] = time.time, span_exporter: Any = None,
-                 key_store_refresh_s: float = 0.0, deliver_keys: bool = True) -> None:
+                 key_store_refresh_s: float = 0.0, deliver_keys: bool = True, durable: bool = True) -> None:
         """``key_store_refresh_s`` > 0: the KMEs serve from the shared store in another process (a worker of
         a sharded fleet), so the published store figures are re-read at this period rather than only after
         this process's own hand-offs and KME calls. ``deliver_keys`` False (a history run, ``qkdops
         history``): keys go nowhere — no key buffer, KME store or hand-off queue is opened, and each
-        distilled key counts as handed off at once and is dropped (``DiscardedKeys``), and the block
-        archive is scratch (``open_durable(durable=False)``): a history's archive serves its own run only."""
+        distilled key counts as handed off at once and is dropped (``DiscardedKeys``). ``durable`` False
+        (a history run): the block archive is scratch (``open_durable(durable=False)``), serving its own run only."""
         retain_freed_memory()   # before this fleet starts any thread: block-sized buffers reused, not re-faulted
         self.config = config
         self.clock = clock
         rt = config.runtime
-        self.archive = BlockArchive(rt.state_dir / "blocks.sqlite", durable=deliver_keys)
+        self.archive = BlockArchive(rt.state_dir / "blocks.sqlite", durable=durable)
         self.kme_stats = KMEStats()  # requests of the sites' KMEs (qkdops/kme/server.py), published by the exporter
         delivery = config.key_delivery
         self.tracer, self._shutdown_tracer = make_tracer(rt.tracing, rt.otlp_endpoint, span_exporter)
