@@ -22,7 +22,11 @@ COPY qkdops_cli ./qkdops_cli
 # Editable install: the code finds its data beside it in /app (links.yaml, monitoring.yaml, runbooks/
 # served at /runbooks/<AlertName>, the metric catalogue, calibration_jobs/jobs.yaml), exactly as in a
 # checkout.
-RUN pip install --no-cache-dir -e .
+# sslpsk3 (the SKIP key providers' TLS-PSK) compiles against OpenSSL: the compiler and headers are
+# installed for the build only.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+    && pip install --no-cache-dir -e . \
+    && apt-get purge -y gcc libc6-dev libssl-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 COPY links.yaml monitoring.yaml ./
 COPY runbooks ./runbooks
 # The fleet config the containers run: links.yaml listening on 0.0.0.0 (the compose network; ports are
@@ -33,7 +37,7 @@ RUN python -c "from qkdops_cli.stack import write_container_config; write_contai
 RUN useradd --system --uid 10001 qkdops && mkdir -p /app/var /app/secrets \
     && chown qkdops /app/var /app/secrets && chmod 0700 /app/secrets
 USER qkdops
-EXPOSE 9800 9810 9811 9812 9820 9830 9831 9832 9833 9834 9835
+EXPOSE 9800 9810 9811 9812 9820 9830 9831 9832 9833 9834 9835 9930 9931 9932 9933 9934 9935
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9800/healthz', timeout=2)"
 ENTRYPOINT ["qkdops"]

@@ -55,11 +55,11 @@ class PostProcessingCollector(SnapshotCollector):
         if self._kme_stats is None:
             return
         stats = self._kme_stats()
-        for (site, call, code), n in sorted(stats.requests_total.items()):
+        for (site, api, call, code), n in sorted(stats.requests_total.items()):
             if Families.known("code", code, site):
-                families.add("qkd_kme_requests_total", (site, call, code), n)
-        for (site, call), histogram in sorted(stats.request_seconds.items()):
-            families.add_histogram("qkd_kme_request_duration_seconds", (site, call), histogram)
+                families.add("qkd_kme_requests_total", (site, api, call, code), n)
+        for (site, api, call), histogram in sorted(stats.request_seconds.items()):
+            families.add_histogram("qkd_kme_request_duration_seconds", (site, api, call), histogram)
 
     @staticmethod
     def add_link(families: Families, snapshot: LinkSnapshot) -> None:
@@ -109,7 +109,7 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
         f.add("qkd_key_store_capacity_keys", (*base, site), s.key_store_capacity_keys)
     for (sae, call), keys in sorted(s.keys_served_total.items()):
         if call in KME_CALLS:
-            f.add("qkd_kme_keys_served_total", (*base, sae, call), keys)
+            f.add("qkd_kme_keys_served_total", (*base, sae, KME_CALLS[call], call), keys)
     f.add("qkd_kme_keys_expired_total", base, s.keys_expired_total)
     if s.objectives is not None:
         f.add("qkd_block_duration_seconds", base, s.objectives.block_seconds)

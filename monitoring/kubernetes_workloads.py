@@ -68,9 +68,11 @@ def fleet() -> FleetConfig:
 
 def supervisor_ports(config: FleetConfig) -> dict[str, int]:
     """The supervisor's named ports: control API, its post-processing exporter, pager sink, and one
-    KME per site (``kme-<i>`` in key_delivery order: a port name has at most 15 characters)."""
+    KME and one SKIP key provider per site (``kme-<i>``, ``skip-<i>`` in key_delivery order: a port
+    name has at most 15 characters)."""
     return {"control-api": _RT.control_port, "pp-metrics": _RT.postprocessing_exporter_port, "pager-sink": _RT.pager_sink_port,
-            **{f"kme-{i}": kme.port for i, kme in enumerate(config.key_delivery.kmes)}}
+            **{f"kme-{i}": kme.port for i, kme in enumerate(config.key_delivery.kmes)},
+            **{f"skip-{i}": kme.skip_port for i, kme in enumerate(config.key_delivery.kmes)}}
 
 
 def labels(name: str, component: str) -> dict[str, str]:

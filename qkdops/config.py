@@ -152,11 +152,14 @@ PORT_FIELDS = ("control_port", "device_exporter_port", "postprocessing_exporter_
 
 @dataclass(frozen=True)
 class KMESpec:
-    """The key management entity of one site: where it listens and the SAEs (applications) it serves."""
+    """The key management entity of one site: where it listens — ETSI GS QKD 014 on ``port``, the SKIP
+    key provider (IETF draft-cisco-skip) on ``skip_port`` — and the SAEs (applications, SKIP's
+    systems) it serves."""
 
     site: str
     port: int
     saes: tuple[str, ...]
+    skip_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,18 @@ class KeyDelivery:
     def site_of(self, sae: str) -> str | None:
         return next((k.site for k in self.kmes if sae in k.saes), None)
 
+    def ports(self) -> list[int]:
+        """Every fixed port the KMEs listen on (ETSI 014 and SKIP; 0, any free port, left out)."""
+        return [p for k in self.kmes for p in (k.port, k.skip_port) if p]
+
 
 KME_PORT_BASE = 9830  # KMEs not listed in key_delivery.kmes: site i (first appearance in links) on 9830 + i
+SKIP_PORT_OFFSET = 100  # a KME's SKIP key provider listens on its ETSI port + 100 unless skip_port says otherwise
+
+
+def default_skip_port(port: int) -> int:
+    """The SKIP port beside an ETSI 014 port (0, any free port, stays 0)."""
+    return port + SKIP_PORT_OFFSET if port else 0
 
 
 @dataclass(frozen=True)
@@ -238,7 +251,7 @@ def worker_ports(config: FleetConfig, workers: int) -> list[WorkerPorts]:
     base = rt.worker_port_base
     if base + 3 * workers - 1 > 65535:
         reader.fail("runtime.worker_port_base", f"a base leaving room for {workers} workers (3 ports each, up to 65535)", base)
-    taken = {*(getattr(rt, name) for name in PORT_FIELDS), *(k.port for k in config.key_delivery.kmes)}
+    taken = {*(getattr(rt, name) for name in PORT_FIELDS), *config.key_delivery.ports()}
     if clash := sorted(taken & set(range(base, base + 3 * workers))):
         reader.fail("runtime.worker_port_base", f"worker ports {base}-{base + 3 * workers - 1} clear of the other ports", clash)
     return [WorkerPorts(base + 3 * i, base + 3 * i + 1, base + 3 * i + 2) for i in range(workers)]
@@ -272,9 +285,9 @@ def parse_config(raw: Any, path: Path) -> FleetConfig:
         reader.fail("runtime", "distinct control, exporter, Prometheus (and replica), Alertmanager (peers' HTTP and cluster), "
                     "pager sink, calibration and VictoriaMetrics ports", ports)
     delivery = _key_delivery(reader, top.get("key_delivery", {}), links)
-    taken = [k.port for k in delivery.kmes if k.port and k.port in ports]
+    taken = [port for port in delivery.ports() if port in ports]
     if taken:
-        reader.fail("key_delivery.kmes", "KME ports distinct from the runtime's ports", taken)
+        reader.fail("key_delivery.kmes", "KME (ETSI 014 and SKIP) ports distinct from the runtime's ports", taken)
     return FleetConfig(links, runtime, path, delivery)
 
 
@@ -302,10 +315,10 @@ def _key_delivery(reader: FieldReader, raw: Any, links: tuple[LinkSpec, ...]) ->
                     f"[{delivery.min_key_size_bits}, {delivery.max_key_size_bits}]", delivery.key_size_bits)
     listed: dict[str, KMESpec] = {}
     saes: dict[str, str] = {}
-    kmes_raw = reader.sequence(data.get("kmes", []), "key_delivery.kmes", "a list of {site, port, saes}", empty=True)
+    kmes_raw = reader.sequence(data.get("kmes", []), "key_delivery.kmes", "a list of {site, port, saes[, skip_port]}", empty=True)
     for i, item in enumerate(kmes_raw):
         where = f"key_delivery.kmes[{i}]"
-        entry = reader.mapping(item, where, {"site", "port", "saes"})
+        entry = reader.mapping(item, where, {"site", "port", "saes", "skip_port"})
         site = reader.string(entry.get("site"), f"{where}.site")
         if site in listed:
             reader.fail(f"{where}.site", "one KME per site", site)
@@ -316,7 +329,11 @@ def _key_delivery(reader: FieldReader, raw: Any, links: tuple[LinkSpec, ...]) ->
             if sae in saes:
                 reader.fail(f"{where}.saes[{j}]", f"an SAE id not already served by site {saes[sae]}", sae)
             saes[sae] = site
-        listed[site] = KMESpec(site, port, tuple(names))
+        skip_port = (reader.integer(entry["skip_port"], f"{where}.skip_port", 0, 65535) if "skip_port" in entry
+                     else default_skip_port(port))
+        if skip_port > 65535:
+            reader.fail(f"{where}.skip_port", f"a port up to 65535 (the default is port + {SKIP_PORT_OFFSET}: set skip_port)", skip_port)
+        listed[site] = KMESpec(site, port, tuple(names), skip_port)
     ends = list(dict.fromkeys(s for spec in links for s in (spec.sites.alice, spec.sites.bob)))
     kmes = list(listed.values())
     for i, site in enumerate(ends):
@@ -325,11 +342,12 @@ def _key_delivery(reader: FieldReader, raw: Any, links: tuple[LinkSpec, ...]) ->
         sae = f"sae-{site}"
         if not SAE_ID.match(sae) or sae in saes:
             reader.fail("key_delivery.kmes", f"a KME listed for site {site!r} (its default SAE id {sae!r} is unusable)", None)
-        kmes.append(KMESpec(site, KME_PORT_BASE + i, (sae,)))
-    ports = [k.port for k in kmes if k.port]
+        kmes.append(KMESpec(site, KME_PORT_BASE + i, (sae,), default_skip_port(KME_PORT_BASE + i)))
+    result = dataclasses.replace(delivery, kmes=tuple(kmes))
+    ports = result.ports()
     if len(set(ports)) != len(ports):
-        reader.fail("key_delivery.kmes", "a distinct port per KME", ports)
-    return dataclasses.replace(delivery, kmes=tuple(kmes))
+        reader.fail("key_delivery.kmes", "a distinct port per KME and per SKIP key provider", ports)
+    return result
 
 
 def _runtime(reader: FieldReader, raw: Any, path: Path) -> RuntimeSettings:

@@ -91,6 +91,7 @@ class Request:
     body: bytes
     peer: str
     peer_cert: Mapping[str, Any] | None = None   # a verified TLS client certificate (``ssl.getpeercert``)
+    psk_identity: str | None = None              # the TLS pre-shared key's identity the client proved (qkdops.kme.psk)
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -335,7 +336,8 @@ class HttpServer:
             return body
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         req = Request(method, request.path, params, request.query_string, request.headers, body,
-                      request.remote or "?", ssl_object.getpeercert() if ssl_object is not None else None)
+                      request.remote or "?", ssl_object.getpeercert() if ssl_object is not None else None,
+                      getattr(ssl_object, "psk_identity", None))
         return await self._loop.run_in_executor(self._pool, handler, req)
 
     async def _body(self, request: web.BaseRequest) -> bytes | Response:

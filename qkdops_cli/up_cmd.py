@@ -65,7 +65,8 @@ from qkdops.control_client import checked_url
 from qkdops.http_server import HttpServer, raise_open_file_limit
 from qkdops.kme.etsi import kme_id
 from qkdops.kme.pki import Pki, init_pki
-from qkdops.kme.server import serve_kme
+from qkdops.kme.server import serve_kme, serve_skip
+from qkdops.kme.skip import skip_id
 from qkdops.processes import UP_FILE
 from qkdops.runtime.fleet import Fleet
 from control_api.server import Exporter, LinkControl
@@ -214,6 +215,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             log.info("development PKI: issued %d certificate/key file(s) under %s", len(issued), pki.root)
         for spec in config.key_delivery.kmes:
             servers.append(_listen(kme_id(spec.site), rt.bind, spec.port, lambda s=spec: serve_kme(key_source, s, pki)))
+            servers.append(_listen(skip_id(spec.site), rt.bind, spec.skip_port, lambda s=spec: serve_skip(key_source, s, pki)))
         if with_servers:
             stack.start()
             stack.wait_ready()
@@ -228,6 +230,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
             **{f"{key}_exporter": f"http://{rt.bind}:{exporter.port}/metrics" for key, exporter in served.items()},
             "pager_sink": f"http://{rt.bind}:{rt.pager_sink_port}",
             **{kme_id(k.site): f"https://{rt.bind}:{k.port}/api/v1/keys" for k in config.key_delivery.kmes},
+            **{skip_id(k.site): f"https://{rt.bind}:{k.skip_port}/" for k in config.key_delivery.kmes},
             **{child.name: child.url for child in stack.children},
             **{f"{WORKER_PREFIX}{i}": url for i, url in enumerate(worker_urls)},   # run elsewhere: probed, not supervised
         }

@@ -19,6 +19,10 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 { command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)              # the SKIP tests' independent TLS-PSK client
+# sslpsk3 (the SKIP key providers' TLS-PSK) builds from source against the system's OpenSSL
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
@@ -27,6 +31,9 @@ PYTHON=${PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "setup: Python >= 3.11 is required (set PYTHON=/path/to/python3.11)" >&2
     exit 1
+fi
+if ! "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    apt_install python3-dev   # sslpsk3 compiles against the interpreter's headers
 fi
 if [ ! -x .venv/bin/python ]; then
     if ! "$PYTHON" -m venv .venv 2>/dev/null; then

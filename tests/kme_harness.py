@@ -16,8 +16,8 @@ from typing import Any
 from conftest import write_fleet_config
 
 from qkdops.config import FleetConfig, load_config
-from qkdops.kme.client import EtsiClient, client_context
-from qkdops.kme.pki import Pki, init_pki
+from qkdops.kme.client import EtsiClient, SkipClient, client_context
+from qkdops.kme.pki import Pki, init_pki, read_psk
 from qkdops.kme.server import serve_kmes, shutdown_kmes
 from qkdops.runtime.fleet import Fleet
 
@@ -42,6 +42,7 @@ class KmeRig:
     fleet: Fleet
     pki: Pki
     urls: dict[str, str]          # site → https://127.0.0.1:PORT
+    skip_urls: dict[str, str]     # site → its SKIP key provider's https://127.0.0.1:PORT
 
     def client(self, sae: str, site: str | None = None) -> EtsiClient:
         """SAE ``sae`` (its own certificate) calling the KME of ``site`` (default: its own)."""
@@ -49,19 +50,29 @@ class KmeRig:
         cert, key = self.pki.sae(sae)
         return EtsiClient(self.urls[site], client_context(self.pki.ca_cert, cert, key))
 
+    def skip_client(self, sae: str, site: str | None = None) -> SkipClient:
+        """System ``sae`` (its own PSK) calling the SKIP key provider of ``site`` (default: its own)."""
+        site = site or self.fleet.config.key_delivery.site_of(sae)
+        return SkipClient(self.skip_urls[site], sae, read_psk(self.pki.skip_psk(sae)))
+
 
 @contextmanager
 def kme_rig(directory: Path, frames: int = 4, extra: str = "", span_exporter: Any = None) -> Iterator[KmeRig]:
     config = kme_config(directory, extra)
     fleet = Fleet(config, span_exporter=span_exporter)
     servers: dict = {}
+    skips: dict = {}
     try:
         fleet.run_frames(frames)
         pki = Pki(config.runtime.state_dir / "pki")
         init_pki(pki, config.key_delivery)
         servers = serve_kmes(fleet, pki)
-        urls = {site: f"https://127.0.0.1:{server.server_port}" for site, server in servers.items()}
-        yield KmeRig(fleet, pki, urls)
+        skips = serve_kmes(fleet, pki, skip=True)
+        yield KmeRig(fleet, pki, _urls(servers), _urls(skips))
     finally:
-        shutdown_kmes(servers.values())
+        shutdown_kmes([*servers.values(), *skips.values()])
         fleet.stop()
+
+
+def _urls(servers: dict) -> dict[str, str]:
+    return {site: f"https://127.0.0.1:{server.server_port}" for site, server in servers.items()}

@@ -63,14 +63,15 @@ def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_i
     raw["links"].extend(extra_links or [])
     sites = list(dict.fromkeys(link["sites"][end] for link in raw["links"] for end in ("alice", "bob")))
     # one call, so no two ports coincide (two calls may each get a port the other just released)
-    control, device, pp, prom, am, sink, calibration, vm, *rest = free_ports(8 + len(HA_PORTS) + len(sites))
+    control, device, pp, prom, am, sink, calibration, vm, *rest = free_ports(8 + len(HA_PORTS) + 2 * len(sites))
     raw["runtime"].update(state_dir=str(directory / "state"), control_port=control, device_exporter_port=device,
                           postprocessing_exporter_port=pp, prometheus_port=prom, alertmanager_port=am,
                           pager_sink_port=sink, calibration_exporter_port=calibration, victoria_metrics_port=vm,
                           scrape_interval_s=scrape_interval_s, **dict(zip(HA_PORTS, rest)))
-    kme_ports = rest[len(HA_PORTS):]
-    raw["key_delivery"] = {"kmes": [{"site": site, "port": port, "saes": [f"sae-{site}"]}
-                                    for site, port in zip(sites, kme_ports)]}
+    kme_ports = rest[len(HA_PORTS):len(HA_PORTS) + len(sites)]
+    skip_ports = rest[len(HA_PORTS) + len(sites):]
+    raw["key_delivery"] = {"kmes": [{"site": site, "port": port, "skip_port": skip, "saes": [f"sae-{site}"]}
+                                    for site, port, skip in zip(sites, kme_ports, skip_ports)]}
     path = directory / "links.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -80,13 +81,13 @@ def kme_profile(directory: Path, saes: dict[str, list[str]]) -> Path:
     """FAST_LINK (sites a, b) alone on free ports, on the bits engine at BITS_LINK's pulse rate, with a
     KME per site serving ``saes[site]``: the runtime and its KMEs, for key-delivery tests run with
     ``--no-prometheus``."""
-    control, device, pp, prom, am, sink, calibration, kme_a, kme_b = free_ports(9)
+    control, device, pp, prom, am, sink, calibration, kme_a, kme_b, skip_a, skip_b = free_ports(11)
     raw = {"runtime": {"state_dir": str(directory / "state"), "control_port": control, "device_exporter_port": device,
                        "postprocessing_exporter_port": pp, "prometheus_port": prom, "alertmanager_port": am,
                        "pager_sink_port": sink, "calibration_exporter_port": calibration},
            "links": [{**BITS_LINK, "id": FAST_LINK["id"]}],
-           "key_delivery": {"kmes": [{"site": "a", "port": kme_a, "saes": saes["a"]},
-                                     {"site": "b", "port": kme_b, "saes": saes["b"]}]}}
+           "key_delivery": {"kmes": [{"site": "a", "port": kme_a, "skip_port": skip_a, "saes": saes["a"]},
+                                     {"site": "b", "port": kme_b, "skip_port": skip_b, "saes": saes["b"]}]}}
     path = directory / "links.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

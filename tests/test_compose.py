@@ -144,7 +144,7 @@ def test_the_runtime_image_runs_the_same_fleet_without_its_own_prometheus_or_sch
     config = load_config(ROOT / "links.yaml")
     runtime = config.runtime
     assert exposed == {runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port,
-                       runtime.calibration_exporter_port, runtime.pager_sink_port, *(k.port for k in config.key_delivery.kmes)}
+                       runtime.calibration_exporter_port, runtime.pager_sink_port, *config.key_delivery.ports()}
 
 
 def test_the_container_config_is_links_yaml_listening_on_the_compose_network(tmp_path: Path):
@@ -229,12 +229,13 @@ def test_alertmanager_reaches_the_pager_sink_and_finds_its_key_files_in_the_moun
     assert "*" in (ROOT / "alertmanager" / "secrets" / ".gitignore").read_text().split()
 
 
-def test_every_kme_is_published_on_loopback_and_its_certificate_names_the_service():
+def test_every_kme_and_skip_key_provider_is_published_on_loopback_and_its_certificate_names_the_service():
     from qkdops.kme.pki import SERVER_NAMES
 
     config = load_config(DEFAULT_CONFIG)
     ports = COMPOSE["services"]["qkdops"]["ports"]
-    assert all(f"127.0.0.1:{k.port}:{k.port}" in ports for k in config.key_delivery.kmes)
+    assert all(f"127.0.0.1:{port}:{port}" in ports for port in config.key_delivery.ports())
+    assert len(config.key_delivery.ports()) == 2 * len(config.key_delivery.kmes)
     assert "qkdops" in SERVER_NAMES  # SAEs on the compose network reach https://qkdops:PORT with hostname checks on
 
 

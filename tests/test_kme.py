@@ -155,9 +155,9 @@ def test_requests_are_counted_by_site_call_and_code(tmp_path: Path):
         client.request("GET", "/api/v1/keys/sae-b/enc_keys?number=0")
         rig.client("sae-mallory").request("GET", "/api/v1/keys/sae-a/dec_keys?key_ID=" + str(uuid.uuid4()))
         stats = rig.fleet.kme_stats.snapshot()
-        assert stats.requests_total == {("a", "status", "200"): 1, ("a", "enc_keys", "200"): 1,
-                                        ("a", "enc_keys", "400"): 1, ("b", "dec_keys", "400"): 1}
-        assert stats.request_seconds[("a", "enc_keys")].count == 2
+        assert stats.requests_total == {("a", "etsi014", "status", "200"): 1, ("a", "etsi014", "enc_keys", "200"): 1,
+                                        ("a", "etsi014", "enc_keys", "400"): 1, ("b", "etsi014", "dec_keys", "400"): 1}
+        assert stats.request_seconds[("a", "etsi014", "enc_keys")].count == 2
 
 
 def test_a_kme_dying_mid_answer_is_a_connection_error_and_is_not_retried() -> None:
@@ -200,4 +200,4 @@ def test_an_internal_error_is_answered_500_with_an_error_object_and_counted(tmp_
         assert "internal error" in message and "a bug" not in message
         monkeypatch.undo()
         assert rig.client("sae-a").status("sae-b")["stored_key_count"] > 0      # the KME still serves
-        assert rig.fleet.kme_stats.snapshot().requests_total[("a", "status", "500")] == 1   # counted under its call
+        assert rig.fleet.kme_stats.snapshot().requests_total[("a", "etsi014", "status", "500")] == 1   # counted under its call

@@ -1,10 +1,12 @@
 """Development PKI for the KMEs and SAEs: a private CA, a server certificate per KME, a client
-certificate per SAE (its common name is its SAE ID: how a KME knows who is calling).
+certificate per SAE (its common name is its SAE ID: how a KME knows who is calling), and a TLS
+pre-shared key per SAE for the SKIP key providers (``skip/<SAE>.psk``: 32 random bytes in hex; the
+PSK identity is the SAE ID — what a router's ``psk id <name> key hex …`` holds).
 
 Made by ``qkdops pki init`` (and by ``qkdops up`` on first run) under ``<state_dir>/pki/``, which
 is git-ignored: private keys never enter the repository. Idempotent: the CA and every existing
 certificate are kept, only what the config adds (a new site or SAE) is issued. Directories 0700,
-private keys 0600. ECDSA P-256 keys, SHA-256 signatures, server certificates valid for
+private keys and PSKs 0600. ECDSA P-256 keys, SHA-256 signatures, server certificates valid for
 ``localhost``, ``127.0.0.1``, ``::1``, ``kme-<site>`` and the compose service name ``qkdops``.
 
 For development and tests only: a deployment's KMEs and SAEs get their certificates from the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from qkdops.config import KeyDelivery
 from qkdops.kme.etsi import kme_id
 
+PSK_BYTES = 32                   # 256-bit PSKs: the strength of the AES-256 suites SKIP asks for
 VALID_DAYS = 825                 # the CA/Browser-forum ceiling for leaf certificates
 SERVER_NAMES = ("localhost", "qkdops")
 SERVER_IPS = ("127.0.0.1", "::1")
@@ -52,17 +56,32 @@ class Pki:
     def sae(self, sae: str) -> tuple[Path, Path]:
         return self.root / "sae" / f"{sae}.crt", self.root / "sae" / f"{sae}.key"
 
+    def skip_psk(self, sae: str) -> Path:
+        return self.root / "skip" / f"{sae}.psk"
+
     def missing(self, delivery: KeyDelivery) -> list[Path]:
         """Files the KMEs of ``delivery`` need that do not exist yet."""
         needed = [self.ca_cert, *(p for k in delivery.kmes for p in self.kme(k.site)),
-                  *(p for k in delivery.kmes for sae in k.saes for p in self.sae(sae))]
+                  *(p for k in delivery.kmes for sae in k.saes for p in (*self.sae(sae), self.skip_psk(sae)))]
         return [p for p in needed if not p.exists()]
+
+
+def read_psk(path: Path) -> bytes:
+    """A PSK file's key (hex, whitespace around it ignored); ValueError naming the file, never its content."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        key = bytes.fromhex(text)
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"{path}: expected a PSK in hexadecimal") from None
+    if not 16 <= len(key) <= 64:
+        raise ValueError(f"{path}: expected a PSK of 16 to 64 bytes, got {len(key)}")
+    return key
 
 
 def init_pki(pki: Pki, delivery: KeyDelivery) -> list[Path]:
     """Create the CA (if absent) and every missing KME and SAE certificate; returns the new files."""
     created: list[Path] = []
-    for directory in (pki.root, pki.root / "kme", pki.root / "sae"):
+    for directory in (pki.root, pki.root / "kme", pki.root / "sae", pki.root / "skip"):
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
     if pki.ca_cert.exists() != pki.ca_key.exists():
@@ -86,6 +105,9 @@ def init_pki(pki: Pki, delivery: KeyDelivery) -> list[Path]:
         created += _leaf(pki.kme(kme.site), kme_id(kme.site), ca_cert, ca_key, ExtendedKeyUsageOID.SERVER_AUTH, names)
         for sae in kme.saes:
             created += _leaf(pki.sae(sae), sae, ca_cert, ca_key, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+            if not pki.skip_psk(sae).exists():
+                _private(pki.skip_psk(sae), secrets.token_bytes(PSK_BYTES).hex().encode("ascii") + b"\n")
+                created.append(pki.skip_psk(sae))
     return created
 
 
@@ -116,8 +138,13 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurve
 
 def _write(cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> list[Path]:
     """Key first, created 0600 (never world-readable, not even briefly), then the certificate."""
-    fd = os.open(key_path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    _private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return [cert_path, key_path]
+
+
+def _private(path: Path, content: bytes) -> None:
+    """A secret's file, created 0600 before a byte is written."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content)

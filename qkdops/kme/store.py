@@ -118,9 +118,10 @@ class KeyPoolStore(DurableStore):
 
     # ---- ETSI 014 (KME ← SAE) ------------------------------------------------------------------------
     def issue(self, links: Iterable[str], master_site: str, slave_site: str, master: str, slave: str,
-              number: int, size_bytes: int) -> list[tuple[str, bytes]]:
-        """``enc_keys``: carve ``number`` keys of ``size_bytes`` from the oldest key of ``links`` at
-        both ends; the master's copy is gone, the slave's waits in ``pending``. All or nothing."""
+              number: int, size_bytes: int, call: str = "enc_keys") -> list[tuple[str, bytes]]:
+        """``enc_keys`` (or SKIP's new key, ``call`` counting it): carve ``number`` keys of ``size_bytes``
+        from the oldest key of ``links`` at both ends; the master's copy is gone, the slave's waits in
+        ``pending``. All or nothing."""
         links = list(links)
         need = number * size_bytes
         with self._transaction() as db:
@@ -154,12 +155,13 @@ class KeyPoolStore(DurableStore):
             for link in set(key_links):
                 n = key_links.count(link)
                 self._add_level(slave_site, link, pending=n * size_bytes)
-                self._count(link, master, "enc_keys", n)
+                self._count(link, master, call, n)
             return [(key_id, bytes(master_copy[i * size_bytes:(i + 1) * size_bytes])) for i, key_id in enumerate(ids)]
 
-    def redeem(self, site: str, master: str, slave: str, key_ids: Sequence[str]) -> list[tuple[str, bytes]]:
-        """``dec_keys``: hand the slave the keys issued to it by ``master``, removing them. All or
-        nothing: an unknown key ID is KeyNotFound, a key issued to another pair NotAddressee."""
+    def redeem(self, site: str, master: str, slave: str, key_ids: Sequence[str], call: str = "dec_keys") -> list[tuple[str, bytes]]:
+        """``dec_keys`` (or SKIP's key by ID, ``call`` counting it): hand the slave the keys issued to it
+        by ``master``, whichever API issued them, removing them. All or nothing: an unknown key ID is
+        KeyNotFound, a key issued to another pair NotAddressee."""
         with self._transaction() as db:
             found = {}
             for key_id in key_ids:
@@ -174,7 +176,7 @@ class KeyPoolStore(DurableStore):
             for link in {row[0] for row in found.values()}:
                 mine = [row for row in found.values() if row[0] == link]
                 self._add_level(site, link, pending=-sum(row[3] for row in mine))
-                self._count(link, slave, "dec_keys", len(mine))
+                self._count(link, slave, call, len(mine))
         return [(key_id, bytes(row[4])) for key_id, row in found.items()]
 
     # ---- reading ------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ BLOCK_REASONS = ("none", "qber", "low_counts", "estimation", "verification", "cl
 # (``store_full``) — the key waits in the link's buffer and is retried; ``buffer_full``: the buffer
 # itself was full, so a freshly distilled key was discarded (the only outcome that loses key).
 HANDOFF_OUTCOMES = ("success", "kme_unavailable", "kme_timeout", "store_full", "buffer_full")
-KME_CALLS = ("enc_keys", "dec_keys")
+# the calls that serve keys → their API: ETSI GS QKD 014 (enc_keys to the master, dec_keys to the slave)
+# and SKIP (key to the initiator, key_by_id to the responder)
+KME_CALLS = {"enc_keys": "etsi014", "dec_keys": "etsi014", "key": "skip", "key_by_id": "skip"}
 STAGES = ("sifting", "estimation", "error_correction", "verification", "privacy_amplification", "key_handoff")
 CALIBRATION_ACTIONS = ("relock_phase", "retune_intensities", "realign_polarization", "regate_detectors")
 
