@@ -67,6 +67,10 @@ def _base() -> dict:
     (lambda c: c["key_delivery"]["kmes"][1].update(site="lab-north"), "key_delivery.kmes[1].site", "one KME per site"),
     (lambda c: c["key_delivery"]["kmes"][1].update(port=9830), "key_delivery.kmes", "distinct port per KME"),
     (lambda c: c["key_delivery"]["kmes"][1].update(port=9811), "key_delivery.kmes", "distinct from the runtime's ports"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(skip_port=9830), "key_delivery.kmes", "per SKIP key provider"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(skip_port=9800), "key_delivery.kmes", "(ETSI 014 and SKIP) ports distinct"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(skip_port=70000), "key_delivery.kmes[1].skip_port", "65535"),
+    (lambda c: c["key_delivery"]["kmes"][1].update(port=65500), "key_delivery.kmes[1].skip_port", "set skip_port"),
     (lambda c: c["key_delivery"]["kmes"][1].update(saes=[]), "key_delivery.kmes[1].saes", "non-empty list"),
     (lambda c: c["key_delivery"]["kmes"][1].update(saes=["sae/../x"]), "key_delivery.kmes[1].saes[0]", "an SAE id"),
     (lambda c: c["key_delivery"]["kmes"][1].update(saes=["sae-lab-north"]), "key_delivery.kmes[1].saes[0]",
@@ -106,6 +110,7 @@ def test_sites_without_a_listed_kme_get_one_with_a_default_sae(tmp_path: Path):
     kmes = {k.site: k for k in config.key_delivery.kmes}
     assert set(kmes) == {s for link in config.links for s in (link.sites.alice, link.sites.bob)}
     assert kmes["lab-south"].port == 9831 and kmes["lab-south"].saes == ("sae-lab-south",)
+    assert kmes["lab-south"].skip_port == 9931 and kmes["lab-north"].skip_port == kmes["lab-north"].port + 100
     assert config.key_delivery.site_of("sae-city-b") == "city-b" and config.key_delivery.site_of("nobody") is None
 
 

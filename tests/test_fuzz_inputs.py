@@ -24,6 +24,8 @@ from monitoring import pager_sink
 from qkdops.config import ConfigError, load_config
 from control_api.server import ApiError
 from qkdops.kme.etsi import KMEService
+from qkdops.kme.skip import CALLS as SKIP_CALLS
+from qkdops.kme.skip import SkipService
 from qkdops.kme.store import KeyPoolStore
 from monitoring.config import load_monitoring_config
 from monitoring.slo import SpecError, parse_spec
@@ -205,6 +207,29 @@ def test_any_etsi_request_is_answered_with_a_status_and_an_error_object(kme, met
     assert isinstance(answer.body, dict)
     if answer.status != 200:
         assert isinstance(answer.body.get("message"), str) and len(json.dumps(answer.body)) < MAX_MESSAGE
+
+
+@pytest.fixture(scope="module")
+def skip(kme: KMEService) -> SkipService:
+    return SkipService("a", kme.delivery, kme.links, kme.store)
+
+
+SKIP_STATUSES = {200, 400, 405, 503}   # (404: the HTTP layer, for a path outside draft-cisco-skip Table 2)
+skip_queries = (st.sampled_from(["", "remoteSystemID=sae-b", "remoteSystemID=sae-a&size=128", "size=99999999999",
+                                 "minentropy=64", "remoteSystemID=sae-b&remoteSystemID=x"])
+                | st.text(max_size=40) | st.lists(st.tuples(st.text(max_size=12), st.text(max_size=12)), max_size=3)
+                .map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs)))
+
+
+@FUZZ
+@given(method=st.sampled_from(["GET", "POST", "HEAD", "DELETE"]), call=st.sampled_from(sorted(SKIP_CALLS)),
+       key_id=st.none() | st.text(max_size=40) | st.sampled_from(["0" * 32, "F" * 32, "g" * 32]), query=skip_queries,
+       caller=st.sampled_from(["sae-a", "sae-a2", "sae-b", "nobody"]) | st.none())
+def test_any_skip_request_is_answered_with_a_draft_status_and_a_message(skip, method, call, key_id, query, caller):
+    answer = skip.answer(method, call, key_id, query, caller)
+    assert int(answer.status) in SKIP_STATUSES and isinstance(answer.body, dict)
+    if answer.status != 200:
+        assert set(answer.body) == {"message"} and len(json.dumps(answer.body)) < MAX_MESSAGE
 
 
 def _inject_request() -> dict[str, Any]:

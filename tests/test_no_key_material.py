@@ -19,7 +19,7 @@ from exporters import DeviceCollector, PostProcessingCollector, render
 from control_api import server as control_api
 from qkdops.kme.client import EtsiClientError
 
-FORMS = (bytes.hex, lambda b: base64.b64encode(b).decode(), lambda b: base64.urlsafe_b64encode(b).decode(),
+FORMS = (bytes.hex, lambda b: b.hex().upper(), lambda b: base64.b64encode(b).decode(), lambda b: base64.urlsafe_b64encode(b).decode(),
          lambda b: b.decode("latin-1"))
 
 
@@ -33,9 +33,10 @@ def _request(url: str, token: str, method: str = "GET", body: bytes | None = Non
 
 
 def test_keys_appear_only_in_the_key_stores_and_in_the_saes_answers(tmp_path: Path, caplog):
-    """Distilled keys sit in the buffer and the KME stores; SAEs get theirs in ETSI answers. Nothing
-    else — metrics, logs (DEBUG included), spans, control-API answers, KME error objects, client
-    exceptions — carries a single 16-byte window of any of them, in hex, base64 or raw form."""
+    """Distilled keys sit in the buffer and the KME stores; SAEs get theirs in ETSI and SKIP answers.
+    Nothing else — metrics, logs (DEBUG included), spans, control-API answers, KME and key-provider
+    error objects, client exceptions — carries a single 16-byte window of any of them, in hex, base64
+    or raw form."""
     caplog.set_level(logging.DEBUG)
     spans = InMemorySpanExporter()
     token = "t" * 40
@@ -63,6 +64,12 @@ def test_keys_appear_only_in_the_key_stores_and_in_the_saes_answers(tmp_path: Pa
                     texts += [str(exc), json.dumps(exc.details)]
             texts += [json.dumps(master.request("GET", f"/api/v1/keys/sae-b/dec_keys?key_ID={ids[0]}")[1])]
             slave.dec_keys("sae-a", ids)
+            skip_a, skip_b, skip_mallory = rig.skip_client("sae-a"), rig.skip_client("sae-b"), rig.skip_client("sae-mallory")
+            skip_keys = [skip_a.new_key("sae-b", 512) for _ in range(3)]
+            delivered += [(key_id, key) for key_id, key in skip_keys]
+            texts += [json.dumps(skip_mallory.request("GET", f"/key/{skip_keys[0][0]}?remoteSystemID=sae-a")[1]),
+                      json.dumps(skip_a.request("GET", "/key?remoteSystemID=sae-b&size=99999")[1])]
+            texts += [json.dumps(skip_b.key_by_id(key_id, "sae-a")[0]) for key_id, _ in skip_keys]
             texts += [render(DeviceCollector(fleet.snapshots)).decode(),
                       render(PostProcessingCollector(fleet.snapshots, fleet.kme_stats.snapshot)).decode()]
             texts += [_request(f"{base}/links/bb84-a", token), _request(f"{base}/links/nope", token),
