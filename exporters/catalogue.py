@@ -26,7 +26,8 @@ from qkdops.yaml_input import YamlInputError, load_text
 DEVICE = "device"
 POSTPROCESSING = "postprocessing"
 CALIBRATION = "calibration"  # the calibration scheduler's exporter (calibration_jobs/)
-EXPORTERS = (DEVICE, POSTPROCESSING, CALIBRATION)
+KME_PROBE = "kme_probe"      # the blackbox exporter of ETSI 014 KMEs (exporters/kme_probe.py)
+EXPORTERS = (DEVICE, POSTPROCESSING, CALIBRATION, KME_PROBE)
 TYPES = ("counter", "gauge", "histogram")
 CATALOGUE_FILE = "catalogue.yaml"
 _NAME = re.compile(r"qkd_[a-z][a-z0-9_]*[a-z0-9]")
@@ -93,10 +94,11 @@ def _metric(name: str, entry: object, labels: Mapping[str, frozenset[str] | None
         raise CatalogueError(f"{where}: counters, and only counters, end in _total")
     if exporter not in EXPORTERS:
         raise CatalogueError(f"{where}.exporter: expected one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if not isinstance(names, list) or (names[:2] != ["link", "protocol"] and names[:1] not in (["site"], ["worker"])) \
+    if not isinstance(names, list) or (names[:2] != ["link", "protocol"] and names[:1] not in (["site"], ["worker"], ["target"])) \
             or len(set(names)) != len(names) or any(n not in labels for n in names):
         raise CatalogueError(f"{where}.labels: expected distinct labels from 'labels', starting with link, protocol "
-                             f"(or site, for a KME's series; worker, for a sharded fleet's worker); got {names!r}")
+                             f"(or site, for a KME's series; worker, for a sharded fleet's worker; target, for a "
+                             f"kme-probe target); got {names!r}")
     if not isinstance(entry["help"], str) or not entry["help"].strip():
         raise CatalogueError(f"{where}.help: expected a non-empty string")
     values = {n: labels[n] for n in names}

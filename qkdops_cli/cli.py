@@ -20,6 +20,7 @@ from qkdops_cli import credentials_cmd
 from qkdops_cli import generate_cmd
 from qkdops_cli import worker_cmd
 from qkdops_cli import history_cmd
+from qkdops_cli import kme_probe_cmd
 from qkdops.runtime.memory import retain_freed_memory
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.register(sub)
     worker_cmd.register(sub)
     history_cmd.register(sub)
+    kme_probe_cmd.register(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from conftest import write_fleet_config
 
 from qkdops.config import FleetConfig, load_config
+from qkdops.http_server import HttpServer
 from qkdops.kme.client import EtsiClient, SkipClient, client_context
 from qkdops.kme.pki import Pki, init_pki, read_psk
 from qkdops.kme.server import serve_kmes, shutdown_kmes
@@ -43,6 +44,7 @@ class KmeRig:
     pki: Pki
     urls: dict[str, str]          # site → https://127.0.0.1:PORT
     skip_urls: dict[str, str]     # site → its SKIP key provider's https://127.0.0.1:PORT
+    servers: dict[str, HttpServer]   # site → its KME's listener (a test may stop one)
 
     def client(self, sae: str, site: str | None = None) -> EtsiClient:
         """SAE ``sae`` (its own certificate) calling the KME of ``site`` (default: its own)."""
@@ -68,7 +70,7 @@ def kme_rig(directory: Path, frames: int = 4, extra: str = "", span_exporter: An
         init_pki(pki, config.key_delivery)
         servers = serve_kmes(fleet, pki)
         skips = serve_kmes(fleet, pki, skip=True)
-        yield KmeRig(fleet, pki, _urls(servers), _urls(skips))
+        yield KmeRig(fleet, pki, _urls(servers), _urls(skips), servers)
     finally:
         shutdown_kmes([*servers.values(), *skips.values()])
         fleet.stop()

@@ -70,6 +70,11 @@ class _JsonClient:
                 raise ConnectionResetError(f"the KME closed the connection {len(exc.partial)} bytes into its answer") from None
         raise AssertionError("unreachable")
 
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The server's verified certificate on the open connection (``ssl.getpeercert``), if any."""
+        sock = getattr(self._conn, "sock", None)
+        return sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
