@@ -32,12 +32,14 @@ COPY runbooks ./runbooks
 # The fleet config the containers run: links.yaml listening on 0.0.0.0 (the compose network; ports are
 # published on 127.0.0.1 only) with an absolute state_dir; derived here so it cannot drift from links.yaml.
 RUN python -c "from qkdops_cli.stack import write_container_config; write_container_config('/app/links.yaml', '/etc/qkdops/links.yaml')"
+# The kme-probe's targets: the fleet's KMEs on the compose network (service qkdops), the PKI in the state volume.
+RUN python -c "from qkdops.config import load_config; from qkdops_cli.stack import write_kme_probe_config; c = load_config('/etc/qkdops/links.yaml'); write_kme_probe_config(c, 'qkdops', c.runtime.state_dir / 'pki', '/etc/qkdops/kme-probe.yaml')"
 # /app/var: each service's state (a volume per service); /app/secrets: the control API token (volume
 # api-token; a fresh volume takes this directory's owner and mode).
 RUN useradd --system --uid 10001 qkdops && mkdir -p /app/var /app/secrets \
     && chown qkdops /app/var /app/secrets && chmod 0700 /app/secrets
 USER qkdops
-EXPOSE 9800 9810 9811 9812 9820 9830 9831 9832 9833 9834 9835 9930 9931 9932 9933 9934 9935
+EXPOSE 9800 9810 9811 9812 9813 9820 9830 9831 9832 9833 9834 9835 9930 9931 9932 9933 9934 9935
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9800/healthz', timeout=2)"
 ENTRYPOINT ["qkdops"]

@@ -85,8 +85,8 @@ class Target:
 @dataclass(frozen=True)
 class ProbeConfig:
     targets: tuple[Target, ...]
-    interval_s: float = 30.0
-    timeout_s: float = 5.0
+    interval_s: float = 10.0
+    timeout_s: float = 3.0
     source: Path = Path("kme-probe.yaml")
 
 
@@ -95,8 +95,8 @@ def load_probe_config(path: Path) -> ProbeConfig:
     the file and field; files a target names must exist (a probe with a missing key would only fail later)."""
     reader = FieldReader(path, ProbeConfigError)
     top = reader.mapping(reader.load(), "", {"interval_s", "timeout_s", "targets"}, required=("targets",))
-    interval = reader.number(top.get("interval_s", 30.0), "interval_s", 1.0, 3600.0)
-    timeout = reader.number(top.get("timeout_s", 5.0), "timeout_s", 0.1, 60.0)
+    interval = reader.number(top.get("interval_s", ProbeConfig.interval_s), "interval_s", 1.0, 3600.0)
+    timeout = reader.number(top.get("timeout_s", ProbeConfig.timeout_s), "timeout_s", 0.1, 60.0)
     if timeout >= interval:
         reader.fail("timeout_s", f"less than interval_s ({interval:g})", timeout)
     raw_targets = reader.sequence(top.get("targets"), "targets", "a non-empty list of targets")
@@ -197,18 +197,20 @@ class KmeProbe:
             previous = self._results[target.name]
         result = Result(outcomes=dict(previous.outcomes), keys_match=previous.keys_match)
         result.sae_cert_expiry = _file_expiry(target.credentials.cert)
-        client = self._client(target.kme, target.credentials)
+        client = self._call(result, target, "status", lambda: self._client(target.kme, target.credentials), count=False)
         try:
-            status = self._call(result, target, "status", lambda: client.status(target.peer.sae))
+            status = None if client is None else self._call(result, target, "status", lambda: client.status(target.peer.sae))
             if status is not None:
                 result.up, result.status = _status_object(status), status
                 if not result.up:
                     log.warning("%s: status answered 200 without a Status object", target.name)
-            result.kme_cert_expiry = _peer_expiry(client)
-            if result.up and target.round_trip:
+            if client is not None:
+                result.kme_cert_expiry = _peer_expiry(client)
+            if client is not None and result.up and target.round_trip:
                 self._round_trip(result, target, client)
         finally:
-            client.close()
+            if client is not None:
+                client.close()
         result.at = self.clock()
         with self._lock:
             self._results[target.name] = result
@@ -219,7 +221,10 @@ class KmeProbe:
         if not issued:
             return
         assert target.peer.kme is not None and target.peer.credentials is not None
-        peer = self._client(target.peer.kme, target.peer.credentials)
+        peer_kme, peer_credentials = target.peer.kme, target.peer.credentials
+        peer = self._call(result, target, "dec_keys", lambda: self._client(peer_kme, peer_credentials), count=False)
+        if peer is None:
+            return
         try:
             ((key_id, key),) = issued
             fetched = self._call(result, target, "dec_keys", lambda: peer.dec_keys(target.sae, [key_id]))
@@ -236,12 +241,16 @@ class KmeProbe:
     def _client(self, url: str, credentials: Credentials) -> EtsiClient:
         return EtsiClient(url, client_context(credentials.ca, credentials.cert, credentials.key), self.config.timeout_s)
 
-    def _call(self, result: Result, target: Target, call: str, do: Callable[[], Any]) -> Any:
-        """Run one ETSI call, recording success, latency and HTTP code; its answer, or None on failure."""
+    def _call(self, result: Result, target: Target, call: str, do: Callable[[], Any], count: bool = True) -> Any:
+        """Run one ETSI call, recording success, latency and HTTP code; its answer, or None on failure.
+        ``count=False``: a step before the call (its TLS context: unreadable files, a certificate that
+        does not match its key), recorded only if it fails."""
         started = time.monotonic()
         code, answer, ok = 0, None, False
         try:
             answer, code, ok = do(), 200, True
+            if not count:
+                return answer
         except EtsiClientError as exc:
             code = exc.status
             log.warning("%s: %s at %s → HTTP %d: %s", target.name, call, target.kme if call != "dec_keys" else target.peer.kme,

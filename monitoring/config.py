@@ -48,6 +48,7 @@ class Jobs:
     device: str
     postprocessing: str
     calibration: str
+    kme_probe: str
 
 
 @dataclass(frozen=True)

@@ -54,17 +54,20 @@ class Hosts:
     worker_targets_dir: str | None = None
     # ... or its workers at fixed addresses (compose services): (worker name, device, post-processing)
     workers: tuple[tuple[str, str, str], ...] = ()
+    kme_probe: str | None = None    # the kme-probe's metrics (the KMEs seen over ETSI 014); None: not run
 
 
 def local_hosts(rt: RuntimeSettings, calibration_bind: str | None = None, ha: bool = False,
-                worker_targets_dir: str | None = None) -> Hosts:
+                worker_targets_dir: str | None = None, kme_probe: bool = False) -> Hosts:
     """Local addresses; ``calibration_bind``: where the scheduler listens (None: it is not run);
     ``ha``: the Alertmanager cluster's other two peers too (``qkdops up --ha``); ``worker_targets_dir``:
-    a sharded fleet's target lists (its supervisor serves no device exporter)."""
+    a sharded fleet's target lists (its supervisor serves no device exporter); ``kme_probe``: the
+    kme-probe runs (on ``runtime.kme_probe_port``)."""
     peers = (f"{rt.bind}:{rt.alertmanager_b_port}", f"{rt.bind}:{rt.alertmanager_c_port}") if ha else ()
     return Hosts(None if worker_targets_dir else f"{rt.bind}:{rt.device_exporter_port}", f"{rt.bind}:{rt.postprocessing_exporter_port}",
                  f"{rt.bind}:{rt.alertmanager_port}", f"{rt.bind}:{rt.pager_sink_port}",
-                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}", peers, worker_targets_dir)
+                 None if calibration_bind is None else f"{calibration_bind}:{rt.calibration_exporter_port}", peers, worker_targets_dir,
+                 kme_probe=f"{rt.bind}:{rt.kme_probe_port}" if kme_probe else None)
 
 
 def worker_targets(monitoring: MonitoringConfig, workers: Sequence[tuple[str, str, str]]) -> dict[str, list[dict[str, Any]]]:
@@ -91,7 +94,8 @@ class RemoteWrite:
 COMPOSE_WORKERS = 2
 COMPOSE_HOSTS = Hosts(None, "qkdops:9811", "alertmanager:9093", "qkdops:9820", "calibration:9812",
                       ("alertmanager-b:9093", "alertmanager-c:9093"),
-                      workers=tuple((f"worker-{i}", f"qkdops-worker-{i}:9810", f"qkdops-worker-{i}:9811") for i in range(COMPOSE_WORKERS)))
+                      workers=tuple((f"worker-{i}", f"qkdops-worker-{i}:9810", f"qkdops-worker-{i}:9811") for i in range(COMPOSE_WORKERS)),
+                      kme_probe="kme-probe:9813")
 # docker-compose's `secrets:` (files written by `qkdops credentials --compose-dir compose-secrets`), as the
 # containers see them.
 COMPOSE_SECRET_FILES = {name: f"/run/secrets/{name}" for name in (
@@ -104,7 +108,7 @@ COMPOSE_REMOTE_WRITE = RemoteWrite("http://vmauth:8427/api/v1/write", COMPOSE_SE
 def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str, scrape_interval_s: float, *,
                       alertmanager_password_file: str, remote_write: RemoteWrite | None = None,
                       replica: str | None = None) -> dict[str, Any]:
-    """Scrape both exporters and the calibration scheduler under the monitoring config's job names
+    """Scrape both exporters, the calibration scheduler and the kme-probe under the monitoring config's job names
     (what rules and dashboards select on) — a sharded fleet's workers found through the target lists
     in ``hosts.worker_targets_dir`` (re-read when they change) or at ``hosts.workers`` — send alerts to
     Alertmanager (every peer of ``hosts``) with basic auth (its password read from
@@ -118,6 +122,8 @@ def prometheus_config(monitoring: MonitoringConfig, hosts: Hosts, rule_glob: str
     jobs = [(monitoring.jobs.device, hosts.device), (monitoring.jobs.postprocessing, hosts.postprocessing)]
     if hosts.calibration is not None:
         jobs.append((monitoring.jobs.calibration, hosts.calibration))
+    if hosts.kme_probe is not None:
+        jobs.append((monitoring.jobs.kme_probe, hosts.kme_probe))
     discovered = (monitoring.jobs.device, monitoring.jobs.postprocessing) if hosts.worker_targets_dir else ()
     static_workers = worker_targets(monitoring, hosts.workers)
 

@@ -135,6 +135,7 @@ class RuntimeSettings:
     scrape_interval_s: float = 5.0
     pager_sink_port: int = 9820
     calibration_exporter_port: int = 9812
+    kme_probe_port: int = 9813   # `qkdops up`'s kme-probe (the KMEs watched over ETSI 014), with Prometheus
     # `qkdops up --workers N`: worker i's control API, device and post-processing exporters listen on
     # worker_port_base + 3i, + 3i + 1 and + 3i + 2 (fixed, so a restarted worker is the same target).
     worker_port_base: int = 9900
@@ -144,7 +145,7 @@ class RuntimeSettings:
 
 
 PORT_FIELDS = ("control_port", "device_exporter_port", "postprocessing_exporter_port", "prometheus_port", "alertmanager_port",
-               "pager_sink_port", "calibration_exporter_port", "victoria_metrics_port", "prometheus_replica_port",
+               "pager_sink_port", "calibration_exporter_port", "kme_probe_port", "victoria_metrics_port", "prometheus_replica_port",
                "alertmanager_b_port", "alertmanager_c_port", "alertmanager_cluster_port", "alertmanager_b_cluster_port",
                "alertmanager_c_cluster_port")
 """Every port field of RuntimeSettings: each is validated as a port and all must differ."""

@@ -80,6 +80,7 @@ import yaml
 from qkdops import credentials
 from exporters.postprocessing import WorkerStatus
 from qkdops.config import FleetConfig, RuntimeSettings, WorkerPorts, parse_config, read_yaml, worker_ports
+from qkdops.kme.pki import Pki
 from qkdops.durations import format_seconds
 from qkdops.http_client import Auth, StackAuth, http_url, open_url
 from monitoring.alertmanager import ALERTMANAGER_PEERS, SecretFileError, alertmanager_config, peer_timeout_s, secret_files_from_env
@@ -137,6 +138,46 @@ def container_config(source: Path) -> str:
 def write_container_config(source: str | Path, target: str | Path) -> None:
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     Path(target).write_text(container_config(Path(source)), encoding="utf-8")
+
+
+KME_PROBE = "kme_probe"   # its name in up.json, `qkdops up`'s listing and `qkdops status`
+KME_PROBE_INTERVAL_S, KME_PROBE_TIMEOUT_S = 10.0, 3.0
+
+
+def kme_probe_targets(config: FleetConfig, host: str, pki_root: Path | str) -> dict[str, Any]:
+    """A kme-probe config (``exporters/kme_probe.py``) watching ``config``'s own KMEs at ``host`` as an
+    operator would a vendor's: for each pair of sites a link joins, the first SAE of one end probing
+    its KME, with a round trip to the first SAE of the other (``pki_root``: the development PKI)."""
+    pki = Pki(Path(pki_root))
+    delivery = config.key_delivery
+    targets: dict[tuple[str, str], dict[str, Any]] = {}
+    for link in config.links:
+        pair = (link.sites.alice, link.sites.bob)
+        kme, peer = delivery.kme(pair[0]), delivery.kme(pair[1])
+        if pair in targets or kme is None or peer is None:
+            continue
+        cert, key = pki.sae(kme.saes[0])
+        peer_cert, peer_key = pki.sae(peer.saes[0])
+        targets[pair] = {"name": f"{pair[0]}-{pair[1]}", "kme": http_url(host, kme.port, "https"), "sae": kme.saes[0],
+                         "ca": str(pki.ca_cert), "cert": str(cert), "key": str(key),
+                         "peer": {"sae": peer.saes[0], "kme": http_url(host, peer.port, "https"), "ca": str(pki.ca_cert),
+                                  "cert": str(peer_cert), "key": str(peer_key)}}
+    return {"interval_s": KME_PROBE_INTERVAL_S, "timeout_s": KME_PROBE_TIMEOUT_S, "targets": list(targets.values())}
+
+
+def write_kme_probe_config(config: FleetConfig, host: str, pki_root: Path | str, target: Path | str) -> Path:
+    """``kme_probe_targets`` written as YAML to ``target`` (the compose image's, or ``qkdops up``'s)."""
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Rendered by qkdops_cli.stack.kme_probe_targets from links.yaml: the fleet's own KMEs, probed over ETSI 014.\n"
+    path.write_text(header + yaml.safe_dump(kme_probe_targets(config, host, pki_root), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def kme_probe_argv(config_path: Path, rt: RuntimeSettings) -> list[str]:
+    """``qkdops kme-probe`` on ``runtime.kme_probe_port``, stopping with ``qkdops up``."""
+    return [sys.executable, "-m", "qkdops_cli.cli", "kme-probe", "--config", str(config_path), "--bind", rt.bind,
+            "--port", str(rt.kme_probe_port), "--exit-with-parent"]
 
 
 def scheduler_argv(config_path: Path, rt: RuntimeSettings) -> list[str]:
@@ -215,8 +256,9 @@ class Stack:
 
     def __init__(self, rt: RuntimeSettings, scheduler_config: Path | None = None, scheduler_bind: str | None = None,
                  monitoring: MonitoringConfig | None = None, long_term_store: bool = False, ha: bool = False,
-                 workers: Sequence[Worker] = ()) -> None:
+                 workers: Sequence[Worker] = (), kme_probe_config: Path | None = None) -> None:
         self.rt = rt
+        self.kme_probe_config = kme_probe_config
         self.ha = ha
         self.workers = tuple(workers)
         self.long_term_store = long_term_store
@@ -244,7 +286,8 @@ class Stack:
         if self.workers:
             targets = self.state_dir / TARGETS_DIR
             self._write_worker_targets(targets)
-        hosts = local_hosts(self.rt, self.scheduler_bind, self.ha, None if targets is None else str(targets))
+        hosts = local_hosts(self.rt, self.scheduler_bind, self.ha, None if targets is None else str(targets),
+                            kme_probe=self.kme_probe_config is not None)
         config_path = self.state_dir / "prometheus.yml"
         rules = self.state_dir / "rules"   # rendered for this runtime: runbook links on its own base URL
         write_rule_files(self.monitoring, rules)
@@ -382,6 +425,16 @@ class Stack:
             hint = {1: f" (another scheduler holding {self.state_dir / 'calibration.lock'}, or the control API not answering?)",
                     2: " (a bad configuration: the log names the file and field)"}.get(child.process.returncode or 0, "")
             raise StackError(f"{exc}{hint}; `qkdops up --no-calibration` runs the stack without it") from None
+
+    def start_kme_probe(self, timeout_s: float = SCHEDULER_READY_TIMEOUT_S) -> None:
+        """Start the kme-probe (after the KMEs listen) and wait for its ``/healthz``; StackError if it cannot start."""
+        if self.kme_probe_config is None:
+            raise StackError("no kme-probe configured for this stack")
+        url = f"http://{self.rt.bind}:{self.rt.kme_probe_port}/metrics"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        child = self._spawn(KME_PROBE, url, kme_probe_argv(self.kme_probe_config, self.rt), ready_url=urljoin(url, "/healthz"),
+                            essential=False, env=env)
+        self._wait(child, time.monotonic() + timeout_s, timeout_s)
 
     def _spawn(self, name: str, url: str, argv: list[str], ready_url: str = "", essential: bool = True,
                env: dict[str, str] | None = None, auth: Auth | None = None, group: str = "") -> Child:

@@ -74,7 +74,7 @@ from control_api.shards import ShardedExporter, ShardedFleet
 from qkdops.kme.server import KeySource, SharedKeyPool
 from history.tsdb import HistoryError, HistoryInputError
 from qkdops_cli import history_cmd
-from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_up_file
+from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_kme_probe_config, write_up_file
 
 log = logging.getLogger("qkdops.up")
 T = TypeVar("T")
@@ -181,7 +181,10 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     token = control_api.load_token(rt.state_dir, create=True)   # before any worker, which takes it from the state dir
     fleet: Fleet | None = None
     keys: SharedKeyPool | None = None
-    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store, ha, planned)
+    # with Prometheus, a kme-probe watches this stack's own KMEs over ETSI 014 as it would a vendor's
+    probe_config = write_kme_probe_config(config, rt.bind, rt.state_dir / "pki", rt.state_dir / "kme-probe.yaml") if with_servers else None
+    stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store, ha, planned,
+                  kme_probe_config=probe_config)
     if planned or worker_urls:   # the links run in the workers; this process serves the KMEs and routes the control API
         keys = SharedKeyPool(config)
         links: LinkControl = ShardedFleet(config, [w.url for w in planned] or worker_urls, token.value)
@@ -219,6 +222,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         if with_servers:
             stack.start()
             stack.wait_ready()
+            stack.start_kme_probe()   # the KMEs listen already
         if fleet is not None:
             fleet.start()
         elif planned:

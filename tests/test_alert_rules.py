@@ -52,6 +52,10 @@ CONTRACT = {
     "QKDVerificationFailing": ("page", "cause"),  # issue 14: error correction leaves residual errors
     "QKDKeyMismatch": ("page", "cause"),  # issue 14: the two ends' keys differ at hand-off
     "QKDECEfficiencyDegraded": ("ticket", "cause"),  # issue 14: measured EC efficiency f above the model's
+    "QKDKMEUnreachable": ("page", "cause"),  # issue 19: the kme-probe gets no Status from a KME
+    "QKDKMEKeyStoreLow": ("ticket", "cause"),  # issue 19: a probed KME store empties within the hour at its trend
+    "QKDKMEKeysDisagree": ("page", "cause"),  # issue 19: a probe round trip got different keys at the two ends
+    "QKDKMECertificateExpiring": ("ticket", "cause"),  # issue 19: a probed KME's or SAE's certificate expires soon
 }
 
 

@@ -90,12 +90,13 @@ def test_every_scrape_target_is_a_service_port_and_published_ports_are_unique():
     prom = yaml.safe_load(COMPOSE_PROMETHEUS_CONFIG.read_text())
     config = load_config(ROOT / "links.yaml")
     rt = config.runtime
-    expected = {f"qkdops:{rt.postprocessing_exporter_port}", f"calibration:{rt.calibration_exporter_port}",
+    expected = {f"qkdops:{rt.postprocessing_exporter_port}", f"calibration:{rt.calibration_exporter_port}", f"kme-probe:{rt.kme_probe_port}",
                 *(f"qkdops-worker-{i}:{port}" for i in range(COMPOSE_WORKERS) for port in (rt.device_exporter_port, rt.postprocessing_exporter_port))}
     targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     assert targets == expected
     jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in prom["scrape_configs"]}
     assert jobs[load_monitoring_config().jobs.calibration] == [f"calibration:{config.runtime.calibration_exporter_port}"]
+    assert jobs[load_monitoring_config().jobs.kme_probe] == [f"kme-probe:{config.runtime.kme_probe_port}"]
     for target in targets | {t for am in prom["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]}:
         assert target.split(":")[0] in COMPOSE["services"]
     published = [p.split(":")[-2] for s in COMPOSE["services"].values() for p in s.get("ports", [])]
@@ -144,7 +145,7 @@ def test_the_runtime_image_runs_the_same_fleet_without_its_own_prometheus_or_sch
     config = load_config(ROOT / "links.yaml")
     runtime = config.runtime
     assert exposed == {runtime.control_port, runtime.device_exporter_port, runtime.postprocessing_exporter_port,
-                       runtime.calibration_exporter_port, runtime.pager_sink_port, *config.key_delivery.ports()}
+                       runtime.calibration_exporter_port, runtime.kme_probe_port, runtime.pager_sink_port, *config.key_delivery.ports()}
 
 
 def test_the_container_config_is_links_yaml_listening_on_the_compose_network(tmp_path: Path):

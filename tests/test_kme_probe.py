@@ -174,3 +174,16 @@ def test_a_bad_config_names_the_file_and_field(tmp_path: Path, edit, field: str,
 def test_timeout_must_be_shorter_than_the_interval(tmp_path: Path):
     with pytest.raises(ProbeConfigError, match="timeout_s"):
         load_probe_config(_config(tmp_path, [], interval_s=5, timeout_s=5))
+
+
+def test_credentials_that_do_not_load_fail_the_probe_not_the_prober(tmp_path: Path):
+    with kme_rig(tmp_path, frames=4) as rig:
+        mismatched = _target(rig.pki, "renewal", rig.urls["a"], "sae-a", "sae-b", rig.urls["b"])
+        mismatched["key"] = str(rig.pki.sae("sae-a2")[1])            # a new certificate beside an old key
+        healthy = _target(rig.pki, "healthy", rig.urls["a"], "sae-a", "sae-b")
+        probe = KmeProbe(load_probe_config(_config(tmp_path, [mismatched, healthy])))
+        probe.probe_all()
+        text = probe.render().decode()
+        assert _value(text, "qkd_kme_probe_up", target="renewal") == 0
+        assert _value(text, "qkd_kme_probe_http_status_code", target="renewal", call="status") == 0
+        assert _value(text, "qkd_kme_probe_up", target="healthy") == 1   # the next target is still probed

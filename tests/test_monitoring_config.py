@@ -67,11 +67,11 @@ def test_a_changed_threshold_moves_the_rule_and_the_dashboard_together(tmp_path:
 
 def test_job_names_move_the_scrape_jobs_and_every_selector_on_them(tmp_path: Path) -> None:
     def edit(raw: dict) -> None:
-        raw["jobs"] = {"device": "optics", "postprocessing": "distill", "calibration": "tuner"}
+        raw["jobs"] = {"device": "optics", "postprocessing": "distill", "calibration": "tuner", "kme_probe": "prober"}
     config = load_monitoring_config(_config_file(tmp_path, edit))
     scrape = prometheus_config(config, COMPOSE_HOSTS, "rules/*.yml", 5.0, alertmanager_password_file="/s")
     jobs = {job["job_name"] for job in scrape["scrape_configs"]}
-    assert jobs == {"optics", "distill", "tuner"}
+    assert jobs == {"optics", "distill", "tuner", "prober"}
     text = "".join(render_rule_files(config).values())
     selected = set(re.findall(r'job="([^"]+)"', text)) | {j for alt in re.findall(r'job=~"([^"]+)"', text) for j in alt.split("|")}
     assert selected == jobs
