@@ -253,7 +253,34 @@ def oncall(config: MonitoringConfig) -> dict:
           "short", [(f"sum by (action, outcome) (increase(qkd_calibration_actions_total{L}[1h]))", "{{action}} {{outcome}}")],
           [(None, "green")], w=6, min=0),
         *oncall_key_delivery(),
+        *oncall_kme_probe(),
     ], config)
+
+
+def oncall_kme_probe() -> list[P]:
+    """The KMEs as their applications see them, over ETSI 014 (``qkdops kme-probe``: ours or a vendor's)."""
+    return [
+        row("KMEs seen by the kme-probe (every target)"),
+        P("stat", "KME up per probe target", "1 when the target KME's last status call answered with a Status object "
+          "(qkdops kme-probe: each target a KME and an SAE pair, probed every 10 s over ETSI 014, as an application "
+          "would). QKDKMEUnreachable pages when every probe of 30 s failed.", "short",
+          [("max by (target) (qkd_kme_probe_up)", "{{target}}")], [(None, "red"), (1.0, "green")], w=6, min=0, max=1),
+        P("stat", "Round-trip keys agree", "1 when the target's last round trip (enc_keys at its KME, dec_keys of the same "
+          "key ID at the peer's) gave the same key at both ends; 0 pages at once (QKDKMEKeysDisagree).", "short",
+          [("min by (target) (qkd_kme_probe_keys_match)", "{{target}}")], [(None, "red"), (1.0, "green")], w=6, min=0, max=1),
+        P("stat", "TLS certificate days left", "Days until the earliest TLS certificate of each target expires: the KME's "
+          "server certificate or the probing SAE's own; under 14 days QKDKMECertificateExpiring opens a ticket.", "d",
+          [("min by (target) (qkd_kme_probe_tls_certificate_expiry_timestamp_seconds - time()) / 86400", "{{target}}")],
+          [(None, "red"), (7.0, "orange"), (14.0, "green")], w=12, min=0),
+        P("timeseries", "Stored keys vs capacity per target", "stored_key_count the target KME reports for its SAE pair, "
+          "and its max_key_count: a falling line is applications taking key faster than the link supplies it "
+          "(QKDKMEKeyStoreLow when the 30-min trend empties it within the hour).", "short",
+          [("max by (target) (qkd_kme_probe_stored_keys)", "{{target}} stored"),
+           ("max by (target) (qkd_kme_probe_capacity_keys)", "{{target}} capacity")], [(None, "green")], w=12, min=0),
+        P("timeseries", "Probe call latency", "Time each call of the last probe took, TLS handshake included: status, and on "
+          "a round trip enc_keys at the target's KME and dec_keys at the peer's.", "s",
+          [("max by (target, call) (qkd_kme_probe_duration_seconds)", "{{target}} {{call}}")], [(None, "green")], w=12, min=0),
+    ]
 
 
 def oncall_key_delivery() -> list[P]:
