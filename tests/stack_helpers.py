@@ -63,10 +63,11 @@ def e2e_profile(directory: Path, extra_links: list[dict] | None = None, scrape_i
     raw["links"].extend(extra_links or [])
     sites = list(dict.fromkeys(link["sites"][end] for link in raw["links"] for end in ("alice", "bob")))
     # one call, so no two ports coincide (two calls may each get a port the other just released)
-    control, device, pp, prom, am, sink, calibration, vm, *rest = free_ports(8 + len(HA_PORTS) + 2 * len(sites))
+    control, device, pp, prom, am, sink, calibration, vm, probe, *rest = free_ports(9 + len(HA_PORTS) + 2 * len(sites))
     raw["runtime"].update(state_dir=str(directory / "state"), control_port=control, device_exporter_port=device,
                           postprocessing_exporter_port=pp, prometheus_port=prom, alertmanager_port=am,
                           pager_sink_port=sink, calibration_exporter_port=calibration, victoria_metrics_port=vm,
+                          kme_probe_port=probe,
                           scrape_interval_s=scrape_interval_s, **dict(zip(HA_PORTS, rest)))
     kme_ports = rest[len(HA_PORTS):len(HA_PORTS) + len(sites)]
     skip_ports = rest[len(HA_PORTS) + len(sites):]
@@ -81,10 +82,10 @@ def kme_profile(directory: Path, saes: dict[str, list[str]]) -> Path:
     """FAST_LINK (sites a, b) alone on free ports, on the bits engine at BITS_LINK's pulse rate, with a
     KME per site serving ``saes[site]``: the runtime and its KMEs, for key-delivery tests run with
     ``--no-prometheus``."""
-    control, device, pp, prom, am, sink, calibration, kme_a, kme_b, skip_a, skip_b = free_ports(11)
+    control, device, pp, prom, am, sink, calibration, probe, kme_a, kme_b, skip_a, skip_b = free_ports(12)
     raw = {"runtime": {"state_dir": str(directory / "state"), "control_port": control, "device_exporter_port": device,
                        "postprocessing_exporter_port": pp, "prometheus_port": prom, "alertmanager_port": am,
-                       "pager_sink_port": sink, "calibration_exporter_port": calibration},
+                       "pager_sink_port": sink, "calibration_exporter_port": calibration, "kme_probe_port": probe},
            "links": [{**BITS_LINK, "id": FAST_LINK["id"]}],
            "key_delivery": {"kmes": [{"site": "a", "port": kme_a, "skip_port": skip_a, "saes": saes["a"]},
                                      {"site": "b", "port": kme_b, "skip_port": skip_b, "saes": saes["b"]}]}}
@@ -102,7 +103,7 @@ class RunningStack:
         self.auth = StackAuth(self.state_dir, environ={})
         self.ports = {k: raw[k] for k in ("control_port", "device_exporter_port", "postprocessing_exporter_port",
                                           "prometheus_port", "alertmanager_port", "pager_sink_port",
-                                          "calibration_exporter_port", "victoria_metrics_port", *HA_PORTS) if k in raw}
+                                          "calibration_exporter_port", "victoria_metrics_port", "kme_probe_port", *HA_PORTS) if k in raw}
         self.log = open(config_path.parent / "qkdops-up.log", "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "qkdops_cli.cli", "up", "--config", str(config_path), *extra_args],
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

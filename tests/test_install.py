@@ -45,12 +45,12 @@ def test_a_wheel_installed_outside_the_checkout_runs_keyrate_and_up(tmp_path: Pa
     assert keyrate.returncode == 0 and "PLOB" in keyrate.stdout, keyrate.stderr
 
     raw = yaml.safe_load((ROOT / "links.yaml").read_text())
-    control, device, pp, prom, am, sink, calibration, *kmes = free_ports(7 + len(raw["key_delivery"]["kmes"]))
+    control, device, pp, prom, am, sink, calibration, *kmes = free_ports(7 + 2 * len(raw["key_delivery"]["kmes"]))
     raw["runtime"].update(state_dir=str(tmp_path / "state"), control_port=control, device_exporter_port=device,
                           postprocessing_exporter_port=pp, prometheus_port=prom, alertmanager_port=am, pager_sink_port=sink,
                           calibration_exporter_port=calibration)
-    for kme, port in zip(raw["key_delivery"]["kmes"], kmes):
-        kme["port"] = port
+    for kme, port, skip_port in zip(raw["key_delivery"]["kmes"], kmes, kmes[len(kmes) // 2:]):
+        kme.update(port=port, skip_port=skip_port)
     config = work / "links.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     up = subprocess.Popen([str(venv / "bin" / "qkdops"), "up", "--config", str(config), "--no-prometheus", "--duration", "60"],

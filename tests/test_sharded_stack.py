@@ -48,14 +48,15 @@ def free_run(n: int) -> int:
 def sharded_profile(directory: Path) -> Path:
     """Two links on two workers: e2e-fast (bits engine, sites a-b; worker 0) and a model-engine link
     between c and d (worker 1), every port free, 1-s scrapes."""
-    control, device, pp, prom, am, sink, calibration, vm, *kmes = free_ports(12)
+    control, device, pp, prom, am, sink, calibration, vm, probe, *kmes = free_ports(17)
     raw = {"runtime": {"state_dir": str(directory / "state"), "control_port": control, "device_exporter_port": device,
                        "postprocessing_exporter_port": pp, "prometheus_port": prom, "alertmanager_port": am,
                        "pager_sink_port": sink, "calibration_exporter_port": calibration, "victoria_metrics_port": vm,
+                       "kme_probe_port": probe,
                        "worker_port_base": free_run(3 * WORKERS), "scrape_interval_s": 1.0},
            "links": [{**BITS_LINK, "id": "e2e-fast"}, {**FAST_LINK, "id": "e2e-other", "sites": {"alice": "c", "bob": "d"}}],
-           "key_delivery": {"kmes": [{"site": site, "port": port, "saes": [f"sae-{site}"]}
-                                     for site, port in zip("abcd", kmes)]}}
+           "key_delivery": {"kmes": [{"site": site, "port": port, "skip_port": skip, "saes": [f"sae-{site}"]}
+                                     for site, port, skip in zip("abcd", kmes, kmes[4:])]}}
     path = directory / "links.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
