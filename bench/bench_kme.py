@@ -101,7 +101,7 @@ class KmeRig:
     def __init__(self, config: FleetConfig, state_dir: Path, pki: Pki) -> None:
         self.fleet = Fleet(dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, state_dir=state_dir)))
         self.servers = serve_kmes(self.fleet, pki)
-        self.ports = {site: server.server_port for site, server in self.servers.items()}
+        self.ports = {site: server.port for site, server in self.servers.items()}
         self.next_block = 0
 
     def accept(self, link: str, block_bytes: int, blocks: int) -> None:

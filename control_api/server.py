@@ -20,11 +20,16 @@ Endpoints (``/api/v1``; JSON in and out)::
     GET    /api/v1/exporters                           {"exporters": [{"name", "port", "serving"[, "worker"]}, ...]}
     DELETE /api/v1/exporters/{exporter}                stop its HTTP server (port refuses, as if crashed) → {"name", "serving": false}
     POST   /api/v1/exporters/{exporter}                start it again on the same address → {"name", "serving": true}
+    GET    /api/v1/kmes                                {"kmes": [{"name", "port", "serving"}, ...]}: kme-<site>, skip-<site>
+    DELETE /api/v1/kmes/{kme}                          stop a KME's (or SKIP key provider's) listener → {"name", "serving": false}
+    POST   /api/v1/kmes/{kme}                          start it again on the same address → {"name", "serving": true}
 
 The exporters (``device``, ``postprocessing``) are those ``qkdops up`` serves in-process (on a sharded
 fleet: every instance of the kind, each listed with its ``worker``, stopped and started together);
-stopping one is the "exporter crash" game day, starting it the runbook's restart. Both are idempotent; a
-start whose port has been taken meanwhile is a 409.
+stopping one is the "exporter crash" game day, starting it the runbook's restart. The KMEs are the
+sites' ETSI 014 KMEs and SKIP key providers this process serves: stopping one is a KME outage as its
+SAEs (and the kme-probe) see it; the key store behind it is untouched. Both are idempotent; a start
+whose port has been taken meanwhile is a 409.
 
 Runbooks are read-only documentation that alerts link to (``runbook_url``): an on-call engineer
 opens them from a pager without the API token. The name is letters and digits only, so no request
@@ -99,8 +104,9 @@ REDACTED = "[redacted]"
 
 
 class Exporter(Protocol):
-    """An exporter the API can stop and start (``exporters.server.ServedExporter``; on a sharded fleet's
-    supervisor ``control_api.shards.ShardedExporter``, every instance of its kind)."""
+    """A server the API can stop and start: an exporter (``exporters.server.ServedExporter``; on a sharded
+    fleet's supervisor ``control_api.shards.ShardedExporter``, every instance of its kind) or a KME's
+    listener (``qkdops.http_server.ServedService``)."""
 
     name: str
     port: int
@@ -232,7 +238,7 @@ class Request:
     params: Mapping[str, str]
     read_json: Callable[[], Any]
     query: Mapping[str, list[str]] = field(default_factory=dict)
-    exporters: Mapping[str, Exporter] = field(default_factory=dict)  # name → the exporter served in-process
+    served: Mapping[str, Mapping[str, Exporter]] = field(default_factory=dict)  # kind (SERVED) → name → server
 
 
 Endpoint = Callable[[LinkControl, Request], tuple[HTTPStatus, Any]]
@@ -335,36 +341,45 @@ def _act(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
                            "before": dict(result.before), "after": dict(result.after)}
 
 
-def _exporters(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
-    return HTTPStatus.OK, {"exporters": [entry for e in req.exporters.values() for entry in e.listing()]}
+SERVED = {"exporters": "exporter", "kmes": "kme"}   # what /api/v1/<kind> lists, stops and starts → its path parameter
 
 
-def _exporter(req: Request) -> Exporter:
-    name = req.params["exporter"]
-    if (exporter := req.exporters.get(name)) is None:
-        raise ApiError(HTTPStatus.NOT_FOUND, "unknown_exporter",
-                       f"exporter: unknown exporter '{name}' (exporters: {', '.join(req.exporters) or 'none'})", "exporter")
-    return exporter
+def _served_listing(kind: str) -> Endpoint:
+    def listing(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
+        return HTTPStatus.OK, {kind: [entry for e in req.served.get(kind, {}).values() for entry in e.listing()]}
+    return listing
 
 
-def _stop_exporter(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
-    exporter = _exporter(req)
-    if exporter.stop():
-        log.warning("exporter %s stopped through the control API: its port(s) refuse connections", exporter.name)
-    return HTTPStatus.OK, {"name": exporter.name, "serving": exporter.serving}
+def _one_served(kind: str, req: Request) -> Exporter:
+    noun, known = SERVED[kind], req.served.get(kind, {})
+    name = req.params[noun]
+    if (server := known.get(name)) is None:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"unknown_{noun}", f"{noun}: unknown {noun} '{clip(name, 80)}' ({kind}: "
+                       f"{', '.join(known) or 'none'})", noun)
+    return server
 
 
-def _start_exporter(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
-    exporter = _exporter(req)
-    try:
-        started = exporter.start()
-    except OSError as exc:
-        raise ApiError(HTTPStatus.CONFLICT, "exporter_unavailable",
-                       f"exporter: {exporter.name} cannot listen on port {exporter.port}: {exc.strerror or exc}",
-                       "exporter") from None
-    if started:
-        log.info("exporter %s started through the control API", exporter.name)
-    return HTTPStatus.OK, {"name": exporter.name, "serving": exporter.serving}
+def _stop_served(kind: str) -> Endpoint:
+    def stop(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
+        server = _one_served(kind, req)
+        if server.stop():
+            log.warning("%s %s stopped through the control API: its port(s) refuse connections", SERVED[kind], server.name)
+        return HTTPStatus.OK, {"name": server.name, "serving": server.serving}
+    return stop
+
+
+def _start_served(kind: str) -> Endpoint:
+    def start(fleet: LinkControl, req: Request) -> tuple[HTTPStatus, Any]:
+        server, noun = _one_served(kind, req), SERVED[kind]
+        try:
+            started = server.start()
+        except OSError as exc:
+            raise ApiError(HTTPStatus.CONFLICT, f"{noun}_unavailable",
+                           f"{noun}: {server.name} cannot listen on port {server.port}: {exc.strerror or exc}", noun) from None
+        if started:
+            log.info("%s %s started through the control API", noun, server.name)
+        return HTTPStatus.OK, {"name": server.name, "serving": server.serving}
+    return start
 
 
 API_ROUTES: tuple[tuple[str, Mapping[str, Endpoint]], ...] = (
@@ -375,8 +390,9 @@ API_ROUTES: tuple[tuple[str, Mapping[str, Endpoint]], ...] = (
     (f"{API_PREFIX}/links/{{link}}/faults/{{fault}}", {"DELETE": _clear}),
     (f"{API_PREFIX}/links/{{link}}/actions/{{action}}", {"POST": _act}),
     (f"{API_PREFIX}/links/{{link}}/blocks", {"GET": _blocks}),
-    (f"{API_PREFIX}/exporters", {"GET": _exporters}),
-    (f"{API_PREFIX}/exporters/{{exporter}}", {"POST": _start_exporter, "DELETE": _stop_exporter}),
+    *((route, methods) for kind, noun in SERVED.items() for route, methods in (
+        (f"{API_PREFIX}/{kind}", {"GET": _served_listing(kind)}),
+        (f"{API_PREFIX}/{kind}/{{{noun}}}", {"POST": _start_served(kind), "DELETE": _stop_served(kind)}))),
 )
 
 
@@ -384,11 +400,12 @@ class ControlService:
     """The control API's routes over one fleet: authenticate, parse, call the fleet, answer JSON."""
 
     def __init__(self, fleet: LinkControl, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
-                 exporters: Mapping[str, Exporter] | None = None) -> None:
+                 exporters: Mapping[str, Exporter] | None = None, kmes: Mapping[str, Exporter] | None = None) -> None:
         self.fleet = fleet
         self.token = token.encode("ascii")  # TOKEN_SYNTAX: ASCII only
         self.runbooks_dir = runbooks_dir
-        self.exporters = dict(exporters or {})
+        # read at each request, not copied: a caller may add servers it starts after the API (the KMEs)
+        self.served = {"exporters": {} if exporters is None else exporters, "kmes": {} if kmes is None else kmes}
 
     def service(self) -> Service:
         routes = [Route("/healthz", {"GET": self._healthz}, public=True),
@@ -416,7 +433,7 @@ class ControlService:
     def _endpoint(self, endpoint: Endpoint) -> Callable[[HttpRequest], Response]:
         def handle(request: HttpRequest) -> Response:
             try:
-                req = Request(request.params, lambda: _json_body(request.body), request.query, self.exporters)
+                req = Request(request.params, lambda: _json_body(request.body), request.query, self.served)
                 try:
                     status, payload = endpoint(self.fleet, req)
                 except UnknownLink as exc:
@@ -482,16 +499,17 @@ def _json_safe(value: Any) -> Any:
 
 
 def serve(fleet: LinkControl, settings: RuntimeSettings, token: str, runbooks_dir: Path = RUNBOOKS_DIR,
-          exporters: Mapping[str, Exporter] | None = None) -> HttpServer:
+          exporters: Mapping[str, Exporter] | None = None, kmes: Mapping[str, Exporter] | None = None) -> HttpServer:
     """Start the control API on ``settings.bind:settings.control_port``; stop with ``server.stop()``.
 
     Port 0 picks a free port (tests); ``server.server_port`` tells which. Runbooks are served from
     ``runbooks_dir`` (the repository's ``runbooks/``); ``exporters`` (name → exporter) are the ones
-    ``/api/v1/exporters`` lists, stops and starts (none: an empty list). OSError if the port is taken.
+    ``/api/v1/exporters`` lists, stops and starts (none: an empty list), ``kmes`` the KME listeners
+    ``/api/v1/kmes`` does. OSError if the port is taken.
     """
     credentials.checked(API_TOKEN, token, "the token passed to serve()")
     host = settings.bind
-    server = HttpServer(ControlService(fleet, token, runbooks_dir, exporters).service(), host, settings.control_port)
+    server = HttpServer(ControlService(fleet, token, runbooks_dir, exporters, kmes).service(), host, settings.control_port)
     if not _is_loopback(host):
         log.warning("control API listens on %s, not loopback: the bearer token crosses the network in clear text "
                     "(no TLS); put it behind a TLS proxy or bind 127.0.0.1", host)

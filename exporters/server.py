@@ -22,15 +22,14 @@ address: stopped, its port refuses connections as a crashed exporter process's w
 from __future__ import annotations
 
 import gzip
-import threading
 from http import HTTPStatus
 
 from collections.abc import Collection
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service
+from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service, ServedService
 
 DEVICE_PORT = 9810
 POSTPROCESSING_PORT = 9811
@@ -81,44 +80,9 @@ def serve(exposition: Exposition, host: str = DEFAULT_HOST, port: int = DEVICE_P
     return HttpServer(exporter_service(name, exposition), host, port)
 
 
-class ServedExporter:
-    """One exporter's HTTP server, which can be stopped and started again on the same ``host:port``.
-
-    ``start`` and ``stop`` are idempotent and thread-safe (the control API calls them from its request
-    threads); each returns whether it changed anything. ``start`` raises OSError when the port is
-    taken. Port 0 picks a free port on the first start and keeps it for every restart.
-    """
+class ServedExporter(ServedService):
+    """One exporter's HTTP server, which can be stopped and started again on the same ``host:port``
+    (``qkdops.http_server.ServedService``): the "exporter crash" game day and its restart."""
 
     def __init__(self, name: str, exposition: Exposition, host: str = DEFAULT_HOST, port: int = DEVICE_PORT) -> None:
-        self.name, self.host, self.port = name, host, port
-        self._service = exporter_service(name, exposition)
-        self._lock = threading.Lock()
-        self._server: HttpServer | None = None
-
-    def __repr__(self) -> str:
-        return f"ServedExporter({self.name!r}, {self.host}:{self.port}, serving={self.serving})"
-
-    @property
-    def serving(self) -> bool:
-        return self._server is not None
-
-    def listing(self) -> list[dict[str, Any]]:
-        """What the control API lists for it: one instance, here."""
-        return [{"name": self.name, "port": self.port, "serving": self.serving}]
-
-    def start(self) -> bool:
-        with self._lock:
-            if self._server is not None:
-                return False
-            self._server = HttpServer(self._service, self.host, self.port)
-            self.port = self._server.server_port
-            return True
-
-    def stop(self, timeout_s: float = 5.0) -> bool:
-        """Close the listening socket (new connections are refused) and wait for the serving thread."""
-        with self._lock:
-            if self._server is None:
-                return False
-            server, self._server = self._server, None
-            server.stop(timeout_s)
-            return True
+        super().__init__(name, exporter_service(name, exposition), host, port)

@@ -427,3 +427,52 @@ class _Refuse(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """The request is not read: it is refused whatever it says."""
+
+
+class ServedService:
+    """One service's HTTP server that can be stopped and started again on the same ``host:port``: an
+    exporter or a KME the control API takes down (its port then refuses connections, as a crashed
+    process's would) and brings back.
+
+    ``start`` and ``stop`` are idempotent and thread-safe (the control API calls them from its request
+    threads); each returns whether it changed anything. ``start`` raises OSError when the port is
+    taken. Port 0 picks a free port on the first start and keeps it for every restart.
+    """
+
+    def __init__(self, name: str, service: Service, host: str, port: int) -> None:
+        self.name, self.host, self.port = name, host, port
+        self._service = service
+        self._lock = threading.Lock()
+        self._server: HttpServer | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.host}:{self.port}, serving={self.serving})"
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def listing(self) -> list[dict[str, Any]]:
+        """What the control API lists for it: one instance, here."""
+        return [{"name": self.name, "port": self.port, "serving": self.serving}]
+
+    def start(self) -> bool:
+        with self._lock:
+            if self._server is not None:
+                return False
+            self._server = HttpServer(self._service, self.host, self.port)
+            self.port = self._server.server_port
+            return True
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Close the listening socket (new connections are refused) and wait for the serving thread."""
+        with self._lock:
+            if self._server is None:
+                return False
+            server, self._server = self._server, None
+            server.stop(timeout_s)
+            return True

@@ -200,6 +200,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
                        rt.postprocessing_exporter_port)]
     servers: list[HttpServer] = []
     exporters: dict[str, Exporter] = {}  # control API name → exporter (every instance of a kind, on a sharded fleet)
+    kme_listeners: dict[str, Exporter] = {}   # kme-<site>, skip-<site>: what /api/v1/kmes stops and starts
     served: dict[str, ServedExporter] = {}   # the ones this process serves; stopped after the control API
     status = 0
     try:
@@ -210,15 +211,15 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         if isinstance(links, ShardedFleet):   # the control API stops and starts every instance of a kind
             exporters.update({kind: ShardedExporter(kind, links, served.get(kind)) for kind in ("device", "postprocessing")})
         servers.append(_listen("control API", rt.bind, rt.control_port,
-                               lambda: control_api.serve(links, rt, token.value, exporters=exporters)))
+                               lambda: control_api.serve(links, rt, token.value, exporters=exporters, kmes=kme_listeners)))
         sink_token = credentials.load_secret(credentials.PAGER_SINK_TOKEN, rt.state_dir, create=True)
         servers.append(_listen("pager sink", rt.bind, rt.pager_sink_port, lambda: pager_sink.serve(rt, sink_token.value)))
         pki = Pki(rt.state_dir / "pki")
         if issued := init_pki(pki, config.key_delivery):
             log.info("development PKI: issued %d certificate/key file(s) under %s", len(issued), pki.root)
         for spec in config.key_delivery.kmes:
-            servers.append(_listen(kme_id(spec.site), rt.bind, spec.port, lambda s=spec: serve_kme(key_source, s, pki)))
-            servers.append(_listen(skip_id(spec.site), rt.bind, spec.skip_port, lambda s=spec: serve_skip(key_source, s, pki)))
+            for name, port, serve in ((kme_id(spec.site), spec.port, serve_kme), (skip_id(spec.site), spec.skip_port, serve_skip)):
+                kme_listeners[name] = _listen(name, rt.bind, port, lambda s=spec, serve=serve: serve(key_source, s, pki))
         if with_servers:
             stack.start()
             stack.wait_ready()
@@ -270,7 +271,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         stack.stop()
         for server in reversed(servers):
             server.stop()
-        for exporter in served.values():  # after the control API, which could start one again
+        for exporter in [*served.values(), *kme_listeners.values()]:  # after the control API, which could start one again
             exporter.stop()
         if fleet is not None:
             fleet.stop()

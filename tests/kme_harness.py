@@ -16,7 +16,7 @@ from typing import Any
 from conftest import write_fleet_config
 
 from qkdops.config import FleetConfig, load_config
-from qkdops.http_server import HttpServer
+from qkdops.http_server import ServedService
 from qkdops.kme.client import EtsiClient, SkipClient, client_context
 from qkdops.kme.pki import Pki, init_pki, read_psk
 from qkdops.kme.server import serve_kmes, shutdown_kmes
@@ -44,7 +44,7 @@ class KmeRig:
     pki: Pki
     urls: dict[str, str]          # site → https://127.0.0.1:PORT
     skip_urls: dict[str, str]     # site → its SKIP key provider's https://127.0.0.1:PORT
-    servers: dict[str, HttpServer]   # site → its KME's listener (a test may stop one)
+    servers: dict[str, ServedService]   # site → its KME's listener (a test may stop and start one)
 
     def client(self, sae: str, site: str | None = None) -> EtsiClient:
         """SAE ``sae`` (its own certificate) calling the KME of ``site`` (default: its own)."""
@@ -77,4 +77,4 @@ def kme_rig(directory: Path, frames: int = 4, extra: str = "", span_exporter: An
 
 
 def _urls(servers: dict) -> dict[str, str]:
-    return {site: f"https://127.0.0.1:{server.server_port}" for site, server in servers.items()}
+    return {site: f"https://127.0.0.1:{server.port}" for site, server in servers.items()}

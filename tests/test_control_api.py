@@ -576,3 +576,10 @@ def test_client_lists_stops_and_starts_exporters(exporter_stack: ExporterStack) 
 def test_without_exporters_the_list_is_empty(api: Api) -> None:
     assert api.call("GET", "/api/v1/exporters").json == {"exporters": []}
     assert_error(api.call("DELETE", "/api/v1/exporters/device"), 404, "unknown_exporter", "(exporters: none)")
+
+
+def test_without_kme_listeners_the_kme_list_is_empty_and_a_name_is_404(api: Api) -> None:
+    assert api.call("GET", "/api/v1/kmes").json == {"kmes": []}
+    for method in ("DELETE", "POST"):
+        error = assert_error(api.call(method, "/api/v1/kmes/kme-north"), 404, "unknown_kme", "'kme-north'", "(kmes: none)")
+        assert error["field"] == "kme"

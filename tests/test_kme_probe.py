@@ -11,6 +11,7 @@ import datetime
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from kme_harness import KmeRig, kme_rig
 
 from exporters.kme_probe import KmeProbe, ProbeConfigError, load_probe_config
 from qkdops.kme.pki import Pki
+from qkdops_cli.stack import KME_PROBE_INTERVAL_S
 from tests.exposition_checks import assert_equals_catalogue, families
 
 
@@ -208,8 +210,10 @@ def _short_lived_kme_certificate(pki: Pki, site: str, days: float) -> None:
 @pytest.mark.slow
 def test_a_running_stack_probes_its_own_kmes_through_config_alone(tmp_path: Path):
     """`qkdops up` runs the probe on the KMEs it serves, from a config of URLs and credential files: every
-    pair is up and agrees in Prometheus, the counts are the KMEs' own, and a KME whose certificate expires
-    in 5 days raises QKDKMECertificateExpiring (pending here: its 10-m `for` is promtool-tested)."""
+    pair is up and agrees in Prometheus, the counts are the KMEs' own, a KME whose certificate expires
+    in 5 days raises QKDKMECertificateExpiring (pending here: its 10-m `for` is promtool-tested), and a
+    KME stopped through the control API pages QKDKMEUnreachable within the probe interval, the rule's
+    30-s window and its 30-s `for` (plus a scrape and an evaluation), for its targets only."""
     from qkdops.config import load_config
     from qkdops.kme.client import EtsiClient, client_context
     from qkdops.kme.pki import init_pki
@@ -246,5 +250,21 @@ def test_a_running_stack_probes_its_own_kmes_through_config_alone(tmp_path: Path
         days = stack.prometheus(f'min(qkd_kme_probe_tls_certificate_expiry_timestamp_seconds{{target=~"{short_site}-.*",certificate="kme"}}'
                                 ' - time()) / 86400')
         assert 4.9 < float(days[0]["value"][1]) < 5.1
+        # one KME down (its listener stopped; the store behind it untouched): its targets' alert fires
+        down = f"kme-{short_site}"
+        listed = {k["name"]: k for k in stack.api("GET", "/api/v1/kmes")["kmes"]}
+        assert listed[down]["serving"] is True and f"skip-{short_site}" in listed
+        assert stack.api("DELETE", f"/api/v1/kmes/{down}") == {"name": down, "serving": False}
+        stopped = time.monotonic()
+        firing = wait_for(lambda: stack.prometheus('ALERTS{alertname="QKDKMEUnreachable",alertstate="firing"}'), 150,
+                          "QKDKMEUnreachable firing", stack, interval_s=1.0)
+        took = time.monotonic() - stopped
+        budget = KME_PROBE_INTERVAL_S + 30 + 30 + 2 * config.runtime.scrape_interval_s + 20   # + slack for a loaded machine
+        assert took < budget, f"QKDKMEUnreachable took {took:.0f} s (budget {budget:.0f} s)"
+        port = config.key_delivery.kme(short_site).port   # type: ignore[union-attr]
+        assert {a["metric"]["target"] for a in firing} == {t.name for t in probe.config.targets if t.kme.endswith(f":{port}")}
+        print(f"QKDKMEUnreachable firing {took:.0f} s after the KME stopped (budget {budget:.0f} s)")
+        assert stack.api("POST", f"/api/v1/kmes/{down}") == {"name": down, "serving": True}
+        wait_for(lambda: all_of("qkd_kme_probe_up", 1), 60, "every target up again", stack)
     finally:
         stack.stop()

@@ -25,7 +25,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 from qkdops.config import FleetConfig, KMESpec
-from qkdops.http_server import HttpServer, Limits, Request, Response, Route, Service, json_response
+from qkdops.http_server import Limits, Request, Response, Route, Service, ServedService, json_response
 from qkdops.kme.etsi import MAX_BODY_BYTES, KMEService, kme_id
 from qkdops.kme.pki import Pki, read_psk
 from qkdops.kme.psk import PskKeys
@@ -162,31 +162,37 @@ def _common_name(cert: dict[str, Any] | None) -> str | None:
     return None
 
 
-def serve_kme(source: KeySource, spec: KMESpec, pki: Pki) -> HttpServer:
+def serve_kme(source: KeySource, spec: KMESpec, pki: Pki) -> ServedService:
     """Start the HTTPS listener of one site's KME on ``runtime.bind:spec.port`` (0: any free port;
-    tests), serving the source's key pool. OSError if the port is taken."""
+    tests), serving the source's key pool; the control API may stop and start it. OSError if the port
+    is taken."""
     config = source.config
     service = KMEService(spec.site, config.key_delivery, config.links, source.key_pool, source.refresh_key_stores)
-    server = HttpServer(kme_service(service, server_context(pki, spec.site), source.kme_stats), config.runtime.bind, spec.port)
+    server = ServedService(kme_id(spec.site), kme_service(service, server_context(pki, spec.site), source.kme_stats),
+                           config.runtime.bind, spec.port)
+    server.start()
     log.info("%s listening on https://%s:%d/api/v1/keys/ (ETSI GS QKD 014, mutual TLS)", kme_id(spec.site),
              *server.server_address)
     return server
 
 
-def serve_skip(source: KeySource, spec: KMESpec, pki: Pki) -> HttpServer:
+def serve_skip(source: KeySource, spec: KMESpec, pki: Pki) -> ServedService:
     """Start the TLS-PSK listener of one site's SKIP key provider on ``runtime.bind:spec.skip_port``
-    (0: any free port), serving the source's key pool. OSError if the port is taken."""
+    (0: any free port), serving the source's key pool; the control API may stop and start it. OSError
+    if the port is taken."""
     config = source.config
     service = SkipService(spec.site, config.key_delivery, config.links, source.key_pool, source.refresh_key_stores)
-    server = HttpServer(skip_service(service, skip_context(pki, spec), source.kme_stats), config.runtime.bind, spec.skip_port)
+    server = ServedService(skip_id(spec.site), skip_service(service, skip_context(pki, spec), source.kme_stats),
+                           config.runtime.bind, spec.skip_port)
+    server.start()
     log.info("%s listening on https://%s:%d/ (SKIP, draft-cisco-skip-02, TLS-PSK)", skip_id(spec.site), *server.server_address)
     return server
 
 
-def serve_kmes(source: KeySource, pki: Pki, skip: bool = False) -> dict[str, HttpServer]:
+def serve_kmes(source: KeySource, pki: Pki, skip: bool = False) -> dict[str, ServedService]:
     """Every configured KME by site (see ``serve_kme``) — or, with ``skip``, every SKIP key provider
     (``serve_skip``); none left listening if one cannot start."""
-    started: dict[str, HttpServer] = {}
+    started: dict[str, ServedService] = {}
     try:
         for spec in source.config.key_delivery.kmes:
             started[spec.site] = (serve_skip if skip else serve_kme)(source, spec, pki)
@@ -196,6 +202,6 @@ def serve_kmes(source: KeySource, pki: Pki, skip: bool = False) -> dict[str, Htt
     return started
 
 
-def shutdown_kmes(servers: Iterable[HttpServer], timeout_s: float = 5.0) -> None:
+def shutdown_kmes(servers: Iterable[ServedService], timeout_s: float = 5.0) -> None:
     for server in servers:
         server.stop(timeout_s)
