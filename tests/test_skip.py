@@ -95,6 +95,12 @@ def test_requests_the_draft_does_not_define_are_refused_with_its_codes(tmp_path:
         code, body = alice.request("POST", "/key?remoteSystemID=sae-b", b"{}")
         assert code == 405 and "GET" in body["message"]
         assert len(alice.entropy()) == 32 and len(alice.entropy(1024)) == 128
+        # HEAD is a GET without its answer: on /key it would take a key and drop it, so it is refused
+        connection = alice._connection()
+        connection.request("HEAD", "/key?remoteSystemID=sae-b")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 405 and response.getheader("Allow") == "GET"
 
 
 def test_an_unknown_identity_or_a_wrong_psk_gets_no_session(tmp_path: Path, caplog: pytest.LogCaptureFixture):

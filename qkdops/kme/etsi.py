@@ -120,12 +120,15 @@ class KMEService:
         number = _integer(params.get("number", 1), "number", 1, d.max_key_per_request)
         size = _integer(params.get("size", d.key_size_bits), "size", d.min_key_size_bits, d.max_key_size_bits)
         if size % 8:
-            raise _bad("size must be a multiple of 8 bits", parameter="size", value=size)
+            raise _bad("size shall be a multiple of 8", parameter="size", value=size)   # §6.2, its words
         if params.get("additional_slave_SAE_IDs"):
             raise _bad("additional_slave_SAE_IDs is not supported by this KME (max_SAE_ID_count is 0)",
                        parameter="additional_slave_SAE_IDs")
-        if params.get("extension_mandatory"):
-            raise _bad("extension_mandatory: no extension is supported by this KME", parameter="extension_mandatory")
+        if mandatory := params.get("extension_mandatory"):   # §6.2: the spec's message and details
+            names = sorted({str(k) for e in mandatory if isinstance(e, dict) for k in e}) if isinstance(mandatory, list) else []
+            raise EtsiError(HTTPStatus.BAD_REQUEST, "not all extension_mandatory parameters are supported",
+                            [{"extension_mandatory_unsupported": f"{', '.join(names)[:200] or 'extension_mandatory'} "
+                                                                 "is not supported (this KME supports no extension)"}])
         slave_site, links = self._route(slave, "slave_SAE_ID")
         try:
             keys = self.store.issue(links, self.site, slave_site, caller, slave, number, size // 8)
@@ -143,8 +146,8 @@ class KMEService:
             keys = self.store.redeem(self.site, master, caller, key_ids)
         except NotAddressee as exc:
             raise EtsiError(HTTPStatus.UNAUTHORIZED, str(exc)) from None
-        except KeyNotFound as exc:
-            raise _bad(str(exc), parameter="key_ID") from None
+        except KeyNotFound as exc:   # §6.4: the spec's message, then which key
+            raise _bad(f"one or more keys specified are not found on KME: {exc}", parameter="key_ID") from None
         except StoreUnavailable as exc:
             raise EtsiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
         self._changed(links)
@@ -168,23 +171,22 @@ class KMEService:
 
     def _params(self, method: str, query: str, body: bytes | None, call: str) -> dict[str, Any]:
         if method == "GET":
-            try:
-                raw = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
-            except ValueError:
-                raise _bad("malformed query string") from None
+            raw = parse_qs(query, keep_blank_values=True)
+            # §6.2, §6.4: the GET forms carry number and size (enc_keys) or one key_ID (dec_keys); the spec
+            # says nothing of other parameters, so they are ignored (as lenient as it allows). A parameter
+            # given twice is ambiguous: 400.
             allowed = {"status": set(), "enc_keys": {"number", "size"}, "dec_keys": {"key_ID"}}[call]
             for name, values in raw.items():
-                if name not in allowed:
-                    raise _bad(f"unknown query parameter {name!r} (allowed: {', '.join(sorted(allowed)) or 'none'})", parameter=name)
-                if len(values) != 1:
+                if name in allowed and len(values) != 1:
                     raise _bad(f"query parameter {name!r} given {len(values)} times", parameter=name)
-            params: dict[str, Any] = {k: v[0] for k, v in raw.items()}
+            params: dict[str, Any] = {k: v[0] for k, v in raw.items() if k in allowed}
             if call == "dec_keys":
                 if "key_ID" not in params:
                     raise _bad("dec_keys needs the key_ID query parameter", parameter="key_ID")
                 params = {"key_IDs": [_key_id(params["key_ID"], "key_ID")]}
             return params
-        data = _json_object(body)
+        # §6.2: every field of a Key request is optional, so an empty POST body is the empty request
+        data = _json_object(body) if body or call != "enc_keys" else {}
         if call == "enc_keys":
             _only(data, ENC_FIELDS)
             for name in ("number", "size"):

@@ -114,6 +114,8 @@ def kme_service(service: KMEService, context: ssl.SSLContext, stats: KMEStats) -
     def call(name: str) -> Any:
         def handle(request: Request) -> Response:
             caller = _common_name(request.peer_cert)
+            if request.method == "HEAD" and name != "status":
+                return _head_refused(name, CALLS[name])
             method = "GET" if request.method == "HEAD" else request.method
             answer = service.answer(method, name, request.params["sae"], request.query_string, request.body or None, caller)
             keys = len(answer.body.get("keys", ())) if answer.status == HTTPStatus.OK else 0
@@ -141,6 +143,8 @@ def skip_service(service: SkipService, context: ssl.SSLContext, stats: KMEStats)
     def call(name: str) -> Any:
         def handle(request: Request) -> Response:
             caller = request.psk_identity
+            if request.method == "HEAD" and name in ("key", "key_by_id"):
+                return _head_refused(name, ("GET",))
             answer = service.answer("GET" if request.method == "HEAD" else request.method, name,
                                     request.params.get("key_id"), request.query_string, caller)
             keyed = answer.status == HTTPStatus.OK and name in ("key", "key_by_id")
@@ -152,6 +156,13 @@ def skip_service(service: SkipService, context: ssl.SSLContext, stats: KMEStats)
     routes = [Route(path, {"GET": call(name)}, name) for name, path in SKIP_ROUTES.items()]
     return Service(skip_id(site), routes, etsi_error, Limits(max_body_bytes=0), ssl_context=context,
                    observe=lambda route, status, seconds: stats.request(site, SKIP_API, route, status, seconds))
+
+
+def _head_refused(call: str, allowed: tuple[str, ...]) -> Response:
+    """HEAD on a call that hands out key: a GET there takes keys from the store, so a HEAD — a GET whose
+    answer is dropped — would lose them. Refused (405, ``Allow`` without HEAD), nothing taken."""
+    message = f"HEAD is not allowed on {call}: it would take keys and drop them (use {' or '.join(allowed)})"
+    return json_response(HTTPStatus.METHOD_NOT_ALLOWED, {"message": message}, {"Allow": ", ".join(allowed)})
 
 
 def _common_name(cert: dict[str, Any] | None) -> str | None:
