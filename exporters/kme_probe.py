@@ -45,8 +45,9 @@ log = logging.getLogger("qkdops.kme_probe")
 EXPORTER = "kme_probe"
 DEFAULT_PORT = 9813
 TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-SAE_ID = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 CALLS = ("status", "enc_keys", "dec_keys")
+SAE_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")   # a vendor's SAE ids are theirs to choose: any printable text
+SAE_ID_TEXT = "an SAE id (printable, at most 256 characters)"
 
 
 class ProbeConfigError(FieldError):
@@ -121,9 +122,9 @@ def load_probe_config(path: Path) -> ProbeConfig:
             reader.fail(f"{where}.peer.kme", "the peer's KME URL (its credentials are given for the round trip)", None)
         targets.append(Target(
             name, _kme_url(reader, entry["kme"], f"{where}.kme"),
-            reader.string(entry["sae"], f"{where}.sae", SAE_ID, "an SAE id"),
+            reader.string(entry["sae"], f"{where}.sae", SAE_ID, SAE_ID_TEXT),
             _credentials(reader, entry, where, path.parent),
-            Peer(reader.string(peer_raw["sae"], f"{where}.peer.sae", SAE_ID, "an SAE id"), peer_kme, peer_credentials)))
+            Peer(reader.string(peer_raw["sae"], f"{where}.peer.sae", SAE_ID, SAE_ID_TEXT), peer_kme, peer_credentials)))
     return ProbeConfig(tuple(targets), interval, timeout, path)
 
 

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from qkdops.config import DEFAULT_CONFIG, FleetConfig, load_config
+from qkdops.config import DEFAULT_CONFIG, FleetConfig, KMESpec, load_config
 from qkdops.kme.client import EtsiClient, EtsiClientError, SkipClient, client_context
 from qkdops.kme.pki import Pki, init_pki, read_psk
 from qkdops.http_client import http_url
@@ -119,14 +119,19 @@ def _through_skip(config: FleetConfig, args: argparse.Namespace) -> tuple[Keys, 
         slave.close()
 
 
-def _sae_client(config: FleetConfig, sae: str, option: str) -> EtsiClient:
+def _site_kme(config: FleetConfig, sae: str, option: str) -> tuple[KMESpec, Pki]:
+    """The KME that serves ``sae`` and the PKI it authenticates with; ValueError naming the option."""
     site = config.key_delivery.site_of(sae)
     if site is None:
         known = ", ".join(s for k in config.key_delivery.kmes for s in k.saes)
         raise ValueError(f"{option}: unknown SAE {sae!r} in {config.source} (SAEs: {known})")
     kme = config.key_delivery.kme(site)
     assert kme is not None
-    pki = Pki(config.runtime.state_dir / "pki")
+    return kme, Pki(config.runtime.state_dir / "pki")
+
+
+def _sae_client(config: FleetConfig, sae: str, option: str) -> EtsiClient:
+    kme, pki = _site_kme(config, sae, option)
     cert, key = pki.sae(sae)
     if not (pki.ca_cert.exists() and cert.exists() and key.exists()):
         raise ValueError(f"{option}: no certificate for {sae} under {pki.root} (run `qkdops pki init`, or `qkdops up` once)")
@@ -134,13 +139,8 @@ def _sae_client(config: FleetConfig, sae: str, option: str) -> EtsiClient:
 
 
 def _skip_client(config: FleetConfig, sae: str, option: str) -> SkipClient:
-    site = config.key_delivery.site_of(sae)
-    if site is None:
-        known = ", ".join(s for k in config.key_delivery.kmes for s in k.saes)
-        raise ValueError(f"{option}: unknown SAE {sae!r} in {config.source} (SAEs: {known})")
-    kme = config.key_delivery.kme(site)
-    assert kme is not None
-    psk = Pki(config.runtime.state_dir / "pki").skip_psk(sae)
+    kme, pki = _site_kme(config, sae, option)
+    psk = pki.skip_psk(sae)
     if not psk.exists():
         raise ValueError(f"{option}: no pre-shared key for {sae} at {psk} (run `qkdops pki init`, or `qkdops up` once)")
     return SkipClient(http_url(config.runtime.bind, kme.skip_port, "https"), sae, read_psk(psk))

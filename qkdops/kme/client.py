@@ -102,18 +102,19 @@ class EtsiClient(_JsonClient):
         self.context = context
 
     # ---- ETSI 014 calls ----------------------------------------------------------------------------------
+    # ETSI 014 §5.1: the SAE ID in the path is URL-encoded
     def status(self, slave: str) -> dict[str, Any]:
-        return self._call("GET", f"/api/v1/keys/{slave}/status")
+        return self._call("GET", f"/api/v1/keys/{quote(slave, safe='')}/status")
 
     def enc_keys(self, slave: str, number: int = 1, size: int | None = None) -> list[tuple[str, bytes]]:
         body: dict[str, Any] = {"number": number}
         if size is not None:
             body["size"] = size
-        return _keys(self._call("POST", f"/api/v1/keys/{slave}/enc_keys", body))
+        return _keys(self._call("POST", f"/api/v1/keys/{quote(slave, safe='')}/enc_keys", body))
 
     def dec_keys(self, master: str, key_ids: list[str]) -> list[tuple[str, bytes]]:
         body = {"key_IDs": [{"key_ID": k} for k in key_ids]}
-        return _keys(self._call("POST", f"/api/v1/keys/{master}/dec_keys", body))
+        return _keys(self._call("POST", f"/api/v1/keys/{quote(master, safe='')}/dec_keys", body))
 
     def get(self, path: str, **query: Any) -> dict[str, Any]:
         """A GET with query parameters (the spec's GET forms of enc_keys and dec_keys)."""
