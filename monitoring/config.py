@@ -84,9 +84,10 @@ class MonitoringConfig:
         return f"{self.runbook_base_url}/runbooks/{alert}"
 
     def selectors(self) -> dict[str, str]:
-        """PromQL label matchers per job, and ``exporters`` for both exporters at once."""
+        """PromQL label matchers per job, and ``exporters`` for every exporter whose scrape QKDExporterDown
+        watches: both link exporters and the kme-probe."""
         out = {name: f'job="{job}"' for name, job in dataclasses.asdict(self.jobs).items()}
-        out["exporters"] = f'job=~"{self.jobs.device}|{self.jobs.postprocessing}"'
+        out["exporters"] = f'job=~"{self.jobs.device}|{self.jobs.postprocessing}|{self.jobs.kme_probe}"'
         return out
 
     def values(self) -> dict[str, str]:
