@@ -18,7 +18,9 @@ basic auth; every credential is generated on first start in the state dir (``qkd
 
 If Prometheus or Alertmanager dies, the stack stops with status 1. If the scheduler dies it is
 restarted with backoff and key production goes on (``qkdops_cli.stack`` says why); if it cannot start
-at all, nothing starts. ``--no-calibration`` runs without it (game days, manual operation);
+at all, nothing starts. With Prometheus, a kme-probe (``qkdops kme-probe``) watches the stack's own
+KMEs over ETSI 014, restarted like the scheduler if it dies; ``--no-kme-probe`` leaves it out.
+``--no-calibration`` runs without the scheduler (game days, manual operation);
 ``--no-prometheus`` implies it (the scheduler reads the Prometheus this command would start;
 docker-compose runs it as its own service). ``--victoria-metrics`` adds the long-term store: a single
 VictoriaMetrics node (``runtime.victoria_metrics_port``, basic auth) that Prometheus remote-writes
@@ -74,7 +76,7 @@ from control_api.shards import ShardedExporter, ShardedFleet
 from qkdops.kme.server import KeySource, SharedKeyPool
 from history.tsdb import HistoryError, HistoryInputError
 from qkdops_cli import history_cmd
-from qkdops_cli.stack import SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_kme_probe_config, write_up_file
+from qkdops_cli.stack import KME_PROBE, SCHEDULER, WORKER_PREFIX, Stack, StackError, plan_workers, stop_orphans, write_kme_probe_config, write_up_file
 
 log = logging.getLogger("qkdops.up")
 T = TypeVar("T")
@@ -93,6 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-calibration", action="store_true",
                    help="do not start the calibration scheduler (game days, manual operation: drift is then "
                         "only corrected by `qkdops action`)")
+    p.add_argument("--no-kme-probe", action="store_true",
+                   help="do not start the kme-probe on this stack's KMEs (its round trips take one key per pair of sites "
+                        "every 10 s; key-accounting tests and benchmarks leave it out)")
     p.add_argument("--victoria-metrics", action="store_true",
                    help="also run VictoriaMetrics as the long-term store Prometheus remote-writes to (runtime.victoria_metrics_port)")
     p.add_argument("--ha", action="store_true",
@@ -131,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     disabled = ({SCHEDULER: "--no-prometheus"} if args.no_prometheus else
                 {SCHEDULER: "--no-calibration"} if args.no_calibration else {})
+    if args.no_kme_probe:
+        disabled[KME_PROBE] = "--no-kme-probe"
     if args.victoria_metrics and args.no_prometheus:
         raise ValueError("--victoria-metrics stores what this command's Prometheus scrapes: it cannot go with --no-prometheus")
     if args.workers < 0:
@@ -175,6 +182,7 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     disabled = dict(disabled or {})
     if not with_servers:
         disabled.setdefault(SCHEDULER, "--no-prometheus")
+        disabled.setdefault(KME_PROBE, "--no-prometheus")
     with_scheduler = SCHEDULER not in disabled
     planned = plan_workers(config, workers) if workers else []
     stop_orphans(rt.state_dir / UP_FILE, rt.state_dir, config_path=config.source.resolve())
@@ -182,7 +190,8 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
     fleet: Fleet | None = None
     keys: SharedKeyPool | None = None
     # with Prometheus, a kme-probe watches this stack's own KMEs over ETSI 014 as it would a vendor's
-    probe_config = write_kme_probe_config(config, rt.bind, rt.state_dir / "pki", rt.state_dir / "kme-probe.yaml") if with_servers else None
+    probe_config = (write_kme_probe_config(config, rt.bind, rt.state_dir / "pki", rt.state_dir / "kme-probe.yaml")
+                    if KME_PROBE not in disabled else None)
     stack = Stack(rt, config.source.resolve() if with_scheduler else None, scheduler_bind, monitoring, long_term_store, ha, planned,
                   kme_probe_config=probe_config)
     if planned or worker_urls:   # the links run in the workers; this process serves the KMEs and routes the control API
@@ -223,7 +232,8 @@ def _run(config: FleetConfig, with_servers: bool, stopping: threading.Event, dur
         if with_servers:
             stack.start()
             stack.wait_ready()
-            stack.start_kme_probe()   # the KMEs listen already
+            if probe_config is not None:
+                stack.start_kme_probe()   # the KMEs listen already
         if fleet is not None:
             fleet.start()
         elif planned:

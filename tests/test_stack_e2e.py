@@ -274,7 +274,7 @@ def test_up_without_calibration_runs_no_scheduler_and_no_scrape_job(tmp_path: Pa
         assert recorded["disabled"] == {SCHEDULER: "--no-calibration"}
         assert f"{SCHEDULER:<24} off (--no-calibration)" in stack.output()
         wait_for(lambda: len(stack.prometheus(EXPORTER_JOBS)) == 2, 30, "both exporter targets up", stack)
-        assert {t["labels"]["job"] for t in _targets(stack)} == {"qkd-device", "qkd-postprocessing"}
+        assert {t["labels"]["job"] for t in _targets(stack)} == {"qkd-device", "qkd-postprocessing", "qkd-kme-probe"}
         assert not (stack.state_dir / f"{SCHEDULER}.log").exists()
     finally:
         assert stack.stop() == 0

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from qkdops_cli import cli
-from qkdops_cli.stack import SCHEDULER, write_up_file
+from qkdops_cli.stack import KME_PROBE, SCHEDULER, write_up_file
 from stack_helpers import RunningStack, e2e_profile
 
 
@@ -66,7 +66,8 @@ def test_status_reports_not_running_then_every_endpoint_and_link(tmp_path: Path)
         assert any(line.split() == [SCHEDULER, "off", "(--no-prometheus)"] for line in result.stdout.splitlines()), result.stdout
         assert f"{SCHEDULER:<24} off (--no-prometheus)" in stack.output()
         recorded = json.loads((tmp_path / "state" / "up.json").read_text())
-        assert recorded["disabled"] == {SCHEDULER: "--no-prometheus"} and SCHEDULER not in recorded["endpoints"]
+        assert recorded["disabled"] == {SCHEDULER: "--no-prometheus", KME_PROBE: "--no-prometheus"}
+        assert SCHEDULER not in recorded["endpoints"] and KME_PROBE not in recorded["endpoints"]
     finally:
         assert stack.stop() == 0
     assert subprocess.run(status, capture_output=True, text=True, timeout=30).returncode == 3
