@@ -115,6 +115,10 @@ class PskKeys:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(TLS12_CIPHERS)
+        # no resumption: a resumed session calls no PSK callback, so its caller would be unknown — every
+        # connection authenticates with its PSK
+        context.num_tickets = 0
+        context.options |= ssl.OP_NO_TICKET
         context.sslobject_class = type("PskHandshake", (_PskHandshake, handshake), {"keys": self})
         return context
 
