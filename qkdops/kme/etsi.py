@@ -57,7 +57,8 @@ class EtsiError(Exception):
         return body
 
 
-def _bad(message: str, **detail: Any) -> EtsiError:
+def bad_request(message: str, **detail: Any) -> EtsiError:
+    """A 400 Error object (``detail``: one details entry naming the parameter); SKIP's 400s too."""
     return EtsiError(HTTPStatus.BAD_REQUEST, message, [detail] if detail else ())
 
 
@@ -120,9 +121,9 @@ class KMEService:
         number = _integer(params.get("number", 1), "number", 1, d.max_key_per_request)
         size = _integer(params.get("size", d.key_size_bits), "size", d.min_key_size_bits, d.max_key_size_bits)
         if size % 8:
-            raise _bad("size shall be a multiple of 8", parameter="size", value=size)   # §6.2, its words
+            raise bad_request("size shall be a multiple of 8", parameter="size", value=size)   # §6.2, its words
         if params.get("additional_slave_SAE_IDs"):
-            raise _bad("additional_slave_SAE_IDs is not supported by this KME (max_SAE_ID_count is 0)",
+            raise bad_request("additional_slave_SAE_IDs is not supported by this KME (max_SAE_ID_count is 0)",
                        parameter="additional_slave_SAE_IDs")
         if mandatory := params.get("extension_mandatory"):   # §6.2: the spec's message and details
             names = sorted({str(k) for e in mandatory if isinstance(e, dict) for k in e}) if isinstance(mandatory, list) else []
@@ -147,7 +148,7 @@ class KMEService:
         except NotAddressee as exc:
             raise EtsiError(HTTPStatus.UNAUTHORIZED, str(exc)) from None
         except KeyNotFound as exc:   # §6.4: the spec's message, then which key
-            raise _bad(f"one or more keys specified are not found on KME: {exc}", parameter="key_ID") from None
+            raise bad_request(f"one or more keys specified are not found on KME: {exc}", parameter="key_ID") from None
         except StoreUnavailable as exc:
             raise EtsiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
         self._changed(links)
@@ -162,10 +163,10 @@ class KMEService:
         """The peer SAE's site and the links joining it to this site, or 400."""
         peer_site = self.delivery.site_of(peer)
         if peer_site is None:
-            raise _bad(f"{field} {peer!r} is not a known SAE", parameter=field)
+            raise bad_request(f"{field} {peer!r} is not a known SAE", parameter=field)
         links = [s.id for s in self.links if {s.sites.alice, s.sites.bob} == {self.site, peer_site}]
         if peer_site == self.site or not links:
-            raise _bad(f"{field} {peer!r} (site {peer_site}) is not at the other end of a QKD link from {self.site}",
+            raise bad_request(f"{field} {peer!r} (site {peer_site}) is not at the other end of a QKD link from {self.site}",
                        parameter=field)
         return peer_site, links
 
@@ -178,11 +179,11 @@ class KMEService:
             allowed = {"status": set(), "enc_keys": {"number", "size"}, "dec_keys": {"key_ID"}}[call]
             for name, values in raw.items():
                 if name in allowed and len(values) != 1:
-                    raise _bad(f"query parameter {name!r} given {len(values)} times", parameter=name)
+                    raise bad_request(f"query parameter {name!r} given {len(values)} times", parameter=name)
             params: dict[str, Any] = {k: v[0] for k, v in raw.items() if k in allowed}
             if call == "dec_keys":
                 if "key_ID" not in params:
-                    raise _bad("dec_keys needs the key_ID query parameter", parameter="key_ID")
+                    raise bad_request("dec_keys needs the key_ID query parameter", parameter="key_ID")
                 params = {"key_IDs": [_key_id(params["key_ID"], "key_ID")]}
             return params
         # §6.2: every field of a Key request is optional, so an empty POST body is the empty request
@@ -191,40 +192,40 @@ class KMEService:
             _only(data, ENC_FIELDS)
             for name in ("number", "size"):
                 if name in data and (isinstance(data[name], bool) or not isinstance(data[name], int)):
-                    raise _bad(f"{name} must be an integer, got {data[name]!r}", parameter=name)
+                    raise bad_request(f"{name} must be an integer, got {data[name]!r}", parameter=name)
             return data
         _only(data, DEC_FIELDS)
         entries = data.get("key_IDs")
         if not isinstance(entries, list) or not entries:
-            raise _bad("key_IDs must be a non-empty array of {\"key_ID\": UUID}", parameter="key_IDs")
+            raise bad_request("key_IDs must be a non-empty array of {\"key_ID\": UUID}", parameter="key_IDs")
         if len(entries) > self.delivery.max_key_per_request:
-            raise _bad(f"at most {self.delivery.max_key_per_request} key_IDs per request, got {len(entries)}", parameter="key_IDs")
+            raise bad_request(f"at most {self.delivery.max_key_per_request} key_IDs per request, got {len(entries)}", parameter="key_IDs")
         ids = []
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or "key_ID" not in entry:
-                raise _bad(f"key_IDs[{i}] must be an object with a key_ID", parameter=f"key_IDs[{i}]")
+                raise bad_request(f"key_IDs[{i}] must be an object with a key_ID", parameter=f"key_IDs[{i}]")
             ids.append(_key_id(entry["key_ID"], f"key_IDs[{i}].key_ID"))
         if len(set(ids)) != len(ids):
-            raise _bad("key_IDs lists a key_ID twice", parameter="key_IDs")
+            raise bad_request("key_IDs lists a key_ID twice", parameter="key_IDs")
         return {"key_IDs": ids}
 
 
 def _json_object(body: bytes | None) -> dict[str, Any]:
     if not body:
-        raise _bad("POST needs a JSON object body")
+        raise bad_request("POST needs a JSON object body")
     try:
         data = load_json(body)
     except JsonInputError as exc:
-        raise _bad(str(exc)) from None
+        raise bad_request(str(exc)) from None
     if not isinstance(data, dict):
-        raise _bad("body must be a JSON object")
+        raise bad_request("body must be a JSON object")
     return data
 
 
 def _only(data: Mapping[str, Any], allowed: set[str]) -> None:
     for name in data:
         if name not in allowed:
-            raise _bad(f"unknown field {name!r} (allowed: {', '.join(sorted(allowed))})", parameter=name)
+            raise bad_request(f"unknown field {name!r} (allowed: {', '.join(sorted(allowed))})", parameter=name)
 
 
 def _integer(raw: Any, name: str, low: int, high: int) -> int:
@@ -233,9 +234,9 @@ def _integer(raw: Any, name: str, low: int, high: int) -> int:
     except (TypeError, ValueError):
         value = None
     if value is None or (isinstance(raw, str) and not raw.strip().lstrip("-").isdigit()):
-        raise _bad(f"{name} must be an integer, got {raw!r}", parameter=name)
+        raise bad_request(f"{name} must be an integer, got {raw!r}", parameter=name)
     if not low <= value <= high:
-        raise _bad(f"{name} must be within [{low}, {high}], got {value}", parameter=name, minimum=low, maximum=high)
+        raise bad_request(f"{name} must be within [{low}, {high}], got {value}", parameter=name, minimum=low, maximum=high)
     return value
 
 
@@ -247,7 +248,7 @@ def _key_id(raw: Any, name: str) -> str:
 
 
 def _fail_key_id(raw: Any, name: str) -> str:
-    raise _bad(f"{name} must be a UUID, got {str(raw)[:64]!r}", parameter=name)
+    raise bad_request(f"{name} must be a UUID, got {str(raw)[:64]!r}", parameter=name)
 
 
 def _container(keys: Sequence[tuple[str, bytes]]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ refused identity is logged as its first 64 characters (``repr``), as any hostile
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import ssl
 import threading
@@ -52,8 +53,9 @@ class PskUnavailable(RuntimeError):
     """This interpreter's OpenSSL cannot serve TLS-PSK (no ``sslpsk3``, or an OpenSSL before 1.1.1)."""
 
 
+@functools.cache
 def _libssl() -> ctypes.CDLL:
-    """The libssl ``_ssl`` is linked against (already loaded: dlopen by soname returns it), checked by version."""
+    """(Once per process) the libssl ``_ssl`` is linked against (already loaded: dlopen by soname returns it), checked by version."""
     try:
         import sslpsk3   # noqa: F401  (its compiled accessor finds each connection's SSL *)
     except ImportError as exc:

@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from qkdops.config import KeyDelivery, LinkSpec
-from qkdops.kme.etsi import Answer, EtsiError, kme_id
+from qkdops.kme.etsi import Answer, EtsiError, bad_request, kme_id
 from qkdops.kme.store import InsufficientKey, KeyNotFound, KeyPoolStore, NotAddressee, StoreUnavailable
 
 ALGORITHM = "QKD"          # how the KPs agree keys: QKD-distilled, confirmed equal at hand-off
@@ -50,10 +50,6 @@ CALLS = {"capabilities": set(), "key": {"remoteSystemID", "size"}, "key_by_id": 
 def skip_id(site: str) -> str:
     """The key provider's name in logs and metrics (its site's KME is ``kme-<site>``)."""
     return f"skip-{site}"
-
-
-def _bad(message: str) -> EtsiError:
-    return EtsiError(HTTPStatus.BAD_REQUEST, message)
 
 
 class SkipService:
@@ -112,12 +108,12 @@ class SkipService:
     def _key_by_id(self, caller: str, key_id: str, params: Mapping[str, str]) -> dict[str, Any]:
         initiator = _required(params, "remoteSystemID")
         if not KEY_ID.match(key_id):
-            raise _bad(f"keyId must be 32 hexadecimal digits (128 bits), got {key_id[:64]!r}")
+            raise bad_request(f"keyId must be 32 hexadecimal digits (128 bits), got {key_id[:64]!r}")
         _, links = self._route(initiator)
         try:
             ((_, key),) = self.store.redeem(self.site, initiator, caller, [str(uuid.UUID(hex=key_id))], call="key_by_id")
         except (KeyNotFound, NotAddressee):
-            raise _bad(f"keyId {key_id.upper()} is not held for {initiator} → {caller} (unknown or already delivered)") from None
+            raise bad_request(f"keyId {key_id.upper()} is not held for {initiator} → {caller} (unknown or already delivered)") from None
         except StoreUnavailable as exc:
             raise EtsiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
         self._changed(links)
@@ -133,7 +129,7 @@ class SkipService:
         remote_site = self.delivery.site_of(remote)
         links = [s.id for s in self.links if remote_site is not None and {s.sites.alice, s.sites.bob} == {self.site, remote_site}]
         if remote_site is None or remote_site == self.site or not links:
-            raise _bad(f"remoteSystemID {remote[:64]!r} is not a system at the other end of a QKD link from "
+            raise bad_request(f"remoteSystemID {remote[:64]!r} is not a system at the other end of a QKD link from "
                        f"{kme_id(self.site)}")
         return remote_site, links
 
@@ -146,19 +142,19 @@ def _params(query: str, allowed: set[str]) -> dict[str, str]:
     try:
         raw = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise _bad("malformed query string") from None
+        raise bad_request("malformed query string") from None
     for name, values in raw.items():
         if name not in allowed:
-            raise _bad(f"unknown query parameter {name[:64]!r} (allowed: {', '.join(sorted(allowed)) or 'none'})")
+            raise bad_request(f"unknown query parameter {name[:64]!r} (allowed: {', '.join(sorted(allowed)) or 'none'})")
         if len(values) != 1:
-            raise _bad(f"query parameter {name!r} given {len(values)} times")
+            raise bad_request(f"query parameter {name!r} given {len(values)} times")
     return {name: values[0] for name, values in raw.items()}
 
 
 def _required(params: Mapping[str, str], name: str) -> str:
     value = params.get(name, "")
     if not value:
-        raise _bad(f"the {name} query parameter is required")
+        raise bad_request(f"the {name} query parameter is required")
     return value
 
 
@@ -166,8 +162,8 @@ def _bits(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     if raw is None:
         return default
     if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-        raise _bad(f"{name} must be a whole number of bits, got {raw[:64]!r}")
+        raise bad_request(f"{name} must be a whole number of bits, got {raw[:64]!r}")
     bits = int(raw)
     if not low <= bits <= high or bits % 8:
-        raise _bad(f"{name} must be a multiple of 8 within [{low}, {high}] bits, got {bits}")
+        raise bad_request(f"{name} must be a multiple of 8 within [{low}, {high}] bits, got {bits}")
     return bits
