@@ -109,7 +109,9 @@ class JobRunner:
             self.store.finish(run_id, state, report.outcome, report.reason, report.as_json(), counts)
         if self.observe_duration is not None:
             self.observe_duration(job, link, protocol, report.duration_s)
-        level = logging.WARNING if report.outcome in ("failed", "error") else logging.INFO
+        # A healthy run (every few seconds per job and link) is DEBUG: at INFO it was most of the
+        # scheduler's log — ~55 MB a day on the shipped fleet — and the ledger keeps every run anyway.
+        level = {"failed": logging.WARNING, "error": logging.WARNING, "healthy": logging.DEBUG}.get(report.outcome, logging.INFO)
         log.log(level, "%s on %s: %s — %s", job, link, report.outcome, report.reason)
         return report
 

@@ -292,8 +292,10 @@ def oncall_key_delivery() -> list[P]:
         row("Key delivery"),
         P("timeseries", "Key hand-offs by outcome", "Attempts to hand the link's block keys to both ends' KMEs per interval, by "
           "outcome (every outcome is published, zeros included): success; kme_unavailable, kme_timeout (no answer within "
-          "the 5 s hand-off timeout), store_full — the key waits in the buffer and is retried every second; buffer_full — "
-          "the key is discarded. QKDKeyHandoffFailing pages on 3 or more failed attempts in a minute that are over 10 % of its attempts; "
+          "the 5 s hand-off timeout), store_full (a KME refusing for lack of storage) — the key waits in the buffer and is "
+          "retried every second; buffer_full — the key is discarded. A store holding max_key_count is not a failure: the "
+          "hand-off succeeds and the full-store policy discards surplus (Key flow panel). QKDKeyHandoffFailing pages on 3 "
+          "or more failed attempts in a minute that are over 10 % of its attempts; "
           "`qkdops keys fetch --sae SAE --peer SAE` checks both KMEs end to end.", "short",
           [(f'sum by (outcome) (increase(qkd_key_handoffs_total{L}[$__rate_interval]))', "{{outcome}}")],
           [(None, "green")], w=8, min=0),
@@ -309,14 +311,24 @@ def oncall_key_delivery() -> list[P]:
         P("timeseries", "KME store keys per site", "Keys (256 bits) the KME at each end holds for this link, issued or not: "
           "grows with each hand-off, falls as applications fetch keys. Both ends hold the same key.", "short",
           [(f"qkd_key_store_keys{L}", "{{site}}")], [(None, "green")], w=12, min=0),
+        P("timeseries", "Key flow through the KMEs", "Bits per second of this link's key, per end: handed off to the KMEs "
+          "(ETSI GS QKD 015 eskr), issued to applications (enc_keys and SKIP key: expected_consumption) and discarded as "
+          "surplus because the stores held max_key_count (key_delivery.full_store) — the healthy idle state when "
+          "applications take less than the link makes, never a page.", "bps",
+          [(f"8 * sum(rate(qkd_key_handed_off_bytes_total{L}[$__rate_interval]))", "handed off"),
+           (f"8 * sum(rate(qkd_kme_key_issued_bytes_total{L}[$__rate_interval]))", "issued to applications"),
+           (f"8 * sum(rate(qkd_key_store_discarded_bytes_total{L}[$__rate_interval]))", "discarded surplus")],
+          [(None, "green")], w=12, min=0),
         P("stat", "Hand-off buffer used", "Backlog over the buffer's capacity (runtime.key_store_capacity_bits): at 100 % each "
           "new block's key is discarded (buffer_full).", "percentunit",
           [(f"max(qkd_key_handoff_backlog_bytes{L}) / max(qkd_key_handoff_buffer_capacity_bytes{L})", "used")],
           [(None, "green"), (0.5, "orange"), (0.9, "red")], w=6, min=0, max=1),
         P("stat", "KME store used per site", "Keys held over the store's capacity (key_delivery.max_key_count) at each end: "
-          "at 100 % hand-offs fail with store_full.", "percentunit",
+          "100 % is the idle state of a link whose applications take less than it makes — each hand-off then discards "
+          "surplus by key_delivery.full_store. Trouble is the other end of the scale: an empty store under demand "
+          "(QKDKMEKeyExhausted).", "percentunit",
           [(f"max by (site) (qkd_key_store_keys{L}) / max by (site) (qkd_key_store_capacity_keys{L})", "{{site}}")],
-          [(None, "green"), (0.8, "orange"), (0.95, "red")], w=6, min=0, max=1),
+          [(None, "red"), (0.05, "orange"), (0.2, "green")], w=6, min=0, max=1),
     ]
 
 
@@ -377,8 +389,9 @@ def debug_key_delivery() -> list[P]:
         row("Key delivery (KMEs at the link's ends)"),
         P("timeseries", "KME requests by site, call and code", "ETSI GS QKD 014 requests per second the KMEs at the link's two "
           "sites answer, by call (status, enc_keys, dec_keys, other) and HTTP code: 200 served; 400 malformed or an unknown "
-          "peer; 401 an SAE asking for what it may not have (QKDKMERequestsRefused); 503 not enough key stored. A KME's "
-          "series appear with its first answer; TLS handshakes refused are not requests.", "reqps",
+          "peer; 401 an SAE asking for what it may not have (QKDKMERequestsRefused); 503 not enough key stored "
+          "(QKDKMEKeyExhausted when it lasts 5 m). A KME's series appear with its first answer; TLS handshakes refused "
+          "are not requests.", "reqps",
           [(f"sum by (site, call, code) (rate(qkd_kme_requests_total[$__rate_interval])) and on (site) {LINK_SITES}",
             "{{site}} {{call}} {{code}}")], [(None, "green")], w=12, min=0),
         P("timeseries", "KME request latency", "Time the KMEs at the link's two sites take to answer a request (parsed request "

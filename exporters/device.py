@@ -30,7 +30,7 @@ class DeviceCollector(SnapshotCollector):
 
 def _add_link(f: Families, s: LinkSnapshot) -> None:
     base = (s.link, s.protocol)
-    f.add("qkd_link_info", (*base, s.sites.get("alice", ""), s.sites.get("bob", ""), s.sites.get("charlie", "")), 1.0)
+    f.add("qkd_link_info", (*base, s.sites.get("alice", ""), s.sites.get("bob", ""), s.sites.get("charlie", ""), s.qkdl_id), 1.0)
     f.add("qkd_pulses_sent_total", base, s.pulses_total)
     f.add("qkd_detections_total", base, s.detections_total)
     for intensity, pulses in s.decoy_pulses_total.items():

@@ -18,9 +18,13 @@ from dataclasses import dataclass
 from exporters.collector import SnapshotCollector
 from exporters.catalogue import POSTPROCESSING, Families
 from qkdops.kme.stats import KMEStatsSnapshot
+from qkdops.kme.store import ACCEPTED, DISCARDED, ISSUED
 from qkdops.runtime.state import BLOCK_REASONS, CPU_STAGES, HANDOFF_OUTCOMES, KME_CALLS, STAGES, LinkSnapshot
 
 SUCCESS_REASON = "none"  # LinkState's reason for a block that produced key
+# The KME store's byte tallies per link (KeyPoolStore.tallies) → their counters
+STORE_TALLIES = {ACCEPTED: "qkd_key_handed_off_bytes_total", DISCARDED: "qkd_key_store_discarded_bytes_total",
+                 ISSUED: "qkd_kme_key_issued_bytes_total"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,9 @@ def _add_link(f: Families, s: LinkSnapshot) -> None:
         if call in KME_CALLS:
             f.add("qkd_kme_keys_served_total", (*base, sae, KME_CALLS[call], call), keys)
     f.add("qkd_kme_keys_expired_total", base, s.keys_expired_total)
+    for kind, family in STORE_TALLIES.items():
+        if kind in s.key_store_bytes_total:
+            f.add(family, base, s.key_store_bytes_total[kind])
     if s.objectives is not None:
         f.add("qkd_block_duration_seconds", base, s.objectives.block_seconds)
         f.add("qkd_key_rate_target_bytes_per_second", base, s.objectives.key_rate_target_bps / 8.0)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import math
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ DEFAULT_CONFIG = asset("links.yaml")
 LINK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 TRACING = ("none", "console", "otlp")
 SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # also a certificate common name and a file name
+UUID_TEXT = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")  # RFC 4122 text form
+# The namespace of the qkdl_ids qkdops derives from link ids (LinkSpec.qkdl_uuid): UUIDv5 of this name.
+QKDL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "links.qkdops")
 
 # Detector families (physics.md, "Device ranges"): defaults a link's `detector:` section starts from.
 DETECTOR_TYPES: Mapping[str, Mapping[str, float]] = {
@@ -94,6 +98,14 @@ class LinkSpec:
     seed: int
     devices: DeviceSettings
     postprocessing: PostProcessingSpec = field(default_factory=PostProcessingSpec)
+    qkdl_id: str = ""   # ETSI GS QKD 015 key association link id as configured ("": derived, see qkdl_uuid)
+
+    @property
+    def qkdl_uuid(self) -> str:
+        """The link's ``qkdl_id`` in ETSI GS QKD 015's SDN model (a UUID): the one configured — the id
+        the operator's SDN controller knows the link by — or one derived from the link id (UUIDv5), so
+        it is stable across restarts and machines without configuration."""
+        return self.qkdl_id or str(uuid.uuid5(QKDL_NAMESPACE, self.id))
 
     def emulator_config(self, frame_pulses: int) -> LinkConfig:
         """The emulator steps in frames; post-processing blocks are ``block_pulses`` long."""
@@ -172,6 +184,14 @@ class KeyDelivery:
     for a KME to take a block's key before counting the attempt ``kme_timeout``; ``pending_key_ttl_s``
     how long a key issued by ``enc_keys`` waits for the slave's ``dec_keys`` before it expires (deleted
     at the slave's KME, counted in ``qkd_kme_keys_expired_total``).
+
+    ``full_store`` is what a hand-off does to a store already holding ``max_key_count``: a full store is
+    the healthy idle state of a link whose applications take less key than it makes, so the surplus is
+    discarded by policy and counted (``qkd_key_store_discarded_bytes_total``), never refused —
+    ``discard_oldest`` makes room by discarding the oldest unissued key at both ends (the store keeps
+    the freshest key: the least time at rest), ``discard_newest`` discards the arriving block's key
+    (no store write at all while full). When unissued key cannot make room (keys issued and awaiting
+    ``dec_keys`` fill the store), the arriving key is discarded under either policy.
     """
 
     kmes: tuple[KMESpec, ...] = ()
@@ -179,9 +199,10 @@ class KeyDelivery:
     min_key_size_bits: int = 64
     max_key_size_bits: int = 8192
     max_key_per_request: int = 1024
-    max_key_count: int = 100_000_000
+    max_key_count: int = 10_000_000
     handoff_timeout_s: float = 5.0
     pending_key_ttl_s: float = 3600.0
+    full_store: str = "discard_oldest"
 
     def kme(self, site: str) -> KMESpec | None:
         return next((k for k in self.kmes if k.site == site), None)
@@ -194,6 +215,7 @@ class KeyDelivery:
         return [p for k in self.kmes for p in (k.port, k.skip_port) if p]
 
 
+FULL_STORE_POLICIES = ("discard_oldest", "discard_newest")   # key_delivery.full_store (KeyDelivery says what each does)
 KME_PORT_BASE = 9830  # KMEs not listed in key_delivery.kmes: site i (first appearance in links) on 9830 + i
 SKIP_PORT_OFFSET = 100  # a KME's SKIP key provider listens on its ETSI port + 100 unless skip_port says otherwise
 
@@ -299,7 +321,7 @@ DELIVERY_INTEGERS = {"key_size_bits": (8, 2 ** 16), "min_key_size_bits": (8, 2 *
 def _key_delivery(reader: FieldReader, raw: Any, links: tuple[LinkSpec, ...]) -> KeyDelivery:
     """Every site at an end of a link gets a KME: listed ones as given, the others on
     ``KME_PORT_BASE + i`` with one SAE ``sae-<site>``; sizes are whole bytes."""
-    data = reader.mapping(raw, "key_delivery", {*DELIVERY_INTEGERS, "handoff_timeout_s", "pending_key_ttl_s", "kmes"})
+    data = reader.mapping(raw, "key_delivery", {*DELIVERY_INTEGERS, "handoff_timeout_s", "pending_key_ttl_s", "full_store", "kmes"})
     values: dict[str, Any] = {}
     for name, (low, high) in DELIVERY_INTEGERS.items():
         if name in data:
@@ -310,6 +332,8 @@ def _key_delivery(reader: FieldReader, raw: Any, links: tuple[LinkSpec, ...]) ->
         values["handoff_timeout_s"] = reader.number(data["handoff_timeout_s"], "key_delivery.handoff_timeout_s", 0.01, 600.0)
     if "pending_key_ttl_s" in data:
         values["pending_key_ttl_s"] = reader.number(data["pending_key_ttl_s"], "key_delivery.pending_key_ttl_s", 1.0, 30 * 86400.0)
+    if "full_store" in data:
+        values["full_store"] = reader.choice(data["full_store"], "key_delivery.full_store", FULL_STORE_POLICIES)
     delivery = dataclasses.replace(KeyDelivery(), **values)
     if not delivery.min_key_size_bits <= delivery.key_size_bits <= delivery.max_key_size_bits:
         reader.fail("key_delivery.key_size_bits", f"a size within [min_key_size_bits, max_key_size_bits] = "
@@ -383,7 +407,7 @@ def _runtime(reader: FieldReader, raw: Any, path: Path) -> RuntimeSettings:
 
 LINK_FIELDS = {"id", "protocol", "preset", "sites", "distance_km", "distances_km", "fiber_loss_db_per_km",
                "detector", "source", "thresholds", "security", "parameters", "repetition_rate_hz",
-               "block_pulses", "key_rate_target_bps", "seed", "devices", "postprocessing"}
+               "block_pulses", "key_rate_target_bps", "seed", "devices", "postprocessing", "qkdl_id"}
 
 
 def _link(reader: FieldReader, raw: Any, where: str) -> LinkSpec:
@@ -458,8 +482,13 @@ def _link(reader: FieldReader, raw: Any, where: str) -> LinkSpec:
     seed = reader.integer(data.get("seed", 0), f"{where}.seed", 0, 2 ** 63)
     devices = _devices(reader, data.get("devices", {}), f"{where}.devices")
     postprocessing = _postprocessing(reader, data.get("postprocessing", {}), f"{where}.postprocessing")
+    qkdl_id = ""
+    if "qkdl_id" in data:
+        qkdl_id = reader.string(data["qkdl_id"], f"{where}.qkdl_id", UUID_TEXT,
+                                "a UUID (ETSI GS QKD 015 qkdl_id), e.g. 3fa85f64-5717-4562-b3fc-2c963f66afa6") or ""
+        qkdl_id = qkdl_id.lower()
     return LinkSpec(link_id, protocol, preset, sites, parameters, repetition, block_pulses, target, seed, devices,
-                    postprocessing)
+                    postprocessing, qkdl_id)
 
 
 def _postprocessing(reader: FieldReader, raw: Any, where: str) -> PostProcessingSpec:

@@ -161,6 +161,9 @@ def _number(value: Any) -> str:
 
 def _scheduler(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # APScheduler logs two INFO lines per run ("Running job", "executed successfully"): the runner's
+    # own line says more, so only the executor's warnings (a missed run, a job error) stay
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     w = wire(args)
     rt = w.fleet.runtime
     links = _wait_for_links(w.api)

@@ -56,6 +56,7 @@ CONTRACT = {
     "QKDKMEKeyStoreLow": ("ticket", "cause"),  # issue 19: a probed KME store empties within the hour at its trend
     "QKDKMEKeysDisagree": ("page", "cause"),  # issue 19: a probe round trip got different keys at the two ends
     "QKDKMECertificateExpiring": ("ticket", "cause"),  # issue 19: a probed KME's or SAE's certificate expires soon
+    "QKDKMEKeyExhausted": ("page", "symptom"),  # issue 19: a site's KME refuses applications key (503) for 5 m
 }
 
 

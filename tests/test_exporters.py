@@ -110,7 +110,8 @@ class FedLink:
             self.store_bits += key
             self.state.record_handoff("success", 2e-3, self.store_bits)
             ends = (self.state.sites["alice"], self.state.sites["bob"])
-            self.state.set_key_stores({site: self.store_bits / 256 for site in ends}, {("sae-a", "enc_keys"): self.store_bits / 512})
+            self.state.set_key_stores({site: self.store_bits / 256 for site in ends}, {("sae-a", "enc_keys"): self.store_bits / 512},
+                                      0.0, {"accepted": self.store_bits // 8, "discarded": 0, "issued": self.store_bits // 16})
 
 
 @pytest.fixture(scope="module")

@@ -165,9 +165,44 @@ def test_store_is_private_idempotent_and_bounded_per_end(tmp_path: Path):
     assert store.accept("l", 0, dict.fromkeys(("a", "b"), b"\x01" * 60)) == "success"
     assert store.accept("l", 0, dict.fromkeys(("a", "b"), b"\x01" * 60)) == "success"   # a repeated hand-off: stored once
     assert store.level("a", "l").held_bytes == store.level("b", "l").held_bytes == 60
-    assert store.accept("l", 1, dict.fromkeys(("a", "b"), b"\x02" * 60)) == "store_full"
-    assert store.accept("l", 1, dict.fromkeys(("a", "b"), b"\x02" * 60), capacity_bytes=200) == "success"
+    # a KME refusing key (the key_handoff_failure fault's capacity) is the only store_full; the block waits
+    assert store.accept("l", 1, dict.fromkeys(("a", "b"), b"\x02" * 60), capacity_bytes=100) == "store_full"
+    assert store.tallies("l")["discarded"] == 0
     store.close()
+
+
+def test_a_full_store_discards_its_oldest_unissued_key_at_both_ends_and_counts_it(tmp_path: Path):
+    store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=100)
+    store.accept("l", 0, dict.fromkeys(("a", "b"), bytes(range(60))))
+    store.accept("l", 1, dict.fromkeys(("a", "b"), bytes(range(100, 160))))   # 20 over: the oldest 20 go
+    assert store.level("a", "l").held_bytes == store.level("b", "l").held_bytes == 100
+    assert store.tallies("l")["discarded"] == 20
+    keys = store.issue(["l"], "a", "b", "sae-a", "sae-b", number=1, size_bytes=40)
+    assert keys[0][1] == bytes(range(20, 60))                       # both ends lost the same range
+    assert store.redeem("b", "sae-a", "sae-b", [keys[0][0]]) == keys
+    store.accept("l", 2, dict.fromkeys(("a", "b"), bytes(range(200, 250))))   # 10 over, inside block 1
+    assert store.tallies("l")["discarded"] == 30 and store.level("a", "l").available_bytes == 100
+    assert [k for _, k in store.issue(["l"], "a", "b", "sae-a", "sae-b", number=1, size_bytes=50)] == [bytes(range(110, 160))]
+    assert store.accept("l", 2, dict.fromkeys(("a", "b"), bytes(50))) == "success"   # a retry: settled once
+    assert store.tallies("l")["discarded"] == 30
+    store.close()
+
+
+def test_discard_newest_drops_the_arriving_key_and_issued_keys_are_never_shed(tmp_path: Path):
+    store = KeyPoolStore(tmp_path / "kme.sqlite", capacity_bytes=100, full_store="discard_newest")
+    store.accept("l", 0, dict.fromkeys(("a", "b"), bytes(range(80))))
+    assert store.accept("l", 1, dict.fromkeys(("a", "b"), bytes(30))) == "success"
+    assert store.tallies("l")["discarded"] == 30 and store.level("a", "l").held_bytes == 80
+    oldest = KeyPoolStore(tmp_path / "kme2.sqlite", capacity_bytes=100)
+    oldest.accept("l", 0, dict.fromkeys(("a", "b"), bytes(range(80))))
+    issued = oldest.issue(["l"], "a", "b", "sae-a", "sae-b", number=1, size_bytes=80)   # pending at b: not unissued
+    assert oldest.accept("l", 1, dict.fromkeys(("a", "b"), bytes(30))) == "success"
+    assert oldest.tallies("l")["discarded"] == 30 and oldest.level("a", "l").held_bytes == 0
+    assert oldest.redeem("b", "sae-a", "sae-b", [issued[0][0]]) == issued        # the issued key is intact
+    with pytest.raises(ValueError, match="full_store"):
+        KeyPoolStore(tmp_path / "kme3.sqlite", capacity_bytes=100, full_store="refuse")
+    store.close()
+    oldest.close()
 
 
 def test_store_issues_each_byte_once_and_only_to_its_addressee(tmp_path: Path):
@@ -177,6 +212,7 @@ def test_store_issues_each_byte_once_and_only_to_its_addressee(tmp_path: Path):
     keys = store.issue(["l"], "a", "b", "sae-a", "sae-b", number=3, size_bytes=4)   # spans the two blocks
     assert [k for _, k in keys] == [bytes(range(0, 4)), bytes(range(4, 8)), bytes(range(8, 12))]
     assert store.level("a", "l").available_bytes == 8 and store.level("b", "l").pending_bytes == 12
+    assert store.tallies("l")["issued"] == 12
     with pytest.raises(InsufficientKey, match="2 available"):
         store.issue(["l"], "a", "b", "sae-a", "sae-b", number=3, size_bytes=4)
     ids = [k for k, _ in keys]

@@ -12,7 +12,10 @@ keys they confirmed equal at hand-off, and the synchronisation a real
 KME pair does over its own channel is one atomic commit here. A key issued but not fetched by its slave
 within ``pending_ttl_s`` expires: every write transaction first deletes such keys (their bytes leave the
 files with the commit) and counts them, so an SAE pair that never calls ``dec_keys`` cannot hold the
-slave's store forever. Because every change is one commit
+slave's store forever. A hand-off that finds an end holding its capacity applies the
+configured full-store policy (``KeyDelivery.full_store``): the oldest unissued key is discarded at
+both ends to make room, or the arriving key is — the surplus of a link whose applications take less
+than it makes, counted per link in ``discarded``, never a refusal. Because every change is one commit
 made before the HTTP answer is written, a crash (kill -9) never loses a stored key nor serves one
 twice; the only key a crash can cost is that of a request committed but not yet answered, which no
 SAE received and which is never served again.
@@ -32,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from qkdops.config import FleetConfig
+from qkdops.config import FULL_STORE_POLICIES, FleetConfig
 from qkdops.durable import DurableStore
 
 SCHEMA = """
@@ -48,6 +51,8 @@ CREATE TABLE IF NOT EXISTS levels (site TEXT NOT NULL, link TEXT NOT NULL, avail
                                    pending INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (site, link));
 CREATE TABLE IF NOT EXISTS served (link TEXT NOT NULL, sae TEXT NOT NULL, call TEXT NOT NULL,
                                    keys INTEGER NOT NULL, PRIMARY KEY (link, sae, call));
+CREATE TABLE IF NOT EXISTS tallies (link TEXT NOT NULL, kind TEXT NOT NULL, bytes INTEGER NOT NULL,
+                                    PRIMARY KEY (link, kind));
 """
 
 
@@ -80,16 +85,21 @@ class StoreLevel:
 
 
 EXPIRED = "expired"   # the ``served`` row kind that counts expired keys (per link and slave SAE)
+ACCEPTED, DISCARDED, ISSUED = TALLIES = ("accepted", "discarded", "issued")   # the byte tallies (KeyPoolStore.tallies)
 
 
 class KeyPoolStore(DurableStore):
     """The stores of every KME site (see module docstring). ``capacity_bytes`` bounds what one end
     holds for one link (``max_key_count`` × ``key_size_bits`` / 8); ``pending_ttl_s`` is how long an
-    issued key waits for its slave's ``dec_keys``."""
+    issued key waits for its slave's ``dec_keys``; ``full_store`` the policy for surplus key
+    (``discard_oldest`` or ``discard_newest``, see ``KeyDelivery``)."""
 
-    def __init__(self, path: Path, capacity_bytes: int, pending_ttl_s: float = 3600.0) -> None:
+    def __init__(self, path: Path, capacity_bytes: int, pending_ttl_s: float = 3600.0, full_store: str = "discard_oldest") -> None:
+        if full_store not in FULL_STORE_POLICIES:
+            raise ValueError(f"full_store: expected one of {', '.join(FULL_STORE_POLICIES)}, got {full_store!r}")
         self.capacity_bytes = capacity_bytes
         self.pending_ttl_s = pending_ttl_s
+        self.full_store = full_store
         self._expired_now = 0   # pending keys the current transaction expired
         super().__init__(path, SCHEMA, private=True)
 
@@ -97,24 +107,50 @@ class KeyPoolStore(DurableStore):
     def accept(self, link: str, block: int, materials: Mapping[str, bytes], capacity_bytes: int | None = None) -> str:
         """Store a block's key at every end — ``materials`` maps each end's site to that end's own
         key (its post-processing's output; equal at both ends because the key confirmation at
-        hand-off checked it): ``success`` (also when already stored) or ``store_full`` when an end
-        would exceed its capacity (``capacity_bytes`` overrides it: a store-full fault)."""
+        hand-off checked it): ``success`` (also when already stored, and when an end was full and
+        the full-store policy discarded surplus key: the oldest, or this block's) or ``store_full``
+        when ``capacity_bytes`` is given (a KME refusing key: the ``key_handoff_failure`` fault's
+        ``store_capacity_ratio``) and an end would exceed it. Either way the block is settled in one
+        transaction, so a retried hand-off never stores or discards it twice."""
         sizes = {len(m) for m in materials.values()}
         if len(sizes) != 1:
             raise ValueError(f"block {block} of link {link}: the ends' keys differ in length ({sorted(sizes)} bytes)")
         (size,) = sizes
-        limit = self.capacity_bytes if capacity_bytes is None else capacity_bytes
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM handed_off WHERE link=? AND block=?", (link, block)).fetchone():
                 return "success"
-            if any(self._level(site, link).held_bytes + size > limit for site in materials):
+            levels = [self._level(site, link) for site in materials]
+            if capacity_bytes is not None and any(level.held_bytes + size > capacity_bytes for level in levels):
                 return "store_full"
             db.execute("INSERT INTO handed_off (link, block) VALUES (?, ?)", (link, block))
+            self._tally(ACCEPTED, link, size)
+            over = max(level.held_bytes for level in levels) + size - self.capacity_bytes
+            if over > 0:   # both ends hold the same unissued range: what one can shed, both can
+                if self.full_store == "discard_newest" or over > min(level.available_bytes for level in levels):
+                    self._tally(DISCARDED, link, size)
+                    return "success"
+                self._shed(link, tuple(materials), over)
             for site, material in materials.items():
                 row = db.execute("INSERT INTO pool (site, link, block, size) VALUES (?, ?, ?, ?)", (site, link, block, size))
                 db.execute("INSERT INTO material (id, data) VALUES (?, ?)", (row.lastrowid, material))
                 self._add_level(site, link, available=size)
         return "success"
+
+    def _shed(self, link: str, sites: Sequence[str], nbytes: int) -> None:
+        """Discard the oldest ``nbytes`` of unissued key of ``link`` at every end (the same range: the
+        ends' unissued key is carved in step), counted."""
+        pieces, planned = [], 0
+        cursor = self._db.execute("SELECT block, size - used FROM pool WHERE site=? AND link=? ORDER BY block", (sites[0], link))
+        for block, left in cursor:
+            pieces.append((block, min(left, nbytes - planned)))
+            planned += pieces[-1][1]
+            if planned == nbytes:
+                break
+        cursor.close()   # no read statement may stay open while the carve writes the blobs
+        for block, take in pieces:
+            for site in sites:
+                self._carve(site, link, block, take, read=False)
+        self._tally(DISCARDED, link, nbytes)
 
     # ---- ETSI 014 (KME ← SAE) ------------------------------------------------------------------------
     def issue(self, links: Iterable[str], master_site: str, slave_site: str, master: str, slave: str,
@@ -156,6 +192,7 @@ class KeyPoolStore(DurableStore):
                 n = key_links.count(link)
                 self._add_level(slave_site, link, pending=n * size_bytes)
                 self._count(link, master, call, n)
+                self._tally(ISSUED, link, n * size_bytes)
             return [(key_id, bytes(master_copy[i * size_bytes:(i + 1) * size_bytes])) for i, key_id in enumerate(ids)]
 
     def redeem(self, site: str, master: str, slave: str, key_ids: Sequence[str], call: str = "dec_keys") -> list[tuple[str, bytes]]:
@@ -199,6 +236,14 @@ class KeyPoolStore(DurableStore):
         with self._lock:
             row = self._db.execute("SELECT SUM(keys) FROM served WHERE link=? AND call=?", (link, EXPIRED)).fetchone()
             return int(row[0] or 0)
+
+    def tallies(self, link: str) -> dict[str, int]:
+        """Bytes of ``link``'s key per end since the store was created, by kind (each present, 0 before
+        the first): ``accepted`` at hand-off, ``discarded`` as surplus by the full-store policy,
+        ``issued`` to applications (``enc_keys``, SKIP's new key)."""
+        with self._lock:
+            found = dict(self._db.execute("SELECT kind, bytes FROM tallies WHERE link=?", (link,)).fetchall())
+        return {kind: int(found.get(kind, 0)) for kind in TALLIES}
 
     def expire(self) -> int:
         """Delete the pending keys older than ``pending_ttl_s`` now (every write does it first); how many."""
@@ -244,17 +289,23 @@ class KeyPoolStore(DurableStore):
                 raise StoreUnavailable(f"the key store could not commit ({type(exc).__name__}: {exc}); nothing was changed") from None
             self._scrub()   # issued, redeemed and spent key bytes leave the files too (DurableStore)
 
-    def _carve(self, site: str, link: str, block: int, take: int) -> bytes:
-        """The next ``take`` unused bytes of one end's copy of a block, marked used and overwritten with
-        zeros in the blob (row gone when spent): a carved key is held only where it was issued to."""
+    def _carve(self, site: str, link: str, block: int, take: int, read: bool = True) -> bytes:
+        """The next ``take`` unused bytes of one end's copy of a block (``read`` False: discarded unread),
+        marked used: overwritten with zeros in the blob, or — when they are the block's last — the row
+        deleted, which ``secure_delete`` zeroes. A carved key is held only where it was issued to."""
         row_id, size, used = self._db.execute("SELECT id, size, used FROM pool WHERE site=? AND link=? AND block=?",
                                               (site, link, block)).fetchone()
-        with self._db.blobopen("material", "data", row_id, readonly=False) as blob:
-            blob.seek(used)
-            piece = blob.read(take)
-            blob.seek(used)
-            blob.write(bytes(take))
-        if used + take == size:
+        spent = used + take == size
+        piece = b""
+        if read or not spent:
+            with self._db.blobopen("material", "data", row_id, readonly=False) as blob:
+                if read:
+                    blob.seek(used)
+                    piece = blob.read(take)
+                if not spent:
+                    blob.seek(used)
+                    blob.write(bytes(take))
+        if spent:
             self._db.execute("DELETE FROM pool WHERE id=?", (row_id,))
             self._db.execute("DELETE FROM material WHERE id=?", (row_id,))
         else:
@@ -271,6 +322,10 @@ class KeyPoolStore(DurableStore):
                          "DO UPDATE SET available = available + excluded.available, pending = pending + excluded.pending",
                          (site, link, available, pending))
 
+    def _tally(self, kind: str, link: str, nbytes: int) -> None:
+        self._db.execute("INSERT INTO tallies (link, kind, bytes) VALUES (?, ?, ?) "
+                         "ON CONFLICT (link, kind) DO UPDATE SET bytes = bytes + excluded.bytes", (link, kind, nbytes))
+
     def _count(self, link: str, sae: str, call: str, keys: int) -> None:
         self._db.execute("INSERT INTO served (link, sae, call, keys) VALUES (?, ?, ?, ?) "
                          "ON CONFLICT (link, sae, call) DO UPDATE SET keys = keys + excluded.keys", (link, sae, call, keys))
@@ -281,4 +336,4 @@ def open_key_pool(config: FleetConfig) -> KeyPoolStore:
     fleet hands keys into and the KMEs serve from, whether they share a process or not."""
     delivery = config.key_delivery
     return KeyPoolStore(config.runtime.state_dir / "kme.sqlite", delivery.max_key_count * delivery.key_size_bits // 8,
-                        delivery.pending_key_ttl_s)
+                        delivery.pending_key_ttl_s, delivery.full_store)

@@ -93,7 +93,7 @@ class LinkRuntime:
             nominal_channel_loss_db=-10.0 * math.log10(self.link.protocol.geometry(self.link.nominal).fiber_transmittance),
             model_ec_efficiency=self.link.nominal["ec_efficiency"])
         self.state = LinkState(spec.id, spec.protocol, sites, intensities, bases, buffer.capacity_bits,
-                               store_capacity_keys, objectives)
+                               store_capacity_keys, objectives, spec.qkdl_uuid)
         self.state.set_backlog_bits(buffer.level_bits(spec.id))
         self.last_result: BlockResult | None = None
         self.last_block_end: float | None = None
@@ -335,7 +335,7 @@ class Fleet:
         key_bytes = self.config.key_delivery.key_size_bits // 8
         held = {site: self.key_pool.level(site, link_id).held_bytes // key_bytes for site in (r.spec.sites.alice, r.spec.sites.bob)}
         served = {key: float(n) for key, n in self.key_pool.served(link_id).items()}
-        r.state.set_key_stores(held, served, float(self.key_pool.expired(link_id)))
+        r.state.set_key_stores(held, served, float(self.key_pool.expired(link_id)), self.key_pool.tallies(link_id))
 
     # ---- reading ----------------------------------------------------------------------------------
     def runtime(self, link_id: str) -> LinkRuntime:

@@ -44,9 +44,11 @@ FAULT_SPEC = FaultSpec(
     "Nothing optical changes: blocks succeed and key is distilled, but its hand-off to the two "
     "ends' KME stores fails (qkdops/runtime/handoff.py). A share refused_ratio of hand-off attempts "
     "finds the KME unavailable (default 1: down); each other attempt takes delay_s longer (past the "
-    "hand-off timeout it fails as kme_timeout: a slow KME); store_capacity_ratio < 1 shrinks the "
-    "stores to that share of max_key_count (0: full). Key waits in the link's buffer and is handed "
-    "off, none lost, once the fault is cleared — unless the buffer fills first.",
+    "hand-off timeout it fails as kme_timeout: a slow KME); with store_capacity_ratio < 1 the KMEs "
+    "refuse key beyond that share of max_key_count as store_full (0: all of it), as a KME whose "
+    "storage is exhausted would (unlike the full-store policy, which discards surplus and refuses "
+    "nothing). Key waits in the link's buffer and is handed off, none lost, once the fault is "
+    "cleared — unless the buffer fills first.",
     (Param("refused_ratio", 1.0, "ratio", "share of hand-off attempts that find the KME unavailable", 0.0, 1.0),
      Param("delay_s", 0.0, "s", "extra latency of each hand-off attempt", 0.0, 600.0),
      Param("store_capacity_ratio", 1.0, "ratio", "usable share of the KME stores' capacity", 0.0, 1.0)),

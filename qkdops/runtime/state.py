@@ -104,11 +104,13 @@ class LinkSnapshot:
     key_store_capacity_keys: float                       # max_key_count of each end
     keys_served_total: Mapping[tuple[str, str], float]   # (SAE, call) → keys served to it
     keys_expired_total: float                            # keys issued but never fetched within the TTL
+    key_store_bytes_total: Mapping[str, float]           # accepted | discarded | issued → bytes per end (KeyPoolStore.tallies)
     # histograms
     stage_seconds: Mapping[str, HistogramSnapshot]
     postprocessing_seconds: HistogramSnapshot
     handoff_seconds: HistogramSnapshot
     timing_jitter_seconds: HistogramSnapshot
+    qkdl_id: str = ""                                    # ETSI GS QKD 015 key association link id (LinkSpec.qkdl_uuid)
 
 
 @dataclass
@@ -123,6 +125,7 @@ class LinkState:
     handoff_buffer_capacity_bits: float
     key_store_capacity_keys: float = 0.0
     objectives: LinkObjectives | None = None
+    qkdl_id: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +155,7 @@ class LinkState:
         self._store_keys = {site: 0.0 for role, site in self.sites.items() if role in ("alice", "bob")}
         self._served: dict[tuple[str, str], float] = {}
         self._expired = 0.0
+        self._store_bytes: dict[str, float] = {}
         self._stages = {s: Histogram(STAGE_BUCKETS) for s in STAGES}
         self._handoff = Histogram(HANDOFF_BUCKETS)
         self._jitter = Histogram(JITTER_BUCKETS)
@@ -235,17 +239,19 @@ class LinkState:
             self._backlog_bits = bits
 
     def set_key_stores(self, keys_by_site: Mapping[str, float], served: Mapping[tuple[str, str], float],
-                       expired: float = 0.0) -> None:
-        """What the ends' KMEs hold for this link, have served and let expire (read from the KME store)."""
+                       expired: float = 0.0, store_bytes: Mapping[str, int] | None = None) -> None:
+        """What the ends' KMEs hold for this link, have served and let expire, and their byte tallies
+        (accepted at hand-off, discarded as surplus, issued) — read from the KME store."""
         with self._lock:
             self._store_keys.update(keys_by_site)
             self._served = dict(served)
             self._expired = expired
+            self._store_bytes = {kind: float(n) for kind, n in (store_bytes or {}).items()}
 
     def snapshot(self) -> LinkSnapshot:
         with self._lock:
             return LinkSnapshot(
-                link=self.link, protocol=self.protocol, sites=dict(self.sites), telemetry=self._telemetry,
+                link=self.link, protocol=self.protocol, sites=dict(self.sites), qkdl_id=self.qkdl_id, telemetry=self._telemetry,
                 active_faults=self._faults, objectives=self.objectives, pulses_total=self._pulses, detections_total=self._detections,
                 decoy_pulses_total=dict(self._decoy_pulses), decoy_detections_total=dict(self._decoy_detections),
                 sifted_bits_total=dict(self._sifted), sifted_bit_errors_total=dict(self._sifted_errors),
@@ -263,6 +269,7 @@ class LinkState:
                 block_qber=self._qber, handoff_backlog_bits=self._backlog_bits,
                 handoff_buffer_capacity_bits=self.handoff_buffer_capacity_bits, key_store_keys=dict(self._store_keys),
                 key_store_capacity_keys=self.key_store_capacity_keys, keys_served_total=dict(self._served), keys_expired_total=self._expired,
+                key_store_bytes_total=dict(self._store_bytes),
                 stage_seconds={s: h.snapshot() for s, h in self._stages.items()},
                 postprocessing_seconds=self._latency.snapshot(),
                 handoff_seconds=self._handoff.snapshot(), timing_jitter_seconds=self._jitter.snapshot(),
