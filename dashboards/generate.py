@@ -189,6 +189,13 @@ def executive_key_delivery() -> list[P]:
           "Empty until an application has fetched a key.", "short",
           [('sum by (link) (rate(qkd_kme_keys_served_total{call="enc_keys"}[$__rate_interval]))', "{{link}}")],
           [(None, "green")], w=24, min=0),
+        P("timeseries", "Key rates as an SDN controller sees them (ETSI GS QKD 015)", "Per link, the qkdl_performance "
+          "figures of the etsi-qkd-sdn-node YANG model over 5 m (docs/etsi-qkd-015.md): skr (secret key made), eskr "
+          "(key the two KMEs took: available to applications) and expected_consumption (key the applications drew). "
+          "eskr below skr is key lost before the KMEs; consumption near eskr leaves no headroom.", "bps",
+          [("qkdl:skr_bits_per_second:rate5m", "{{link}} skr"), ("qkdl:eskr_bits_per_second:rate5m", "{{link}} eskr"),
+           ("qkdl:expected_consumption_bits_per_second:rate5m", "{{link}} expected_consumption")],
+          [(None, "green")], w=24, min=0),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,9 @@ def _base() -> dict:
     (lambda c: c["key_delivery"].update(max_key_count=0), "key_delivery.max_key_count", "number in"),
     (lambda c: c["key_delivery"].update(vendor="x"), "key_delivery.vendor", "one of the keys"),
     (lambda c: c["key_delivery"].update(pending_key_ttl_s=0), "key_delivery.pending_key_ttl_s", "number in"),
+    (lambda c: c["key_delivery"].update(full_store="refuse"), "key_delivery.full_store", "one of discard_oldest, discard_newest"),
+    (lambda c: c["links"][0].update(qkdl_id="metro"), "links[0].qkdl_id", "a UUID"),
+    (lambda c: c["links"][0].update(qkdl_id=42), "links[0].qkdl_id", "a non-empty string"),
     (lambda c: c["key_delivery"].update(pending_key_ttl_s=float("nan")), "key_delivery.pending_key_ttl_s", "finite"),
     (lambda c: c["key_delivery"]["kmes"][1].update(site="lab-north"), "key_delivery.kmes[1].site", "one KME per site"),
     (lambda c: c["key_delivery"]["kmes"][1].update(port=9830), "key_delivery.kmes", "distinct port per KME"),
@@ -130,3 +134,17 @@ def test_numeric_cli_options_refuse_nan_and_inf(command: list[str], option: str,
 def test_finite_float_reads_what_float_reads():
     from qkdops.config import finite_float
     assert finite_float("1e10") == 1e10 and finite_float(" -2.5 ") == -2.5
+
+
+def test_a_link_s_qkdl_id_is_configured_or_derived_stably_from_its_id(tmp_path: Path):
+    """ETSI GS QKD 015 names a key association link by a UUID: the one an operator's SDN controller
+    knows (configured, normalised to lower case) or one derived from the link id — the same on every
+    machine and restart, different per link."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["links"][1]["qkdl_id"] = "3FA85F64-5717-4562-B3FC-2C963F66AFA6"
+    config = parse_config(raw, tmp_path / "links.yaml")
+    derived = config.links[0].qkdl_uuid
+    assert str(uuid.UUID(derived)) == derived and uuid.UUID(derived).version == 5
+    assert derived == parse_config(yaml.safe_load(DEFAULT_CONFIG.read_text()), tmp_path / "x.yaml").links[0].qkdl_uuid
+    assert config.links[1].qkdl_uuid == "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+    assert len({link.qkdl_uuid for link in config.links}) == len(config.links)
