@@ -46,6 +46,7 @@ WORK_DIR = "history-work"         # under the state dir: removed when the run en
 MAX_DAYS = float(RETENTION_DAYS)   # what the local Prometheus keeps
 SCRATCH = Path("/dev/shm")
 SCRATCH_PREFIX = "qkdops-history-"   # + the pid of the run that owns it
+KEY_STORES = ("kme.sqlite", "keys.sqlite")   # a --deliver-keys shard's KME store and hand-off buffer (with -wal, -shm)
 DEFAULT_STEP_S = 30.0             # two samples in every 1-minute rate() window the rules use
 
 
@@ -61,12 +62,15 @@ class BackfillResult:
     emulation_s: float
     rules_s: float
     alerts_fired: int
+    key_store_bytes: int = 0   # --deliver-keys: the KME stores' and hand-off buffers' files at the end (scratch, deleted)
 
     def summary(self) -> str:
         days = (self.end - self.start) / 86400
         return (f"history: {days:g} day(s) of {self.links} link(s), {self.incidents} incident(s); "
                 f"{self.raw_samples:,} exporter samples in {self.emulation_s:.0f} s, {self.rule_samples:,} rule samples "
-                f"(recordings, ALERTS: {self.alerts_fired} alert(s) fired) in {self.rules_s:.0f} s; {self.blocks} block(s) loaded")
+                f"(recordings, ALERTS: {self.alerts_fired} alert(s) fired) in {self.rules_s:.0f} s; {self.blocks} block(s) loaded"
+                + (f"; KME stores and hand-off buffers {self.key_store_bytes / 1e6:,.1f} MB at the end (deleted)"
+                   if self.key_store_bytes else ""))
 
 
 def targets(config: FleetConfig, monitoring: MonitoringConfig) -> Targets:
@@ -80,11 +84,12 @@ def targets(config: FleetConfig, monitoring: MonitoringConfig) -> Targets:
 
 def backfill(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig, plan: Plan, days: float, end: float,
              data_dirs: Sequence[Path], step_s: float = DEFAULT_STEP_S, extend_to: bool = False,
-             progress: bool = True, processes: int | None = None) -> BackfillResult:
+             progress: bool = True, processes: int | None = None, deliver_keys: bool = False) -> BackfillResult:
     """Backfill ``days`` of history ending at ``end`` into every Prometheus data dir of ``data_dirs``.
     ``extend_to``: after the first pass, keep emulating up to the wall clock (minutes, quickly) so the
     history ends seconds before the caller starts the stack. ``processes``: how many processes emulate
-    the links, each a shard of the fleet (``FleetConfig.shard``; default: one per CPU, at most one per link)."""
+    the links, each a shard of the fleet (``FleetConfig.shard``; default: one per CPU, at most one per link).
+    ``deliver_keys``: keys go through hand-off into scratch KME stores (``history.emulation``)."""
     if not 0 < days <= MAX_DAYS:
         raise HistoryInputError(f"days of history: expected more than 0 and at most {MAX_DAYS:g} (the local Prometheus' "
                                 f"retention), got {days:g}")
@@ -102,8 +107,8 @@ def backfill(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root))
     try:
         started = time.monotonic()
-        end, samples, incidents = _emulate(config, monitoring, jobs, plan, start, end, step_s, shards, extend_to, progress,
-                                           work, scratch, promtool)
+        end, samples, incidents, store_bytes = _emulate(config, monitoring, jobs, plan, start, end, step_s, shards, extend_to,
+                                                        progress, work, scratch, promtool, deliver_keys)
         emulated = time.monotonic() - started
         tsdb_dir = work / "tsdb"
         tsdb_dir.mkdir()
@@ -121,7 +126,7 @@ def backfill(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig
         blocks = len(move_blocks(tsdb_dir, data_dirs[0]))
         _keep_archives(scratch, shards, config.runtime.state_dir / HISTORY_DIR)
         return BackfillResult(start, end, len(config.links), samples, backfiller.samples, blocks, incidents, emulated, rules_s,
-                              backfiller.alerts_fired)
+                              backfiller.alerts_fired, store_bytes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -137,16 +142,17 @@ def _remove_dead_scratch(root: Path) -> None:
 
 def _emulate(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig, plan: Plan, start: float, end: float,
              step_s: float, shards: int, extend_to: bool, progress: bool, work: Path, scratch: Path,
-             promtool: str) -> tuple[float, int, int]:
-    """Emulate every shard (in its own process when there are several) → (end reached, samples, incidents)."""
+             promtool: str, deliver_keys: bool) -> tuple[float, int, int, int]:
+    """Emulate every shard (in its own process when there are several) → (end reached, samples, incidents,
+    bytes of the key stores' files)."""
     context = multiprocessing.get_context("fork")
     done = [context.Value("d", 0.0) for _ in range(shards)]
     results = context.Queue()
-    arguments = [(i, shards, config, monitoring, jobs, plan, start, end, step_s, extend_to, work, scratch, promtool, done[i], results)
-                 for i in range(shards)]
+    arguments = [(i, shards, config, monitoring, jobs, plan, start, end, step_s, extend_to, work, scratch, promtool, done[i], results,
+                  deliver_keys) for i in range(shards)]
     processes = [context.Process(target=_emulate_shard, args=a, name=f"qkdops-history-{a[0]}", daemon=True)
                  for a in arguments] if shards > 1 else []
-    reports: dict[int, tuple[str | None, float, int, int]] = {}
+    reports: dict[int, tuple[str | None, float, int, int, int]] = {}
     with _bar(progress, (end - start) * shards, "emulating", "s") as bar:
         if not processes:
             _emulate_shard(*arguments[0])
@@ -154,8 +160,8 @@ def _emulate(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig
             process.start()
         while len(reports) < shards:
             try:
-                i, error, reached, samples, incidents = results.get(timeout=0.5)
-                reports[i] = (error, reached, samples, incidents)
+                i, error, reached, samples, incidents, store_bytes = results.get(timeout=0.5)
+                reports[i] = (error, reached, samples, incidents, store_bytes)
             except queue.Empty:
                 if dead := [p for p in processes if p.exitcode not in (None, 0)]:
                     raise HistoryError(f"history: emulation process {dead[0].name} died (exit {dead[0].exitcode})") from None
@@ -165,17 +171,20 @@ def _emulate(config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig
         process.join()
     if errors := [f"shard {i}: {r[0]}" for i, r in sorted(reports.items()) if r[0]]:
         raise HistoryError("history: emulation failed: " + "; ".join(errors))
-    return (min(r[1] for r in reports.values()), sum(r[2] for r in reports.values()), sum(r[3] for r in reports.values()))
+    return (min(r[1] for r in reports.values()), sum(r[2] for r in reports.values()), sum(r[3] for r in reports.values()),
+            sum(r[4] for r in reports.values()))
 
 
 def _emulate_shard(index: int, shards: int, config: FleetConfig, monitoring: MonitoringConfig, jobs: JobsConfig, plan: Plan,
                    start: float, end: float, step_s: float, extend_to: bool, work: Path, scratch: Path, promtool: str,
-                   done: Any, results: Any) -> None:
-    """One shard's emulation, its samples into blocks in ``work/tsdb-<index>``; reports on ``results``."""
+                   done: Any, results: Any, deliver_keys: bool = False) -> None:
+    """One shard's emulation, its samples into blocks in ``work/tsdb-<index>``; reports on ``results``
+    (with the size of its key stores' files when it delivered keys)."""
     try:
         writer = OpenMetricsBlocks(work / f"raw-{index}", work / f"tsdb-{index}", promtool)
+        fleet_dir = scratch / f"fleet-{index}"
         run = HistoryRun(config.shard(index, shards) if shards > 1 else config, jobs, plan, start, end, step_s,
-                         scratch / f"fleet-{index}", targets(config, monitoring), writer.add_exposition)
+                         fleet_dir, targets(config, monitoring), writer.add_exposition, deliver_keys=deliver_keys)
         try:
             def report(seconds: float) -> None:
                 done.value = seconds
@@ -186,9 +195,10 @@ def _emulate_shard(index: int, shards: int, config: FleetConfig, monitoring: Mon
         finally:
             run.close()
             writer.close()
-        results.put((index, None, run.end, writer.samples, run.incidents_started))
+        store_bytes = sum(p.stat().st_size for name in KEY_STORES for p in fleet_dir.glob(f"{name}*"))
+        results.put((index, None, run.end, writer.samples, run.incidents_started, store_bytes))
     except Exception as exc:   # reported to the parent, which names the shard
-        results.put((index, f"{type(exc).__name__}: {exc}", 0.0, 0, 0))
+        results.put((index, f"{type(exc).__name__}: {exc}", 0.0, 0, 0, 0))
 
 
 def _keep_archives(scratch: Path, shards: int, history_dir: Path) -> None:

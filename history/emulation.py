@@ -6,8 +6,14 @@ each because the past cannot be replayed into the present, or for speed:
 
 * the ``model`` post-processing engine (every block's finite-key analysis, the leak from the
   efficiency the bits engine measured), since reconciling a month of bits takes a month of CPU;
-* no key delivery: each distilled key counts as handed off at once and is dropped
-  (``Fleet(deliver_keys=False)``) — a month-old key would be of no use to anyone;
+* no key delivery by default: each distilled key counts as handed off at once and is dropped
+  (``Fleet(deliver_keys=False)``) — a month-old key would be of no use to anyone. With
+  ``deliver_keys`` (``qkdops history --deliver-keys``) every key goes the live way instead — key
+  confirmation, the hand-off buffer, both ends' KME stores with their capacity and full-store
+  policy — into scratch stores no KME serves (no application draws on the past), so the stores'
+  levels, hand-offs and surplus discards are in the history too; the stores are deleted with the
+  run's scratch (emulated key material never stays on disk). It costs the key's bytes: ~20 ms of
+  SQLite per 1-MB block (metro-bb84: 8,640 a day);
 * one emulator frame per ``frame_s`` (the shortest block length of the fleet, at most the sample
   step; device readings are per frame): the live runtime's one-second frames would make most
   of the cost;
@@ -204,7 +210,7 @@ class HistoryRun:
     scrapes to ``sink``. ``state_dir`` keeps the run's block archive and calibration store."""
 
     def __init__(self, config: FleetConfig, jobs: JobsConfig, plan: Plan, start: float, end: float, step_s: float,
-                 state_dir: Path, targets: Targets, sink: ScrapeSink, seed: int = 0) -> None:
+                 state_dir: Path, targets: Targets, sink: ScrapeSink, seed: int = 0, deliver_keys: bool = False) -> None:
         if not (end > start and step_s > 0):
             raise ValueError(f"history: expected start < end and a positive step, got {start}, {end}, {step_s}")
         self.start, self.end, self.step_s = start, end, step_s
@@ -213,7 +219,7 @@ class HistoryRun:
         self.sink, self.targets = sink, targets
         state_dir.mkdir(parents=True, exist_ok=True)
         self.config = history_config(config, state_dir, step_s)
-        self.fleet = Fleet(self.config, clock=lambda: self.now, deliver_keys=False, durable=False)
+        self.fleet = Fleet(self.config, clock=lambda: self.now, deliver_keys=deliver_keys, durable=False)
         self.store = CalibrationStore(state_dir / "calibration.sqlite", clock=lambda: self.now, durable=False)
         self.calibration = CalibrationCollector(self.store)
         control = FleetControl(self.fleet)

@@ -57,7 +57,8 @@ from qkdops.processes import log_tail
 log = logging.getLogger("qkdops.history")
 BLOCK_S = 7200                    # the TSDB's block range (tsdb.DefaultBlockDuration)
 LOOKBACK_S = 300                  # Prometheus' instant-vector lookback (the since rule's tolerance)
-QUERY_CHUNK_S = 86400             # one range query per rule per day (≤ 11,000 points at a 10-s step)
+QUERY_CHUNK_S = 86400             # one range query per rule per day at most…
+MAX_QUERY_POINTS = 10_000         # …and under Prometheus' 11,000 points per series of a range query (query_chunk_s)
 _NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _RANGE_RE = re.compile(r"\[(\d+[smhdwy])\]")
 # A rule over a window of a day or more (the SLOs' 1d/3d/30d ratios, the visibility baseline) reads up
@@ -400,8 +401,9 @@ class RuleBackfill:
                 # one day at a time, every rule of the level: each 2-hour file then holds all of them
                 evaluated = [r for r in level if r.record != DATA_SINCE]
                 with ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="qkdops-history-rules") as pool:
-                    for chunk_start in _chunks(self.start, self.end, QUERY_CHUNK_S):
-                        chunk_end = min(chunk_start + QUERY_CHUNK_S, self.end)
+                    chunk_s = query_chunk_s(min((r.interval_s for r in evaluated), default=QUERY_CHUNK_S))
+                    for chunk_start in _chunks(self.start, self.end, chunk_s):
+                        chunk_end = min(chunk_start + chunk_s, self.end)
                         for lines in pool.map(lambda r: self._evaluate(client, r, chunk_start, chunk_end), evaluated):
                             for block, line in lines:
                                 pending[block].append(line)
@@ -447,8 +449,9 @@ class RuleBackfill:
     def _presence(self, client: PrometheusClient, expr: str, interval_s: float) -> dict[tuple[tuple[str, str], ...], list[float]]:
         """The evaluation times (on the ``interval_s`` grid, ascending) at which ``expr`` returned each of its series."""
         present: dict[tuple[tuple[str, str], ...], list[float]] = defaultdict(list)
-        for chunk_start in _chunks(self.start, self.end, QUERY_CHUNK_S):
-            chunk_end = min(chunk_start + QUERY_CHUNK_S, self.end)
+        chunk_s = query_chunk_s(interval_s)
+        for chunk_start in _chunks(self.start, self.end, chunk_s):
+            chunk_end = min(chunk_start + chunk_s, self.end)
             first = math.ceil(chunk_start / interval_s) * interval_s
             if first > chunk_end:
                 continue
@@ -485,6 +488,13 @@ class RuleBackfill:
     def _flush(self, writer: OpenMetricsBlocks, pending: dict[int, list[bytes]], before: float) -> None:
         for block in sorted(b for b in pending if (b + 1) * BLOCK_S <= before):
             writer.add_lines(block * BLOCK_S, pending.pop(block))
+
+
+def query_chunk_s(interval_s: float) -> float:
+    """The span of one range query at ``interval_s``: a day, or — below a ~8-s step, where a day is more
+    points than Prometheus answers (``--history-step 5s`` failed on any day-long history) — the most
+    whole TSDB blocks (2 h) under ``MAX_QUERY_POINTS`` (one block at least: 7,200 points at 1 s)."""
+    return min(QUERY_CHUNK_S, max(BLOCK_S, (MAX_QUERY_POINTS * interval_s) // BLOCK_S * BLOCK_S))
 
 
 def _chunks(start: float, end: float, size: float) -> Iterable[float]:

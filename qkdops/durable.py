@@ -15,9 +15,16 @@ from pathlib import Path
 
 
 SETUP_RETRY_S = 15.0   # how long opening waits out another process setting up the same file
+# Page size of a new key store file (SQLite's default is 4 KiB). The key buffer and the KME store hold
+# each block's key as a blob of up to ~1 MB (metro-bb84): in 4-KiB pages that is ~250 overflow pages,
+# each written to the WAL, checkpointed and zeroed by secure_delete when spent; 16-KiB pages made a
+# block's hand-off (buffer deposit, KME store accept with a discard, buffer remove) 35 % cheaper
+# (17.5 → 11.3 ms on tmpfs, measured). The other stores keep 4 KiB: their commits are small and
+# frequent, and each writes whole pages to the WAL. A file keeps the page size it was created with.
+KEY_STORE_PAGE_SIZE = 16384
 
 
-def open_durable(path: Path, schema: str, durable: bool = True) -> sqlite3.Connection:
+def open_durable(path: Path, schema: str, durable: bool = True, page_size: int | None = None) -> sqlite3.Connection:
     """Connection usable from any thread (callers serialise access with their own lock).
 
     ``durable`` False: a scratch file (a history run's state, which a crash throws away anyway):
@@ -34,6 +41,8 @@ def open_durable(path: Path, schema: str, durable: bool = True) -> sqlite3.Conne
     while True:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
+            if page_size is not None:
+                db.execute(f"PRAGMA page_size={page_size}")   # takes effect only on a new, empty file (before WAL)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
             db.executescript(schema)
@@ -54,14 +63,14 @@ class DurableStore:
     removed key material) checkpoints the WAL into the database and truncates it to zero bytes —
     otherwise the WAL keeps the page images that carried the key until SQLite reuses them."""
 
-    def __init__(self, path: Path, schema: str, private: bool = False, durable: bool = True) -> None:
+    def __init__(self, path: Path, schema: str, private: bool = False, durable: bool = True, page_size: int | None = None) -> None:
         if private:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             os.chmod(path, 0o600)
         self.path = path
         self._lock = threading.Lock()
-        self._db = open_durable(path, schema, durable)
+        self._db = open_durable(path, schema, durable, page_size)
         if private:
             self._db.execute("PRAGMA secure_delete=ON")
 

@@ -135,8 +135,11 @@ class PrometheusClient:
     def __repr__(self) -> str:
         return f"PrometheusClient({self.url!r})"
 
-    def query(self, expr: str) -> dict[str, Any]:
-        return self.get("/api/v1/query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> dict[str, Any]:
+        """An instant query, now or at Unix time ``at`` (a backfilled past)."""
+        if at is None:
+            return self.get("/api/v1/query", query=expr)
+        return self.get("/api/v1/query", query=expr, time=f"{at:.3f}")
 
     def query_range(self, expr: str, start: float, end: float, step_s: float) -> dict[str, Any]:
         return self.get("/api/v1/query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step_s:g}")

@@ -51,6 +51,9 @@ def add_options(p: argparse.ArgumentParser, fleet_option: bool = True) -> None:
                    help=f"sample (and rule evaluation) step of the history (default {DEFAULT_STEP_S:g}s; at most 30s "
                         "keeps two samples in the rules' 1-minute windows)")
     p.add_argument("--jobs", type=Path, default=DEFAULT_JOBS_FILE, metavar="FILE", help="calibration jobs (default: jobs.yaml)")
+    p.add_argument("--deliver-keys", action="store_true",
+                   help="hand every distilled key off to scratch KME stores as live (capacity, full-store policy): "
+                        "the stores' levels and surplus discards are in the history too; costs ~20 ms per MB of key")
     if fleet_option:
         p.add_argument("--monitoring", type=Path, default=DEFAULT_MONITORING, metavar="FILE",
                        help="monitoring config: job names, SLO and rule values (default: monitoring.yaml)")
@@ -89,7 +92,7 @@ def run_history(config: FleetConfig, args: argparse.Namespace, end: float, exten
     state = config.runtime.state_dir
     data_dirs = [state / name for name in PROMETHEUS_REPLICAS if name == "prometheus" or (state / name).is_dir()]
     return backfill(config, monitoring, jobs, plan, args.days, end, data_dirs, float(seconds(args.history_step)),
-                    extend_to=extend_to, progress=True)
+                    extend_to=extend_to, progress=True, deliver_keys=args.deliver_keys)
 
 
 def has_blocks(config: FleetConfig) -> bool:

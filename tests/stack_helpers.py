@@ -15,14 +15,16 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from qkdops import credentials
 from qkdops.config import DEFAULT_CONFIG
-from qkdops.http_client import StackAuth, open_url
+from qkdops.http_client import PrometheusClient, StackAuth, open_url
 
 # A 10 km link whose post-processing block is one 1-s frame, so a fault shows within a scrape or two.
 # Its ~10 Mbit of sifted key a second is more than a post-processing thread reconciles and hashes
@@ -200,3 +202,29 @@ def metro_fleet_yaml(links: tuple[str, ...], control_port: int | None = None) ->
     postprocessing: {{engine: model}}
 """ for seed, link in enumerate(links, start=1))
     return f"runtime:\n  state_dir: state\n  frame_seconds: 10.0{port}\nlinks:{entries}"
+
+
+@contextmanager
+def prometheus_on_state(state: Path, directory: Path) -> Iterator[PrometheusClient]:
+    """A real Prometheus (loopback, free port, the stack's basic auth) serving ``state``'s data dir — a
+    ``qkdops history`` backfill — until the block ends; it scrapes nothing."""
+    (port,) = free_ports(1)
+    (config := directory / "prometheus-on-state.yml").write_text("global: {scrape_interval: 1m}\n")
+    creds = credentials.prepare_server_credentials(state)   # as `qkdops up` would: basic auth
+    prometheus = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={state / 'prometheus'}",
+                                   f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=35d",
+                                   f"--web.config.file={creds.prometheus_web_config}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = PrometheusClient(f"http://127.0.0.1:{port}", StackAuth(state).prometheus, timeout_s=120.0)
+
+    def ready() -> bool:
+        try:
+            return bool(client.query("vector(1)")["result"])
+        except OSError:
+            return False
+    try:
+        wait_for(ready, 60.0, "Prometheus on the backfilled data dir")
+        yield client
+    finally:
+        prometheus.terminate()
+        prometheus.wait(30)

@@ -11,7 +11,7 @@ import pytest
 
 from calibration_jobs.store import CalibrationStore
 from history.plan import DEFAULT_PLAN, PlanError, load_plan
-from history.tsdb import HistoryError, RecordingRule, alert_states, alerting_rules, levels, since_series
+from history.tsdb import HistoryError, RecordingRule, alert_states, alerting_rules, levels, query_chunk_s, since_series
 from monitoring.slo import DATA_SINCE
 from qkdops.config import load_config
 from qkdops.runtime.fleet import Fleet
@@ -170,3 +170,12 @@ def test_alerting_rules_are_read_with_their_for_and_labels_and_templated_labels_
         ("Down", 120.0, 0.0, {"severity": "page"}, 60.0, "a.yml:g")
     with pytest.raises(HistoryError, match=r"a.yml:g: alert Down: templated label\(s\) severity"):
         alerting_rules({"a.yml": text.replace("{severity: page}", "{severity: '{{ $labels.job }}'}")}, 30.0)
+
+
+def test_range_queries_stay_under_prometheus_point_limit_at_every_history_step():
+    """Prometheus refuses a range query of more than 11,000 points per series: a day at a 5-s step is
+    17,280 (``qkdops history --history-step 5s`` failed on any history of a day or more)."""
+    for step in (1.0, 2.0, 5.0, 7.5, 10.0, 15.0, 30.0):
+        chunk = query_chunk_s(step)
+        assert chunk / step + 1 <= 11_000 and chunk % 7200 == 0 and 7200 <= chunk <= 86400, step
+    assert query_chunk_s(30.0) == query_chunk_s(10.0) == 86400

@@ -21,9 +21,8 @@ from dashboards.generate import INTENDED_EMPTY
 from monitoring.config import load_monitoring_config
 from monitoring.rules import render_rule_files
 from monitoring.slo import DATA_SINCE
-from qkdops import credentials
-from qkdops.http_client import PrometheusClient, StackAuth
-from stack_helpers import RunningStack, e2e_profile, free_ports, wait_for
+from qkdops.http_client import PrometheusClient
+from stack_helpers import RunningStack, e2e_profile, prometheus_on_state, wait_for
 from test_dashboards import panels, substitute
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
@@ -45,27 +44,8 @@ def backfilled(tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "history", "--days", str(HOURS / 24), "--fleet", str(fleet),
                            "--incidents", str(plan)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    data = directory / "state" / "prometheus"
-    (port,) = free_ports(1)
-    (directory / "prometheus.yml").write_text("global: {scrape_interval: 1m}\n")
-    creds = credentials.prepare_server_credentials(directory / "state")   # as `qkdops up` would: basic auth
-    prometheus = subprocess.Popen(["prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
-                                   f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=35d",
-                                   f"--web.config.file={creds.prometheus_web_config}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = PrometheusClient(f"http://127.0.0.1:{port}", StackAuth(directory / "state").prometheus, timeout_s=60.0)
-
-    def ready() -> bool:
-        try:
-            return bool(client.query("vector(1)")["result"])
-        except OSError:
-            return False
-    try:
-        wait_for(ready, 60.0, "Prometheus on the backfilled data dir")
+    with prometheus_on_state(directory / "state", directory) as client:
         yield client, done.stdout, directory / "state", fleet
-    finally:
-        prometheus.terminate()
-        prometheus.wait(30)
 
 
 def series_over(client: PrometheusClient, expr: str, start: float, end: float, step: float = 600.0) -> dict[str, list[float]]:

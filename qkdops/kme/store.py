@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkdops.config import FULL_STORE_POLICIES, FleetConfig
-from qkdops.durable import DurableStore
+from qkdops.durable import KEY_STORE_PAGE_SIZE, DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS handed_off (link TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (link, block));
@@ -94,14 +94,15 @@ class KeyPoolStore(DurableStore):
     issued key waits for its slave's ``dec_keys``; ``full_store`` the policy for surplus key
     (``discard_oldest`` or ``discard_newest``, see ``KeyDelivery``)."""
 
-    def __init__(self, path: Path, capacity_bytes: int, pending_ttl_s: float = 3600.0, full_store: str = "discard_oldest") -> None:
+    def __init__(self, path: Path, capacity_bytes: int, pending_ttl_s: float = 3600.0, full_store: str = "discard_oldest",
+                 durable: bool = True) -> None:
         if full_store not in FULL_STORE_POLICIES:
             raise ValueError(f"full_store: expected one of {', '.join(FULL_STORE_POLICIES)}, got {full_store!r}")
         self.capacity_bytes = capacity_bytes
         self.pending_ttl_s = pending_ttl_s
         self.full_store = full_store
         self._expired_now = 0   # pending keys the current transaction expired
-        super().__init__(path, SCHEMA, private=True)
+        super().__init__(path, SCHEMA, private=True, durable=durable, page_size=KEY_STORE_PAGE_SIZE)
 
     # ---- hand-off (post-processing → both ends) ---------------------------------------------------
     def accept(self, link: str, block: int, materials: Mapping[str, bytes], capacity_bytes: int | None = None) -> str:
@@ -331,9 +332,10 @@ class KeyPoolStore(DurableStore):
                          "ON CONFLICT (link, sae, call) DO UPDATE SET keys = keys + excluded.keys", (link, sae, call, keys))
 
 
-def open_key_pool(config: FleetConfig) -> KeyPoolStore:
-    """The state dir's KME store with the configured capacity and pending-key lifetime: one file the
-    fleet hands keys into and the KMEs serve from, whether they share a process or not."""
+def open_key_pool(config: FleetConfig, durable: bool = True) -> KeyPoolStore:
+    """The state dir's KME store with the configured capacity, pending-key lifetime and full-store
+    policy: one file the fleet hands keys into and the KMEs serve from, whether they share a process
+    or not (``durable`` False: a history run's scratch store)."""
     delivery = config.key_delivery
     return KeyPoolStore(config.runtime.state_dir / "kme.sqlite", delivery.max_key_count * delivery.key_size_bits // 8,
-                        delivery.pending_key_ttl_s, delivery.full_store)
+                        delivery.pending_key_ttl_s, delivery.full_store, durable)

@@ -213,7 +213,8 @@ class Fleet:
         this process's own hand-offs and KME calls. ``deliver_keys`` False (a history run, ``qkdops
         history``): keys go nowhere — no key buffer, KME store or hand-off queue is opened, and each
         distilled key counts as handed off at once and is dropped (``DiscardedKeys``). ``durable`` False
-        (a history run): the block archive is scratch (``open_durable(durable=False)``), serving its own run only."""
+        (a history run): the block archive — and with ``deliver_keys`` the key buffer and KME store — are
+        scratch (``open_durable(durable=False)``), serving their own run only."""
         retain_freed_memory()   # before this fleet starts any thread: block-sized buffers reused, not re-faulted
         self.config = config
         self.clock = clock
@@ -227,8 +228,8 @@ class Fleet:
         self.key_pool: KeyPoolStore | None = None
         self.handoff: HandoffQueue | None = None
         if deliver_keys:
-            self.buffer = KeyBuffer(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits)
-            self.key_pool = open_key_pool(config)
+            self.buffer = KeyBuffer(rt.state_dir / "keys.sqlite", rt.key_store_capacity_bits, durable)
+            self.key_pool = open_key_pool(config, durable)
             self.handoff = HandoffQueue(
                 self.buffer, self.key_pool, {s.id: (s.sites.alice, s.sites.bob) for s in config.links},
                 self._handoff_fault, self._record_handoff, delivery.handoff_timeout_s, self.tracer,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qkdops.durable import DurableStore
+from qkdops.durable import KEY_STORE_PAGE_SIZE, DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS block_keys (link TEXT NOT NULL, idx INTEGER NOT NULL, bits INTEGER NOT NULL,
@@ -27,9 +27,9 @@ CREATE TABLE IF NOT EXISTS block_keys (link TEXT NOT NULL, idx INTEGER NOT NULL,
 
 
 class KeyBuffer(DurableStore):
-    def __init__(self, path: Path, capacity_bits: int) -> None:
+    def __init__(self, path: Path, capacity_bits: int, durable: bool = True) -> None:
         self.capacity_bits = capacity_bits
-        super().__init__(path, SCHEMA, private=True)
+        super().__init__(path, SCHEMA, private=True, durable=durable, page_size=KEY_STORE_PAGE_SIZE)
         with self._lock:
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='keys'").fetchone():
                 self._db.executescript("BEGIN IMMEDIATE; INSERT OR IGNORE INTO block_keys SELECT link, idx, bits, material, material "
