@@ -16,16 +16,18 @@ from qkdops.kme.pki import Pki
 pytestmark = pytest.mark.slow
 
 
-def test_kill_9_mid_stream_loses_no_key_and_serves_none_twice(tmp_path: Path):
+@pytest.mark.parametrize("api", ["etsi014", "skip"])
+def test_kill_9_mid_stream_loses_no_key_and_serves_none_twice(tmp_path: Path, api: str):
+    """Over either API: the SKIP key provider commits on the same store transactions as the KME."""
     config_path = kme_profile(tmp_path, {"a": ["sae-a"], "b": ["sae-b"]})
     raw = yaml.safe_load(config_path.read_text())
-    ports = {k["site"]: k["port"] for k in raw["key_delivery"]["kmes"]}
+    ports = {k["site"]: k["port" if api == "etsi014" else "skip_port"] for k in raw["key_delivery"]["kmes"]}
     state = Path(raw["runtime"]["state_dir"])
     stack = RunningStack(config_path, "--no-prometheus")
     stream: Stream | None = None
     try:
         stack.wait_up()
-        stream = Stream(Pki(state / "pki"), ports)
+        stream = Stream(Pki(state / "pki"), ports, api)
         stream.thread.start()
         wait_for(lambda: len(stream.redeemed) >= 400, 60, "keys streaming before the kill", stack)
         stack.kill9()
