@@ -2,7 +2,7 @@
 (run on demand, not a test).
 
     .venv/bin/python bench/bench_kme.py [--seconds 3] [--numbers 1,16,128] [--size 256] [--threads 1,4]
-        [--frames 600] [--pools 10x2048,1000x2048,10000x2048,10x1048576] [--only etsi,handoff,scaling] [--json PATH]
+        [--frames 600] [--pools 10x2048,1000x2048,10000x2048,10x1048576] [--only etsi,skip,handoff,scaling] [--json PATH]
 
 Everything binds 127.0.0.1 (ports chosen by the OS) and lives in a temporary directory; every
 measurement is bounded in time and in count. Wall-clock times (time.perf_counter): the costs here
@@ -18,6 +18,10 @@ would hide; the server's CPU time is reported beside them.
    ``enc_keys`` at a's KME, the slave ``dec_keys`` the returned key_IDs at b's KME, and the two
    answers must hold identical bytes per key_ID (and no key_ID or key may repeat within a cell).
    The clients run in a separate process (as SAEs would), so they do not share the servers' GIL.
+1b. SKIP throughput (draft-cisco-skip-02, TLS 1.3 with an external PSK, TLS_AES_256_GCM_SHA384, our
+   ``SkipClient`` on tlslite-ng): the same rig with both sites' SKIP key providers on the same
+   stores; each pair's thread loops: SKIP new key (``GET /key?remoteSystemID=``) at a's provider,
+   key by ID at b's — one key per call, as the API has it — with the same identity checks.
 2. Hand-off. (a) ``KeyPoolStore.accept`` + ``KeyBuffer.remove`` per block, for MDI/TF-sized and
    metro-BB84-sized block keys, into a fresh store (the pool grows by one block per hand-off).
    (b) The shipped fleet (links.yaml, state in the temporary directory) stepped ``--frames``
@@ -57,8 +61,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import write_fleet_config  # noqa: E402  (the tests' small fleet: bb84-a, mdi-a, tf-a between sites a and b)
 
 from qkdops.config import FleetConfig, load_config  # noqa: E402
-from qkdops.kme.client import EtsiClient, client_context  # noqa: E402
-from qkdops.kme.pki import Pki, init_pki  # noqa: E402
+from qkdops.kme.client import EtsiClient, SkipClient, client_context  # noqa: E402
+from qkdops.kme.pki import Pki, init_pki, read_psk  # noqa: E402
 from qkdops.kme.server import serve_kmes, shutdown_kmes  # noqa: E402
 from qkdops.kme.store import KeyPoolStore  # noqa: E402
 from qkdops.runtime.fleet import Fleet  # noqa: E402
@@ -98,9 +102,9 @@ def kme_config(directory: Path, saes_per_site: int) -> FleetConfig:
 class KmeRig:
     """A fresh fleet (own state directory, nothing stepped) with both sites' KMEs listening."""
 
-    def __init__(self, config: FleetConfig, state_dir: Path, pki: Pki) -> None:
+    def __init__(self, config: FleetConfig, state_dir: Path, pki: Pki, skip: bool = False) -> None:
         self.fleet = Fleet(dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, state_dir=state_dir)))
-        self.servers = serve_kmes(self.fleet, pki)
+        self.servers = serve_kmes(self.fleet, pki, skip=skip)   # ETSI 014 KMEs, or SKIP key providers
         self.ports = {site: server.port for site, server in self.servers.items()}
         self.next_block = 0
 
@@ -118,19 +122,28 @@ class KmeRig:
 
 # ---- 1. ETSI over HTTPS (client side: runs in the client process) -----------------------------------------
 def client_cell(job: dict[str, Any]) -> dict[str, Any]:
-    """``job['pairs']`` SAE-pair threads, each enc_keys at a then dec_keys at b, until
-    ``job['seconds']`` or ``job['max_pairs']`` per thread. Latencies in seconds."""
+    """``job['pairs']`` SAE-pair threads, each enc_keys at a then dec_keys at b (``job['api']``
+    skip: SKIP's new key at a, then key by ID at b), until ``job['seconds']`` or ``job['max_pairs']``
+    per thread. Latencies in seconds."""
     pki = Pki(Path(job["pki"]))
-    number, size, pairs = job["number"], job["size"], job["pairs"]
+    number, size, pairs, skip = job["number"], job["size"], job["pairs"], job.get("api") == "skip"
     barrier = threading.Barrier(pairs + 1)
     out: list[dict[str, Any]] = [{} for _ in range(pairs)]
 
     def run(i: int) -> None:
         master, slave = f"sae-a{i + 1}", f"sae-b{i + 1}"
-        a = EtsiClient(f"https://{HOST}:{job['ports']['a']}", client_context(pki.ca_cert, *pki.sae(master)))
-        b = EtsiClient(f"https://{HOST}:{job['ports']['b']}", client_context(pki.ca_cert, *pki.sae(slave)))
-        a.status(slave)
-        b.status(master)  # both handshakes done before the clock starts
+        a: EtsiClient | SkipClient
+        b: EtsiClient | SkipClient
+        if skip:
+            a = SkipClient(f"https://{HOST}:{job['ports']['a']}", master, read_psk(pki.skip_psk(master)))
+            b = SkipClient(f"https://{HOST}:{job['ports']['b']}", slave, read_psk(pki.skip_psk(slave)))
+            a.capabilities()
+            b.capabilities()  # both handshakes done before the clock starts
+        else:
+            a = EtsiClient(f"https://{HOST}:{job['ports']['a']}", client_context(pki.ca_cert, *pki.sae(master)))
+            b = EtsiClient(f"https://{HOST}:{job['ports']['b']}", client_context(pki.ca_cert, *pki.sae(slave)))
+            a.status(slave)
+            b.status(master)
         enc: list[float] = []
         dec: list[float] = []
         ids: list[str] = []
@@ -141,9 +154,15 @@ def client_cell(job: dict[str, Any]) -> dict[str, Any]:
         try:
             while len(enc) < job["max_pairs"] and time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                issued = a.enc_keys(slave, number, size)
-                t1 = time.perf_counter()
-                got = b.dec_keys(master, [k for k, _ in issued])
+                if isinstance(a, SkipClient) and isinstance(b, SkipClient):
+                    issued = [a.new_key(slave, size)]
+                    t1 = time.perf_counter()
+                    got = [b.key_by_id(issued[0][0], master)]
+                else:
+                    assert isinstance(a, EtsiClient) and isinstance(b, EtsiClient)
+                    issued = a.enc_keys(slave, number, size)
+                    t1 = time.perf_counter()
+                    got = b.dec_keys(master, [k for k, _ in issued])
                 t2 = time.perf_counter()
                 enc.append(t1 - t0)
                 dec.append(t2 - t1)
@@ -174,18 +193,21 @@ def client_cell(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def etsi_cell(pool: ProcessPoolExecutor, rig: KmeRig, pki: Pki, number: int, size: int, pairs: int, seconds: float,
-              max_pairs: int) -> dict[str, Any]:
+              max_pairs: int, api: str = "etsi014") -> dict[str, Any]:
+    """One cell of part 1 (``api`` skip: part 1b; its calls are key and key_by_id, one key each)."""
     job = {"pki": str(pki.root), "ports": rig.ports, "number": number, "size": size, "pairs": pairs,
-           "seconds": seconds, "max_pairs": max_pairs}
+           "seconds": seconds, "max_pairs": max_pairs, "api": api}
+    calls = ("key", "key_by_id") if api == "skip" else ("enc_keys", "dec_keys")
     cpu = time.process_time()
     r = pool.submit(client_cell, job).result()
     server_cpu = time.process_time() - cpu
     if r["mismatched"] or r["repeated"]:
-        raise SystemExit(f"ETSI check failed (number {number}, {pairs} pair(s)): {r['mismatched']} enc/dec answer(s) "
-                         f"differed, {r['repeated']} key_ID(s) or key(s) repeated")
+        raise SystemExit(f"{api} check failed (number {number}, {pairs} pair(s)): {r['mismatched']} take/redeem answer(s) "
+                         f"differed, {r['repeated']} key ID(s) or key(s) repeated")
     stats = rig.fleet.kme_stats.snapshot().request_seconds
-    server_mean = {call: (h.sum / h.count if h.count else float("nan"))
-                   for call in ("enc_keys", "dec_keys") for h in [stats.get(("a" if call == "enc_keys" else "b", call))] if h}
+    server_mean = {role: (h.sum / h.count if h.count else float("nan"))
+                   for role, site, call in (("enc_keys", "a", calls[0]), ("dec_keys", "b", calls[1]))
+                   for h in [stats.get((site, api, call))] if h}
     requests = len(r["enc"]) + len(r["dec"])
     return {"number": number, "size_bits": size, "pairs": pairs, "enc_dec_pairs": len(r["enc"]), "keys": r["keys"],
             "wall_s": r["wall_s"], "keys_per_s": r["keys"] / r["wall_s"], "requests_per_s": requests / r["wall_s"],
@@ -218,6 +240,29 @@ def bench_etsi(args: argparse.Namespace, tmp: Path, pki: Pki, config: FleetConfi
         print(f"| {number} | {args.size} | {pairs} | {row['enc_dec_pairs']} | {row['keys_per_s']:,.0f} "
               f"| {row['requests_per_s']:,.0f} | {ms(row['enc_p50_s'])} | {ms(row['enc_p99_s'])} | {ms(row['dec_p50_s'])} "
               f"| {ms(row['dec_p99_s'])} | {ms(row['server_enc_mean_s'])} / {ms(row['server_dec_mean_s'])} "
+              f"| {row['server_cpu_per_request_s'] * 1e3:.2f} / {row['client_cpu_per_request_s'] * 1e3:.2f} |", flush=True)
+    return rows
+
+
+def bench_skip(args: argparse.Namespace, tmp: Path, pki: Pki, config: FleetConfig, pool: ProcessPoolExecutor) -> list[dict[str, Any]]:
+    rows = []
+    print(f"\n## SKIP over TLS 1.3 with an external PSK (new key at a + key by ID at b per pair, one key each; "
+          f"≤ {args.seconds:g} s or ≤ {args.max_pairs} pairs per thread; same pre-fill)\n")
+    print("| key bits | SAE pairs | key pairs | keys / s | requests / s | key p50 ms | key p99 ms | key_by_id p50 ms "
+          "| key_by_id p99 ms | server key / key_by_id mean ms | CPU ms / request server / clients |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, pairs in enumerate(args.threads):
+        rig = KmeRig(config, tmp / f"skip-{i}" / "state", pki, skip=True)
+        try:
+            need = pairs * args.max_pairs * args.size // 8
+            rig.accept("bb84-a", args.prefill_block_bytes, -(-need // args.prefill_block_bytes))
+            row = etsi_cell(pool, rig, pki, 1, args.size, pairs, args.seconds, args.max_pairs, api="skip")
+        finally:
+            rig.close()
+        rows.append(row)
+        print(f"| {args.size} | {pairs} | {row['enc_dec_pairs']} | {row['keys_per_s']:,.0f} | {row['requests_per_s']:,.0f} "
+              f"| {ms(row['enc_p50_s'])} | {ms(row['enc_p99_s'])} | {ms(row['dec_p50_s'])} | {ms(row['dec_p99_s'])} "
+              f"| {ms(row['server_enc_mean_s'])} / {ms(row['server_dec_mean_s'])} "
               f"| {row['server_cpu_per_request_s'] * 1e3:.2f} / {row['client_cpu_per_request_s'] * 1e3:.2f} |", flush=True)
     return rows
 
@@ -381,7 +426,7 @@ def pools(text: str) -> list[tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="etsi,handoff,scaling", help="comma-separated parts to run")
+    parser.add_argument("--only", default="etsi,skip,handoff,scaling", help="comma-separated parts to run")
     parser.add_argument("--seconds", type=float, default=3.0, help="ETSI: time bound per cell")
     parser.add_argument("--max-pairs", type=int, default=2000, help="ETSI: enc+dec pairs bound per thread and cell")
     parser.add_argument("--numbers", type=ints, default=[1, 16, 128], help="ETSI: keys per request")
@@ -411,6 +456,8 @@ def main() -> None:
         clients.submit(int).result()  # start the client process before any clock runs
         if "etsi" in parts:
             report["etsi"] = bench_etsi(args, tmp, pki, config, clients)
+        if "skip" in parts:
+            report["skip"] = bench_skip(args, tmp, pki, config, clients)
         if "handoff" in parts:
             report["handoff"] = bench_handoff(args, tmp)
         if "scaling" in parts:

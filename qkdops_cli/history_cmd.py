@@ -8,7 +8,7 @@ progress bars on stderr. The history ends now, or where a running Prometheus's o
 picks the blocks up within a minute). ``qkdops up --history D`` runs this on a first start.
 
 What is emulated and what is not: ``history/emulation.py`` (model post-processing engine, keys not
-delivered, one emulator frame per block). The history's block archive stays in
+delivered unless ``--deliver-keys``, one emulator frame per block). The history's block archive stays in
 ``<state_dir>/history/blocks.sqlite``. Exit 0 done, 1 a step failed (named), 2 bad input.
 """
 

@@ -215,10 +215,13 @@ def test_the_history_holds_the_alerts_its_rules_would_have_fired(backfilled):
 def test_every_dashboard_panel_answers_over_the_history(backfilled):
     """Every panel query (as Grafana sends it, with $link set) returns data early, midway and late in the
     history — except the intended-empty ones and what the README says a history does not have: KME
-    traffic (no application fetches a month-old key) and EC measured on bits (the model engine)."""
+    traffic (no application fetches a month-old key), the KME stores' byte counters and the ETSI 015
+    figures read from them (its keys reach no store without ``--deliver-keys``) and EC measured on
+    bits (the model engine)."""
     client, _, _, _ = backfilled
     links = ("metro-bb84", "relay-mdi", "longhaul-tf")
-    live_only = ("qkd_kme_", "qkd_ec_leakage_bytes_total", "qkd_link:ec_efficiency:ratio30m")
+    live_only = ("qkd_kme_", "qkd_ec_leakage_bytes_total", "qkd_link:ec_efficiency:ratio30m", "qkd_key_handed_off_bytes_total",
+                 "qkd_key_store_discarded_bytes_total", "qkdl:eskr_", "qkdl:expected_consumption_")
     now = time.time()
     instants = (now - HOURS * 3600 + 1800, now - HOURS * 3600 / 2, now - 600)
     missing = []
