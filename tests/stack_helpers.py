@@ -204,6 +204,20 @@ def metro_fleet_yaml(links: tuple[str, ...], control_port: int | None = None) ->
     return f"runtime:\n  state_dir: state\n  frame_seconds: 10.0{port}\nlinks:{entries}"
 
 
+def run_history(directory: Path, days: float, incidents: str, *options: str, timeout_s: float = 900) -> tuple[Path, str]:
+    """``qkdops history --days DAYS`` of the shipped fleet with state in ``directory / "state"`` and the
+    incident plan ``incidents`` (YAML text): (state dir, its summary on stdout); a failure fails the test."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["runtime"]["state_dir"] = str(directory / "state")
+    (fleet := directory / "links.yaml").write_text(yaml.safe_dump(config))
+    (plan := directory / "plan.yaml").write_text(incidents)
+    done = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "history", "--days", str(days), "--fleet", str(fleet),
+                           "--incidents", str(plan), *options], cwd=DEFAULT_CONFIG.parent, capture_output=True, text=True,
+                          timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return directory / "state", done.stdout
+
+
 @contextmanager
 def prometheus_on_state(state: Path, directory: Path) -> Iterator[PrometheusClient]:
     """A real Prometheus (loopback, free port, the stack's basic auth) serving ``state``'s data dir — a

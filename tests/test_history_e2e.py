@@ -22,7 +22,7 @@ from monitoring.config import load_monitoring_config
 from monitoring.rules import render_rule_files
 from monitoring.slo import DATA_SINCE
 from qkdops.http_client import PrometheusClient
-from stack_helpers import RunningStack, e2e_profile, prometheus_on_state, wait_for
+from stack_helpers import RunningStack, e2e_profile, prometheus_on_state, run_history, wait_for
 from test_dashboards import panels, substitute
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
@@ -36,16 +36,10 @@ SLOS = ("key-availability", "block-success", "phase-lock-uptime", "qber-within-t
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory):
     directory = tmp_path_factory.mktemp("history")
-    config = yaml.safe_load((REPO / "links.yaml").read_text())
-    config["runtime"]["state_dir"] = str(directory / "state")
-    (fleet := directory / "links.yaml").write_text(yaml.safe_dump(config))
-    plan = directory / "plan.yaml"
-    plan.write_text("incidents:\n  - {fault: fiber_cut, protocols: [bb84-decoy], at: 1h, duration: 15m}\n")
-    done = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "history", "--days", str(HOURS / 24), "--fleet", str(fleet),
-                           "--incidents", str(plan)], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with prometheus_on_state(directory / "state", directory) as client:
-        yield client, done.stdout, directory / "state", fleet
+    state, stdout = run_history(directory, HOURS / 24,
+                                "incidents:\n  - {fault: fiber_cut, protocols: [bb84-decoy], at: 1h, duration: 15m}\n")
+    with prometheus_on_state(state, directory) as client:
+        yield client, stdout, state, directory / "links.yaml"
 
 
 def series_over(client: PrometheusClient, expr: str, start: float, end: float, step: float = 600.0) -> dict[str, list[float]]:

@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from qkdops.http_client import PrometheusClient
-from stack_helpers import prometheus_on_state
+from stack_helpers import prometheus_on_state, run_history
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
                                                    reason="Prometheus not installed: `bash scripts/setup.sh` installs it")]
-REPO = Path(__file__).resolve().parents[1]
 DAY_BOUND_BYTES = 1.0e9   # README.md: "after a day, under 1 GB"
 KEY_BYTES = 32            # key_delivery.key_size_bits 256
 
@@ -35,19 +31,12 @@ KEY_BYTES = 32            # key_delivery.key_size_bits 256
 @pytest.fixture(scope="module")
 def idle_day(tmp_path_factory):
     directory = tmp_path_factory.mktemp("idle-day")
-    config = yaml.safe_load((REPO / "links.yaml").read_text())
-    config["runtime"]["state_dir"] = str(directory / "state")
-    (fleet := directory / "links.yaml").write_text(yaml.safe_dump(config))
-    (plan := directory / "plan.yaml").write_text("incidents: []\n")
-    done = subprocess.run([sys.executable, "-m", "qkdops_cli.cli", "history", "--days", "1", "--deliver-keys",
-                           "--history-step", "10s", "--fleet", str(fleet), "--incidents", str(plan)],
-                          cwd=REPO, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stderr[-3000:]
-    state = directory / "state"
+    state, stdout = run_history(directory, 1, "incidents: []\n", "--deliver-keys", "--history-step", "10s", timeout_s=1500)
+    config = yaml.safe_load((directory / "links.yaml").read_text())
     with prometheus_on_state(state, directory) as client:
         # the history ends when its run started: the last sample's own time (timestamp() of each step's sample)
         end = float(client.query("max(max_over_time(timestamp(qkd_key_store_keys)[1h:5s]))")["result"][0]["value"][1])
-        yield client, done.stdout, state, config, end
+        yield client, stdout, state, config, end
 
 
 def values(client: PrometheusClient, expr: str, at: float) -> dict[str, float]:
